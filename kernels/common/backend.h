@@ -1,0 +1,63 @@
+// Backends and their memory: how a test or benchmark allocates, fills and reads buffers for a
+// variant without knowing whether they live on a GPU or in host memory.
+#pragma once
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace memlayers {
+
+// reference: CPU, exact (fp64 accumulation). cpu: optimised CPU code. cuda: the GPU.
+// simt: the same CUDA kernel source run on CPU threads, for correctness only.
+enum class Backend { reference, cpu, cuda, simt };
+inline constexpr Backend kAllBackends[] = {Backend::reference, Backend::cpu, Backend::cuda,
+                                           Backend::simt};
+
+constexpr std::string_view to_string(Backend b) {
+  switch (b) {
+    case Backend::reference: return "reference";
+    case Backend::cpu: return "cpu";
+    case Backend::cuda: return "cuda";
+    case Backend::simt: return "simt";
+  }
+  return "?";
+}
+
+constexpr std::optional<Backend> parse_backend(std::string_view s) {
+  for (Backend b : kAllBackends)
+    if (s == to_string(b)) return b;
+  return std::nullopt;
+}
+
+// A stream is a cudaStream_t on the GPU and ignored elsewhere.
+using Stream = void*;
+
+// Memory operations of a backend. Host backends use plain host memory.
+struct Memory {
+  void* (*alloc)(std::size_t bytes);
+  void (*release)(void* p);
+  void (*to_device)(void* dst, const void* src, std::size_t bytes);
+  void (*to_host)(void* dst, const void* src, std::size_t bytes);
+  void (*fill_bytes)(void* dst, int value, std::size_t bytes);
+  void (*synchronize)();
+};
+
+struct BackendInfo {
+  Backend backend;
+  bool compiled = false;             // built into this binary
+  std::function<std::string()> probe;  // "" when usable now, else why not (no GPU, ...)
+  const Memory* memory = nullptr;
+};
+
+// Host memory, shared by reference, cpu and simt.
+const Memory& host_memory();
+
+// The backend's description; never null. `usable(b)` is "" or the reason it cannot run here.
+const BackendInfo& backend_info(Backend b);
+std::string usable(Backend b);
+// Called once from the object file that implements a backend (the CUDA runtime registers itself).
+bool register_backend(BackendInfo info);
+
+}  // namespace memlayers

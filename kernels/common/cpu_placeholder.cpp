@@ -1,0 +1,1 @@
+// Anchors the library when no CPU variant is compiled in yet.

@@ -1,0 +1,81 @@
+#include "registry.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+namespace memlayers {
+
+std::vector<VariantInfo>& all_variants() {
+  static std::vector<VariantInfo> v;
+  return v;
+}
+
+std::vector<std::string>& all_ops() {
+  static std::vector<std::string> v;
+  return v;
+}
+
+bool register_op_name(const std::string& op) {
+  auto& ops = all_ops();
+  if (std::find(ops.begin(), ops.end(), op) == ops.end()) ops.push_back(op);
+  return true;
+}
+
+// ---- host memory ----
+namespace {
+void* host_alloc(std::size_t bytes) {
+  // 64-byte alignment: every vector width a kernel may load with.
+  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+  if (!p) fail("host allocation of {} bytes failed", bytes);
+  return p;
+}
+void host_copy(void* dst, const void* src, std::size_t bytes) {
+  if (bytes) std::memcpy(dst, src, bytes);
+}
+void host_fill(void* dst, int value, std::size_t bytes) {
+  if (bytes) std::memset(dst, value, bytes);
+}
+}  // namespace
+
+const Memory& host_memory() {
+  static const Memory m{host_alloc, [](void* p) { std::free(p); }, host_copy, host_copy,
+                        host_fill, [] {}};
+  return m;
+}
+
+namespace {
+std::map<Backend, BackendInfo>& backends() {
+  static std::map<Backend, BackendInfo> m = [] {
+    std::map<Backend, BackendInfo> init;
+    auto ok = [] { return std::string(); };
+    init[Backend::reference] = {Backend::reference, true, ok, &host_memory()};
+    init[Backend::cpu] = {Backend::cpu, true, ok, &host_memory()};
+    init[Backend::simt] = {Backend::simt, true, ok, &host_memory()};
+    init[Backend::cuda] = {Backend::cuda, false,
+                           [] { return std::string("built without CUDA (nvcc was not found)"); },
+                           nullptr};
+    return init;
+  }();
+  return m;
+}
+}  // namespace
+
+bool register_backend(BackendInfo info) {
+  backends()[info.backend] = std::move(info);
+  return true;
+}
+
+const BackendInfo& backend_info(Backend b) { return backends().at(b); }
+
+std::string usable(Backend b) {
+  static std::mutex mu;
+  static std::map<Backend, std::string> cache;
+  std::lock_guard lock(mu);
+  auto it = cache.find(b);
+  if (it == cache.end()) it = cache.emplace(b, backend_info(b).probe()).first;
+  return it->second;
+}
+
+}  // namespace memlayers

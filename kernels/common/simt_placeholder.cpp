@@ -1,0 +1,1 @@
+// Anchors the library when no CUDA source is compiled for simt yet.

@@ -1,0 +1,1 @@
+// Anchors the library before the first reference lands; removed once one does.

@@ -1,0 +1,440 @@
+// simt runtime: the thread pool, block barriers, warp collectives and the deadlock detector.
+// All synchronisation state of a block sits behind one mutex, so ThreadSanitizer sees exactly
+// the happens-before edges a GPU would give, and no more.
+#include "simt.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <semaphore>
+#include <string>
+#include <thread>
+#include <vector>
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+long long clock64() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace simt::detail {
+namespace {
+
+constexpr unsigned kMaxThreads = 1024;
+constexpr std::size_t kMaxSharedBytes = 227 * 1024;
+
+// Unwinds a kernel thread after its block failed; never escapes the worker.
+struct Abort {};
+
+std::string where(uint3 t) { return "(" + std::to_string(t.x) + "," + std::to_string(t.y) + "," + std::to_string(t.z) + ")"; }
+std::string where(Site s) {
+  return s.line > 0 ? std::string(s.file) + ":" + std::to_string(s.line) : std::string(s.file);
+}
+bool same_site(Site a, Site b) { return a.line == b.line && std::strcmp(a.file, b.file) == 0; }
+
+struct Group {
+  unsigned mask = 0;
+  unsigned arrived = 0;
+  unsigned waiters = 0;
+  bool done = false;
+  Site site{};
+  uint64_t value[32] = {};
+  int pred[32] = {};
+};
+
+struct Warp {
+  unsigned alive = 0;
+  std::vector<std::shared_ptr<Group>> pending;
+  std::condition_variable cv;
+};
+
+struct Block {
+  std::mutex mu;
+  std::condition_variable barrier_cv;
+  const char* kernel = "";
+  uint3 index{};
+  unsigned nthreads = 0;
+  unsigned alive = 0;
+  unsigned blocked = 0;  // threads waiting in a barrier or a warp collective
+  // __syncthreads
+  unsigned arrived = 0;
+  unsigned barrier_waiters = 0;
+  uint64_t generation = 0;
+  Site site{};
+  uint3 first{};
+  int acc = 0;
+  int result = 0;
+  std::vector<std::unique_ptr<Warp>> warps;
+  std::string failure;
+
+  void reset(unsigned n) {
+    nthreads = alive = n;
+    blocked = arrived = barrier_waiters = 0;
+    failure.clear();
+    unsigned nwarps = (n + 31) / 32;
+    warps.clear();
+    for (unsigned w = 0; w < nwarps; ++w) {
+      warps.push_back(std::make_unique<Warp>());
+      unsigned lanes = std::min(32u, n - w * 32);
+      warps.back()->alive = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
+    }
+  }
+
+  // Marks the block failed and wakes every waiter; they unwind with Abort.
+  void fail(std::string msg) {
+    if (failure.empty()) failure = std::move(msg);
+    barrier_cv.notify_all();
+    for (auto& w : warps) w->cv.notify_all();
+  }
+
+  std::string header() const { return std::string("kernel ") + kernel + " block " + where(index); }
+
+  void complete_barrier() {
+    result = acc;
+    arrived = 0;
+    blocked -= barrier_waiters;
+    barrier_waiters = 0;
+    ++generation;
+    barrier_cv.notify_all();
+  }
+
+  bool try_complete(Warp& w, Group& g) {
+    unsigned required = g.mask & w.alive;
+    if ((g.arrived & required) != required) return false;
+    g.done = true;
+    blocked -= g.waiters;
+    std::erase_if(w.pending, [&](const auto& p) { return p.get() == &g; });
+    w.cv.notify_all();
+    return true;
+  }
+
+  void check_deadlock() {
+    if (alive == 0 || blocked < alive) return;
+    std::string msg = header() + ": deadlock: all " + std::to_string(alive) +
+                      " live threads wait and none can go on (";
+    if (arrived) msg += std::to_string(arrived) + " at __syncthreads " + where(site);
+    for (std::size_t w = 0; w < warps.size(); ++w)
+      for (auto& g : warps[w]->pending)
+        msg += (msg.back() == '(' ? "" : "; ") + std::string("warp ") + std::to_string(w) + " in " +
+               where(g->site) + " with mask " + std::to_string(g->mask);
+    fail(msg + "); a barrier some threads never reach?");
+  }
+};
+
+struct ThreadCtx {
+  Block* block = nullptr;
+  unsigned linear = 0;
+};
+thread_local ThreadCtx ctx;
+
+void check_failed(Block& b) {
+  if (!b.failure.empty()) throw Abort{};
+}
+
+// Waits on `cv` until `ready`, or the block fails.
+template <class Ready>
+void wait(Block& b, std::unique_lock<std::mutex>& lock, std::condition_variable& cv, Ready ready) {
+  cv.wait(lock, [&] { return ready() || !b.failure.empty(); });
+  if (!ready()) throw Abort{};
+}
+
+// ---- the pool ----
+struct Job {
+  const char* kernel;
+  dim3 grid, block;
+  unsigned nthreads;
+  uint64_t nblocks;
+  const KernelBody* body;
+  std::vector<unsigned char> shared;  // dynamic shared memory of the running block
+  bool has_shared;
+};
+
+class Pool {
+ public:
+  ~Pool() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    for (auto& w : workers_) w->start.release();
+    for (auto& w : workers_) w->thread.join();
+  }
+
+  void run(Job& job) {
+    grow(job.nthreads);
+    {
+      std::lock_guard lock(mu_);
+      job_ = &job;
+      next_block_ = 0;
+      finished_ = 0;
+      grid_done_ = false;
+      failure_.clear();
+      setup_block(0);
+    }
+    for (unsigned i = 0; i < job.nthreads; ++i) workers_[i]->start.release();
+
+    long timeout_s = watchdog_seconds();
+    std::unique_lock lock(mu_);
+    uint64_t seen = next_block_;
+    while (!grid_done_) {
+      if (!done_cv_.wait_for(lock, std::chrono::seconds(timeout_s), [&] { return grid_done_; }) &&
+          next_block_ == seen) {
+        std::fprintf(stderr,
+                     "simt watchdog: %s made no progress for %ld s (threads spinning outside "
+                     "any barrier?); aborting\n",
+                     block_.header().c_str(), timeout_s);
+        std::abort();
+      }
+      seen = next_block_;
+    }
+    job_ = nullptr;
+    if (!failure_.empty()) throw KernelError(failure_);
+  }
+
+  Block& block() { return block_; }
+  Job& job() { return *job_; }
+
+ private:
+  struct Worker {
+    std::binary_semaphore start{0};
+    std::thread thread;
+  };
+
+  static long watchdog_seconds() {
+    const char* s = std::getenv("SIMT_WATCHDOG_SECONDS");
+    long v = s ? std::strtol(s, nullptr, 10) : 0;
+    return v > 0 ? v : 120;
+  }
+
+  void grow(unsigned n) {
+    while (workers_.size() < n) {
+      auto w = std::make_unique<Worker>();
+      unsigned id = static_cast<unsigned>(workers_.size());
+      w->thread = std::thread([this, id, wp = w.get()] { loop(id, *wp); });
+      workers_.push_back(std::move(w));
+    }
+  }
+
+  // Called with mu_ held: prepares block number `b` of the running job.
+  void setup_block(uint64_t b) {
+    Job& j = *job_;
+    block_.kernel = j.kernel;
+    block_.index = {static_cast<unsigned>(b % j.grid.x),
+                    static_cast<unsigned>((b / j.grid.x) % j.grid.y),
+                    static_cast<unsigned>(b / (uint64_t(j.grid.x) * j.grid.y))};
+    std::lock_guard block_lock(block_.mu);
+    block_.reset(j.nthreads);
+    // Shared memory starts as garbage on a GPU: all-ones bytes read back as NaN or -1.
+    if (!j.shared.empty()) std::memset(j.shared.data(), 0xff, j.shared.size());
+  }
+
+  void loop(unsigned id, Worker& self) {
+    for (;;) {
+      self.start.acquire();
+      {
+        std::lock_guard lock(mu_);
+        if (stop_) return;
+      }
+      run_blocks(id);
+    }
+  }
+
+  void run_blocks(unsigned id) {
+    Job& j = *job_;
+    for (;;) {
+      uint64_t b;
+      {
+        std::lock_guard lock(mu_);
+        b = next_block_;
+      }
+      threadIdx = {id % j.block.x, (id / j.block.x) % j.block.y, id / (j.block.x * j.block.y)};
+      blockIdx = block_.index;
+      blockDim = j.block;
+      gridDim = j.grid;
+      ctx = {&block_, id};
+      try {
+        (*j.body)();
+      } catch (const Abort&) {
+      } catch (const std::exception& e) {
+        std::lock_guard lock(block_.mu);
+        block_.fail(block_.header() + " thread " + where(threadIdx) + ": " + e.what());
+      }
+      exit_thread();
+      ctx = {};
+      // End of block: the last thread out prepares the next one (or ends the grid).
+      std::unique_lock lock(mu_);
+      if (++finished_ == j.nthreads) {
+        finished_ = 0;
+        {
+          std::lock_guard block_lock(block_.mu);
+          if (!block_.failure.empty()) failure_ = block_.failure;
+        }
+        if (failure_.empty() && b + 1 < j.nblocks) {
+          setup_block(b + 1);
+          ++next_block_;
+        } else {
+          grid_done_ = true;
+          ++next_block_;
+          done_cv_.notify_all();
+        }
+        block_cv_.notify_all();
+      } else {
+        block_cv_.wait(lock, [&] { return next_block_ != b; });
+      }
+      if (grid_done_) return;
+    }
+  }
+
+  // A thread leaving the kernel drops out of every barrier it has not reached.
+  void exit_thread() {
+    Block& b = block_;
+    std::lock_guard lock(b.mu);
+    --b.alive;
+    Warp& w = *b.warps[ctx.linear / 32];
+    w.alive &= ~(1u << (ctx.linear % 32));
+    if (b.arrived > 0 && b.arrived == b.alive) b.complete_barrier();
+    for (auto pending = w.pending; auto& g : pending) b.try_complete(w, *g);
+    if (b.failure.empty()) b.check_deadlock();
+  }
+
+  std::mutex mu_;
+  std::condition_variable block_cv_, done_cv_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  Job* job_ = nullptr;
+  Block block_;
+  uint64_t next_block_ = 0;
+  unsigned finished_ = 0;
+  bool grid_done_ = false;
+  bool stop_ = false;
+  std::string failure_;
+};
+
+Pool& pool() {
+  static Pool p;
+  return p;
+}
+
+std::mutex& launch_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+}  // namespace
+
+int block_barrier(Site site, int pred, int mode) {
+  Block& b = *ctx.block;
+  std::unique_lock lock(b.mu);
+  check_failed(b);
+  if (b.arrived == 0) {
+    b.site = site;
+    b.first = threadIdx;
+    b.acc = mode == kBarrierAnd ? 1 : 0;
+  } else if (!same_site(site, b.site)) {
+    b.fail(b.header() + ": divergent __syncthreads: thread " + where(threadIdx) + " waits at " +
+           where(site) + " while thread " + where(b.first) + " waits at " + where(b.site));
+    throw Abort{};
+  }
+  switch (mode) {
+    case kBarrierCount: b.acc += pred; break;
+    case kBarrierAnd: b.acc = b.acc && pred; break;
+    case kBarrierOr: b.acc = b.acc || pred; break;
+    default: break;
+  }
+  if (++b.arrived == b.alive) {
+    b.complete_barrier();
+    return b.result;
+  }
+  uint64_t gen = b.generation;
+  ++b.barrier_waiters;
+  ++b.blocked;
+  b.check_deadlock();
+  wait(b, lock, b.barrier_cv, [&] { return b.generation != gen; });
+  return b.result;
+}
+
+void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpView& out) {
+  Block& b = *ctx.block;
+  unsigned lane = ctx.linear % 32;
+  Warp& w = *b.warps[ctx.linear / 32];
+  std::unique_lock lock(b.mu);
+  check_failed(b);
+  if (!((mask >> lane) & 1u)) {
+    b.fail(b.header() + ": thread " + where(threadIdx) + " (lane " + std::to_string(lane) +
+           ") called " + where(site) + " with mask " + std::to_string(mask) +
+           " that excludes itself; the mask must include the calling lane");
+    throw Abort{};
+  }
+  std::shared_ptr<Group> g;
+  for (auto& p : w.pending)
+    if (p->mask == mask) g = p;
+  if (!g) {
+    g = std::make_shared<Group>();
+    g->mask = mask;
+    g->site = site;
+    w.pending.push_back(g);
+  }
+  g->value[lane] = value;
+  g->pred[lane] = pred;
+  g->arrived |= 1u << lane;
+  if (!b.try_complete(w, *g)) {
+    ++g->waiters;
+    ++b.blocked;
+    b.check_deadlock();
+    wait(b, lock, w.cv, [&] { return g->done; });
+  }
+  std::memcpy(out.value, g->value, sizeof out.value);
+  std::memcpy(out.pred, g->pred, sizeof out.pred);
+  out.arrived = g->arrived;
+  out.lane = lane;
+}
+
+unsigned active_lanes() {
+  Block& b = *ctx.block;
+  std::lock_guard lock(b.mu);
+  return b.warps[ctx.linear / 32]->alive;
+}
+
+unsigned char* dynamic_shared_memory() {
+  Job& j = pool().job();
+  return j.has_shared ? j.shared.data() : nullptr;
+}
+
+void trap(Site site) {
+  throw KernelError("__trap() at " + where(site) + " in kernel " + ctx.block->kernel);
+}
+
+void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
+              const KernelBody& body) {
+  if (ctx.block)
+    throw KernelError(std::string("kernel ") + kernel + ": launched from inside a kernel; simt "
+                      "does not run dynamic parallelism");
+  uint64_t nthreads = uint64_t(block.x) * block.y * block.z;
+  if (nthreads == 0 || nthreads > kMaxThreads || block.z > 64)
+    throw KernelError(std::string("kernel ") + kernel + ": invalid launch: block " +
+                      where(uint3{block.x, block.y, block.z}) + " has " + std::to_string(nthreads) +
+                      " threads; accepted 1..1024 threads with z <= 64");
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+      grid.z > 65535)
+    throw KernelError(std::string("kernel ") + kernel + ": invalid launch: grid " +
+                      where(uint3{grid.x, grid.y, grid.z}) +
+                      "; accepted x in 1..2^31-1, y and z in 1..65535");
+  if (shared_bytes > kMaxSharedBytes)
+    throw KernelError(std::string("kernel ") + kernel + ": invalid launch: " +
+                      std::to_string(shared_bytes) + " bytes of dynamic shared memory; at most " +
+                      std::to_string(kMaxSharedBytes));
+  std::lock_guard serial(launch_mutex());
+  Job job{kernel, grid, block, static_cast<unsigned>(nthreads),
+          uint64_t(grid.x) * grid.y * grid.z, &body, std::vector<unsigned char>(shared_bytes),
+          shared_bytes > 0};
+  pool().run(job);
+}
+
+}  // namespace simt::detail

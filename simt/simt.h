@@ -1,0 +1,334 @@
+// simt: runs CUDA kernel source on CPU threads, for correctness only (DESIGN.md §3).
+//
+// One OS thread per CUDA thread (a persistent pool), one block at a time. __syncthreads is a block
+// barrier that records its call site, warp collectives (__shfl*_sync, __ballot_sync, __syncwarp)
+// are rendezvous of the lanes in their mask, atomics are std::atomic_ref, __shared__ is `static`
+// and dynamic shared memory an exact-size heap buffer filled with garbage, so ThreadSanitizer sees
+// a missing barrier as a data race at the kernel's own lines and AddressSanitizer sees a shared
+// memory overflow. A thread that returns drops out of every barrier. A barrier that cannot
+// complete (divergent __syncthreads, all threads waiting) throws simt::KernelError naming the
+// kernel; a kernel that makes no progress for SIMT_WATCHDOG_SECONDS (default 120) aborts.
+//
+// Include this header instead of <cuda_runtime.h> when compiling a .cu file with the host
+// compiler (kernels/common/cuda.cuh does that when MEMLAYERS_SIMT is defined).
+#pragma once
+
+#if defined(__CUDACC__)
+#error "simt/simt.h is for the host compiler; nvcc compiles the kernels for the GPU"
+#endif
+
+// Execution-space keywords, defined before the toolkit headers so they keep ours.
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __constant__
+#define __managed__
+#define __grid_constant__
+#define __launch_bounds__(...)
+
+#include <vector_functions.h>
+#include <vector_types.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// ---- built-in variables ----
+extern thread_local uint3 threadIdx;
+extern thread_local uint3 blockIdx;
+extern thread_local dim3 blockDim;
+extern thread_local dim3 gridDim;
+constexpr int warpSize = 32;
+
+namespace simt {
+
+// Thrown by launch() when a kernel breaks a rule simt can see (divergent barrier, deadlock,
+// bad launch configuration, a warp collective whose mask excludes its caller).
+struct KernelError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+struct Site {
+  const char* file;
+  int line;
+};
+
+// Block barrier; `count`/`any`/`all` variants return the reduction of `pred` over the block.
+int block_barrier(Site site, int pred, int mode);
+enum : int { kBarrierPlain = 0, kBarrierCount = 1, kBarrierAnd = 2, kBarrierOr = 3 };
+
+// The values of all lanes of one warp collective, after every lane in the mask arrived.
+struct WarpView {
+  uint64_t value[32];
+  int pred[32];
+  unsigned arrived;  // lanes that took part
+  unsigned lane;     // the caller's lane
+};
+void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpView& out);
+unsigned active_lanes();
+unsigned char* dynamic_shared_memory();
+[[noreturn]] void trap(Site site);
+
+using KernelBody = std::function<void()>;
+void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
+              const KernelBody& body);
+
+template <class T>
+uint64_t to_bits(T v) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8,
+                "warp shuffles move values of at most 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  return bits;
+}
+
+template <class T>
+T from_bits(uint64_t bits) {
+  T v;
+  std::memcpy(&v, &bits, sizeof(T));
+  return v;
+}
+
+template <class T>
+T shuffle_from(unsigned mask, T var, int src, Site site) {
+  WarpView view;
+  warp_collective(mask, to_bits(var), 0, site, view);
+  // A source outside the segment or not taking part yields the caller's own value.
+  if (src < 0 || src >= 32 || !((view.arrived >> src) & 1u)) return var;
+  return from_bits<T>(view.value[src]);
+}
+
+inline unsigned lane_id() {
+  unsigned linear = threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y;
+  return linear % 32u;
+}
+
+}  // namespace detail
+
+// Launches `kernel` over the grid on CPU threads and returns when every block has finished.
+template <class... KArgs, class... Args>
+void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+            std::size_t shared_bytes, Args&&... args) {
+  static_assert(sizeof...(KArgs) == sizeof...(Args), "kernel argument count mismatch");
+  // Arguments are copied once, as CUDA copies them into the parameter space.
+  std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
+  detail::run_grid(name, grid, block, shared_bytes, [&] { std::apply(kernel, params); });
+}
+
+}  // namespace simt
+
+// ---- synchronisation ----
+#define __syncthreads() \
+  ((void)::simt::detail::block_barrier({__FILE__, __LINE__}, 0, ::simt::detail::kBarrierPlain))
+#define __syncthreads_count(p) \
+  ::simt::detail::block_barrier({__FILE__, __LINE__}, (p) ? 1 : 0, ::simt::detail::kBarrierCount)
+#define __syncthreads_and(p) \
+  ::simt::detail::block_barrier({__FILE__, __LINE__}, (p) ? 1 : 0, ::simt::detail::kBarrierAnd)
+#define __syncthreads_or(p) \
+  ::simt::detail::block_barrier({__FILE__, __LINE__}, (p) ? 1 : 0, ::simt::detail::kBarrierOr)
+#define __trap() ::simt::detail::trap({__FILE__, __LINE__})
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  ::simt::detail::WarpView view;
+  ::simt::detail::warp_collective(mask, 0, 0, {"__syncwarp", 0}, view);
+}
+inline unsigned __activemask() { return ::simt::detail::active_lanes(); }
+
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  ::simt::detail::WarpView view;
+  ::simt::detail::warp_collective(mask, 0, pred != 0, {"__ballot_sync", 0}, view);
+  unsigned bits = 0;
+  for (int l = 0; l < 32; ++l)
+    if (((view.arrived >> l) & 1u) && view.pred[l]) bits |= 1u << l;
+  return bits;
+}
+inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
+inline int __all_sync(unsigned mask, int pred) {
+  ::simt::detail::WarpView view;
+  ::simt::detail::warp_collective(mask, 0, pred != 0, {"__all_sync", 0}, view);
+  for (int l = 0; l < 32; ++l)
+    if (((view.arrived >> l) & 1u) && !view.pred[l]) return 0;
+  return 1;
+}
+
+template <class T>
+T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {
+  int lane = static_cast<int>(::simt::detail::lane_id());
+  int src = (lane & ~(width - 1)) + (src_lane & (width - 1));
+  return ::simt::detail::shuffle_from(mask, var, src, {"__shfl_sync", 0});
+}
+template <class T>
+T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+  int lane = static_cast<int>(::simt::detail::lane_id());
+  int src = (lane % width) >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane;
+  return ::simt::detail::shuffle_from(mask, var, src, {"__shfl_up_sync", 0});
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+  int lane = static_cast<int>(::simt::detail::lane_id());
+  int src = (lane % width) + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
+  return ::simt::detail::shuffle_from(mask, var, src, {"__shfl_down_sync", 0});
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {
+  int lane = static_cast<int>(::simt::detail::lane_id());
+  int src = lane ^ lane_mask;
+  if (src / width != lane / width) src = lane;
+  return ::simt::detail::shuffle_from(mask, var, src, {"__shfl_xor_sync", 0});
+}
+
+inline unsigned __reduce_add_sync(unsigned mask, unsigned v) {
+  ::simt::detail::WarpView view;
+  ::simt::detail::warp_collective(mask, v, 0, {"__reduce_add_sync", 0}, view);
+  unsigned s = 0;
+  for (int l = 0; l < 32; ++l)
+    if ((view.arrived >> l) & 1u) s += static_cast<unsigned>(view.value[l]);
+  return s;
+}
+
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence_system() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __nanosleep(unsigned) {}
+long long clock64();
+
+// ---- atomics ----
+// Returns the old value, as CUDA's do. Relaxed order, like CUDA's plain atomics.
+#define SIMT_ATOMIC_RMW(NAME, T, EXPR)                                  \
+  inline T NAME(T* address, T val) {                                    \
+    std::atomic_ref<T> ref(*address);                                   \
+    T old = ref.load(std::memory_order_relaxed);                        \
+    while (!ref.compare_exchange_weak(old, (EXPR), std::memory_order_relaxed)) { \
+    }                                                                   \
+    return old;                                                         \
+  }
+inline int atomicAdd(int* a, int v) { return std::atomic_ref<int>(*a).fetch_add(v, std::memory_order_relaxed); }
+inline unsigned atomicAdd(unsigned* a, unsigned v) {
+  return std::atomic_ref<unsigned>(*a).fetch_add(v, std::memory_order_relaxed);
+}
+inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
+  return std::atomic_ref<unsigned long long>(*a).fetch_add(v, std::memory_order_relaxed);
+}
+SIMT_ATOMIC_RMW(atomicAdd, float, old + val)
+SIMT_ATOMIC_RMW(atomicAdd, double, old + val)
+inline int atomicSub(int* a, int v) { return std::atomic_ref<int>(*a).fetch_sub(v, std::memory_order_relaxed); }
+inline unsigned atomicSub(unsigned* a, unsigned v) {
+  return std::atomic_ref<unsigned>(*a).fetch_sub(v, std::memory_order_relaxed);
+}
+SIMT_ATOMIC_RMW(atomicMax, int, std::max(old, val))
+SIMT_ATOMIC_RMW(atomicMax, unsigned, std::max(old, val))
+SIMT_ATOMIC_RMW(atomicMax, long long, std::max(old, val))
+SIMT_ATOMIC_RMW(atomicMax, unsigned long long, std::max(old, val))
+SIMT_ATOMIC_RMW(atomicMin, int, std::min(old, val))
+SIMT_ATOMIC_RMW(atomicMin, unsigned, std::min(old, val))
+SIMT_ATOMIC_RMW(atomicMin, long long, std::min(old, val))
+SIMT_ATOMIC_RMW(atomicMin, unsigned long long, std::min(old, val))
+SIMT_ATOMIC_RMW(atomicAnd, int, old & val)
+SIMT_ATOMIC_RMW(atomicAnd, unsigned, old & val)
+SIMT_ATOMIC_RMW(atomicOr, int, old | val)
+SIMT_ATOMIC_RMW(atomicOr, unsigned, old | val)
+SIMT_ATOMIC_RMW(atomicXor, int, old ^ val)
+SIMT_ATOMIC_RMW(atomicXor, unsigned, old ^ val)
+#undef SIMT_ATOMIC_RMW
+template <class T>
+T atomicExch(T* a, T v) {
+  return std::atomic_ref<T>(*a).exchange(v, std::memory_order_relaxed);
+}
+template <class T>
+T atomicCAS(T* a, T compare, T val) {
+  std::atomic_ref<T>(*a).compare_exchange_strong(compare, val, std::memory_order_relaxed);
+  return compare;  // the old value, whether or not it was swapped
+}
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) {
+  static_assert(sizeof(__nv_bfloat16) == sizeof(unsigned short));
+  std::atomic_ref<unsigned short> ref(*reinterpret_cast<unsigned short*>(a));
+  unsigned short old = ref.load(std::memory_order_relaxed);
+  for (;;) {
+    __nv_bfloat16 sum = __float2bfloat16(__bfloat162float(std::bit_cast<__nv_bfloat16>(old)) +
+                                         __bfloat162float(v));
+    if (ref.compare_exchange_weak(old, std::bit_cast<unsigned short>(sum), std::memory_order_relaxed))
+      return std::bit_cast<__nv_bfloat16>(old);
+  }
+}
+
+// ---- loads and stores with cache hints: plain accesses on the CPU ----
+template <class T> inline T __ldg(const T* p) { return *p; }
+template <class T> inline T __ldcg(const T* p) { return *p; }
+template <class T> inline T __ldca(const T* p) { return *p; }
+template <class T> inline T __ldcs(const T* p) { return *p; }
+template <class T> inline T __ldlu(const T* p) { return *p; }
+template <class T> inline T __ldcv(const T* p) { return *p; }
+template <class T> inline void __stcg(T* p, T v) { *p = v; }
+template <class T> inline void __stcs(T* p, T v) { *p = v; }
+template <class T> inline void __stwb(T* p, T v) { *p = v; }
+template <class T> inline void __stwt(T* p, T v) { *p = v; }
+
+// ---- integer and bit intrinsics ----
+inline int __popc(unsigned x) { return std::popcount(x); }
+inline int __popcll(unsigned long long x) { return std::popcount(x); }
+inline int __clz(int x) { return std::countl_zero(static_cast<unsigned>(x)); }
+inline int __clzll(long long x) { return std::countl_zero(static_cast<unsigned long long>(x)); }
+inline int __ffs(int x) { return x == 0 ? 0 : std::countr_zero(static_cast<unsigned>(x)) + 1; }
+inline int __ffsll(long long x) {
+  return x == 0 ? 0 : std::countr_zero(static_cast<unsigned long long>(x)) + 1;
+}
+inline unsigned __brev(unsigned x) {
+  unsigned r = 0;
+  for (int i = 0; i < 32; ++i) r |= ((x >> i) & 1u) << (31 - i);
+  return r;
+}
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
+}
+inline int __mul24(int a, int b) { return a * b; }
+inline unsigned __umul24(unsigned a, unsigned b) { return a * b; }
+inline int min(int a, int b) { return std::min(a, b); }
+inline int max(int a, int b) { return std::max(a, b); }
+inline unsigned min(unsigned a, unsigned b) { return std::min(a, b); }
+inline unsigned max(unsigned a, unsigned b) { return std::max(a, b); }
+inline long long min(long long a, long long b) { return std::min(a, b); }
+inline long long max(long long a, long long b) { return std::max(a, b); }
+inline unsigned long long min(unsigned long long a, unsigned long long b) { return std::min(a, b); }
+inline unsigned long long max(unsigned long long a, unsigned long long b) { return std::max(a, b); }
+inline float min(float a, float b) { return std::fmin(a, b); }
+inline float max(float a, float b) { return std::fmax(a, b); }
+
+// ---- float intrinsics ----
+inline int __float_as_int(float x) { return std::bit_cast<int>(x); }
+inline unsigned __float_as_uint(float x) { return std::bit_cast<unsigned>(x); }
+inline float __int_as_float(int x) { return std::bit_cast<float>(x); }
+inline float __uint_as_float(unsigned x) { return std::bit_cast<float>(x); }
+inline long long __double_as_longlong(double x) { return std::bit_cast<long long>(x); }
+inline double __longlong_as_double(long long x) { return std::bit_cast<double>(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __exp10f(float x) { return std::pow(10.0f, x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __log2f(float x) { return std::log2(x); }
+inline float __sinf(float x) { return std::sin(x); }
+inline float __cosf(float x) { return std::cos(x); }
+inline float __tanf(float x) { return std::tan(x); }
+inline float __powf(float x, float y) { return std::pow(x, y); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fsqrt_rn(float x) { return std::sqrt(x); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __saturatef(float x) { return std::clamp(x, 0.0f, 1.0f); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
