@@ -42,6 +42,16 @@ struct Memory {
   void (*to_host)(void* dst, const void* src, std::size_t bytes);
   void (*fill_bytes)(void* dst, int value, std::size_t bytes);
   void (*synchronize)();
+  void (*copy_within)(void* dst, const void* src, std::size_t bytes);  // device to device
+};
+
+// Timing of a backend: CUDA events on the GPU, a steady clock on the host. An event is opaque.
+struct Timing {
+  void* (*event_create)();
+  void (*event_destroy)(void* event);
+  void (*event_record)(void* event, Stream stream);
+  // Milliseconds between two recorded events; waits for `end` to complete.
+  double (*elapsed_ms)(void* start, void* end);
 };
 
 struct BackendInfo {
@@ -49,10 +59,21 @@ struct BackendInfo {
   bool compiled = false;             // built into this binary
   std::function<std::string()> probe;  // "" when usable now, else why not (no GPU, ...)
   const Memory* memory = nullptr;
+  const Timing* timing = nullptr;
 };
 
-// Host memory, shared by reference, cpu and simt.
+// Host memory and timing, shared by reference, cpu and simt.
 const Memory& host_memory();
+const Timing& host_timing();
+
+// NVTX range "<op>/<variant>" around a launch, seen by Nsight; free when no tool is attached.
+class NvtxRange {
+ public:
+  explicit NvtxRange(const std::string& name);
+  ~NvtxRange();
+  NvtxRange(const NvtxRange&) = delete;
+  NvtxRange& operator=(const NvtxRange&) = delete;
+};
 
 // The backend's description; never null. `usable(b)` is "" or the reason it cannot run here.
 const BackendInfo& backend_info(Backend b);

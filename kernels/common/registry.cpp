@@ -1,5 +1,8 @@
 #include "registry.h"
 
+#include <nvtx3/nvToolsExt.h>
+
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -41,21 +44,38 @@ void host_fill(void* dst, int value, std::size_t bytes) {
 
 const Memory& host_memory() {
   static const Memory m{host_alloc, [](void* p) { std::free(p); }, host_copy, host_copy,
-                        host_fill, [] {}};
+                        host_fill, [] {}, host_copy};
   return m;
 }
+
+const Timing& host_timing() {
+  using Clock = std::chrono::steady_clock;
+  static const Timing t{
+      [] { return static_cast<void*>(new Clock::time_point()); },
+      [](void* e) { delete static_cast<Clock::time_point*>(e); },
+      [](void* e, Stream) { *static_cast<Clock::time_point*>(e) = Clock::now(); },
+      [](void* a, void* b) {
+        return std::chrono::duration<double, std::milli>(*static_cast<Clock::time_point*>(b) -
+                                                         *static_cast<Clock::time_point*>(a))
+            .count();
+      }};
+  return t;
+}
+
+NvtxRange::NvtxRange(const std::string& name) { nvtxRangePushA(name.c_str()); }
+NvtxRange::~NvtxRange() { nvtxRangePop(); }
 
 namespace {
 std::map<Backend, BackendInfo>& backends() {
   static std::map<Backend, BackendInfo> m = [] {
     std::map<Backend, BackendInfo> init;
     auto ok = [] { return std::string(); };
-    init[Backend::reference] = {Backend::reference, true, ok, &host_memory()};
-    init[Backend::cpu] = {Backend::cpu, true, ok, &host_memory()};
-    init[Backend::simt] = {Backend::simt, true, ok, &host_memory()};
+    init[Backend::reference] = {Backend::reference, true, ok, &host_memory(), &host_timing()};
+    init[Backend::cpu] = {Backend::cpu, true, ok, &host_memory(), &host_timing()};
+    init[Backend::simt] = {Backend::simt, true, ok, &host_memory(), &host_timing()};
     init[Backend::cuda] = {Backend::cuda, false,
                            [] { return std::string("built without CUDA (nvcc was not found)"); },
-                           nullptr};
+                           nullptr, nullptr};
     return init;
   }();
   return m;

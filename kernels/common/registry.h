@@ -93,6 +93,7 @@ class Registry {
     if (std::string why = Op::validate(p); !why.empty()) fail("{}: {}", Op::name, why);
     if (std::string why = v.supports(p); !why.empty())
       fail("{}/{} does not support this input: {}", Op::name, v.name, why);
+    NvtxRange range(std::string(Op::name) + "/" + v.name);
     v.launch(p, stream);
   }
 };

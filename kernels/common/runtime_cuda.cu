@@ -21,8 +21,30 @@ void gpu_fill(void* dst, int value, std::size_t bytes) {
   MEMLAYERS_CUDA_CHECK(cudaMemset(dst, value, bytes));
 }
 void gpu_sync() { MEMLAYERS_CUDA_CHECK(cudaDeviceSynchronize()); }
+void gpu_copy_within(void* dst, const void* src, std::size_t bytes) {
+  MEMLAYERS_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
 
-const Memory kGpuMemory{gpu_alloc, gpu_release, gpu_to_device, gpu_to_host, gpu_fill, gpu_sync};
+const Memory kGpuMemory{gpu_alloc,  gpu_release, gpu_to_device,  gpu_to_host,
+                        gpu_fill,   gpu_sync,    gpu_copy_within};
+
+void* event_create() {
+  cudaEvent_t e;
+  MEMLAYERS_CUDA_CHECK(cudaEventCreate(&e));
+  return e;
+}
+void event_destroy(void* e) { MEMLAYERS_CUDA_CHECK(cudaEventDestroy(static_cast<cudaEvent_t>(e))); }
+void event_record(void* e, Stream s) {
+  MEMLAYERS_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(e), static_cast<cudaStream_t>(s)));
+}
+double elapsed_ms(void* a, void* b) {
+  MEMLAYERS_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(b)));
+  float ms = 0;
+  MEMLAYERS_CUDA_CHECK(
+      cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(a), static_cast<cudaEvent_t>(b)));
+  return ms;
+}
+const Timing kGpuTiming{event_create, event_destroy, event_record, elapsed_ms};
 
 std::string probe() {
   int count = 0;
@@ -33,7 +55,7 @@ std::string probe() {
 }
 
 [[maybe_unused]] const bool registered =
-    register_backend({Backend::cuda, true, probe, &kGpuMemory});
+    register_backend({Backend::cuda, true, probe, &kGpuMemory, &kGpuTiming});
 
 }  // namespace
 }  // namespace memlayers
