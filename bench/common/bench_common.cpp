@@ -1,0 +1,333 @@
+#include "bench_common.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "common/error.h"
+
+namespace memlayers::bench {
+
+// ---- machine ----
+
+namespace {
+// sysfs writes sizes as "32768K" or "1M".
+int64_t parse_cache_size(std::string s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+  if (s.empty()) return 0;
+  int64_t scale = 1;
+  switch (s.back()) {
+    case 'K':
+      scale = int64_t{1} << 10;
+      break;
+    case 'M':
+      scale = int64_t{1} << 20;
+      break;
+    case 'G':
+      scale = int64_t{1} << 30;
+      break;
+    default:
+      break;
+  }
+  if (scale != 1) s.pop_back();
+  int64_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() ? v * scale : 0;
+}
+
+std::string read_line(const std::filesystem::path& p) {
+  std::ifstream f(p);
+  std::string s;
+  std::getline(f, s);
+  return s;
+}
+}  // namespace
+
+int64_t host_last_level_cache_bytes() {
+  int64_t best_level = 0, sysfs_bytes = 0;
+  std::error_code ec;
+  const std::filesystem::path dir = "/sys/devices/system/cpu/cpu0/cache";
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().filename().string().rfind("index", 0) != 0) continue;
+    const std::string type = read_line(entry.path() / "type");
+    if (type == "Instruction") continue;
+    const int64_t level = std::atoll(read_line(entry.path() / "level").c_str());
+    const int64_t size = parse_cache_size(read_line(entry.path() / "size"));
+    if (level > best_level || (level == best_level && size > sysfs_bytes)) {
+      best_level = level;
+      sysfs_bytes = size;
+    }
+  }
+  int64_t sysconf_bytes = 0;
+#ifdef _SC_LEVEL4_CACHE_SIZE
+  sysconf_bytes = std::max<int64_t>(sysconf_bytes, sysconf(_SC_LEVEL4_CACHE_SIZE));
+#endif
+#ifdef _SC_LEVEL3_CACHE_SIZE
+  sysconf_bytes = std::max<int64_t>(sysconf_bytes, sysconf(_SC_LEVEL3_CACHE_SIZE));
+#endif
+  return std::max(sysfs_bytes, sysconf_bytes);
+}
+
+int64_t host_physical_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? int64_t{pages} * page : 0;
+}
+
+int host_threads() {
+  if (const char* env = std::getenv("MEMLAYERS_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  return int(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, units[u]);
+}
+
+TableSizing size_table(int64_t row_bytes, int64_t cache_bytes) {
+  MEMLAYERS_CHECK(row_bytes > 0, "size_table: row_bytes must be positive, got {}", row_bytes);
+  constexpr double kGiB = double(int64_t{1} << 30);
+  const double want_cache = 8.0 * double(cache_bytes);
+  TableSizing s;
+  double target = kGiB;
+  s.why = "1 GiB floor";
+  if (want_cache > target) {
+    target = want_cache;
+    s.why = fmt::format("8 x last-level cache ({})", human_bytes(double(cache_bytes)));
+  }
+  const double cap = double(host_physical_memory_bytes()) / 4;
+  if (cap > 0 && target > cap) {
+    target = cap;
+    s.why += fmt::format(", capped at a quarter of physical memory ({})", human_bytes(cap));
+  }
+  s.rows = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(target / double(row_bytes))));
+  s.bytes = double(s.rows) * double(row_bytes);
+  return s;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  const std::size_t mid = v.size() / 2;
+  std::nth_element(v.begin(), v.begin() + mid, v.end());
+  if (v.size() % 2) return v[mid];
+  const double hi = v[mid];
+  return (*std::max_element(v.begin(), v.begin() + mid) + hi) / 2;
+}
+
+// ---- roofline ----
+
+Ceiling::Ceiling(std::string row_name, double bytes_per_pass, std::function<double()> pass)
+    : name_(std::move(row_name)), bytes_(bytes_per_pass), pass_(std::move(pass)) {}
+
+void Ceiling::register_row(int repetitions) {
+  auto* b = benchmark::RegisterBenchmark(name_.c_str(), [this](benchmark::State& state) {
+    pass_();  // warm-up: page tables, clocks
+    double seconds = 0;
+    for (auto _ : state) {
+      const double s = pass_();
+      state.SetIterationTime(s);
+      seconds += s;
+      samples_gbs_.push_back(bytes_ / s / 1e9);
+    }
+    // The ceiling is the 100% of its backend's rows, so it reports GB/s only.
+    set_bandwidth_counters(state, bytes_ * double(state.iterations()), seconds, 0, 0);
+  });
+  b->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(std::max(1, repetitions));
+  if (repetitions > 1) b->ReportAggregatesOnly(true);
+}
+
+double Ceiling::gbs() {
+  if (samples_gbs_.empty()) {
+    constexpr int kFallbackPasses = 5;
+    pass_();
+    for (int i = 0; i < kFallbackPasses; ++i) samples_gbs_.push_back(bytes_ / pass_() / 1e9);
+  }
+  return median(samples_gbs_);
+}
+
+uint64_t sum_words_simd(const uint64_t* p, std::size_t n);  // stream_read.cpp
+
+namespace {
+std::atomic<uint64_t> g_sink{0};
+
+}  // namespace
+
+double host_stream_read_seconds(const void* data, std::size_t bytes, int threads) {
+  const auto* bytes_ptr = static_cast<const unsigned char*>(data);
+  const std::size_t words = bytes / 8;
+  threads = std::max(1, threads);
+  // Slices start on cache lines so no line is read by two threads.
+  const std::size_t per = (words / threads + 7) / 8 * 8;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> pool;
+  std::vector<uint64_t> partial(threads, 0);
+  for (int t = 0; t < threads; ++t) {
+    const std::size_t begin = std::min(words, per * t);
+    const std::size_t end = t == threads - 1 ? words : std::min(words, per * (t + 1));
+    pool.emplace_back([&, t, begin, end] {
+      partial[t] =
+          sum_words_simd(reinterpret_cast<const uint64_t*>(bytes_ptr) + begin, end - begin);
+    });
+  }
+  uint64_t tail = 0;
+  for (std::size_t i = words * 8; i < bytes; ++i) tail += bytes_ptr[i];
+  for (auto& th : pool) th.join();
+  const auto t1 = std::chrono::steady_clock::now();
+  for (uint64_t p : partial) tail += p;
+  g_sink.fetch_xor(tail, std::memory_order_relaxed);
+  return std::chrono::duration<double>(t1 - t0).count();
+}
+
+double device_copy_seconds(Backend backend, void* dst, const void* src, std::size_t bytes) {
+  const BackendInfo& info = backend_info(backend);
+  MEMLAYERS_CHECK(info.memory && info.timing, "backend {} has no memory or timing: {}",
+                  to_string(backend), usable(backend));
+  const Timing& t = *info.timing;
+  void* start = t.event_create();
+  void* end = t.event_create();
+  t.event_record(start, nullptr);
+  info.memory->copy_within(dst, src, bytes);
+  t.event_record(end, nullptr);
+  const double ms = t.elapsed_ms(start, end);
+  t.event_destroy(start);
+  t.event_destroy(end);
+  return ms / 1e3;
+}
+
+void set_bandwidth_counters(benchmark::State& state, double bytes, double seconds,
+                            double ceiling_gbs, double peak_gbs) {
+  state.SetBytesProcessed(static_cast<int64_t>(bytes));
+  const double gbs = seconds > 0 ? bytes / seconds / 1e9 : 0;
+  state.counters["GB/s"] = gbs;
+  if (ceiling_gbs > 0) state.counters["pct_ceiling"] = 100 * gbs / ceiling_gbs;
+  if (peak_gbs > 0) state.counters["pct_peak"] = 100 * gbs / peak_gbs;
+}
+
+// ---- flags ----
+
+Flags::Flags(std::string program, std::string description)
+    : program_(std::move(program)), description_(std::move(description)) {}
+
+void Flags::add(std::string name, std::string default_value, std::string help,
+                std::function<void(const std::string&)> set) {
+  flags_.push_back({std::move(name), std::move(default_value), std::move(help), std::move(set)});
+}
+
+void Flags::add_int(std::string name, int64_t* target, std::string help, int64_t min_value) {
+  const std::string flag = name;
+  add(std::move(name), std::to_string(*target), std::move(help), [=](const std::string& v) {
+    int64_t x = 0;
+    auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+    MEMLAYERS_CHECK(ec == std::errc() && ptr == v.data() + v.size(), "--{} {}: not an integer",
+                    flag, v);
+    MEMLAYERS_CHECK(x >= min_value, "--{} {}: must be at least {}", flag, v, min_value);
+    *target = x;
+  });
+}
+
+void Flags::add_double(std::string name, double* target, std::string help) {
+  const std::string flag = name;
+  add(std::move(name), fmt::format("{}", *target), std::move(help), [=](const std::string& v) {
+    char* end = nullptr;
+    const double x = std::strtod(v.c_str(), &end);
+    MEMLAYERS_CHECK(!v.empty() && end == v.c_str() + v.size() && std::isfinite(x),
+                    "--{} {}: not a number", flag, v);
+    *target = x;
+  });
+}
+
+void Flags::add_choice(std::string name, std::string* target, std::vector<std::string> choices,
+                       std::string help) {
+  const std::string flag = name;
+  help += fmt::format(" {{{}}}", fmt::join(choices, ","));
+  add(std::move(name), *target, std::move(help), [=](const std::string& v) {
+    MEMLAYERS_CHECK(std::find(choices.begin(), choices.end(), v) != choices.end(),
+                    "--{} {}: accepted are {}", flag, v, fmt::join(choices, ", "));
+    *target = v;
+  });
+}
+
+void Flags::add_string(std::string name, std::string* target, std::string help) {
+  add(std::move(name), target->empty() ? "(none)" : *target, std::move(help),
+      [=](const std::string& v) { *target = v; });
+}
+
+std::string Flags::help() const {
+  std::string out = fmt::format("{}: {}\n\nUsage: {} [flags] [--benchmark_* flags]\n\n", program_,
+                                description_, program_);
+  for (const auto& f : flags_) {
+    out += fmt::format("  --{} (default: {})\n", f.name, f.default_value);
+    std::size_t start = 0;
+    while (start <= f.help.size()) {
+      const std::size_t nl = f.help.find('\n', start);
+      const std::string line =
+          f.help.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+      out += fmt::format("      {}\n", line);
+      if (nl == std::string::npos) break;
+      start = nl + 1;
+    }
+  }
+  out +=
+      "\nGoogle Benchmark's own flags pass through unchanged, e.g. --benchmark_filter=REGEX,\n"
+      "--benchmark_format=json, --benchmark_out=FILE, --benchmark_out_format=json,\n"
+      "--benchmark_min_time=SECONDS, --benchmark_list_tests.\n";
+  if (!epilog_.empty()) out += "\n" + epilog_;
+  return out;
+}
+
+bool Flags::parse(int* argc, char** argv) {
+  std::vector<char*> rest{argv[0]};
+  for (int i = 1; i < *argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      fmt::print("{}", help());
+      return false;
+    }
+    if (arg.rfind("--benchmark_", 0) == 0) {
+      rest.push_back(argv[i]);
+      continue;
+    }
+    MEMLAYERS_CHECK(arg.rfind("--", 0) == 0 && arg.size() > 2,
+                    "unexpected argument '{}': flags are --name value or --name=value (--help "
+                    "lists them)",
+                    arg);
+    const std::size_t eq = arg.find('=');
+    const std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+    auto it =
+        std::find_if(flags_.begin(), flags_.end(), [&](const Flag& f) { return f.name == name; });
+    if (it == flags_.end()) {
+      std::vector<std::string> names;
+      for (const auto& f : flags_) names.push_back("--" + f.name);
+      fail("unknown flag --{}; accepted are {} and Google Benchmark's --benchmark_* flags", name,
+           fmt::join(names, " "));
+    }
+    std::string value;
+    if (eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+    } else {
+      MEMLAYERS_CHECK(i + 1 < *argc, "--{} needs a value (--help lists them)", name);
+      value = argv[++i];
+    }
+    it->set(value);
+    given_[name] = true;
+  }
+  for (std::size_t i = 0; i < rest.size(); ++i) argv[i] = rest[i];
+  *argc = static_cast<int>(rest.size());
+  return true;
+}
+
+}  // namespace memlayers::bench

@@ -1,0 +1,114 @@
+// Helpers shared by the benchmark binaries (bench_embbag, bench_pk_topk, bench_memory_layer):
+// the machine's cache and memory sizes, table sizing, the roofline ceilings each run measures for
+// itself, roofline counters, and a small flag parser that hands Google Benchmark's own flags on.
+#pragma once
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/backend.h"
+
+namespace memlayers::bench {
+
+// ---- machine ----
+
+// The last-level cache in bytes: the larger of what sysfs lists for cpu0 and what sysconf reports
+// (on some virtual machines sysfs shows one core complex's L3 and sysconf the whole socket's; a
+// table that must not fit in cache is sized against the larger). 0 when neither says.
+int64_t host_last_level_cache_bytes();
+int64_t host_physical_memory_bytes();
+// Threads the CPU variants use (kernels/common/parallel.h): MEMLAYERS_THREADS, else all hardware
+// threads. The host ceiling reads with as many.
+int host_threads();
+// "2.00 GiB", "512 KiB".
+std::string human_bytes(double bytes);
+
+// Rows for a table that caches cannot hold: at least 8 × `cache_bytes` and at least 1 GiB, but at
+// most a quarter of physical memory so the run fits beside its other buffers. `why` says which
+// rule decided.
+struct TableSizing {
+  int64_t rows = 0;
+  double bytes = 0;
+  std::string why;
+};
+TableSizing size_table(int64_t row_bytes, int64_t cache_bytes);
+
+// ---- statistics ----
+double median(std::vector<double> v);
+
+// ---- roofline ----
+
+// A bandwidth ceiling measured in the same run as the kernels it judges. Its benchmark row times
+// passes and records each pass's GB/s; `gbs()` is the median of what was recorded, measuring
+// `fallback_passes` passes first when the row did not run (filtered out).
+class Ceiling {
+ public:
+  // `pass` runs one pass and returns its seconds (timed by the backend's own clock).
+  Ceiling(std::string row_name, double bytes_per_pass, std::function<double()> pass);
+  void register_row(int repetitions);
+  double gbs();
+  double bytes_per_pass() const { return bytes_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;
+  double bytes_;
+  std::function<double()> pass_;
+  std::vector<double> samples_gbs_;
+};
+
+// One pass of a multithreaded streaming read over a host buffer: every thread sums its slice
+// with the widest vectors the CPU has (stream_read.cpp). Returns seconds.
+double host_stream_read_seconds(const void* data, std::size_t bytes, int threads);
+
+// One device-to-device copy of `bytes` with the backend's copy_within, timed by its events
+// (CUDA events on the GPU). Returns seconds.
+double device_copy_seconds(Backend backend, void* dst, const void* src, std::size_t bytes);
+
+// Sets the counters every bandwidth row reports: GB/s (1e9 bytes) of `bytes` over `seconds`, its
+// percentage of the ceiling measured in this run and of the nominal peak, and SetBytesProcessed.
+void set_bandwidth_counters(benchmark::State& state, double bytes, double seconds,
+                            double ceiling_gbs, double peak_gbs);
+
+// ---- flags ----
+
+// Flags of a benchmark binary, parsed before Google Benchmark's: `--name value` or
+// `--name=value`. Arguments starting with --benchmark_ (and the program name) are handed on to
+// benchmark::Initialize; anything else unknown is an error that lists what is accepted.
+class Flags {
+ public:
+  explicit Flags(std::string program, std::string description);
+  // Each flag has a default shown in --help; the setter receives the text and throws
+  // memlayers::Error when it is not acceptable.
+  void add(std::string name, std::string default_value, std::string help,
+           std::function<void(const std::string&)> set);
+  void add_int(std::string name, int64_t* target, std::string help, int64_t min_value = 0);
+  void add_double(std::string name, double* target, std::string help);
+  void add_choice(std::string name, std::string* target, std::vector<std::string> choices,
+                  std::string help);
+  void add_string(std::string name, std::string* target, std::string help);
+  // Text printed after the flag list by --help (formulas, notes).
+  void set_epilog(std::string text) { epilog_ = std::move(text); }
+
+  // Returns false when --help was printed (the caller exits 0). Throws memlayers::Error on a bad
+  // flag. On return, argc/argv hold only what Google Benchmark should see.
+  bool parse(int* argc, char** argv);
+  bool given(const std::string& name) const { return given_.count(name) != 0; }
+  std::string help() const;
+
+ private:
+  struct Flag {
+    std::string name, default_value, help;
+    std::function<void(const std::string&)> set;
+  };
+  std::string program_, description_, epilog_;
+  std::vector<Flag> flags_;
+  std::map<std::string, bool> given_;
+};
+
+}  // namespace memlayers::bench
