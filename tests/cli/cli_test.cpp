@@ -1,0 +1,175 @@
+// Runs the built `memlayers` binary: --help, --version, info, info --json (checked against the
+// registry and Highway in this process), npy-info, and the exit codes of usage and runtime errors.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <hwy/targets.h>
+#include <nlohmann/json.hpp>
+
+#include "common/backend.h"
+#include "common/registry.h"
+#include "npy/npy.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Runs `memlayers <args>` through the shell, stdout and stderr captured apart.
+Result run(const std::string& args) {
+  const fs::path dir = fs::temp_directory_path();
+  const std::string tag = std::to_string(::getpid());
+  const fs::path out = dir / ("memlayers_cli_out_" + tag), err = dir / ("memlayers_cli_err_" + tag);
+  const std::string cmd = std::string("'") + MEMLAYERS_CLI_BINARY + "' " + args + " >'" +
+                          out.string() + "' 2>'" + err.string() + "' </dev/null";
+  const int status = std::system(cmd.c_str());
+  Result r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = slurp(out);
+  r.err = slurp(err);
+  fs::remove(out);
+  fs::remove(err);
+  return r;
+}
+
+TEST(CliBinary, Help) {
+  const Result r = run("--help");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("memlayers"));
+  EXPECT_THAT(r.out, HasSubstr("info"));
+  EXPECT_THAT(r.out, HasSubstr("npy-info"));
+  EXPECT_THAT(r.out, HasSubstr("--version"));
+  const Result sub = run("info --help");
+  EXPECT_EQ(sub.code, 0);
+  EXPECT_THAT(sub.out, HasSubstr("--json"));
+}
+
+TEST(CliBinary, Version) {
+  const Result r = run("--version");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("memlayers " MEMLAYERS_VERSION));
+}
+
+TEST(CliBinary, InfoText) {
+  const Result r = run("info");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("memlayers " MEMLAYERS_VERSION));
+  for (const char* want : {"cpu:", "simd:", "gpu:", "backends:", "reference", "simt"})
+    EXPECT_THAT(r.out, HasSubstr(want));
+  const std::string cuda_why = memlayers::usable(memlayers::Backend::cuda);
+  if (!cuda_why.empty()) {
+    EXPECT_THAT(r.out, HasSubstr("cuda       not usable: " + cuda_why));
+  }
+  for (const auto& v : memlayers::all_variants()) EXPECT_THAT(r.out, HasSubstr(v.name));
+  for (const auto& op : memlayers::all_ops()) EXPECT_THAT(r.out, HasSubstr(op));
+  EXPECT_TRUE(r.err.empty()) << r.err;
+}
+
+TEST(CliBinary, InfoJsonMatchesThisProcess) {
+  const Result r = run("info --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json j;
+  ASSERT_NO_THROW(j = nlohmann::json::parse(r.out)) << r.out;
+  for (const char* key : {"version", "backends", "ops", "variants", "cpu", "gpu"})
+    ASSERT_TRUE(j.contains(key)) << key << " missing in " << r.out;
+  EXPECT_EQ(j["version"], MEMLAYERS_VERSION);
+
+  ASSERT_EQ(j["backends"].size(), std::size(memlayers::kAllBackends));
+  for (std::size_t i = 0; i < j["backends"].size(); ++i) {
+    const auto b = memlayers::kAllBackends[i];
+    const auto& jb = j["backends"][i];
+    EXPECT_EQ(jb["name"], std::string(memlayers::to_string(b)));
+    EXPECT_EQ(jb["usable"], memlayers::usable(b).empty());
+    EXPECT_EQ(jb["why_not"], memlayers::usable(b));
+    EXPECT_EQ(jb["compiled"], memlayers::backend_info(b).compiled);
+  }
+  EXPECT_EQ(j["backends"][0]["usable"], true) << "the reference backend runs everywhere";
+  EXPECT_EQ(j["gpu"]["present"], memlayers::usable(memlayers::Backend::cuda).empty());
+
+  // The binary and this test link the same registry: the same ops and variants, in order.
+  const auto& ops = memlayers::all_ops();
+  ASSERT_EQ(j["ops"].size(), ops.size());
+  for (std::size_t i = 0; i < ops.size(); ++i) EXPECT_EQ(j["ops"][i]["name"], ops[i]);
+  const auto& variants = memlayers::all_variants();
+  ASSERT_EQ(j["variants"].size(), variants.size());
+  std::size_t counted = 0;
+  for (const auto& op : j["ops"]) counted += op["variant_count"].get<std::size_t>();
+  EXPECT_EQ(counted, variants.size());
+  for (std::size_t i = 0; i < variants.size(); ++i) {
+    const auto& jv = j["variants"][i];
+    EXPECT_EQ(jv["op"], variants[i].op);
+    EXPECT_EQ(jv["name"], variants[i].name);
+    EXPECT_EQ(jv["backend"], std::string(memlayers::to_string(variants[i].backend)));
+    EXPECT_EQ(jv["summary"], variants[i].summary);
+    EXPECT_EQ(jv["deterministic"], variants[i].deterministic);
+  }
+
+  EXPECT_EQ(j["cpu"]["cores"], std::thread::hardware_concurrency());
+  EXPECT_GE(j["cpu"]["cores_available"].get<int>(), 1);
+  EXPECT_FALSE(j["cpu"]["model"].get<std::string>().empty());
+  std::vector<std::string> targets;
+  for (std::int64_t bits = hwy::SupportedTargets(); bits; bits &= bits - 1)
+    targets.emplace_back(hwy::TargetName(bits & -bits));
+  ASSERT_FALSE(targets.empty());
+  EXPECT_EQ(j["cpu"]["simd_targets"].get<std::vector<std::string>>(), targets);
+}
+
+TEST(CliBinary, NpyInfoReadsAndReportsErrors) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("memlayers_cli_npy_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  memlayers::npy::write(dir / "v.npy", memlayers::npy::Array::from<float>(
+                                           {2, 2}, std::vector<float>{-1.5f, 2, NAN, 8}));
+  const Result ok = run("npy-info '" + (dir / "v.npy").string() + "'");
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_THAT(ok.out, HasSubstr("v.npy: fp32 (2, 2), 4 elements, min -1.5 max 8, 1 NaN"));
+
+  // A runtime error: exit 1, the library's message behind the program's prefix.
+  const Result missing = run("npy-info '" + (dir / "absent.npy").string() + "'");
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_THAT(missing.err, StartsWith("memlayers: error: npy: cannot open"));
+  EXPECT_THAT(missing.err, HasSubstr("absent.npy"));
+  fs::remove_all(dir);
+}
+
+TEST(CliBinary, UnknownSubcommandIsAUsageError) {
+  const Result r = run("frobnicate");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("unknown subcommand 'frobnicate'"));
+  EXPECT_THAT(r.err, HasSubstr("available: info, npy-info"));
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+TEST(CliBinary, OtherUsageErrors) {
+  const Result none = run("");
+  EXPECT_EQ(none.code, 2);
+  EXPECT_THAT(none.err, HasSubstr("memlayers: usage error:"));
+  const Result bad_flag = run("info --bogus");
+  EXPECT_EQ(bad_flag.code, 2);
+  EXPECT_THAT(bad_flag.err, HasSubstr("--bogus"));
+  const Result no_files = run("npy-info");
+  EXPECT_EQ(no_files.code, 2);
+  EXPECT_THAT(no_files.err, HasSubstr("files"));
+  EXPECT_THAT(no_files.err, Not(HasSubstr("memlayers: error:")));
+}
+
+}  // namespace
