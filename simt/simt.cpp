@@ -173,6 +173,7 @@ class Pool {
     {
       std::lock_guard lock(mu_);
       job_ = &job;
+      active_ = job.nthreads;
       next_block_ = 0;
       finished_ = 0;
       grid_done_ = false;
@@ -184,9 +185,10 @@ class Pool {
     long timeout_s = watchdog_seconds();
     std::unique_lock lock(mu_);
     uint64_t seen = next_block_;
-    while (!grid_done_) {
-      if (!done_cv_.wait_for(lock, std::chrono::seconds(timeout_s), [&] { return grid_done_; }) &&
-          next_block_ == seen) {
+    // Returns only once every worker has left the grid, so none lingers into the next launch.
+    auto done = [&] { return grid_done_ && active_ == 0; };
+    while (!done()) {
+      if (!done_cv_.wait_for(lock, std::chrono::seconds(timeout_s), done) && next_block_ == seen) {
         std::fprintf(stderr,
                      "simt watchdog: %s made no progress for %ld s (threads spinning outside "
                      "any barrier?); aborting\n",
@@ -283,13 +285,15 @@ class Pool {
         } else {
           grid_done_ = true;
           ++next_block_;
-          done_cv_.notify_all();
         }
         block_cv_.notify_all();
       } else {
         block_cv_.wait(lock, [&] { return next_block_ != b; });
       }
-      if (grid_done_) return;
+      if (grid_done_) {
+        if (--active_ == 0) done_cv_.notify_all();
+        return;
+      }
     }
   }
 
@@ -312,6 +316,7 @@ class Pool {
   Block block_;
   uint64_t next_block_ = 0;
   unsigned finished_ = 0;
+  unsigned active_ = 0;  // workers still inside run_blocks
   bool grid_done_ = false;
   bool stop_ = false;
   std::string failure_;

@@ -93,14 +93,14 @@ uint64_t to_bits(T v) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8,
                 "warp shuffles move values of at most 8 bytes");
   uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
+  std::memcpy(&bits, static_cast<const void*>(&v), sizeof(T));
   return bits;
 }
 
 template <class T>
 T from_bits(uint64_t bits) {
   T v;
-  std::memcpy(&v, &bits, sizeof(T));
+  std::memcpy(static_cast<void*>(&v), &bits, sizeof(T));
   return v;
 }
 

@@ -16,13 +16,13 @@ inline constexpr int64_t kMaxK = 256;
 inline constexpr int64_t kMaxDim = 8192;
 
 struct FwdParams {
-  const void* values = nullptr;   // V: (num_rows, dim), values_dtype, rows values_stride apart
-  const void* indices = nullptr;  // idx: (batch, k) contiguous, index_dtype
-  const float* weights = nullptr; // w: (batch, k) contiguous
-  void* out = nullptr;            // y: (batch, dim), out_dtype, rows out_stride apart
+  const void* values = nullptr;    // V: (num_rows, dim), values_dtype, rows values_stride apart
+  const void* indices = nullptr;   // idx: (batch, k) contiguous, index_dtype
+  const float* weights = nullptr;  // w: (batch, k) contiguous
+  void* out = nullptr;             // y: (batch, dim), out_dtype, rows out_stride apart
   int64_t batch = 0, k = 0, dim = 0, num_rows = 0;
-  int64_t values_stride = 0;  // elements between rows of V; >= dim (0 means dim)
-  int64_t out_stride = 0;     // elements between rows of y; >= dim (0 means dim)
+  int64_t values_stride = 0;        // elements between rows of V; >= dim (0 means dim)
+  int64_t out_stride = 0;           // elements between rows of y; >= dim (0 means dim)
   DType values_dtype = DType::f32;  // f32 or bf16
   DType index_dtype = DType::i64;   // i32 or i64
   DType out_dtype = DType::f32;     // f32 or bf16
@@ -78,10 +78,13 @@ struct Bwd {
   // dw: B·k·dim·s_V (rows re-read) + B·dim·4 (dy) + B·k·4 (dw written);
   // compact dV: U·dim·4 (rows written) + B·k·(s_idx + 4)·2 (the sort's keys and values, in and
   // out). U, the number of distinct rows, is an argument: it depends on the indices.
+  // Only the terms of requested outputs count (dy once when either is); a dense dV counts like
+  // the compact one here, its zeroing is dense_zeroing_bytes.
   static double bytes_moved(const Params& p, double unique_rows);
-  // The extra cost of a dense dV: zeroing N·dim·4 bytes. Reported separately.
+  // The extra cost of a dense dV: zeroing N·dim·4 bytes. Reported separately, whether or not
+  // grad_values_dense is set (it is what a dense-gradient framework pays).
   static double dense_zeroing_bytes(const Params& p);
-  static double flops(const Params& p);  // 2·B·k·dim (dw) + 2·B·k·dim (dV)
+  static double flops(const Params& p);  // 2·B·k·dim (dw) + 2·B·k·dim (dV), requested ones only
 };
 
 }  // namespace memlayers::embbag

@@ -1,0 +1,160 @@
+// parallel_for over a persistent pool of std::threads, for the CPU variants. Plain threads, not
+// OpenMP: libgomp's barriers are invisible to ThreadSanitizer, which then reports false races.
+//
+// One parallel_for runs at a time; a call made while another is running (from another thread or
+// from inside a chunk) runs serially on its caller instead of waiting, so nesting cannot deadlock.
+// The pool has MEMLAYERS_THREADS threads in all (caller included), default: hardware threads.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+namespace memlayers {
+
+namespace parallel_detail {
+
+struct Job {
+  void (*call)(void* ctx, int64_t begin, int64_t end);
+  void* ctx;
+  int64_t n, grain;
+  std::atomic<int64_t> next{0};
+  std::mutex error_mu;
+  std::exception_ptr error;
+
+  // Chunks are claimed one by one, so a slow chunk does not hold up the others.
+  void work() {
+    for (int64_t b; (b = next.fetch_add(grain, std::memory_order_relaxed)) < n;) {
+      try {
+        call(ctx, b, std::min(b + grain, n));
+      } catch (...) {
+        std::lock_guard lock(error_mu);
+        if (!error) error = std::current_exception();
+        next.store(n, std::memory_order_relaxed);
+      }
+    }
+  }
+};
+
+inline thread_local bool in_pool_thread = false;
+
+class Pool {
+ public:
+  explicit Pool(int threads) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { loop(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Runs the job on the workers and the caller; false when the pool is busy (caller runs it).
+  bool run(Job& job) {
+    std::unique_lock call(call_mu_, std::try_to_lock);
+    if (!call.owns_lock() || in_pool_thread) return false;
+    {
+      std::lock_guard lock(mu_);
+      job_ = &job;
+      ++generation_;
+    }
+    wake_.notify_all();
+    in_pool_thread = true;
+    job.work();
+    in_pool_thread = false;
+    std::unique_lock lock(mu_);
+    job_ = nullptr;
+    done_.wait(lock, [&] { return running_ == 0; });
+    return true;
+  }
+
+ private:
+  void loop() {
+    in_pool_thread = true;
+    uint64_t seen = 0;
+    std::unique_lock lock(mu_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      Job* job = job_;
+      if (!job) continue;  // woke after the caller finished that job
+      ++running_;
+      lock.unlock();
+      job->work();
+      lock.lock();
+      if (--running_ == 0) done_.notify_all();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex call_mu_;
+  std::mutex mu_;
+  std::condition_variable wake_, done_;
+  Job* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int running_ = 0;
+  bool stop_ = false;
+};
+
+inline int configured_threads() {
+  if (const char* env = std::getenv("MEMLAYERS_THREADS")) {
+    int n = std::atoi(env);
+    if (n >= 1) return n;
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+inline Pool& pool() {
+  static Pool p(configured_threads());
+  return p;
+}
+
+}  // namespace parallel_detail
+
+// Threads parallel_for uses (caller included).
+inline int num_threads() { return parallel_detail::pool().size(); }
+
+// Calls fn(begin, end) over [0, n) in chunks of `grain` items (the last may be shorter), spread
+// over the pool. Which thread runs a chunk is unspecified: results must not depend on it. The
+// first exception a chunk throws is rethrown here after every running chunk finished.
+template <class F>
+void parallel_for(int64_t n, int64_t grain, F&& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  if (n <= grain || parallel_detail::in_pool_thread) {
+    for (int64_t b = 0; b < n; b += grain) fn(b, std::min(b + grain, n));
+    return;
+  }
+  parallel_detail::Job job;
+  job.call = [](void* ctx, int64_t b, int64_t e) {
+    (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e);
+  };
+  job.ctx = const_cast<void*>(static_cast<const void*>(&fn));
+  job.n = n;
+  job.grain = grain;
+  if (!parallel_detail::pool().run(job)) job.work();
+  if (job.error) std::rethrow_exception(job.error);
+}
+
+// A grain that gives each thread several chunks (for balance) but keeps chunks at least
+// `min_grain`.
+inline int64_t balanced_grain(int64_t n, int64_t min_grain = 1, int chunks_per_thread = 4) {
+  int64_t chunks = int64_t{num_threads()} * chunks_per_thread;
+  return std::max<int64_t>(min_grain, (n + chunks - 1) / chunks);
+}
+
+}  // namespace memlayers

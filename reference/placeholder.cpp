@@ -1,1 +1,0 @@
-// Anchors the library before the first reference lands; removed once one does.

@@ -1,0 +1,75 @@
+// Planted bugs for the detector proofs (detectors_test.cpp runs this binary in a child process and
+// reads its sanitizer report). Each bug has a fixed twin that must run clean, so a proof that
+// passes is not just a detector that always fires.
+//   simt_planted race|race_fixed|static_overflow|dynamic_overflow|overflow_fixed
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "common/cuda.cuh"
+
+namespace {
+
+using memlayers::launch_kernel;
+
+// A shared-memory neighbour sum with the barrier between the write and the read removed.
+__global__ void planted_race_kernel(const float* x, float* out) {
+  __shared__ float s[64];
+  s[threadIdx.x] = x[threadIdx.x];
+  // __syncthreads() belongs here.
+  out[threadIdx.x] = s[threadIdx.x] + s[(threadIdx.x + 1) % blockDim.x];
+}
+
+__global__ void fixed_race_kernel(const float* x, float* out) {
+  __shared__ float s[64];
+  s[threadIdx.x] = x[threadIdx.x];
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x] + s[(threadIdx.x + 1) % blockDim.x];
+}
+
+// Writes one element past a static __shared__ array (launched with 33 threads).
+__global__ void planted_static_overflow_kernel(float* out) {
+  __shared__ float s[32];
+  s[threadIdx.x] = 1.f;
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x % 32];
+}
+
+// Writes one element past the dynamic shared memory the launch asked for.
+__global__ void planted_dynamic_overflow_kernel(float* out, int n) {
+  MEMLAYERS_DYNAMIC_SHARED(float, s);
+  s[threadIdx.x] = 1.f;  // launched with n + 1 threads, n floats of shared memory
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x % n];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s race|race_fixed|static_overflow|dynamic_overflow|overflow_fixed\n",
+                 argv[0]);
+    return 2;
+  }
+  std::vector<float> x(64, 1.f), out(64, 0.f);
+  std::string c = argv[1];
+  if (c == "race")
+    launch_kernel("planted_race_kernel", planted_race_kernel, 1, 64, 0, nullptr, x.data(), out.data());
+  else if (c == "race_fixed")
+    launch_kernel("fixed_race_kernel", fixed_race_kernel, 1, 64, 0, nullptr, x.data(), out.data());
+  else if (c == "static_overflow")
+    launch_kernel("planted_static_overflow_kernel", planted_static_overflow_kernel, 1, 33, 0,
+                  nullptr, out.data());
+  else if (c == "dynamic_overflow")
+    launch_kernel("planted_dynamic_overflow_kernel", planted_dynamic_overflow_kernel, 1, 33,
+                  32 * sizeof(float), nullptr, out.data(), 32);
+  else if (c == "overflow_fixed")
+    launch_kernel("planted_dynamic_overflow_kernel", planted_dynamic_overflow_kernel, 1, 32,
+                  32 * sizeof(float), nullptr, out.data(), 32);
+  else {
+    std::fprintf(stderr, "unknown case '%s'\n", argv[1]);
+    return 2;
+  }
+  std::printf("ran %s: out[0] = %g\n", argv[1], out[0]);
+  return 0;
+}

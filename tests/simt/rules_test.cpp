@@ -1,0 +1,109 @@
+// The rules simt enforces: a barrier that cannot complete, a warp collective whose mask leaves out
+// its caller, and an invalid launch each fail fast with a message naming the kernel, instead of
+// hanging or running on. Compiled for simt only: on a GPU these are undefined behaviour.
+// Run: ctest -R SimtRules
+#include <gtest/gtest.h>
+
+#include "common/cuda.cuh"
+
+namespace {
+
+using memlayers::launch_kernel;
+
+__global__ void divergent_barrier_kernel(int* out) {
+  if (threadIdx.x < 16) {
+    __syncthreads();
+    out[threadIdx.x] = 1;
+  } else {
+    __syncthreads();
+    out[threadIdx.x] = 2;
+  }
+}
+
+__global__ void barrier_vs_shuffle_kernel(int* out) {
+  int v = static_cast<int>(threadIdx.x);
+  if (threadIdx.x == 0) {
+    __syncthreads();  // lane 0 waits here while its warp waits for it in the shuffle
+  } else {
+    v = __shfl_sync(0xffffffffu, v, 0);
+  }
+  out[threadIdx.x] = v;
+}
+
+__global__ void mask_excludes_caller_kernel(int* out) {
+  out[threadIdx.x] = __shfl_sync(0x1u, 5, 0);  // lanes other than 0 are not in the mask
+}
+
+__global__ void trap_kernel(int* out) {
+  if (threadIdx.x == 3) __trap();
+  out[threadIdx.x] = 1;
+}
+
+__global__ void partial_barrier_kernel(int* out) {
+  __shared__ int s[64];
+  s[threadIdx.x] = static_cast<int>(threadIdx.x);
+  if (threadIdx.x % 2) return;  // odd threads leave; the barrier counts only those that stay
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x + 1 < 64 ? threadIdx.x + 1 : 0];
+}
+
+std::string launch_error(void (*kernel)(int*), const char* name, dim3 grid, dim3 block,
+                         std::size_t smem = 0) {
+  std::vector<int> out(4096, 0);
+  try {
+    launch_kernel(name, kernel, grid, block, smem, nullptr, out.data());
+  } catch (const memlayers::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(SimtRules, DivergentSyncthreadsFailsFastNamingTheKernel) {
+  std::string msg = launch_error(divergent_barrier_kernel, "divergent_barrier_kernel", 1, 32);
+  EXPECT_NE(msg.find("divergent_barrier_kernel"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("divergent __syncthreads"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("rules_test.cpp"), std::string::npos) << msg;
+}
+
+TEST(SimtRules, BarrierThatSomeThreadsNeverReachIsADeadlock) {
+  std::string msg = launch_error(barrier_vs_shuffle_kernel, "barrier_vs_shuffle_kernel", 2, 32);
+  EXPECT_NE(msg.find("barrier_vs_shuffle_kernel"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("deadlock"), std::string::npos) << msg;
+}
+
+TEST(SimtRules, WarpMaskMustIncludeTheCaller) {
+  std::string msg = launch_error(mask_excludes_caller_kernel, "mask_excludes_caller_kernel", 1, 32);
+  EXPECT_NE(msg.find("excludes itself"), std::string::npos) << msg;
+}
+
+TEST(SimtRules, TrapStopsTheKernelWithItsLocation) {
+  std::string msg = launch_error(trap_kernel, "trap_kernel", 1, 8);
+  EXPECT_NE(msg.find("__trap"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("trap_kernel"), std::string::npos) << msg;
+}
+
+TEST(SimtRules, InvalidLaunchesAreRejected) {
+  EXPECT_NE(launch_error(trap_kernel, "k", 1, 1025).find("accepted 1..1024"), std::string::npos);
+  EXPECT_NE(launch_error(trap_kernel, "k", 1, dim3(0)).find("invalid launch"), std::string::npos);
+  EXPECT_NE(launch_error(trap_kernel, "k", dim3(0), 32).find("grid"), std::string::npos);
+  EXPECT_NE(launch_error(trap_kernel, "k", 1, 32, 300 * 1024).find("shared memory"),
+            std::string::npos);
+}
+
+TEST(SimtRules, ThreadsThatReturnDropOutOfTheBarrier) {
+  std::vector<int> out(64, -1);
+  launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(3), dim3(64), 0, nullptr,
+                out.data());
+  for (int t = 0; t < 64; t += 2) EXPECT_EQ(out[t], t + 1) << "thread " << t;
+  for (int t = 1; t < 64; t += 2) EXPECT_EQ(out[t], -1) << "thread " << t;
+}
+
+TEST(SimtRules, TheRuntimeRecoversAfterAFailedKernel) {
+  ASSERT_NE(launch_error(divergent_barrier_kernel, "divergent_barrier_kernel", 4, 64), "");
+  std::vector<int> out(64, -1);
+  launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(1), dim3(64), 0, nullptr,
+                out.data());
+  EXPECT_EQ(out[0], 1);
+}
+
+}  // namespace

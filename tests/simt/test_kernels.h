@@ -1,0 +1,51 @@
+// Small CUDA kernels that exercise every simt primitive, compiled twice (simt and, with nvcc, the
+// GPU) so the same checks run on both. Pointers are device pointers of the matching backend.
+#pragma once
+#include <cstdint>
+
+#include "common/backend.h"
+
+namespace simt_tests {
+
+using memlayers::Stream;
+
+struct KernelSet {
+  // out[b] = sum of x[b·2·threads, (b+1)·2·threads) — shared-memory tree, any block size.
+  void (*block_reduce)(const float* x, float* out, int n, int threads, Stream s);
+  // Per warp, the sum of its lanes' x (shuffle-down), and per 8-lane segment (xor, width 8);
+  // slots are numbered block by block: ceil(threads/32) warps and ceil(threads/8) segments each.
+  void (*warp_reduce)(const float* x, float* warp_sums, float* seg_sums, int n, int threads,
+                      Stream s);
+  // Inclusive prefix sums within each block (warp shfl_up scans, then across warps).
+  void (*block_scan)(const int* x, int* out, int n, int threads, Stream s);
+  // out (cols × rows) = transpose of in (rows × cols), through a 32×33 shared tile.
+  void (*transpose)(const float* in, float* out, int rows, int cols, Stream s);
+  // hist[v % bins] counts, shared-memory histogram then global atomics (bins ≤ 256).
+  void (*histogram)(const unsigned* x, unsigned* hist, int n, int bins, int threads, Stream s);
+  // Each lane shuffles f(lane) with idx/up/down/xor at the given width; 4 results per thread:
+  // [shfl(src = lane·3), up(delta 3), down(delta 5), xor(mask 6)], for int, float, double,
+  // __half and __nv_bfloat16 (the last two carried back as float).
+  void (*shuffles)(int* i_out, float* f_out, double* d_out, float* h_out, float* b_out,
+                   int width, int threads, Stream s);
+  // Per thread pred = (t % 3 == 0) ^ (t == 7); per warp: ballot, any, all; per block:
+  // __syncthreads_count / _and / _or. warp_out: 3 words per warp; block_out: 3 ints per block.
+  void (*votes)(unsigned* warp_out, int* block_out, int threads, int blocks, Stream s);
+  // All atomics on a few global words: [0] int add, [1] unsigned add, [2] max, [3] min,
+  // [4] CAS-loop increment, [5] exch count; float and double sums of x.
+  void (*atomics)(const int* x, int* words, float* fsum, double* dsum, int n, int threads,
+                  Stream s);
+  // out = reverse of x within each block, through dynamic shared memory of `threads` floats,
+  // with the first `early` threads returning before the barrier (they drop out of it).
+  void (*reverse_dynamic)(const float* x, float* out, int n, int threads, int early, Stream s);
+};
+
+namespace simt {
+const KernelSet& kernels();
+}
+#if defined(MEMLAYERS_HAVE_CUDA)
+namespace gpu {
+const KernelSet& kernels();
+}
+#endif
+
+}  // namespace simt_tests
