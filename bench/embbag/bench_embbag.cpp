@@ -1,0 +1,711 @@
+// bench_embbag: every registered weighted-EmbeddingBag variant, forward and backward, timed against
+// the memory roofline that the same run measures (DESIGN.md §5).
+//
+// Build: cmake -S . -B build -G Ninja && cmake --build build --target bench_embbag
+// Run:   build/bench/embbag/bench_embbag --dim 1024 --k 32
+//        build/bench/embbag/bench_embbag --dim 1024 --k 32 --benchmark_out=embbag.json
+//            --benchmark_out_format=json          (JSON is the record the report reads)
+//        build/bench/embbag/bench_embbag --help   (every flag, its default, the bytes counted)
+//
+// Bytes come from the op's declaration (Fwd::bytes_moved, Bwd::bytes_moved with U counted from
+// the indices actually used); the bench never counts them itself. Times are the backend's own
+// (CUDA events on the GPU, a steady clock on the host), reported as manual time; the record is
+// the median of --reps repetitions.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "bench/common/bench_common.h"
+#include "embbag/embbag.h"
+
+#if MEMLAYERS_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace {
+
+using namespace memlayers;
+using namespace memlayers::embbag;
+namespace mb = memlayers::bench;
+
+// ---- configuration ----
+
+struct Config {
+  int64_t dim = 1024, k = 32, batch = 4096, rows = 0, seed = 1, reps = 5, sets = 4;
+  std::string dtype = "fp32", index = "int64", direction = "all", backend = "all", variant;
+  std::string dist = "uniform", dv = "auto";
+  double zipf_s = 1.0, peak_gbs = 3350;
+
+  DType values_dtype() const { return dtype == "bf16" ? DType::bf16 : DType::f32; }
+  DType index_dtype() const { return index == "int32" ? DType::i32 : DType::i64; }
+  bool fwd() const { return direction != "bwd"; }
+  bool bwd() const { return direction != "fwd"; }
+};
+
+constexpr const char* kFormulas =
+    R"(Bytes counted (declared once in kernels/embbag/embbag.h, DESIGN.md section 5;
+s_X = bytes per element of X, B = batch, U = distinct rows among a batch's indices):
+  fwd  B*k*dim*s_V (gathered rows) + B*k*(s_idx + 4) (indices, weights) + B*dim*s_y (output)
+  bwd  B*k*dim*s_V (rows re-read for dw) + B*dim*4 (dy) + B*k*4 (dw written)
+       + U*dim*4 (compact dV rows written) + B*k*(s_idx + 4)*2 (the sort's keys and values, in
+       and out). U is counted from each input set's actual indices.
+       A dense dV also zeroes N*dim*4 bytes (N = --rows). That is reported apart, as the counter
+       dense_zeroing_bytes and as GB/s_incl_zeroing; GB/s counts only the floor above.
+Counters: GB/s = counted bytes / time (1e9 bytes); pct_ceiling = % of the ceiling row measured
+in this run (host backends: streaming read of the table with all cores; cuda: device-to-device
+copy, read + write bytes counted); pct_peak = % of --peak-gbs; GFLOP/s from the op's flops().
+Rows: ceiling/<backend>/..., embbag_fwd|embbag_bwd/<backend>/<variant>/<shape>, the backward's
+ending in _compact or _dense (the dV form timed). With --reps > 1 only the aggregates are
+reported; the median is the record.
+Threads: the CPU variants and the host ceiling use MEMLAYERS_THREADS threads (default: all).
+Backends: 'all' runs cpu and cuda. reference and simt are correctness backends (exact fp64 loops,
+and the CUDA source on CPU threads): they run only when named, e.g. --backend cpu,simt.
+Unsupported combinations are printed and reported as skipped rows with the reason.)";
+
+// ---- input generation ----
+
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Uniform in [-1, 1).
+float unit_float(uint64_t r) { return float(int64_t(r >> 40) - (int64_t{1} << 23)) * 0x1p-23f; }
+
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return uint16_t(u >> 16);
+}
+
+// Fills the table with values in [-1, 1) on all cores; touching every page here keeps page faults
+// out of the timed runs.
+void fill_table(void* table, int64_t elems, DType dtype, uint64_t seed) {
+  const int threads = mb::host_threads();
+  std::vector<std::thread> pool;
+  const int64_t per = (elems + threads - 1) / threads;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([=] {
+      uint64_t s = seed * 0x2545f4914f6cdd1dull + uint64_t(t) + 1;
+      const int64_t lo = std::min(elems, per * t), hi = std::min(elems, per * (t + 1));
+      if (dtype == DType::bf16) {
+        auto* p = static_cast<uint16_t*>(table);
+        for (int64_t i = lo; i < hi; ++i) p[i] = to_bf16(unit_float(splitmix64(s)));
+      } else {
+        auto* p = static_cast<float*>(table);
+        for (int64_t i = lo; i < hi; ++i) p[i] = unit_float(splitmix64(s));
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+}
+
+// Zipf over ranks 1..n with exponent s by rejection-inversion (Hörmann and Derflinger, 1996):
+// O(1) memory, so it works for tables of any size.
+class Zipf {
+ public:
+  Zipf(int64_t n, double s) : n_(n), s_(s) {
+    h_x1_ = H(1.5) - 1;
+    h_n_ = H(double(n) + 0.5);
+    cut_ = 2 - H_inv(H(2.5) - h(2));
+  }
+  template <class Rng>
+  int64_t operator()(Rng& rng) {
+    std::uniform_real_distribution<double> uni(0, 1);
+    while (true) {
+      const double u = h_n_ + uni(rng) * (h_x1_ - h_n_);
+      const double x = H_inv(u);
+      const int64_t r = std::clamp<int64_t>(int64_t(x + 0.5), 1, n_);
+      if (double(r) - x <= cut_ || u >= H(double(r) + 0.5) - h(double(r))) return r;
+    }
+  }
+
+ private:
+  static double expm1_over(double x) { return std::abs(x) > 1e-8 ? std::expm1(x) / x : 1; }
+  static double log1p_over(double x) { return std::abs(x) > 1e-8 ? std::log1p(x) / x : 1; }
+  double h(double x) const { return std::exp(-s_ * std::log(x)); }
+  // H is an antiderivative of h; written so s = 1 needs no special case.
+  double H(double x) const {
+    const double lx = std::log(x);
+    return expm1_over((1 - s_) * lx) * lx;
+  }
+  double H_inv(double x) const {
+    const double t = std::max(-1.0, x * (1 - s_));
+    return std::exp(log1p_over(t) * x);
+  }
+  int64_t n_;
+  double s_, h_x1_ = 0, h_n_ = 0, cut_ = 0;
+};
+
+// One input set: indices (raw bytes of the index dtype), weights, dy and its distinct-row count.
+struct InputSet {
+  std::vector<unsigned char> indices;
+  std::vector<float> weights, grad_out;
+  int64_t unique_rows = 0;
+};
+
+std::vector<InputSet> make_inputs(const Config& c) {
+  std::vector<InputSet> sets(c.sets);
+  const int64_t n = c.batch * c.k;
+  // Hot ranks are spread over the table by a multiplier coprime with N, not packed at its start.
+  int64_t mult = std::max<int64_t>(1, int64_t(double(c.rows) * 0.6180339887));
+  while (std::gcd(mult, c.rows) != 1) ++mult;
+  std::optional<Zipf> zipf;
+  if (c.dist == "zipf") zipf.emplace(c.rows, c.zipf_s);
+  for (int64_t s = 0; s < c.sets; ++s) {
+    std::mt19937_64 rng(uint64_t(c.seed) * 1000003 + uint64_t(s));
+    std::uniform_int_distribution<int64_t> uni(0, c.rows - 1);
+    std::uniform_real_distribution<float> wdist(0.f, 1.f), gdist(-1.f, 1.f);
+    std::vector<int64_t> idx(n);
+    for (auto& i : idx) {
+      if (zipf) {
+        __extension__ using u128 = unsigned __int128;
+        i = int64_t(u128(uint64_t((*zipf)(rng)-1)) * u128(uint64_t(mult)) % u128(c.rows));
+      } else {
+        i = uni(rng);
+      }
+    }
+    InputSet& in = sets[s];
+    const std::size_t s_idx = dtype_size(c.index_dtype());
+    in.indices.resize(std::size_t(n) * s_idx);
+    for (int64_t j = 0; j < n; ++j) {
+      if (c.index_dtype() == DType::i32) {
+        const int32_t v = int32_t(idx[j]);
+        std::memcpy(&in.indices[j * 4], &v, 4);
+      } else {
+        std::memcpy(&in.indices[j * 8], &idx[j], 8);
+      }
+    }
+    in.weights.resize(n);
+    for (auto& w : in.weights) w = wdist(rng);
+    if (c.bwd()) {
+      in.grad_out.resize(std::size_t(c.batch * c.dim));
+      for (auto& g : in.grad_out) g = gdist(rng);
+    }
+    std::sort(idx.begin(), idx.end());
+    in.unique_rows = std::unique(idx.begin(), idx.end()) - idx.begin();
+  }
+  return sets;
+}
+
+// ---- buffers on a backend ----
+
+struct Buffer {
+  const Memory* mem = nullptr;
+  void* ptr = nullptr;
+  std::size_t bytes = 0;
+  Buffer() = default;
+  Buffer(const Memory& m, std::size_t n) : mem(&m), ptr(m.alloc(n)), bytes(n) {}
+  Buffer(Buffer&& o) noexcept : mem(o.mem), ptr(std::exchange(o.ptr, nullptr)), bytes(o.bytes) {}
+  Buffer& operator=(Buffer&& o) noexcept {
+    std::swap(mem, o.mem);
+    std::swap(ptr, o.ptr);
+    std::swap(bytes, o.bytes);
+    return *this;
+  }
+  ~Buffer() {
+    if (ptr) mem->release(ptr);
+  }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr);
+  }
+};
+
+// Everything one backend's variants read and write. Host backends (reference, cpu, simt) share one
+// workspace whose table is the host table itself.
+struct Workspace {
+  const Memory* mem;
+  const void* table = nullptr;
+  Buffer table_copy;  // device table (cuda)
+  std::vector<Buffer> indices, weights, grad_out;
+  Buffer out, grad_weights, unique_rows, grad_compact, num_unique, grad_dense;
+
+  Workspace(Backend b, const Config& c, const void* host_table, std::size_t table_bytes,
+            const std::vector<InputSet>& sets)
+      : mem(backend_info(b).memory) {
+    if (b == Backend::cuda) {
+      table_copy = Buffer(*mem, table_bytes);
+      mem->to_device(table_copy.ptr, host_table, table_bytes);
+      table = table_copy.ptr;
+    } else {
+      table = host_table;
+    }
+    auto upload = [&](const void* src, std::size_t n) {
+      Buffer buf(*mem, n);
+      mem->to_device(buf.ptr, src, n);
+      return buf;
+    };
+    for (const auto& s : sets) {
+      indices.push_back(upload(s.indices.data(), s.indices.size()));
+      weights.push_back(upload(s.weights.data(), s.weights.size() * 4));
+      if (c.bwd()) grad_out.push_back(upload(s.grad_out.data(), s.grad_out.size() * 4));
+    }
+    const std::size_t bk = std::size_t(c.batch * c.k);
+    if (c.fwd()) out = Buffer(*mem, std::size_t(c.batch * c.dim) * dtype_size(c.values_dtype()));
+    if (c.bwd()) {
+      grad_weights = Buffer(*mem, bk * 4);
+      unique_rows = Buffer(*mem, bk * 8);
+      grad_compact = Buffer(*mem, bk * std::size_t(c.dim) * 4);
+      num_unique = Buffer(*mem, 8);
+    }
+    mem->synchronize();
+  }
+
+  float* dense(const Config& c) {
+    if (!grad_dense.ptr) grad_dense = Buffer(*mem, std::size_t(c.rows) * std::size_t(c.dim) * 4);
+    return grad_dense.as<float>();
+  }
+};
+
+FwdParams fwd_params(const Config& c, const Workspace& w, int64_t set) {
+  FwdParams p;
+  p.values = w.table;
+  p.indices = w.indices[set].ptr;
+  p.weights = w.weights[set].as<const float>();
+  p.out = w.out.ptr;
+  p.batch = c.batch;
+  p.k = c.k;
+  p.dim = c.dim;
+  p.num_rows = c.rows;
+  p.values_dtype = p.out_dtype = c.values_dtype();
+  p.index_dtype = c.index_dtype();
+  return p;
+}
+
+enum class DvForm { compact, dense };
+
+BwdParams bwd_params(const Config& c, Workspace& w, int64_t set, DvForm form) {
+  BwdParams p;
+  p.values = w.table;
+  p.indices = w.indices[set].ptr;
+  p.weights = w.weights[set].as<const float>();
+  p.grad_out = w.grad_out[set].as<const float>();
+  p.batch = c.batch;
+  p.k = c.k;
+  p.dim = c.dim;
+  p.num_rows = c.rows;
+  p.values_dtype = c.values_dtype();
+  p.index_dtype = c.index_dtype();
+  p.grad_weights = w.grad_weights.as<float>();
+  if (form == DvForm::dense) {
+    p.grad_values_dense = w.dense(c);
+  } else {
+    p.unique_rows = w.unique_rows.as<int64_t>();
+    p.grad_values_compact = w.grad_compact.as<float>();
+    p.num_unique = w.num_unique.as<int64_t>();
+  }
+  return p;
+}
+
+// ---- timed rows ----
+
+std::atomic<int> g_failures{0};
+int g_rows_registered = 0;
+
+// Times `launch(set)` once per iteration with the backend's events, rotating the input sets so no
+// cache carries one iteration's rows into the next. `bytes(set)` is the op's declared count.
+template <class Launch, class Bytes>
+void timed_loop(benchmark::State& state, const Config& c, Backend b, mb::Ceiling& ceiling,
+                Launch launch, Bytes bytes, double flops_per_launch,
+                double extra_bytes_per_launch) {
+  const Timing& t = *backend_info(b).timing;
+  const Memory& mem = *backend_info(b).memory;
+  void* start = t.event_create();
+  void* end = t.event_create();
+  double seconds = 0, total_bytes = 0;
+  int64_t iter = 0;
+  bool ok = true;
+  try {
+    launch(0);  // warm-up
+    mem.synchronize();
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    ++g_failures;
+    ok = false;
+  }
+  if (ok) {
+    for (auto _ : state) {
+      const int64_t set = iter++ % c.sets;
+      try {
+        t.event_record(start, nullptr);
+        launch(set);
+        t.event_record(end, nullptr);
+        const double s = t.elapsed_ms(start, end) / 1e3;
+        state.SetIterationTime(s);
+        seconds += s;
+        total_bytes += bytes(set);
+      } catch (const std::exception& e) {
+        state.SkipWithError(e.what());
+        ++g_failures;
+        ok = false;
+        break;
+      }
+    }
+  }
+  t.event_destroy(start);
+  t.event_destroy(end);
+  if (!ok || seconds <= 0) return;
+  mb::set_bandwidth_counters(state, total_bytes, seconds, ceiling.gbs(), c.peak_gbs);
+  state.counters["GFLOP/s"] = flops_per_launch * double(iter) / seconds / 1e9;
+  if (extra_bytes_per_launch > 0) {
+    state.counters["dense_zeroing_bytes"] = extra_bytes_per_launch;
+    state.counters["GB/s_incl_zeroing"] =
+        (total_bytes + extra_bytes_per_launch * double(iter)) / seconds / 1e9;
+  }
+}
+
+std::string shape_name(const Config& c) {
+  return fmt::format("{}_{}_d{}_k{}_b{}_{}", c.dtype, c.index, c.dim, c.k, c.batch, c.dist);
+}
+
+// Rows that cannot run are still registered, and report why.
+void register_skip(const std::string& name, std::string why) {
+  fmt::print("skip {}: {}\n", name, why);
+  benchmark::RegisterBenchmark(name.c_str(), [why](benchmark::State& state) {
+    state.SkipWithError(("unsupported: " + why).c_str());
+  });
+}
+
+template <class Op>
+std::vector<const Variant<typename Op::Params>*> selected_variants(const Config& c, Backend b) {
+  auto all = Registry<Op>::of(b);
+  if (c.variant.empty()) return all;
+  std::erase_if(all, [&](const auto* v) { return v->name != c.variant; });
+  return all;
+}
+
+void register_fwd(const Config& c, Backend b, Workspace& w, mb::Ceiling& ceiling) {
+  auto variants = selected_variants<Fwd>(c, b);
+  if (variants.empty() && c.variant.empty())
+    fmt::print("note: {} has no variant registered on backend {}\n", Fwd::name, to_string(b));
+  for (const auto* v : variants) {
+    const std::string name =
+        fmt::format("{}/{}/{}/{}", Fwd::name, to_string(b), v->name, shape_name(c));
+    const FwdParams p0 = fwd_params(c, w, 0);
+    if (std::string why = Fwd::validate(p0); !why.empty()) {
+      register_skip(name, why);
+      continue;
+    }
+    if (std::string why = v->supports(p0); !why.empty()) {
+      register_skip(name, why);
+      continue;
+    }
+    auto* bm = benchmark::RegisterBenchmark(
+        name.c_str(), [&c, &w, &ceiling, v, b](benchmark::State& state) {
+          const std::string range = std::string(Fwd::name) + "/" + v->name;
+          std::vector<FwdParams> params;
+          for (int64_t s = 0; s < c.sets; ++s) params.push_back(fwd_params(c, w, s));
+          // Validated and checked for support once, above; the timed region holds only the launch.
+          timed_loop(
+              state, c, b, ceiling,
+              [&](int64_t s) {
+                NvtxRange r(range);
+                v->launch(params[s], nullptr);
+              },
+              [&](int64_t s) { return Fwd::bytes_moved(params[s]); }, Fwd::flops(params[0]), 0);
+        });
+    bm->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(int(c.reps));
+    if (c.reps > 1) bm->ReportAggregatesOnly(true);
+    ++g_rows_registered;
+  }
+}
+
+void register_bwd(const Config& c, Backend b, const std::vector<InputSet>& sets, Workspace& w,
+                  mb::Ceiling& ceiling) {
+  auto variants = selected_variants<Bwd>(c, b);
+  if (variants.empty() && c.variant.empty())
+    fmt::print("note: {} has no variant registered on backend {}\n", Bwd::name, to_string(b));
+  for (const auto* v : variants) {
+    const std::string base =
+        fmt::format("{}/{}/{}/{}", Bwd::name, to_string(b), v->name, shape_name(c));
+    // The compact dV is the floor's form; a variant that only writes a dense dV is measured dense.
+    std::optional<DvForm> form;
+    std::string reasons;
+    for (DvForm f : {DvForm::compact, DvForm::dense}) {
+      if (c.dv == "compact" && f != DvForm::compact) continue;
+      if (c.dv == "dense" && f != DvForm::dense) continue;
+      const BwdParams p = bwd_params(c, w, 0, f);
+      std::string why = Bwd::validate(p);
+      if (why.empty()) why = v->supports(p);
+      if (why.empty()) {
+        form = f;
+        break;
+      }
+      reasons += fmt::format("{}{} dV: {}", reasons.empty() ? "" : "; ",
+                             f == DvForm::compact ? "compact" : "dense", why);
+    }
+    const std::string name = base + (form == DvForm::dense ? "_dense" : "_compact");
+    if (!form) {
+      register_skip(base, reasons);
+      continue;
+    }
+    std::vector<int64_t> unique;
+    for (const auto& s : sets) unique.push_back(s.unique_rows);
+    auto* bm = benchmark::RegisterBenchmark(
+        name.c_str(), [&c, &w, &ceiling, v, b, f = *form, unique](benchmark::State& state) {
+          const std::string range = std::string(Bwd::name) + "/" + v->name;
+          std::vector<BwdParams> params;
+          for (int64_t s = 0; s < c.sets; ++s) params.push_back(bwd_params(c, w, s, f));
+          const double zeroing = f == DvForm::dense ? Bwd::dense_zeroing_bytes(params[0]) : 0;
+          timed_loop(
+              state, c, b, ceiling,
+              [&](int64_t s) {
+                NvtxRange r(range);
+                v->launch(params[s], nullptr);
+              },
+              [&](int64_t s) { return Bwd::bytes_moved(params[s], double(unique[s])); },
+              Bwd::flops(params[0]), zeroing);
+          double mean_unique = 0;
+          for (int64_t u : unique) mean_unique += double(u) / double(unique.size());
+          state.counters["unique_rows"] = mean_unique;
+        });
+    bm->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(int(c.reps));
+    if (c.reps > 1) bm->ReportAggregatesOnly(true);
+    ++g_rows_registered;
+  }
+}
+
+// ---- flags and main ----
+
+std::vector<Backend> parse_backends(const std::string& text) {
+  std::vector<Backend> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? comma : comma - start);
+    if (item == "all") {
+      out.push_back(Backend::cpu);
+      out.push_back(Backend::cuda);
+    } else if (auto b = parse_backend(item)) {
+      out.push_back(*b);
+    } else {
+      fail(
+          "--backend {}: '{}' is not a backend; accepted are cpu, cuda, all, and the "
+          "correctness backends simt and reference, comma-separated",
+          text, item);
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  std::vector<Backend> unique;
+  for (Backend b : out)
+    if (std::find(unique.begin(), unique.end(), b) == unique.end()) unique.push_back(b);
+  return unique;
+}
+
+int64_t gpu_l2_bytes() {
+#if MEMLAYERS_HAVE_CUDA
+  int device = 0, l2 = 0;
+  if (cudaGetDevice(&device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) == cudaSuccess)
+    return l2;
+#endif
+  return 0;
+}
+
+int run(int argc, char** argv) {
+  Config c;
+  mb::Flags flags("bench_embbag",
+                  "weighted EmbeddingBag forward and backward, every registered variant, "
+                  "against the memory roofline measured in the same run");
+  flags.add_int("dim", &c.dim, "values per row (d)", 1);
+  flags.add_int("k", &c.k, "rows per bag (top-k)", 1);
+  flags.add_int("batch", &c.batch, "bags per launch (tokens B)", 1);
+  flags.add("rows", "auto",
+            "rows of the table (N); auto: the table is at least 8 x the last-level cache\n"
+            "(host LLC, and the GPU's L2 when cuda runs) and at least 1 GiB, at most a quarter of\n"
+            "physical memory",
+            [&](const std::string& v) {
+              char* end = nullptr;
+              c.rows = std::strtoll(v.c_str(), &end, 10);
+              MEMLAYERS_CHECK(!v.empty() && *end == '\0' && c.rows > 0,
+                              "--rows {}: must be a positive integer or 'auto'", v);
+            });
+  flags.add_choice("dtype", &c.dtype, {"fp32", "bf16"},
+                   "element type of the table and the forward's output (dy and dV are fp32)");
+  flags.add_choice("index", &c.index, {"int32", "int64"}, "index type");
+  flags.add_choice("direction", &c.direction, {"fwd", "bwd", "all"}, "which passes to time");
+  flags.add_string("backend", &c.backend,
+                   "comma-separated: cpu, cuda, all (= cpu,cuda), or the correctness backends\n"
+                   "simt and reference, which run only when named");
+  c.backend = "all";
+  flags.add_string("variant", &c.variant, "only the variant of this name (on each backend run)");
+  flags.add_choice("dist", &c.dist, {"uniform", "zipf"}, "distribution of the indices");
+  flags.add_double("zipf-s", &c.zipf_s, "Zipf exponent for --dist zipf (> 0)");
+  flags.add_choice("dv", &c.dv, {"auto", "compact", "dense"},
+                   "backward dV form: auto = compact when the variant supports it, else dense");
+  flags.add_double("peak-gbs", &c.peak_gbs,
+                   "nominal peak bandwidth in GB/s for pct_peak "
+                   "(3350 = H100 SXM HBM3)");
+  flags.add_int("seed", &c.seed, "seed of the table and the input sets");
+  flags.add_int("reps", &c.reps, "repetitions per row; the median is the record", 1);
+  flags.add_int("sets", &c.sets, "input sets (indices, weights, dy) rotated between iterations", 1);
+  flags.set_epilog(kFormulas);
+  if (!flags.parse(&argc, argv)) return 0;
+  MEMLAYERS_CHECK(c.zipf_s > 0, "--zipf-s {}: must be > 0", c.zipf_s);
+  MEMLAYERS_CHECK(c.peak_gbs > 0, "--peak-gbs {}: must be > 0", c.peak_gbs);
+  const std::vector<Backend> backends = parse_backends(c.backend);
+
+  // Backends that cannot run here are reported, not dropped silently.
+  std::vector<Backend> runnable;
+  for (Backend b : backends) {
+    if (std::string why = usable(b); !why.empty())
+      fmt::print("skip backend {}: {}\n", to_string(b), why);
+    else
+      runnable.push_back(b);
+  }
+  const bool any_host =
+      std::any_of(runnable.begin(), runnable.end(), [](Backend b) { return b != Backend::cuda; });
+  const bool has_cuda =
+      std::find(runnable.begin(), runnable.end(), Backend::cuda) != runnable.end();
+
+  if (!c.variant.empty()) {
+    bool found = false;
+    std::vector<std::string> known;
+    for (Backend b : runnable) {
+      for (const auto* v : Registry<Fwd>::of(b)) {
+        found |= v->name == c.variant;
+        known.push_back(fmt::format("{}/{}", to_string(b), v->name));
+      }
+      for (const auto* v : Registry<Bwd>::of(b)) {
+        found |= v->name == c.variant;
+        known.push_back(fmt::format("{}/{}", to_string(b), v->name));
+      }
+    }
+    MEMLAYERS_CHECK(found,
+                    "--variant {}: not registered on the backends run ({}); registered "
+                    "there: {}",
+                    c.variant, c.backend,
+                    known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", ")));
+  }
+
+  const int64_t host_llc = mb::host_last_level_cache_bytes();
+  const int64_t l2 = has_cuda ? gpu_l2_bytes() : 0;
+  const int64_t s_v = int64_t(dtype_size(c.values_dtype()));
+  std::string rows_why = "--rows";
+  if (!flags.given("rows")) {
+    const mb::TableSizing t = mb::size_table(c.dim * s_v, std::max(host_llc, l2));
+    c.rows = t.rows;
+    rows_why = t.why;
+  }
+  MEMLAYERS_CHECK(c.index_dtype() == DType::i64 || c.rows <= INT32_MAX,
+                  "--rows {} does not fit --index int32 (at most {}); use --index int64", c.rows,
+                  INT32_MAX);
+  const double table_bytes = double(c.rows) * double(c.dim * s_v);
+  const double cache = double(std::max(host_llc, l2));
+
+  fmt::print("bench_embbag configuration\n");
+  fmt::print("  rows {} ({}), table {} ({})\n", c.rows, rows_why, mb::human_bytes(table_bytes),
+             fmt::format("{:.1f} x cache", cache > 0 ? table_bytes / cache : 0.0));
+  fmt::print("  host last-level cache {}{}, physical memory {}, threads {}\n",
+             mb::human_bytes(double(host_llc)),
+             l2 ? fmt::format(", GPU L2 {}", mb::human_bytes(double(l2))) : std::string(),
+             mb::human_bytes(double(mb::host_physical_memory_bytes())), mb::host_threads());
+  fmt::print("  batch {}, k {}, dim {}, dtype {}, index {}, dist {}{}, direction {}, dV {}\n",
+             c.batch, c.k, c.dim, c.dtype, c.index, c.dist,
+             c.dist == "zipf" ? fmt::format(" (s {})", c.zipf_s) : std::string(), c.direction,
+             c.dv);
+  fmt::print("  input sets {}, repetitions {}, seed {}, nominal peak {} GB/s\n", c.sets, c.reps,
+             c.seed, c.peak_gbs);
+  if (cache > 0 && table_bytes < 8 * cache)
+    fmt::print("  note: the table is smaller than 8 x cache: numbers measure cache, not memory\n");
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"embbag_rows", std::to_string(c.rows)},
+           {"embbag_table_bytes", fmt::format("{:.0f}", table_bytes)},
+           {"embbag_batch", std::to_string(c.batch)},
+           {"embbag_k", std::to_string(c.k)},
+           {"embbag_dim", std::to_string(c.dim)},
+           {"embbag_dtype", c.dtype},
+           {"embbag_index", c.index},
+           {"embbag_dist", c.dist == "zipf" ? fmt::format("zipf:{}", c.zipf_s) : c.dist},
+           {"host_llc_bytes", std::to_string(host_llc)},
+           {"gpu_l2_bytes", std::to_string(l2)},
+           {"threads", std::to_string(mb::host_threads())},
+           {"peak_gbs", fmt::format("{}", c.peak_gbs)}})
+    benchmark::AddCustomContext(key, value);
+
+  // ---- inputs ----
+  std::unique_ptr<void, void (*)(void*)> host_table(host_memory().alloc(std::size_t(table_bytes)),
+                                                    host_memory().release);
+  fill_table(host_table.get(), c.rows * c.dim, c.values_dtype(), uint64_t(c.seed));
+  const std::vector<InputSet> sets = make_inputs(c);
+
+  // Workspaces and ceilings must outlive RunSpecifiedBenchmarks: the rows hold references.
+  std::vector<std::unique_ptr<mb::Ceiling>> ceilings;
+  mb::Ceiling* host_ceiling = nullptr;
+  mb::Ceiling* cuda_ceiling = nullptr;
+  if (any_host) {
+    const void* data = host_table.get();
+    ceilings.push_back(std::make_unique<mb::Ceiling>(
+        fmt::format("ceiling/host/stream_read_{}", mb::human_bytes(table_bytes)), table_bytes,
+        [data, table_bytes] {
+          return mb::host_stream_read_seconds(data, std::size_t(table_bytes), mb::host_threads());
+        }));
+    host_ceiling = ceilings.back().get();
+    host_ceiling->register_row(int(c.reps));
+  }
+  std::unique_ptr<Workspace> host_space, cuda_space;
+  Buffer copy_dst;
+  if (any_host)
+    host_space = std::make_unique<Workspace>(Backend::cpu, c, host_table.get(),
+                                             std::size_t(table_bytes), sets);
+  if (has_cuda) {
+    cuda_space = std::make_unique<Workspace>(Backend::cuda, c, host_table.get(),
+                                             std::size_t(table_bytes), sets);
+    // Half the table copied into a separate buffer: read + write bytes, still far above L2.
+    const std::size_t half = std::size_t(table_bytes) / 2 / 256 * 256;
+    copy_dst = Buffer(*cuda_space->mem, half);
+    const void* src = cuda_space->table;
+    void* dst = copy_dst.ptr;
+    ceilings.push_back(std::make_unique<mb::Ceiling>(
+        fmt::format("ceiling/cuda/d2d_copy_{}", mb::human_bytes(double(half))), 2.0 * double(half),
+        [src, dst, half] { return mb::device_copy_seconds(Backend::cuda, dst, src, half); }));
+    cuda_ceiling = ceilings.back().get();
+    cuda_ceiling->register_row(int(c.reps));
+  }
+  for (Backend b : runnable) {
+    Workspace& w = b == Backend::cuda ? *cuda_space : *host_space;
+    mb::Ceiling& ceiling = b == Backend::cuda ? *cuda_ceiling : *host_ceiling;
+    if (c.fwd()) register_fwd(c, b, w, ceiling);
+    if (c.bwd()) register_bwd(c, b, sets, w, ceiling);
+  }
+
+  MEMLAYERS_CHECK(g_rows_registered > 0,
+                  "nothing to time: no variant of the selected direction runs on backends {} here "
+                  "(see the skip lines above)",
+                  c.backend);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  if (g_failures > 0) {
+    fmt::print(stderr, "bench_embbag: {} row(s) failed (see ERROR OCCURRED above)\n",
+               g_failures.load());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "bench_embbag: {}\n", e.what());
+    return 2;
+  }
+}
