@@ -336,6 +336,29 @@ TEST_F(NpyFile, ExpectationsNameTheArgument) {
   EXPECT_EQ(read(file("x.npy"), ok).shape, (std::vector<std::int64_t>{2, 3}));
 }
 
+TEST_F(NpyFile, CorruptedFilesFailCleanly) {
+  // Random byte flips in the preamble and header: each read either succeeds or throws Error.
+  write(file("ok.npy"), Array::from<float>({2, 3}, std::vector<float>{1, 2, 3, 4, 5, 6}));
+  const std::string good = read_raw(file("ok.npy"));
+  std::mt19937 rng(99);
+  int refused = 0;
+  for (int i = 0; i < 2000; ++i) {
+    std::string bad = good;
+    for (int flips = 1 + i % 3; flips > 0; --flips)
+      bad[rng() % 128] = static_cast<char>(rng() % 2 ? rng() : " ()',:{}0123456789TF"[rng() % 20]);
+    if (i % 7 == 0) bad.resize(rng() % bad.size());
+    write_raw(file("bad.npy"), bad);
+    try {
+      const Array a = read(file("bad.npy"));
+      EXPECT_EQ(a.bytes.size(), static_cast<std::size_t>(a.numel()) * dtype_size(a.dtype));
+    } catch (const Error& e) {
+      ++refused;
+      EXPECT_THAT(e.what(), HasSubstr("bad.npy"));
+    }
+  }
+  EXPECT_GT(refused, 1000);
+}
+
 // ---- atomic writes ----
 
 TEST_F(NpyFile, WriteReplacesAndLeavesNoTemporary) {
