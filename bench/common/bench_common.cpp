@@ -17,8 +17,6 @@ namespace memlayers::bench {
 
 // ---- machine ----
 
-namespace {
-// sysfs writes sizes as "32768K" or "1M".
 int64_t parse_cache_size(std::string s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
   if (s.empty()) return 0;
@@ -39,8 +37,10 @@ int64_t parse_cache_size(std::string s) {
   if (scale != 1) s.pop_back();
   int64_t v = 0;
   auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc() ? v * scale : 0;
+  return ec == std::errc() && ptr == s.data() + s.size() ? v * scale : 0;
 }
+
+namespace {
 
 std::string read_line(const std::filesystem::path& p) {
   std::ifstream f(p);
@@ -126,6 +126,29 @@ double median(std::vector<double> v) {
   if (v.size() % 2) return v[mid];
   const double hi = v[mid];
   return (*std::max_element(v.begin(), v.begin() + mid) + hi) / 2;
+}
+
+Zipf::Zipf(int64_t n, double s) : n_(n), s_(s) {
+  MEMLAYERS_CHECK(n >= 1 && s > 0, "Zipf: needs n >= 1 and s > 0, got n {} s {}", n, s);
+  h_x1_ = H(1.5) - 1;
+  h_n_ = H(double(n) + 0.5);
+  cut_ = 2 - H_inv(H(2.5) - h(2));
+}
+
+namespace {
+double expm1_over(double x) { return std::abs(x) > 1e-8 ? std::expm1(x) / x : 1; }
+double log1p_over(double x) { return std::abs(x) > 1e-8 ? std::log1p(x) / x : 1; }
+}  // namespace
+
+double Zipf::h(double x) const { return std::exp(-s_ * std::log(x)); }
+// Written so that s = 1 (where the antiderivative is a log) needs no special case.
+double Zipf::H(double x) const {
+  const double lx = std::log(x);
+  return expm1_over((1 - s_) * lx) * lx;
+}
+double Zipf::H_inv(double x) const {
+  const double t = std::max(-1.0, x * (1 - s_));
+  return std::exp(log1p_over(t) * x);
 }
 
 // ---- roofline ----

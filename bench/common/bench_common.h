@@ -17,6 +17,9 @@ namespace memlayers::bench {
 
 // ---- machine ----
 
+// "32768K" / "1M" / "512" (sysfs cache sizes) in bytes; 0 when unreadable.
+int64_t parse_cache_size(std::string text);
+
 // The last-level cache in bytes: the larger of what sysfs lists for cpu0 and what sysconf reports
 // (on some virtual machines sysfs shows one core complex's L3 and sysconf the whole socket's; a
 // table that must not fit in cache is sized against the larger). 0 when neither says.
@@ -40,6 +43,31 @@ TableSizing size_table(int64_t row_bytes, int64_t cache_bytes);
 
 // ---- statistics ----
 double median(std::vector<double> v);
+
+// Zipf over ranks 1..n (P(r) ∝ r^-s, s > 0) by rejection-inversion (Hörmann and Derflinger,
+// 1996): O(1) memory, so it serves tables of any size.
+class Zipf {
+ public:
+  Zipf(int64_t n, double s);
+  // A rank in [1, n] from a uniform [0, 1) source.
+  template <class Uniform01>
+  int64_t operator()(Uniform01&& uniform01) const {
+    while (true) {
+      const double u = h_n_ + uniform01() * (h_x1_ - h_n_);
+      const double x = H_inv(u);
+      int64_t r = static_cast<int64_t>(x + 0.5);
+      r = r < 1 ? 1 : (r > n_ ? n_ : r);
+      if (double(r) - x <= cut_ || u >= H(double(r) + 0.5) - h(double(r))) return r;
+    }
+  }
+
+ private:
+  double h(double x) const;
+  double H(double x) const;  // an antiderivative of h
+  double H_inv(double x) const;
+  int64_t n_;
+  double s_, h_x1_ = 0, h_n_ = 0, cut_ = 0;
+};
 
 // ---- roofline ----
 

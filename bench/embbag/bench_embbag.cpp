@@ -112,43 +112,6 @@ void fill_table(void* table, int64_t elems, DType dtype, uint64_t seed) {
   for (auto& th : pool) th.join();
 }
 
-// Zipf over ranks 1..n with exponent s by rejection-inversion (Hörmann and Derflinger, 1996):
-// O(1) memory, so it works for tables of any size.
-class Zipf {
- public:
-  Zipf(int64_t n, double s) : n_(n), s_(s) {
-    h_x1_ = H(1.5) - 1;
-    h_n_ = H(double(n) + 0.5);
-    cut_ = 2 - H_inv(H(2.5) - h(2));
-  }
-  template <class Rng>
-  int64_t operator()(Rng& rng) {
-    std::uniform_real_distribution<double> uni(0, 1);
-    while (true) {
-      const double u = h_n_ + uni(rng) * (h_x1_ - h_n_);
-      const double x = H_inv(u);
-      const int64_t r = std::clamp<int64_t>(int64_t(x + 0.5), 1, n_);
-      if (double(r) - x <= cut_ || u >= H(double(r) + 0.5) - h(double(r))) return r;
-    }
-  }
-
- private:
-  static double expm1_over(double x) { return std::abs(x) > 1e-8 ? std::expm1(x) / x : 1; }
-  static double log1p_over(double x) { return std::abs(x) > 1e-8 ? std::log1p(x) / x : 1; }
-  double h(double x) const { return std::exp(-s_ * std::log(x)); }
-  // H is an antiderivative of h; written so s = 1 needs no special case.
-  double H(double x) const {
-    const double lx = std::log(x);
-    return expm1_over((1 - s_) * lx) * lx;
-  }
-  double H_inv(double x) const {
-    const double t = std::max(-1.0, x * (1 - s_));
-    return std::exp(log1p_over(t) * x);
-  }
-  int64_t n_;
-  double s_, h_x1_ = 0, h_n_ = 0, cut_ = 0;
-};
-
 // One input set: indices (raw bytes of the index dtype), weights, dy and its distinct-row count.
 struct InputSet {
   std::vector<unsigned char> indices;
@@ -162,17 +125,19 @@ std::vector<InputSet> make_inputs(const Config& c) {
   // Hot ranks are spread over the table by a multiplier coprime with N, not packed at its start.
   int64_t mult = std::max<int64_t>(1, int64_t(double(c.rows) * 0.6180339887));
   while (std::gcd(mult, c.rows) != 1) ++mult;
-  std::optional<Zipf> zipf;
+  std::optional<mb::Zipf> zipf;
   if (c.dist == "zipf") zipf.emplace(c.rows, c.zipf_s);
   for (int64_t s = 0; s < c.sets; ++s) {
     std::mt19937_64 rng(uint64_t(c.seed) * 1000003 + uint64_t(s));
     std::uniform_int_distribution<int64_t> uni(0, c.rows - 1);
     std::uniform_real_distribution<float> wdist(0.f, 1.f), gdist(-1.f, 1.f);
+    std::uniform_real_distribution<double> unit(0, 1);
     std::vector<int64_t> idx(n);
     for (auto& i : idx) {
       if (zipf) {
         __extension__ using u128 = unsigned __int128;
-        i = int64_t(u128(uint64_t((*zipf)(rng)-1)) * u128(uint64_t(mult)) % u128(c.rows));
+        const int64_t rank = (*zipf)([&] { return unit(rng); });
+        i = int64_t(u128(uint64_t(rank - 1)) * u128(uint64_t(mult)) % u128(uint64_t(c.rows)));
       } else {
         i = uni(rng);
       }
