@@ -342,7 +342,7 @@ TEST_F(NpyFile, CorruptedFilesFailCleanly) {
   const std::string good = read_raw(file("ok.npy"));
   std::mt19937 rng(99);
   int refused = 0;
-  for (int i = 0; i < 2000; ++i) {
+  for (int i = 0; i < 600; ++i) {
     std::string bad = good;
     for (int flips = 1 + i % 3; flips > 0; --flips)
       bad[rng() % 128] = static_cast<char>(rng() % 2 ? rng() : " ()',:{}0123456789TF"[rng() % 20]);
@@ -356,7 +356,7 @@ TEST_F(NpyFile, CorruptedFilesFailCleanly) {
       EXPECT_THAT(e.what(), HasSubstr("bad.npy"));
     }
   }
-  EXPECT_GT(refused, 1000);
+  EXPECT_GT(refused, 300);
 }
 
 // ---- atomic writes ----
