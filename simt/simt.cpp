@@ -254,8 +254,19 @@ class Pool {
     for (;;) {
       uint64_t b;
       {
-        std::lock_guard lock(mu_);
+        // Every thread of the block passes this gate before any starts the kernel, so no thread's
+        // whole run is ordered before another's: ThreadSanitizer then sees the kernel's own races
+        // instead of a happens-before chain through the pool's locks.
+        std::unique_lock lock(mu_);
         b = next_block_;
+        if (++gate_ == j.nthreads) {
+          gate_ = 0;
+          ++gate_generation_;
+          gate_cv_.notify_all();
+        } else {
+          uint64_t g = gate_generation_;
+          gate_cv_.wait(lock, [&] { return gate_generation_ != g; });
+        }
       }
       threadIdx = {id % j.block.x, (id / j.block.x) % j.block.y, id / (j.block.x * j.block.y)};
       blockIdx = block_.index;
@@ -310,7 +321,9 @@ class Pool {
   }
 
   std::mutex mu_;
-  std::condition_variable block_cv_, done_cv_;
+  std::condition_variable block_cv_, done_cv_, gate_cv_;
+  unsigned gate_ = 0;
+  uint64_t gate_generation_ = 0;
   std::vector<std::unique_ptr<Worker>> workers_;
   Job* job_ = nullptr;
   Block block_;
