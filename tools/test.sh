@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The test gate, as CI runs it (.ci/run calls this script):
+#   1. release build (CPU + CUDA when nvcc is on PATH) and every ctest test;
+#   2. every CUDA source compiled for sm_90: any register spill or local memory use fails;
+#   3. the CPU-only configure with nvcc hidden from PATH;
+#   4. the asan preset (AddressSanitizer + UBSan): every test, simt included;
+#   5. the tsan preset (ThreadSanitizer): the tests that run CUDA kernels under simt.
+# Usage: tools/test.sh [--quick]   (--quick: steps 1 and 2 only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=no
+[ "${1:-}" = "--quick" ] && quick=yes
+
+start=$(date +%s)
+step() { echo; echo "==== $* [$(($(date +%s) - start)) s]"; }
+
+tools/install_deps.sh
+
+step "release: configure and build"
+cmake --preset release
+# ptxas reports go to a log that accumulates, so incremental builds keep every kernel's report.
+cmake --build --preset release 2>&1 | tee -a build/release/ptxas-build.log
+
+step "release: ctest"
+ctest --preset release
+
+step "GPU code: spills and local memory (report: build/release/ptxas-report.txt)"
+if grep -q '^CMAKE_CUDA_COMPILER:.*nvcc' build/release/CMakeCache.txt; then
+  python3 tools/check_spills.py build/release/ptxas-build.log --expect-kernels \
+    --report build/release/ptxas-report.txt
+else
+  echo "nvcc not on PATH: GPU sources were not compiled"
+fi
+[ "$quick" = yes ] && { step "quick gate passed"; exit 0; }
+
+step "CPU-only configure with nvcc hidden from PATH"
+nocuda_path=$(echo "$PATH" | tr ':' '\n' | grep -v -i cuda | paste -sd:)
+rm -rf build/nocuda-configure
+PATH="$nocuda_path" CUDACXX= cmake -S . -B build/nocuda-configure -G Ninja -U CMAKE_CUDA_COMPILER \
+  > build/nocuda-configure.log 2>&1 || { cat build/nocuda-configure.log; exit 1; }
+grep -q "nvcc not on PATH: GPU targets skipped" build/nocuda-configure.log
+! grep -q "CMAKE_CUDA_COMPILER:" build/nocuda-configure/CMakeCache.txt
+echo "ok: GPU targets skipped, CPU/simt/reference configured"
+
+step "asan: configure, build, ctest"
+cmake --preset asan
+cmake --build --preset asan
+ctest --preset asan
+
+step "tsan: configure, build, ctest (simt tests)"
+cmake --preset tsan
+cmake --build --preset tsan
+ctest --preset tsan
+
+step "all gates passed"
