@@ -88,6 +88,11 @@ int host_threads() {
   return int(std::max(1u, std::thread::hardware_concurrency()));
 }
 
+std::string host_load_average() {
+  const std::string line = read_line("/proc/loadavg");
+  return line.substr(0, line.find(' '));
+}
+
 std::string human_bytes(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;

@@ -28,6 +28,9 @@ int64_t host_physical_memory_bytes();
 // Threads the CPU variants use (kernels/common/parallel.h): MEMLAYERS_THREADS, else all hardware
 // threads. The host ceiling reads with as many.
 int host_threads();
+// The 1-minute load average ("" where /proc/loadavg is missing). Printed with every run: on a
+// shared machine, a load above the core count explains noisy numbers.
+std::string host_load_average();
 // "2.00 GiB", "512 KiB".
 std::string human_bytes(double bytes);
 

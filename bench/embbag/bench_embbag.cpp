@@ -575,10 +575,11 @@ int run(int argc, char** argv) {
   fmt::print("bench_embbag configuration\n");
   fmt::print("  rows {} ({}), table {} ({})\n", c.rows, rows_why, mb::human_bytes(table_bytes),
              fmt::format("{:.1f} x cache", cache > 0 ? table_bytes / cache : 0.0));
-  fmt::print("  host last-level cache {}{}, physical memory {}, threads {}\n",
+  fmt::print("  host last-level cache {}{}, physical memory {}, threads {}, load average {}\n",
              mb::human_bytes(double(host_llc)),
              l2 ? fmt::format(", GPU L2 {}", mb::human_bytes(double(l2))) : std::string(),
-             mb::human_bytes(double(mb::host_physical_memory_bytes())), mb::host_threads());
+             mb::human_bytes(double(mb::host_physical_memory_bytes())), mb::host_threads(),
+             mb::host_load_average());
   fmt::print("  batch {}, k {}, dim {}, dtype {}, index {}, dist {}{}, direction {}, dV {}\n",
              c.batch, c.k, c.dim, c.dtype, c.index, c.dist,
              c.dist == "zipf" ? fmt::format(" (s {})", c.zipf_s) : std::string(), c.direction,
@@ -599,6 +600,7 @@ int run(int argc, char** argv) {
            {"host_llc_bytes", std::to_string(host_llc)},
            {"gpu_l2_bytes", std::to_string(l2)},
            {"threads", std::to_string(mb::host_threads())},
+           {"host_load_avg_1m", mb::host_load_average()},
            {"peak_gbs", fmt::format("{}", c.peak_gbs)}})
     benchmark::AddCustomContext(key, value);
 

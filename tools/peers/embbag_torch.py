@@ -79,6 +79,13 @@ def size_table(row_bytes, cache_bytes):
     return max(1, math.ceil(target / row_bytes)), why
 
 
+def load_average():
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return ""
+
+
 def human_bytes(b):
     units = ["B", "KiB", "MiB", "GiB", "TiB"]
     u = 0
@@ -270,7 +277,8 @@ def main(argv=None):
     table_bytes = a.rows * a.dim * s_v
 
     print("embbag_torch configuration")
-    print(f"  torch {torch.__version__}, device {a.device}, threads {torch.get_num_threads()}")
+    print(f"  torch {torch.__version__}, device {a.device}, threads {torch.get_num_threads()}, "
+          f"load average {load_average()}")
     print(f"  rows {a.rows} ({rows_why}), table {human_bytes(table_bytes)}, host LLC "
           f"{human_bytes(host_llc)}" + (f", GPU L2 {human_bytes(l2)}" if l2 else ""))
     print(f"  batch {a.batch}, k {a.k}, dim {a.dim}, dtype {a.dtype}, index {a.index}, "
@@ -350,6 +358,7 @@ def main(argv=None):
                 "host_llc_bytes": str(host_llc),
                 "gpu_l2_bytes": str(l2),
                 "peak_gbs": str(a.peak_gbs),
+                "host_load_avg_1m": load_average(),
             },
             "benchmarks": rows_out,
         }
