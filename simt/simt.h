@@ -301,6 +301,12 @@ inline int min(int a, int b) { return std::min(a, b); }
 inline int max(int a, int b) { return std::max(a, b); }
 inline unsigned min(unsigned a, unsigned b) { return std::min(a, b); }
 inline unsigned max(unsigned a, unsigned b) { return std::max(a, b); }
+inline long min(long a, long b) { return std::min(a, b); }
+inline long max(long a, long b) { return std::max(a, b); }
+inline unsigned long min(unsigned long a, unsigned long b) { return std::min(a, b); }
+inline unsigned long max(unsigned long a, unsigned long b) { return std::max(a, b); }
+inline double min(double a, double b) { return std::fmin(a, b); }
+inline double max(double a, double b) { return std::fmax(a, b); }
 inline long long min(long long a, long long b) { return std::min(a, b); }
 inline long long max(long long a, long long b) { return std::max(a, b); }
 inline unsigned long long min(unsigned long long a, unsigned long long b) { return std::min(a, b); }
