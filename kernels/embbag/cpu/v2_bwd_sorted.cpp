@@ -8,6 +8,8 @@
 //    occurrences, while it is in cache, instead of once per (bag, slot);
 //  - Highway SIMD (runtime dispatch) for the axpy into dV and the dot for dw, in one loop over dy;
 //  - dense dV zeroes only the untouched rows, in parallel, and writes touched rows once.
+// Measured when it landed (same loaded 2-core VM, so roughly): dim 1024, k 32, fp32, B 4096 over
+// 2^20 rows, dw + compact dV — 211 ms against 1035 ms for v1_bwd_scalar.
 #include <algorithm>
 #include <bit>
 #include <cstdint>

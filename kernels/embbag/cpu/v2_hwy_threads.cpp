@@ -7,6 +7,9 @@
 //  - prefetches the next bag's rows into L2 while gathering the current bag: a bag is a run of
 //    random row addresses, each of which the hardware prefetcher would only pick up after a miss.
 // Ragged dims run full vectors then a scalar tail; the dtype branch is hoisted out of the loops.
+// Measured when it landed (2-core AMD EPYC VM under heavy load from other jobs, so roughly): dim
+// 1024, k 32, fp32, B 4096 over 2^20 rows — 5.3 GB/s against 5.6 GB/s for a plain threaded read
+// of the table in the same run, v1_scalar 1.9 GB/s. bench_embbag gives the figures to quote.
 #include <algorithm>
 #include <cstdint>
 
@@ -150,9 +153,11 @@ namespace {
 MEMLAYERS_REGISTER(Fwd, Variant<FwdParams>{
                             .name = "v2_hwy_threads",
                             .backend = Backend::cpu,
-                            .launch = [](const FwdParams& p,
-                                         Stream) { HWY_DYNAMIC_DISPATCH(Forward)
-                                                   (p); },
+                            .launch =
+                                [](const FwdParams& p, Stream) {
+                                  HWY_DYNAMIC_DISPATCH(Forward)
+                                  (p);
+                                },
                             .summary = "Highway SIMD (runtime dispatch), 4 rows per pass, threads "
                                        "over bags, next bag's rows prefetched",
                             .deterministic = true,
