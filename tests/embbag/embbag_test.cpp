@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -323,6 +324,9 @@ struct FwdCase {
   std::string name;
 };
 
+// Failure lines name the case, not the bytes of the struct.
+void PrintTo(const FwdCase& c, std::ostream* os) { *os << c.name; }
+
 std::vector<FwdCase> fwd_cases() {
   const std::vector<Shape> shapes = sweep_shapes();
   std::vector<FwdCase> out;
@@ -367,6 +371,8 @@ struct BwdCase {
   Outputs outputs;
   std::string name;
 };
+
+void PrintTo(const BwdCase& c, std::ostream* os) { *os << c.name; }
 
 std::vector<BwdCase> bwd_cases() {
   const std::vector<Shape> shapes = sweep_shapes();
