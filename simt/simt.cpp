@@ -31,6 +31,8 @@ namespace {
 constexpr unsigned kMaxThreads = 1024;
 constexpr std::size_t kMaxSharedBytes = 227 * 1024;
 
+constexpr int kYieldsBeforeSleep = 64;
+
 // Unwinds a kernel thread after its block failed; never escapes the worker.
 struct Abort {};
 
@@ -142,6 +144,13 @@ void check_failed(Block& b) {
 // Waits on `cv` until `ready`, or the block fails.
 template <class Ready>
 void wait(Block& b, std::unique_lock<std::mutex>& lock, std::condition_variable& cv, Ready ready) {
+  // The threads this one waits for are runnable, not blocked: handing them the CPU a few times is
+  // far cheaper than a futex sleep and wake-up per thread when there are more threads than cores.
+  for (int spin = 0; spin < kYieldsBeforeSleep && !ready() && b.failure.empty(); ++spin) {
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
+  }
   cv.wait(lock, [&] { return ready() || !b.failure.empty(); });
   if (!ready()) throw Abort{};
 }

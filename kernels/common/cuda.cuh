@@ -14,6 +14,7 @@
 #error "kernels/common/cuda.cuh: compile with nvcc, or with MEMLAYERS_SIMT defined for simt"
 #endif
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -87,6 +88,17 @@ void launch_kernel(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 b
 template <class A, class B>
 constexpr A ceil_div(A a, B b) {
   return static_cast<A>((a + b - 1) / b);
+}
+
+// Most blocks a grid-stride kernel launches: enough to fill any current GPU many times over; under
+// simt a handful, since each block costs a round of thread wake-ups on the CPU.
+inline unsigned grid_cap(int64_t wanted_blocks) {
+#if defined(__CUDACC__)
+  constexpr int64_t kCap = 16384;
+#else
+  constexpr int64_t kCap = 4;
+#endif
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(wanted_blocks, kCap)));
 }
 
 namespace dev {

@@ -134,23 +134,24 @@ __global__ void __launch_bounds__(kDwWarps * 32)
                             const float* __restrict__ dy, float* __restrict__ dw, int64_t slots,
                             int64_t k, int64_t dim, int64_t stride) {
   const int lane = threadIdx.x % 32;
-  const int64_t slot = static_cast<int64_t>(blockIdx.x) * kDwWarps + threadIdx.x / 32;
-  if (slot >= slots) return;
-  const int64_t b = slot / k;
-  const V* row = values + load_index(indices, slot) * stride;
-  const float* g = dy + b * dim;
-  float acc = 0.f;
-  for (int64_t d = lane; d < dim; d += 32) acc += to_float(row[d]) * __ldg(g + d);
+  for (int64_t slot = static_cast<int64_t>(blockIdx.x) * kDwWarps + threadIdx.x / 32; slot < slots;
+       slot += static_cast<int64_t>(gridDim.x) * kDwWarps) {
+    const int64_t b = slot / k;
+    const V* row = values + load_index(indices, slot) * stride;
+    const float* g = dy + b * dim;
+    float acc = 0.f;
+    for (int64_t d = lane; d < dim; d += 32) acc += to_float(row[d]) * __ldg(g + d);
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  if (lane == 0) dw[slot] = acc;
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) dw[slot] = acc;
+  }
 }
 
 template <class V, class I>
 void launch_dw_warp_per_slot(const BwdParams& p, Stream stream) {
   const int64_t slots = p.batch * p.k;
   launch_kernel("embbag_dw_warp_per_slot", dw_warp_per_slot_kernel<V, I>,
-                dim3(static_cast<unsigned>(ceil_div(slots, kDwWarps))), dim3(kDwWarps * 32), 0,
+                dim3(grid_cap(ceil_div(slots, kDwWarps))), dim3(kDwWarps * 32), 0,
                 stream, static_cast<const V*>(p.values), static_cast<const I*>(p.indices),
                 p.grad_out, p.grad_weights, slots, p.k, p.dim, values_stride(p));
 }
