@@ -25,7 +25,7 @@ step "release: ctest"
 ctest --preset release
 
 step "GPU code: spills and local memory (report: build/release/ptxas-report.txt)"
-if grep -q '^CMAKE_CUDA_COMPILER:.*nvcc' build/release/CMakeCache.txt; then
+if grep -q '^MEMLAYERS_CUDA_BUILT:INTERNAL=ON' build/release/CMakeCache.txt; then
   python3 tools/check_spills.py build/release/ptxas-build.log --expect-kernels \
     --report build/release/ptxas-report.txt
 else
@@ -34,12 +34,20 @@ fi
 [ "$quick" = yes ] && { step "quick gate passed"; exit 0; }
 
 step "CPU-only configure with nvcc hidden from PATH"
-nocuda_path=$(echo "$PATH" | tr ':' '\n' | grep -v -i cuda | paste -sd:)
+# PATH without every folder that holds an nvcc (a toolkit's bin/ or a link in /usr/local/bin).
+nocuda_path=""
+IFS=: read -r -a path_dirs <<< "$PATH"
+for d in "${path_dirs[@]}"; do
+  [ -n "$d" ] && [ ! -e "$d/nvcc" ] && nocuda_path="${nocuda_path:+$nocuda_path:}$d"
+done
+PATH="$nocuda_path" command -v nvcc >/dev/null && { echo "could not hide nvcc from PATH"; exit 1; }
 rm -rf build/nocuda-configure
 PATH="$nocuda_path" CUDACXX= cmake -S . -B build/nocuda-configure -G Ninja -U CMAKE_CUDA_COMPILER \
   > build/nocuda-configure.log 2>&1 || { cat build/nocuda-configure.log; exit 1; }
-grep -q "nvcc not on PATH: GPU targets skipped" build/nocuda-configure.log
-! grep -q "CMAKE_CUDA_COMPILER:" build/nocuda-configure/CMakeCache.txt
+grep -q "nvcc not on PATH: GPU targets skipped" build/nocuda-configure.log &&
+  grep -q '^MEMLAYERS_CUDA_BUILT:INTERNAL=OFF' build/nocuda-configure/CMakeCache.txt ||
+  { cat build/nocuda-configure.log; echo "FAILED: with nvcc hidden, CUDA was not skipped"; exit 1; }
+# The asan and tsan presets below build and test everything with CUDA off.
 echo "ok: GPU targets skipped, CPU/simt/reference configured"
 
 step "asan: configure, build, ctest"
