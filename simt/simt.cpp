@@ -36,7 +36,9 @@ constexpr int kYieldsBeforeSleep = 64;
 // Unwinds a kernel thread after its block failed; never escapes the worker.
 struct Abort {};
 
-std::string where(uint3 t) { return "(" + std::to_string(t.x) + "," + std::to_string(t.y) + "," + std::to_string(t.z) + ")"; }
+std::string where(uint3 t) {
+  return "(" + std::to_string(t.x) + "," + std::to_string(t.y) + "," + std::to_string(t.z) + ")";
+}
 std::string where(Site s) {
   return s.line > 0 ? std::string(s.file) + ":" + std::to_string(s.line) : std::string(s.file);
 }
@@ -370,10 +372,17 @@ int block_barrier(Site site, int pred, int mode) {
     throw Abort{};
   }
   switch (mode) {
-    case kBarrierCount: b.acc += pred; break;
-    case kBarrierAnd: b.acc = b.acc && pred; break;
-    case kBarrierOr: b.acc = b.acc || pred; break;
-    default: break;
+    case kBarrierCount:
+      b.acc += pred;
+      break;
+    case kBarrierAnd:
+      b.acc = b.acc && pred;
+      break;
+    case kBarrierOr:
+      b.acc = b.acc || pred;
+      break;
+    default:
+      break;
   }
   if (++b.arrived == b.alive) {
     b.complete_barrier();
@@ -441,7 +450,8 @@ void trap(Site site) {
 void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
               const KernelBody& body) {
   if (ctx.block)
-    throw KernelError(std::string("kernel ") + kernel + ": launched from inside a kernel; simt "
+    throw KernelError(std::string("kernel ") + kernel +
+                      ": launched from inside a kernel; simt "
                       "does not run dynamic parallelism");
   uint64_t nthreads = uint64_t(block.x) * block.y * block.z;
   if (nthreads == 0 || nthreads > kMaxThreads || block.z > 64)
@@ -454,12 +464,17 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_byte
                       where(uint3{grid.x, grid.y, grid.z}) +
                       "; accepted x in 1..2^31-1, y and z in 1..65535");
   if (shared_bytes > kMaxSharedBytes)
-    throw KernelError(std::string("kernel ") + kernel + ": invalid launch: " +
-                      std::to_string(shared_bytes) + " bytes of dynamic shared memory; at most " +
-                      std::to_string(kMaxSharedBytes));
+    throw KernelError(
+        std::string("kernel ") + kernel + ": invalid launch: " + std::to_string(shared_bytes) +
+        " bytes of dynamic shared memory; at most " + std::to_string(kMaxSharedBytes));
   std::lock_guard serial(launch_mutex());
-  Job job{kernel, grid, block, static_cast<unsigned>(nthreads),
-          uint64_t(grid.x) * grid.y * grid.z, &body, std::vector<unsigned char>(shared_bytes),
+  Job job{kernel,
+          grid,
+          block,
+          static_cast<unsigned>(nthreads),
+          uint64_t(grid.x) * grid.y * grid.z,
+          &body,
+          std::vector<unsigned char>(shared_bytes),
           shared_bytes > 0};
   pool().run(job);
 }

@@ -27,10 +27,10 @@
 #define __grid_constant__
 #define __launch_bounds__(...)
 
-#include <vector_functions.h>
-#include <vector_types.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <vector_functions.h>
+#include <vector_types.h>
 
 #include <algorithm>
 #include <atomic>
@@ -181,7 +181,8 @@ T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
 template <class T>
 T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
   int lane = static_cast<int>(::simt::detail::lane_id());
-  int src = (lane % width) + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
+  int src =
+      (lane % width) + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
   return ::simt::detail::shuffle_from(mask, var, src, {"__shfl_down_sync", 0});
 }
 template <class T>
@@ -209,15 +210,17 @@ long long clock64();
 
 // ---- atomics ----
 // Returns the old value, as CUDA's do. Relaxed order, like CUDA's plain atomics.
-#define SIMT_ATOMIC_RMW(NAME, T, EXPR)                                  \
-  inline T NAME(T* address, T val) {                                    \
-    std::atomic_ref<T> ref(*address);                                   \
-    T old = ref.load(std::memory_order_relaxed);                        \
+#define SIMT_ATOMIC_RMW(NAME, T, EXPR)                                           \
+  inline T NAME(T* address, T val) {                                             \
+    std::atomic_ref<T> ref(*address);                                            \
+    T old = ref.load(std::memory_order_relaxed);                                 \
     while (!ref.compare_exchange_weak(old, (EXPR), std::memory_order_relaxed)) { \
-    }                                                                   \
-    return old;                                                         \
+    }                                                                            \
+    return old;                                                                  \
   }
-inline int atomicAdd(int* a, int v) { return std::atomic_ref<int>(*a).fetch_add(v, std::memory_order_relaxed); }
+inline int atomicAdd(int* a, int v) {
+  return std::atomic_ref<int>(*a).fetch_add(v, std::memory_order_relaxed);
+}
 inline unsigned atomicAdd(unsigned* a, unsigned v) {
   return std::atomic_ref<unsigned>(*a).fetch_add(v, std::memory_order_relaxed);
 }
@@ -226,7 +229,9 @@ inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v)
 }
 SIMT_ATOMIC_RMW(atomicAdd, float, old + val)
 SIMT_ATOMIC_RMW(atomicAdd, double, old + val)
-inline int atomicSub(int* a, int v) { return std::atomic_ref<int>(*a).fetch_sub(v, std::memory_order_relaxed); }
+inline int atomicSub(int* a, int v) {
+  return std::atomic_ref<int>(*a).fetch_sub(v, std::memory_order_relaxed);
+}
 inline unsigned atomicSub(unsigned* a, unsigned v) {
   return std::atomic_ref<unsigned>(*a).fetch_sub(v, std::memory_order_relaxed);
 }
@@ -238,8 +243,8 @@ SIMT_ATOMIC_RMW(atomicMin, int, std::min(old, val))
 SIMT_ATOMIC_RMW(atomicMin, unsigned, std::min(old, val))
 SIMT_ATOMIC_RMW(atomicMin, long long, std::min(old, val))
 SIMT_ATOMIC_RMW(atomicMin, unsigned long long, std::min(old, val))
-SIMT_ATOMIC_RMW(atomicAnd, int, old & val)
-SIMT_ATOMIC_RMW(atomicAnd, unsigned, old & val)
+SIMT_ATOMIC_RMW(atomicAnd, int, old& val)
+SIMT_ATOMIC_RMW(atomicAnd, unsigned, old& val)
 SIMT_ATOMIC_RMW(atomicOr, int, old | val)
 SIMT_ATOMIC_RMW(atomicOr, unsigned, old | val)
 SIMT_ATOMIC_RMW(atomicXor, int, old ^ val)
@@ -259,24 +264,55 @@ inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) {
   std::atomic_ref<unsigned short> ref(*reinterpret_cast<unsigned short*>(a));
   unsigned short old = ref.load(std::memory_order_relaxed);
   for (;;) {
-    __nv_bfloat16 sum = __float2bfloat16(__bfloat162float(std::bit_cast<__nv_bfloat16>(old)) +
-                                         __bfloat162float(v));
-    if (ref.compare_exchange_weak(old, std::bit_cast<unsigned short>(sum), std::memory_order_relaxed))
+    __nv_bfloat16 sum =
+        __float2bfloat16(__bfloat162float(std::bit_cast<__nv_bfloat16>(old)) + __bfloat162float(v));
+    if (ref.compare_exchange_weak(old, std::bit_cast<unsigned short>(sum),
+                                  std::memory_order_relaxed))
       return std::bit_cast<__nv_bfloat16>(old);
   }
 }
 
 // ---- loads and stores with cache hints: plain accesses on the CPU ----
-template <class T> inline T __ldg(const T* p) { return *p; }
-template <class T> inline T __ldcg(const T* p) { return *p; }
-template <class T> inline T __ldca(const T* p) { return *p; }
-template <class T> inline T __ldcs(const T* p) { return *p; }
-template <class T> inline T __ldlu(const T* p) { return *p; }
-template <class T> inline T __ldcv(const T* p) { return *p; }
-template <class T> inline void __stcg(T* p, T v) { *p = v; }
-template <class T> inline void __stcs(T* p, T v) { *p = v; }
-template <class T> inline void __stwb(T* p, T v) { *p = v; }
-template <class T> inline void __stwt(T* p, T v) { *p = v; }
+template <class T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldcg(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldca(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldcs(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldlu(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldcv(const T* p) {
+  return *p;
+}
+template <class T>
+inline void __stcg(T* p, T v) {
+  *p = v;
+}
+template <class T>
+inline void __stcs(T* p, T v) {
+  *p = v;
+}
+template <class T>
+inline void __stwb(T* p, T v) {
+  *p = v;
+}
+template <class T>
+inline void __stwt(T* p, T v) {
+  *p = v;
+}
 
 // ---- integer and bit intrinsics ----
 inline int __popc(unsigned x) { return std::popcount(x); }

@@ -42,7 +42,7 @@ for d in "${path_dirs[@]}"; do
 done
 PATH="$nocuda_path" command -v nvcc >/dev/null && { echo "could not hide nvcc from PATH"; exit 1; }
 rm -rf build/nocuda-configure
-PATH="$nocuda_path" CUDACXX= cmake -S . -B build/nocuda-configure -G Ninja -U CMAKE_CUDA_COMPILER \
+PATH="$nocuda_path" env -u CUDACXX cmake -S . -B build/nocuda-configure -G Ninja -U CMAKE_CUDA_COMPILER \
   > build/nocuda-configure.log 2>&1 || { cat build/nocuda-configure.log; exit 1; }
 grep -q "nvcc not on PATH: GPU targets skipped" build/nocuda-configure.log &&
   grep -q '^MEMLAYERS_CUDA_BUILT:INTERNAL=OFF' build/nocuda-configure/CMakeCache.txt ||

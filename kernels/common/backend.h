@@ -17,10 +17,14 @@ inline constexpr Backend kAllBackends[] = {Backend::reference, Backend::cpu, Bac
 
 constexpr std::string_view to_string(Backend b) {
   switch (b) {
-    case Backend::reference: return "reference";
-    case Backend::cpu: return "cpu";
-    case Backend::cuda: return "cuda";
-    case Backend::simt: return "simt";
+    case Backend::reference:
+      return "reference";
+    case Backend::cpu:
+      return "cpu";
+    case Backend::cuda:
+      return "cuda";
+    case Backend::simt:
+      return "simt";
   }
   return "?";
 }
@@ -56,7 +60,7 @@ struct Timing {
 
 struct BackendInfo {
   Backend backend;
-  bool compiled = false;             // built into this binary
+  bool compiled = false;               // built into this binary
   std::function<std::string()> probe;  // "" when usable now, else why not (no GPU, ...)
   const Memory* memory = nullptr;
   const Timing* timing = nullptr;

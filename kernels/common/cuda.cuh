@@ -5,9 +5,9 @@
 #pragma once
 
 #if defined(__CUDACC__)
-#include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 #elif defined(MEMLAYERS_SIMT)
 #include "simt/simt.h"
 #else
@@ -39,7 +39,7 @@
 // Dynamic shared memory: `extern __shared__` under nvcc; under simt an exact-size heap buffer
 // filled with garbage, so AddressSanitizer catches an overrun.
 #if defined(__CUDACC__)
-#define MEMLAYERS_DYNAMIC_SHARED(T, name)                                 \
+#define MEMLAYERS_DYNAMIC_SHARED(T, name)                                  \
   extern __shared__ __align__(16) unsigned char memlayers_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(memlayers_dynamic_smem_)
 #else
@@ -48,12 +48,12 @@
 #endif
 
 #if defined(__CUDACC__)
-#define MEMLAYERS_CUDA_CHECK(expr)                                                        \
-  do {                                                                                    \
-    cudaError_t memlayers_err_ = (expr);                                                  \
-    if (memlayers_err_ != cudaSuccess)                                                    \
+#define MEMLAYERS_CUDA_CHECK(expr)                                                             \
+  do {                                                                                         \
+    cudaError_t memlayers_err_ = (expr);                                                       \
+    if (memlayers_err_ != cudaSuccess)                                                         \
       ::memlayers::fail("CUDA error {} ({}) in {} at {}:{}", cudaGetErrorName(memlayers_err_), \
-                        cudaGetErrorString(memlayers_err_), #expr, __FILE__, __LINE__);   \
+                        cudaGetErrorString(memlayers_err_), #expr, __FILE__, __LINE__);        \
   } while (0)
 #endif
 
@@ -66,8 +66,8 @@ void launch_kernel(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 b
                    std::size_t shared_bytes, Stream stream, Args&&... args) {
 #if defined(__CUDACC__)
   if (shared_bytes > 48 * 1024)
-    MEMLAYERS_CUDA_CHECK(cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
+    MEMLAYERS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(shared_bytes)));
   kernel<<<grid, block, shared_bytes, static_cast<cudaStream_t>(stream)>>>(
       std::forward<Args>(args)...);
   cudaError_t err = cudaGetLastError();

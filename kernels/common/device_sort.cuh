@@ -36,7 +36,7 @@ inline void sort_pairs(const uint64_t* keys_in, uint64_t* keys_out, const uint32
 #else
   (void)stream;
   const uint64_t mask = end_bit >= 64 ? ~uint64_t{0} : (uint64_t{1} << end_bit) - 1;
-  std::vector<std::pair<uint64_t, uint32_t>> pairs(static_cast<std::size_t>(n));
+  std::vector<std::pair<uint64_t, uint32_t> > pairs(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) pairs[i] = {keys_in[i] & mask, values_in[i]};
   std::stable_sort(pairs.begin(), pairs.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -53,8 +53,8 @@ inline void run_length_encode(const uint64_t* keys, uint64_t* unique, uint32_t* 
 #if defined(__CUDACC__)
   auto s = static_cast<cudaStream_t>(stream);
   std::size_t temp_bytes = 0;
-  MEMLAYERS_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, temp_bytes, keys, unique,
-                                                          counts, num_runs, n, s));
+  MEMLAYERS_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, temp_bytes, keys, unique, counts,
+                                                          num_runs, n, s));
   Buffer<unsigned char> temp(temp_bytes, stream);
   MEMLAYERS_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(temp.get(), temp_bytes, keys, unique,
                                                           counts, num_runs, n, s));

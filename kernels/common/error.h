@@ -20,7 +20,7 @@ template <class... Args>
 }  // namespace memlayers
 
 // MEMLAYERS_CHECK(cond, "fmt", args...): throws memlayers::Error with the formatted message.
-#define MEMLAYERS_CHECK(cond, ...)                                   \
-  do {                                                               \
-    if (!(cond)) ::memlayers::fail(__VA_ARGS__);                     \
+#define MEMLAYERS_CHECK(cond, ...)               \
+  do {                                           \
+    if (!(cond)) ::memlayers::fail(__VA_ARGS__); \
   } while (0)

@@ -43,8 +43,8 @@ void host_fill(void* dst, int value, std::size_t bytes) {
 }  // namespace
 
 const Memory& host_memory() {
-  static const Memory m{host_alloc, [](void* p) { std::free(p); }, host_copy, host_copy,
-                        host_fill, [] {}, host_copy};
+  static const Memory m{
+      host_alloc, [](void* p) { std::free(p); }, host_copy, host_copy, host_fill, [] {}, host_copy};
   return m;
 }
 

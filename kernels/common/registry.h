@@ -25,8 +25,8 @@ struct Variant {
   std::function<void(const Params&, Stream)> launch;
   // "" when the variant handles these params, else why not ("dim must be a multiple of 4").
   std::function<std::string(const Params&)> supports = [](const Params&) { return std::string(); };
-  std::string summary;  // one line: what it does, what it targets
-  bool deterministic = true;  // bitwise identical results across runs
+  std::string summary;          // one line: what it does, what it targets
+  bool deterministic = true;    // bitwise identical results across runs
   bool expected_wrong = false;  // planted bug: the checker must reject it (tests only)
 };
 
@@ -101,7 +101,7 @@ class Registry {
 #define MEMLAYERS_CONCAT_(a, b) a##b
 #define MEMLAYERS_CONCAT(a, b) MEMLAYERS_CONCAT_(a, b)
 // MEMLAYERS_REGISTER(Op, Variant<Op::Params>{...}); at namespace scope in the variant's file.
-#define MEMLAYERS_REGISTER(Op, ...)                                                  \
+#define MEMLAYERS_REGISTER(Op, ...)                                                      \
   [[maybe_unused]] static const bool MEMLAYERS_CONCAT(memlayers_registered_, __LINE__) = \
       ::memlayers::Registry<Op>::add(__VA_ARGS__)
 

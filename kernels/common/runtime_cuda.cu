@@ -25,8 +25,8 @@ void gpu_copy_within(void* dst, const void* src, std::size_t bytes) {
   MEMLAYERS_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
 }
 
-const Memory kGpuMemory{gpu_alloc,  gpu_release, gpu_to_device,  gpu_to_host,
-                        gpu_fill,   gpu_sync,    gpu_copy_within};
+const Memory kGpuMemory{gpu_alloc, gpu_release, gpu_to_device,  gpu_to_host,
+                        gpu_fill,  gpu_sync,    gpu_copy_within};
 
 void* event_create() {
   cudaEvent_t e;

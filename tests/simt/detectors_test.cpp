@@ -6,10 +6,10 @@
 // run them).
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
 #include <array>
 #include <cstdio>
 #include <string>
-#include <sys/wait.h>
 
 namespace {
 
@@ -44,7 +44,8 @@ TEST(SimtDetectors, TsanReportsARemovedSyncthreadsAsARace) {
   if (!kTsan) GTEST_SKIP() << "needs ThreadSanitizer: run in the tsan preset";
   Child bad = run_planted("race");
   EXPECT_NE(bad.status, 0) << bad.output;
-  EXPECT_NE(bad.output.find("WARNING: ThreadSanitizer: data race"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("WARNING: ThreadSanitizer: data race"), std::string::npos)
+      << bad.output;
   EXPECT_NE(bad.output.find("planted_race_kernel"), std::string::npos) << bad.output;
   EXPECT_NE(bad.output.find("planted.cpp"), std::string::npos) << bad.output;
   Child good = run_planted("race_fixed");

@@ -47,14 +47,16 @@ __global__ void planted_dynamic_overflow_kernel(float* out, int n) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::fprintf(stderr, "usage: %s race|race_fixed|static_overflow|dynamic_overflow|overflow_fixed\n",
+    std::fprintf(stderr,
+                 "usage: %s race|race_fixed|static_overflow|dynamic_overflow|overflow_fixed\n",
                  argv[0]);
     return 2;
   }
   std::vector<float> x(64, 1.f), out(64, 0.f);
   std::string c = argv[1];
   if (c == "race")
-    launch_kernel("planted_race_kernel", planted_race_kernel, 1, 64, 0, nullptr, x.data(), out.data());
+    launch_kernel("planted_race_kernel", planted_race_kernel, 1, 64, 0, nullptr, x.data(),
+                  out.data());
   else if (c == "race_fixed")
     launch_kernel("fixed_race_kernel", fixed_race_kernel, 1, 64, 0, nullptr, x.data(), out.data());
   else if (c == "static_overflow")

@@ -242,8 +242,7 @@ TEST_P(Simt, ShufflesFollowCudaSemanticsForEveryType) {
       int lane = tid % 32;
       int lanes = std::min(32, threads_ - tid / 32 * 32);  // lanes present in this warp
       int seg = lane & ~(width - 1);
-      int src[4] = {seg + ((lane * 3) & (width - 1)),
-                    (lane % width) >= 3 ? lane - 3 : lane,
+      int src[4] = {seg + ((lane * 3) & (width - 1)), (lane % width) >= 3 ? lane - 3 : lane,
                     (lane % width) + 5 < width ? lane + 5 : lane,
                     ((lane ^ 6) / width == lane / width) ? lane ^ 6 : lane};
       for (int op = 0; op < 4; ++op) {
@@ -304,7 +303,8 @@ TEST(SimtTranspose, EqualsCpuTranspose) {
       auto got = t.download(out, rows * cols);
       for (int r = 0; r < rows; ++r)
         for (int c = 0; c < cols; ++c)
-          ASSERT_EQ(got[c * rows + r], x[r * cols + c]) << rows << "x" << cols << " at " << r << "," << c;
+          ASSERT_EQ(got[c * rows + r], x[r * cols + c])
+              << rows << "x" << cols << " at " << r << "," << c;
     }
   }
 }

@@ -81,12 +81,14 @@ __global__ void transpose_kernel(const float* in, float* out, int rows, int cols
   int c = blockIdx.x * kTile + threadIdx.x;
   int r0 = blockIdx.y * kTile;
   for (int j = threadIdx.y; j < kTile; j += kRowsPerPass)
-    if (r0 + j < rows && c < cols) tile[j][threadIdx.x] = in[static_cast<long long>(r0 + j) * cols + c];
+    if (r0 + j < rows && c < cols)
+      tile[j][threadIdx.x] = in[static_cast<long long>(r0 + j) * cols + c];
   __syncthreads();
   int r = r0 + threadIdx.x;
   int c0 = blockIdx.x * kTile;
   for (int j = threadIdx.y; j < kTile; j += kRowsPerPass)
-    if (c0 + j < cols && r < rows) out[static_cast<long long>(c0 + j) * rows + r] = tile[threadIdx.x][j];
+    if (c0 + j < cols && r < rows)
+      out[static_cast<long long>(c0 + j) * rows + r] = tile[threadIdx.x][j];
 }
 
 __global__ void histogram_kernel(const unsigned* x, unsigned* hist, int n, int bins) {
@@ -102,8 +104,8 @@ __global__ void histogram_kernel(const unsigned* x, unsigned* hist, int n, int b
 
 __device__ float lane_value(int lane) { return 0.5f * lane - 3.f; }
 
-__global__ void shuffles_kernel(int* i_out, float* f_out, double* d_out, float* h_out,
-                                float* b_out, int width) {
+__global__ void shuffles_kernel(int* i_out, float* f_out, double* d_out, float* h_out, float* b_out,
+                                int width) {
   int t = threadIdx.x;
   int lane = t % 32;
   unsigned mask = __activemask();
@@ -235,7 +237,7 @@ void reverse_dynamic(const float* x, float* out, int n, int threads, int early, 
 
 namespace MEMLAYERS_TARGET_NS {
 const KernelSet& kernels() {
-  static const KernelSet set{block_reduce, warp_reduce, block_scan, transpose, histogram,
+  static const KernelSet set{block_reduce, warp_reduce, block_scan, transpose,      histogram,
                              shuffles,     votes,       atomics,    reverse_dynamic};
   return set;
 }

@@ -25,8 +25,8 @@ struct KernelSet {
   // Each lane shuffles f(lane) with idx/up/down/xor at the given width; 4 results per thread:
   // [shfl(src = lane·3), up(delta 3), down(delta 5), xor(mask 6)], for int, float, double,
   // __half and __nv_bfloat16 (the last two carried back as float).
-  void (*shuffles)(int* i_out, float* f_out, double* d_out, float* h_out, float* b_out,
-                   int width, int threads, Stream s);
+  void (*shuffles)(int* i_out, float* f_out, double* d_out, float* h_out, float* b_out, int width,
+                   int threads, Stream s);
   // Per thread pred = (t % 3 == 0) ^ (t == 7); per warp: ballot, any, all; per block:
   // __syncthreads_count / _and / _or. warp_out: 3 words per warp; block_out: 3 ints per block.
   void (*votes)(unsigned* warp_out, int* block_out, int threads, int blocks, Stream s);

@@ -22,32 +22,13 @@
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
+#include "embbag/cpu/hwy_rows-inl.h"
+
 HWY_BEFORE_NAMESPACE();
 namespace memlayers::embbag::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-using DF = hn::ScalableTag<float>;
-
-template <bool kBf16>
-HWY_INLINE hn::Vec<DF> LoadRow(DF df, const void* row, int64_t d) {
-  if constexpr (kBf16) {
-    const hn::Rebind<uint16_t, DF> d16;
-    const hn::RebindToUnsigned<DF> d32;
-    const auto bits = hn::PromoteTo(d32, hn::LoadU(d16, static_cast<const uint16_t*>(row) + d));
-    return hn::BitCast(df, hn::ShiftLeft<16>(bits));
-  } else {
-    return hn::LoadU(df, static_cast<const float*>(row) + d);
-  }
-}
-
-template <bool kBf16>
-HWY_INLINE float LoadScalar(const void* row, int64_t d) {
-  if constexpr (kBf16)
-    return bf16_bits_to_float(static_cast<const uint16_t*>(row)[d]);
-  else
-    return static_cast<const float*>(row)[d];
-}
 
 // acc[0, dim) (=|+=) Σ_g w[g]·rows[g][0, dim), G rows at once. While at byte offset o of the
 // current rows, the same offset of the next bag's rows is prefetched: one line per 64 bytes.

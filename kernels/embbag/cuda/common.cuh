@@ -62,6 +62,47 @@ __device__ __forceinline__ void fma_vec(const T* row, int64_t e, float w, float*
   accumulate_raw<T>(__ldg(reinterpret_cast<const uint4*>(row + e)), w, acc);
 }
 
+// 16-byte row loads: through the read-only cache, or evict-first (rows used once).
+struct LoadCached {
+  __device__ __forceinline__ uint4 operator()(const void* p) const {
+    return __ldg(static_cast<const uint4*>(p));
+  }
+};
+struct LoadStreaming {
+  __device__ __forceinline__ uint4 operator()(const void* p) const {
+    return __ldcs(static_cast<const uint4*>(p));
+  }
+};
+
+// acc[q] += Σ_j ws[j]·V[rows[j] + col[q] ...+kVec) for each of a lane's kSlice vectors that is
+// full; rows[] holds element offsets of the k rows. kUnroll rows at a time: all their loads are
+// issued before the first FMA, so each thread keeps kUnroll·kSlice loads in flight.
+template <int kUnroll, class V, int kSlice, class Load>
+__device__ __forceinline__ void accumulate_rows(const V* __restrict__ values,
+                                                const int64_t* rows, const float* ws, int64_t k,
+                                                const int64_t (&col)[kSlice],
+                                                const bool (&full)[kSlice],
+                                                float (&acc)[kSlice][kVec<V>], Load load) {
+  int64_t j = 0;
+  for (; j + kUnroll <= k; j += kUnroll) {
+    uint4 raw[kUnroll][kSlice] = {};  // only full vectors are loaded and read
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int q = 0; q < kSlice; ++q)
+        if (full[q]) raw[u][q] = load(values + rows[j + u] + col[q]);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int q = 0; q < kSlice; ++q)
+        if (full[q]) accumulate_raw<V>(raw[u][q], ws[j + u], acc[q]);
+  }
+  for (; j < k; ++j)
+#pragma unroll
+    for (int q = 0; q < kSlice; ++q)
+      if (full[q]) accumulate_raw<V>(load(values + rows[j] + col[q]), ws[j], acc[q]);
+}
+
 // Stores acc[kVec<T>] as 16 bytes of T... or as kVec<T> fp32 (O = float).
 template <class O, int N>
 __device__ __forceinline__ void store_vec(O* out, int64_t e, const float* acc) {
@@ -119,8 +160,12 @@ void dispatch_bwd(const BwdParams& p, F&& f) {
     with_idx(Tag<float>{});
 }
 
-inline int64_t values_stride(const FwdParams& p) { return p.values_stride ? p.values_stride : p.dim; }
-inline int64_t values_stride(const BwdParams& p) { return p.values_stride ? p.values_stride : p.dim; }
+inline int64_t values_stride(const FwdParams& p) {
+  return p.values_stride ? p.values_stride : p.dim;
+}
+inline int64_t values_stride(const BwdParams& p) {
+  return p.values_stride ? p.values_stride : p.dim;
+}
 inline int64_t out_stride(const FwdParams& p) { return p.out_stride ? p.out_stride : p.dim; }
 
 // ---- dw[b,j] = dy[b,:] · V[idx[b,j],:], a warp per (bag, slot) ----
@@ -151,9 +196,9 @@ template <class V, class I>
 void launch_dw_warp_per_slot(const BwdParams& p, Stream stream) {
   const int64_t slots = p.batch * p.k;
   launch_kernel("embbag_dw_warp_per_slot", dw_warp_per_slot_kernel<V, I>,
-                dim3(grid_cap(ceil_div(slots, kDwWarps))), dim3(kDwWarps * 32), 0,
-                stream, static_cast<const V*>(p.values), static_cast<const I*>(p.indices),
-                p.grad_out, p.grad_weights, slots, p.k, p.dim, values_stride(p));
+                dim3(grid_cap(ceil_div(slots, kDwWarps))), dim3(kDwWarps * 32), 0, stream,
+                static_cast<const V*>(p.values), static_cast<const I*>(p.indices), p.grad_out,
+                p.grad_weights, slots, p.k, p.dim, values_stride(p));
 }
 
 }  // namespace MEMLAYERS_TARGET_NS

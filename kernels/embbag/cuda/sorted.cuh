@@ -34,10 +34,9 @@ template <bool FuseDw, class V>
 __device__ __forceinline__ void accumulate_run(const V* __restrict__ vrow,
                                                const uint32_t* __restrict__ perm,
                                                const float* __restrict__ weights,
-                                               const float* __restrict__ dy,
-                                               float* __restrict__ dw, int64_t k, int64_t dim,
-                                               int64_t c, int64_t e_begin, int64_t e_end,
-                                               int64_t e_step, float* acc) {
+                                               const float* __restrict__ dy, float* __restrict__ dw,
+                                               int64_t k, int64_t dim, int64_t c, int64_t e_begin,
+                                               int64_t e_end, int64_t e_step, float* acc) {
   const int lane = threadIdx.x % 32;
   const bool vector = dim % kCols == 0;  // dy rows are 16-byte aligned: dy is contiguous fp32
   const bool want_dw = FuseDw && dw != nullptr;  // uniform across the warp
@@ -175,7 +174,8 @@ void launch(const BwdParams& p, Stream stream, const char* name) {
         offsets(n64, stream);
     dev::Buffer<uint64_t> unique_scratch(p.unique_rows ? 0 : n64, stream);
     dev::Buffer<int64_t> runs_scratch(p.num_unique ? 0 : 1, stream);
-    uint64_t* unique = p.unique_rows ? reinterpret_cast<uint64_t*>(p.unique_rows) : unique_scratch.get();
+    uint64_t* unique =
+        p.unique_rows ? reinterpret_cast<uint64_t*>(p.unique_rows) : unique_scratch.get();
     int64_t* num_runs = p.num_unique ? p.num_unique : runs_scratch.get();
 
     launch_kernel("embbag_bwd_make_pairs", make_pairs_kernel<I>,
@@ -194,9 +194,10 @@ void launch(const BwdParams& p, Stream stream, const char* name) {
     const auto* values = static_cast<const V*>(p.values);
     const int64_t vs = values_stride(p);
     float* dw = FuseDw ? p.grad_weights : nullptr;
-    launch_kernel(name, short_runs_kernel<FuseDw, V>, dim3(grid_cap(ceil_div(n64, kWarps))), dim3(kWarps * 32), 0, stream,
-                  values, vs, unique, counts.get(), offsets.get(), num_runs, perm.get(), p.weights,
-                  p.grad_out, dw, p.grad_values_compact, p.grad_values_dense, p.k, p.dim);
+    launch_kernel(name, short_runs_kernel<FuseDw, V>, dim3(grid_cap(ceil_div(n64, kWarps))),
+                  dim3(kWarps * 32), 0, stream, values, vs, unique, counts.get(), offsets.get(),
+                  num_runs, perm.get(), p.weights, p.grad_out, dw, p.grad_values_compact,
+                  p.grad_values_dense, p.k, p.dim);
     // Long runs are rare (at most n / kLongRun of them): a small grid strides over all runs.
     launch_kernel(name, long_runs_kernel<FuseDw, V>, dim3(grid_cap(n64 / kLongRun)),
                   dim3(kWarps * 32), 0, stream, values, vs, unique, counts.get(), offsets.get(),

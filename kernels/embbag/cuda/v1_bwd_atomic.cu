@@ -35,9 +35,9 @@ void launch(const BwdParams& p, Stream stream) {
     dev::fill_bytes(p.grad_values_dense, 0, p.num_rows * p.dim * sizeof(float), stream);
     const int64_t slots = p.batch * p.k;
     launch_kernel("embbag_bwd_v1_atomic_scatter", scatter_kernel<I>,
-                  dim3(grid_cap(ceil_div(slots, kWarps))), dim3(kWarps * 32), 0,
-                  stream, static_cast<const I*>(p.indices), p.weights, p.grad_out,
-                  p.grad_values_dense, slots, p.k, p.dim);
+                  dim3(grid_cap(ceil_div(slots, kWarps))), dim3(kWarps * 32), 0, stream,
+                  static_cast<const I*>(p.indices), p.weights, p.grad_out, p.grad_values_dense,
+                  slots, p.k, p.dim);
   });
 }
 
@@ -47,10 +47,9 @@ std::string supports(const BwdParams& p) {
   return "";
 }
 
-MEMLAYERS_REGISTER(Bwd, Variant<BwdParams>{"v1_bwd_atomic", MEMLAYERS_KERNEL_BACKEND, launch,
-                                           supports,
-                                           "dense dV by atomicAdd scatter; dw warp per slot",
-                                           false});
+MEMLAYERS_REGISTER(Bwd,
+                   Variant<BwdParams>{"v1_bwd_atomic", MEMLAYERS_KERNEL_BACKEND, launch, supports,
+                                      "dense dV by atomicAdd scatter; dw warp per slot", false});
 
 }  // namespace
 }  // namespace memlayers::embbag

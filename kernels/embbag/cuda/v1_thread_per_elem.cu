@@ -41,13 +41,14 @@ void launch(const FwdParams& p, Stream stream) {
 }
 
 std::string supports(const FwdParams& p) {
-  if (ceil_div(p.batch * p.dim, kThreads) > 0x7fffffff) return "batch·dim needs more than 2^31 blocks";
+  if (ceil_div(p.batch * p.dim, kThreads) > 0x7fffffff)
+    return "batch·dim needs more than 2^31 blocks";
   return "";
 }
 
-MEMLAYERS_REGISTER(Fwd, Variant<FwdParams>{"v1_thread_per_elem", MEMLAYERS_KERNEL_BACKEND, launch,
-                                           supports, "thread per (bag, column); scalar loads",
-                                           true});
+MEMLAYERS_REGISTER(Fwd,
+                   Variant<FwdParams>{"v1_thread_per_elem", MEMLAYERS_KERNEL_BACKEND, launch,
+                                      supports, "thread per (bag, column); scalar loads", true});
 
 }  // namespace
 }  // namespace memlayers::embbag

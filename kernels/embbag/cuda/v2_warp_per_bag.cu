@@ -76,11 +76,11 @@ std::string supports(const FwdParams& p) {
   return "";
 }
 
-MEMLAYERS_REGISTER(Fwd, Variant<FwdParams>{"v2_warp_per_bag", MEMLAYERS_KERNEL_BACKEND, launch,
-                                           supports,
-                                           "warp per bag, 16-byte loads, indices/weights "
-                                           "broadcast by shuffle",
-                                           true});
+MEMLAYERS_REGISTER(Fwd,
+                   Variant<FwdParams>{"v2_warp_per_bag", MEMLAYERS_KERNEL_BACKEND, launch, supports,
+                                      "warp per bag, 16-byte loads, indices/weights "
+                                      "broadcast by shuffle",
+                                      true});
 
 }  // namespace
 }  // namespace memlayers::embbag

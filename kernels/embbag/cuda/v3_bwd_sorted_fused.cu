@@ -15,10 +15,9 @@ void launch(const BwdParams& p, Stream stream) {
   sorted::launch<true>(p, stream, "embbag_bwd_v3_sorted_fused_dw");
 }
 
-MEMLAYERS_REGISTER(Bwd, Variant<BwdParams>{"v3_bwd_sorted_fused", MEMLAYERS_KERNEL_BACKEND,
-                                           launch, sorted::supports,
-                                           "v2 with dw fused into the per-row pass over V",
-                                           true});
+MEMLAYERS_REGISTER(Bwd, Variant<BwdParams>{"v3_bwd_sorted_fused", MEMLAYERS_KERNEL_BACKEND, launch,
+                                           sorted::supports,
+                                           "v2 with dw fused into the per-row pass over V", true});
 
 }  // namespace
 }  // namespace memlayers::embbag

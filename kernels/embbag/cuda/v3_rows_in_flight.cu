@@ -60,26 +60,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       col[q] = c_begin + (static_cast<int64_t>(q) * 32 + lane) * N;
       full[q] = col[q] + N <= c_end;
     }
-    int64_t j = 0;
-    for (; j + kUnroll <= k; j += kUnroll) {
-      uint4 raw[kUnroll][kSlice] = {};  // only full vectors are loaded and read
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-        for (int q = 0; q < kSlice; ++q)
-          if (full[q]) raw[u][q] = __ldg(reinterpret_cast<const uint4*>(values + rows[j + u] + col[q]));
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const float w = ws[j + u];
-#pragma unroll
-        for (int q = 0; q < kSlice; ++q)
-          if (full[q]) accumulate_raw<V>(raw[u][q], w, acc[q]);
-      }
-    }
-    for (; j < k; ++j)
-#pragma unroll
-      for (int q = 0; q < kSlice; ++q)
-        if (full[q]) fma_vec(values + rows[j], col[q], ws[j], acc[q]);
+    accumulate_rows<kUnroll>(values, rows, ws, k, col, full, acc, LoadCached{});
 #pragma unroll
     for (int q = 0; q < kSlice; ++q)
       if (full[q]) store_vec<O, N>(y, col[q], acc[q]);

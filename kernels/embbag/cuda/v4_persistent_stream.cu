@@ -24,16 +24,12 @@ constexpr int64_t slice_width() {
   return 32 * kVec<V> * kSlice;
 }
 
-template <class V>
-__device__ __forceinline__ uint4 stream_load(const V* p) {
-  return __ldcs(reinterpret_cast<const uint4*>(p));
-}
-
+// Two blocks per SM in the hint: with the block size alone ptxas caps registers at 64 and spills.
 template <class V, class I, class O>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, 2)
     fwd_persistent(const V* __restrict__ values, const I* __restrict__ indices,
-                   const float* __restrict__ weights, O* __restrict__ out, int64_t batch,
-                   int64_t k, int64_t dim, int64_t vstride, int64_t ostride) {
+                   const float* __restrict__ weights, O* __restrict__ out, int64_t batch, int64_t k,
+                   int64_t dim, int64_t vstride, int64_t ostride) {
   constexpr int N = kVec<V>;
   MEMLAYERS_DYNAMIC_SHARED(unsigned char, smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -71,24 +67,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       col[q] = c_begin + (static_cast<int64_t>(q) * 32 + lane) * N;
       full[q] = col[q] + N <= c_end;
     }
-    int64_t j = 0;
-    for (; j + kUnroll <= k; j += kUnroll) {
-      uint4 raw[kUnroll][kSlice] = {};  // only full vectors are loaded and read
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-        for (int q = 0; q < kSlice; ++q)
-          if (full[q]) raw[u][q] = stream_load(values + rows[j + u] + col[q]);
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-        for (int q = 0; q < kSlice; ++q)
-          if (full[q]) accumulate_raw<V>(raw[u][q], ws[j + u], acc[q]);
-    }
-    for (; j < k; ++j)
-#pragma unroll
-      for (int q = 0; q < kSlice; ++q)
-        if (full[q]) accumulate_raw<V>(stream_load(values + rows[j] + col[q]), ws[j], acc[q]);
+    accumulate_rows<kUnroll>(values, rows, ws, k, col, full, acc, LoadStreaming{});
     O* y = out + b * ostride;
 #pragma unroll
     for (int q = 0; q < kSlice; ++q)
@@ -123,12 +102,12 @@ void launch(const FwdParams& p, Stream stream) {
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, smem));
 #endif
     const int64_t items = p.batch * ceil_div(p.dim, slice_width<V>());
-    const int64_t blocks = std::min<int64_t>(ceil_div(items, kWarps),
-                                             static_cast<int64_t>(blocks_for_device()) * std::max(per_sm, 1));
+    const int64_t blocks = std::min<int64_t>(
+        ceil_div(items, kWarps), static_cast<int64_t>(blocks_for_device()) * std::max(per_sm, 1));
     launch_kernel("embbag_fwd_v4_persistent_stream", kernel, dim3(static_cast<unsigned>(blocks)),
                   dim3(kWarps * 32), smem, stream, static_cast<const V*>(p.values),
-                  static_cast<const I*>(p.indices), p.weights, static_cast<O*>(p.out), p.batch,
-                  p.k, p.dim, values_stride(p), out_stride(p));
+                  static_cast<const I*>(p.indices), p.weights, static_cast<O*>(p.out), p.batch, p.k,
+                  p.dim, values_stride(p), out_stride(p));
   });
 }
 
@@ -143,8 +122,8 @@ std::string supports(const FwdParams& p) {
   return "";
 }
 
-MEMLAYERS_REGISTER(Fwd, Variant<FwdParams>{"v4_persistent_stream", MEMLAYERS_KERNEL_BACKEND,
-                                           launch, supports,
+MEMLAYERS_REGISTER(Fwd, Variant<FwdParams>{"v4_persistent_stream", MEMLAYERS_KERNEL_BACKEND, launch,
+                                           supports,
                                            "persistent grid, next bag's indices prefetched, "
                                            "evict-first row loads, streaming stores",
                                            true});
