@@ -54,11 +54,17 @@ int main(int argc, char** argv) {
   }
   std::vector<float> x(64, 1.f), out(64, 0.f);
   std::string c = argv[1];
+  // ThreadSanitizer keeps a few accesses per 8 bytes of shadow memory, so one launch can miss a
+  // race whose accesses were evicted; repeated launches make the report certain in practice.
+  constexpr int kLaunches = 50;
   if (c == "race")
-    launch_kernel("planted_race_kernel", planted_race_kernel, 1, 64, 0, nullptr, x.data(),
-                  out.data());
+    for (int i = 0; i < kLaunches; ++i)
+      launch_kernel("planted_race_kernel", planted_race_kernel, 1, 64, 0, nullptr, x.data(),
+                    out.data());
   else if (c == "race_fixed")
-    launch_kernel("fixed_race_kernel", fixed_race_kernel, 1, 64, 0, nullptr, x.data(), out.data());
+    for (int i = 0; i < kLaunches; ++i)
+      launch_kernel("fixed_race_kernel", fixed_race_kernel, 1, 64, 0, nullptr, x.data(),
+                    out.data());
   else if (c == "static_overflow")
     launch_kernel("planted_static_overflow_kernel", planted_static_overflow_kernel, 1, 33, 0,
                   nullptr, out.data());
