@@ -1,1 +1,0 @@
-// Anchors the library when no CPU variant is compiled in yet.

@@ -1,1 +1,0 @@
-// Anchors the library when no CUDA source is compiled for simt yet.
