@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "common/validate.h"
 #include "reference/embbag.h"
 
 namespace memlayers::embbag {
@@ -32,26 +33,6 @@ std::string check_stride(const char* field, int64_t stride, int64_t dim, int64_t
   int64_t s = stride == 0 ? dim : stride;
   if (rows > std::numeric_limits<int64_t>::max() / s)
     return fmt::format("{} = {} with {} rows overflows 64-bit offsets", field, s, rows);
-  return {};
-}
-
-std::string check_dtype(const char* field, DType t, std::initializer_list<DType> accepted) {
-  std::string list;
-  for (DType a : accepted) {
-    if (a == t) return {};
-    list += (list.empty() ? "" : ", ") + std::string(to_string(a));
-  }
-  return fmt::format("{} = {}: accepted {}", field, to_string(t), list);
-}
-
-// `required`: null is an error; otherwise null means "not requested" and is fine.
-std::string check_pointer(const char* field, const void* p, std::size_t align, bool required,
-                          const char* what) {
-  if (!p) return required ? fmt::format("{} is null: {} is required", field, what) : std::string();
-  auto addr = reinterpret_cast<std::uintptr_t>(p);
-  if (addr % align != 0)
-    return fmt::format("{} = {} is misaligned: accepted pointers aligned to {} bytes ({})", field,
-                       p, align, what);
   return {};
 }
 
