@@ -17,6 +17,7 @@
 #include "embbag/embbag.h"
 #include "reference/embbag.h"
 #include "tests/common/buffer.h"
+#include "tests/common/cases.h"
 #include "tests/common/check.h"
 #include "tests/common/random.h"
 
@@ -24,29 +25,13 @@ namespace memlayers::embbag {
 namespace {
 
 using test::CheckResult;
+using test::deterministic_variants;
 using test::DeviceBuffer;
+using test::same_bytes;
+using test::short_name;
+using test::variant_label;
 
 // ---- problems ----
-
-std::string short_name(DType t) {
-  switch (t) {
-    case DType::f32:
-      return "f32";
-    case DType::bf16:
-      return "bf16";
-    case DType::f16:
-      return "f16";
-    case DType::i32:
-      return "i32";
-    case DType::i64:
-      return "i64";
-  }
-  return "x";
-}
-
-std::string variant_label(Backend b, const std::string& name) {
-  return name == to_string(b) ? name : std::string(to_string(b)) + "_" + name;
-}
 
 struct Shape {
   int64_t batch, k, dim;
@@ -415,22 +400,6 @@ INSTANTIATE_TEST_SUITE_P(Sweep, EmbbagBwd, ::testing::ValuesIn(bwd_cases()),
 // Many duplicate rows (where atomics would race), fp32 on one shape and bf16 on the other.
 const std::pair<Shape, DType> kDeterminismCases[] = {{{23, 32, 100}, DType::f32},
                                                      {{5, 64, 1000, true}, DType::bf16}};
-
-// Bytes, not values: NaN != NaN, and -0 == +0 would hide a difference.
-template <class T>
-bool same_bytes(const std::vector<T>& a, const std::vector<T>& b, std::size_t count = SIZE_MAX) {
-  count = std::min({count, a.size(), b.size()});
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), count * sizeof(T)) == 0;
-}
-
-template <class V>
-std::vector<std::pair<const V*, std::string>> deterministic_variants(
-    std::vector<const V*> variants) {
-  std::vector<std::pair<const V*, std::string>> out;
-  for (const V* v : variants)
-    if (v->deterministic) out.emplace_back(v, variant_label(v->backend, v->name));
-  return out;
-}
 
 class EmbbagFwdDeterminism
     : public ::testing::TestWithParam<std::pair<const Variant<FwdParams>*, std::string>> {};

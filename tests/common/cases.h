@@ -1,0 +1,54 @@
+// Naming and comparison helpers shared by the op test sweeps: short dtype names and variant labels
+// for test names, and bytewise equality for the determinism tests.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/backend.h"
+#include "common/dtype.h"
+
+namespace memlayers::test {
+
+inline std::string short_name(DType t) {
+  switch (t) {
+    case DType::f32:
+      return "f32";
+    case DType::bf16:
+      return "bf16";
+    case DType::f16:
+      return "f16";
+    case DType::i32:
+      return "i32";
+    case DType::i64:
+      return "i64";
+  }
+  return "x";
+}
+
+// "cpu_v2_hwy_threads"; the reference is just "reference".
+inline std::string variant_label(Backend b, const std::string& name) {
+  return name == to_string(b) ? name : std::string(to_string(b)) + "_" + name;
+}
+
+// Bytes, not values: NaN != NaN, and -0 == +0 would hide a difference.
+template <class T>
+bool same_bytes(const std::vector<T>& a, const std::vector<T>& b, std::size_t count = SIZE_MAX) {
+  count = std::min({count, a.size(), b.size()});
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), count * sizeof(T)) == 0;
+}
+
+// The deterministic ones among `variants`, with their labels (determinism test parameters).
+template <class V>
+std::vector<std::pair<const V*, std::string>> deterministic_variants(
+    std::vector<const V*> variants) {
+  std::vector<std::pair<const V*, std::string>> out;
+  for (const V* v : variants)
+    if (v->deterministic) out.emplace_back(v, variant_label(v->backend, v->name));
+  return out;
+}
+
+}  // namespace memlayers::test
