@@ -61,6 +61,8 @@ struct Scored {
 
 // The k best of `all`, in ranking order.
 std::vector<Scored> top(std::vector<Scored> all, int64_t k) {
+  MEMLAYERS_CHECK(k >= 1 && k <= static_cast<int64_t>(all.size()),
+                  "pk_topk reference: k = {} of {} candidates", k, all.size());
   std::partial_sort(all.begin(), all.begin() + k, all.end(), [](const Scored& a, const Scored& b) {
     return before(a.score, a.index, b.score, b.index);
   });
