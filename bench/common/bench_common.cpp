@@ -10,7 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <utility>
 
+#include "common/bf16.h"
 #include "common/error.h"
 
 namespace memlayers::bench {
@@ -161,6 +163,10 @@ double Zipf::H_inv(double x) const {
 Ceiling::Ceiling(std::string row_name, double bytes_per_pass, std::function<double()> pass)
     : name_(std::move(row_name)), bytes_(bytes_per_pass), pass_(std::move(pass)) {}
 
+Ceiling::Ceiling(std::string row_name, double work_per_pass, std::function<double()> pass,
+                 CeilingKind kind)
+    : name_(std::move(row_name)), bytes_(work_per_pass), pass_(std::move(pass)), kind_(kind) {}
+
 void Ceiling::register_row(int repetitions) {
   auto* b = benchmark::RegisterBenchmark(name_.c_str(), [this](benchmark::State& state) {
     pass_();  // warm-up: page tables, clocks
@@ -171,8 +177,14 @@ void Ceiling::register_row(int repetitions) {
       seconds += s;
       samples_gbs_.push_back(bytes_ / s / 1e9);
     }
-    // The ceiling is the 100% of its backend's rows, so it reports GB/s only.
-    set_bandwidth_counters(state, bytes_ * double(state.iterations()), seconds, 0, 0);
+    // The ceiling is the 100% of its backend's rows, so it reports GB/s (or GFLOP/s) only.
+    if (kind_ == CeilingKind::compute) {
+      const double gflops = seconds > 0 ? bytes_ * double(state.iterations()) / seconds / 1e9 : 0;
+      state.counters["GFLOP/s"] = gflops;
+      state.counters["TFLOP/s"] = gflops / 1e3;
+    } else {
+      set_bandwidth_counters(state, bytes_ * double(state.iterations()), seconds, 0, 0);
+    }
   });
   b->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(std::max(1, repetitions));
   if (repetitions > 1) b->ReportAggregatesOnly(true);
@@ -245,6 +257,124 @@ void set_bandwidth_counters(benchmark::State& state, double bytes, double second
   if (peak_gbs > 0) state.counters["pct_peak"] = 100 * gbs / peak_gbs;
 }
 
+// ---- rows, buffers and timing ----
+
+std::vector<Backend> parse_backends(const std::string& text) {
+  std::vector<Backend> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? comma : comma - start);
+    if (item == "all") {
+      out.push_back(Backend::cpu);
+      out.push_back(Backend::cuda);
+    } else if (auto b = parse_backend(item)) {
+      out.push_back(*b);
+    } else {
+      fail(
+          "--backend {}: '{}' is not a backend; accepted are cpu, cuda, all, and the "
+          "correctness backends simt and reference, comma-separated",
+          text, item);
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  std::vector<Backend> unique;
+  for (Backend b : out)
+    if (std::find(unique.begin(), unique.end(), b) == unique.end()) unique.push_back(b);
+  return unique;
+}
+
+void register_skip(const std::string& name, const std::string& why) {
+  fmt::print("skip {}: {}\n", name, why);
+  benchmark::RegisterBenchmark(name.c_str(), [why](benchmark::State& state) {
+    state.SkipWithError(("unsupported: " + why).c_str());
+  });
+}
+
+namespace {
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+void fill_uniform(void* data, int64_t elems, DType dtype, uint64_t seed) {
+  MEMLAYERS_CHECK(dtype == DType::f32 || dtype == DType::bf16,
+                  "fill_uniform: dtype {} is not accepted; accepted: fp32, bf16", to_string(dtype));
+  const int threads = host_threads();
+  const int64_t per = (elems + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([=] {
+      uint64_t s = seed * 0x2545f4914f6cdd1dull + uint64_t(t) + 1;
+      const int64_t lo = std::min(elems, per * t), hi = std::min(elems, per * (t + 1));
+      for (int64_t i = lo; i < hi; ++i) {
+        const float v = float(int64_t(splitmix64(s) >> 40) - (int64_t{1} << 23)) * 0x1p-23f;
+        if (dtype == DType::bf16)
+          static_cast<uint16_t*>(data)[i] = float_to_bf16_bits(v);
+        else
+          static_cast<float*>(data)[i] = v;
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+}
+
+Buffer::Buffer(const Memory& m, std::size_t bytes)
+    : mem_(&m), ptr_(m.alloc(std::max<std::size_t>(bytes, 1))), bytes_(bytes) {}
+Buffer::Buffer(Buffer&& o) noexcept
+    : mem_(o.mem_), ptr_(std::exchange(o.ptr_, nullptr)), bytes_(o.bytes_) {}
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  std::swap(mem_, o.mem_);
+  std::swap(ptr_, o.ptr_);
+  std::swap(bytes_, o.bytes_);
+  return *this;
+}
+Buffer::~Buffer() {
+  if (ptr_) mem_->release(ptr_);
+}
+Buffer Buffer::upload(const Memory& m, const void* host, std::size_t bytes) {
+  Buffer b(m, bytes);
+  if (bytes) m.to_device(b.ptr_, host, bytes);
+  return b;
+}
+
+bool time_rotating(benchmark::State& state, Backend backend, int64_t sets,
+                   const std::function<void(int64_t)>& launch,
+                   const std::function<void(int64_t)>& on_timed, double* seconds,
+                   int64_t* iterations) {
+  const Timing& t = *backend_info(backend).timing;
+  const Memory& mem = *backend_info(backend).memory;
+  void* start = t.event_create();
+  void* end = t.event_create();
+  *seconds = 0;
+  *iterations = 0;
+  bool ok = true;
+  try {
+    launch(0);  // warm-up
+    mem.synchronize();
+    for (auto _ : state) {
+      const int64_t set = (*iterations)++ % std::max<int64_t>(1, sets);
+      t.event_record(start, nullptr);
+      launch(set);
+      t.event_record(end, nullptr);
+      const double s = t.elapsed_ms(start, end) / 1e3;
+      state.SetIterationTime(s);
+      *seconds += s;
+      if (on_timed) on_timed(set);
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    ok = false;
+  }
+  t.event_destroy(start);
+  t.event_destroy(end);
+  return ok;
+}
+
 // ---- flags ----
 
 Flags::Flags(std::string program, std::string description)
@@ -287,6 +417,19 @@ void Flags::add_choice(std::string name, std::string* target, std::vector<std::s
                     "--{} {}: accepted are {}", flag, v, fmt::join(choices, ", "));
     *target = v;
   });
+}
+
+void Flags::add_switch(std::string name, bool* target, std::string help) {
+  const std::string flag = name;
+  add(std::move(name), *target ? "true" : "false", std::move(help), [=](const std::string& v) {
+    if (v == "true" || v == "1")
+      *target = true;
+    else if (v == "false" || v == "0")
+      *target = false;
+    else
+      fail("--{}={}: accepted are --{} alone, or =true, =false, =1, =0", flag, v, flag);
+  });
+  flags_.back().is_switch = true;
 }
 
 void Flags::add_string(std::string name, std::string* target, std::string help) {
@@ -346,6 +489,8 @@ bool Flags::parse(int* argc, char** argv) {
     std::string value;
     if (eq != std::string::npos) {
       value = arg.substr(eq + 1);
+    } else if (it->is_switch) {
+      value = "true";
     } else {
       MEMLAYERS_CHECK(i + 1 < *argc, "--{} needs a value (--help lists them)", name);
       value = argv[++i];

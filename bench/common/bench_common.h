@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/backend.h"
+#include "common/dtype.h"
 
 namespace memlayers::bench {
 
@@ -77,20 +78,30 @@ class Zipf {
 // A bandwidth ceiling measured in the same run as the kernels it judges. Its benchmark row times
 // passes and records each pass's GB/s; `gbs()` is the median of what was recorded, measuring
 // `fallback_passes` passes first when the row did not run (filtered out).
+//
+// A compute ceiling (CeilingKind::compute) is the same thing counted in flops: `bytes_per_pass`
+// is then flops per pass, its row reports GFLOP/s and TFLOP/s instead of GB/s, and `gbs()` returns
+// GFLOP/s (`gflops()` says so at the call site).
+enum class CeilingKind { bandwidth, compute };
 class Ceiling {
  public:
   // `pass` runs one pass and returns its seconds (timed by the backend's own clock).
   Ceiling(std::string row_name, double bytes_per_pass, std::function<double()> pass);
+  Ceiling(std::string row_name, double work_per_pass, std::function<double()> pass,
+          CeilingKind kind);
   void register_row(int repetitions);
   double gbs();
+  double gflops() { return gbs(); }
   double bytes_per_pass() const { return bytes_; }
   const std::string& name() const { return name_; }
+  CeilingKind kind() const { return kind_; }
 
  private:
   std::string name_;
   double bytes_;
   std::function<double()> pass_;
   std::vector<double> samples_gbs_;
+  CeilingKind kind_ = CeilingKind::bandwidth;
 };
 
 // One pass of a multithreaded streaming read over a host buffer: every thread sums its slice
@@ -105,6 +116,55 @@ double device_copy_seconds(Backend backend, void* dst, const void* src, std::siz
 // percentage of the ceiling measured in this run and of the nominal peak, and SetBytesProcessed.
 void set_bandwidth_counters(benchmark::State& state, double bytes, double seconds,
                             double ceiling_gbs, double peak_gbs);
+
+// ---- rows, buffers and timing shared by the bench_* binaries ----
+
+// Backends named by a --backend flag: comma-separated cpu, cuda, simt, reference, and all
+// (= cpu,cuda); duplicates dropped, order kept. Throws memlayers::Error naming what is accepted.
+std::vector<Backend> parse_backends(const std::string& text);
+
+// A row that cannot run is still registered, and reports why (printed as "skip NAME: why").
+void register_skip(const std::string& name, const std::string& why);
+
+// Fills `elems` elements (fp32 or bf16) with seeded values uniform in [-1, 1) on all host
+// threads; touching every page here keeps page faults out of the timed runs.
+void fill_uniform(void* data, int64_t elems, DType dtype, uint64_t seed);
+
+// A buffer in a backend's memory (host or device), released with it.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(const Memory& m, std::size_t bytes);
+  Buffer(Buffer&& o) noexcept;
+  Buffer& operator=(Buffer&& o) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer();
+  // A buffer holding a copy of `bytes` bytes of host memory.
+  static Buffer upload(const Memory& m, const void* host, std::size_t bytes);
+  void* get() const { return ptr_; }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  const Memory* mem_ = nullptr;
+  void* ptr_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+// Times `launch(set)` once per benchmark iteration between two events of the backend's clock
+// (CUDA events on the GPU, a steady clock on the host), rotating set = 0, 1, .., sets - 1, 0, ..
+// so no cache carries one iteration's inputs into the next; one untimed warm-up launch first.
+// `on_timed(set)` runs after each timed launch (to add up that set's bytes). A launch that throws
+// marks the row with SkipWithError and the run returns false. Returns the timed seconds and the
+// iteration count through `seconds` and `iterations`.
+bool time_rotating(benchmark::State& state, Backend backend, int64_t sets,
+                   const std::function<void(int64_t)>& launch,
+                   const std::function<void(int64_t)>& on_timed, double* seconds,
+                   int64_t* iterations);
 
 // ---- flags ----
 
@@ -123,6 +183,9 @@ class Flags {
   void add_choice(std::string name, std::string* target, std::vector<std::string> choices,
                   std::string help);
   void add_string(std::string name, std::string* target, std::string help);
+  // A switch: `--name` alone sets true; `--name=true|false|1|0` sets either. Never takes the next
+  // argument as its value.
+  void add_switch(std::string name, bool* target, std::string help);
   // Text printed after the flag list by --help (formulas, notes).
   void set_epilog(std::string text) { epilog_ = std::move(text); }
 
@@ -136,6 +199,7 @@ class Flags {
   struct Flag {
     std::string name, default_value, help;
     std::function<void(const std::string&)> set;
+    bool is_switch = false;
   };
   std::string program_, description_, epilog_;
   std::vector<Flag> flags_;
