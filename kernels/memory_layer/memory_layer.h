@@ -1,0 +1,149 @@
+// The memory layer (DESIGN.md §1): the block that replaces a transformer's feed-forward, composed
+// of the product-key search and the weighted EmbeddingBag. Per token x (d_model wide):
+//   q        = x·Wq + bq                                  (B, h·n), viewed as (B, h, n)
+//   s, I     = pk_topk(q, K1, K2, k, qk_norm)              (B, h, k) each, per head
+//   w        = softmax(s) per head, in fp32                (B, h, k)
+//   bag      = the h·k pairs (I, w) of the token           one bag of h·k rows
+//   memory   : y = Σ_bag w · V[I]                          (B, v), v = d_model;  out = y
+//   memory+  : y as above (any v);  out = (y ⊙ silu(x·W1 + b1))·W2 + b2     W1 (d, v), W2 (v, d)
+//              ("swilu": the SiLU-gated value read of Memory Layers at Scale)
+//   peer     : single-neuron experts:  a_j = gelu(U[I_j] · x),  out = Σ_bag w_j · a_j · V[I_j]
+//              U = down (N, d), V = up (N, d)  (PEER, He 2024; gelu(z) = z·Φ(z), exact erf form)
+//   gate     : optionally out ← out · σ(x·wg)  (a scalar per token)
+// silu(z) = z·σ(z). The value table V is shared by every memory layer of a model (the Params
+// point at it; no layer owns it).
+//
+// Backward, from dout: dx, dWq, dbq, dK1, dK2 (touched rows, dense here), dV (compact unique rows
+// with their gradients, and/or dense), dW1, db1, dW2, db2, dwg, and for PEER dU. Through the
+// softmax: ds = w ⊙ (dw − Σ_head w·dw); through the search: pk_topk's backward (DESIGN.md §1).
+//
+// Backends compose the ops: the reference is fp64 loops end to end (no kernel of the suite), the
+// `cpu` composition uses OpenBLAS for the GEMMs and the registered CPU kernels for the search and
+// the bag, the `cuda`/`simt` composition cuBLAS (a plain kernel under simt) and the CUDA kernels.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "common/dtype.h"
+#include "common/registry.h"
+
+namespace memlayers::memory_layer {
+
+enum class Kind { memory, memory_plus, peer };
+std::string to_string(Kind k);
+
+struct Config {
+  Kind kind = Kind::memory;
+  int64_t d_model = 1024;  // d
+  int64_t heads = 4;       // h
+  int64_t n_keys = 1024;   // sub-keys per half; N = n_keys² value rows
+  int64_t k_dim = 512;     // n, the query width (two halves of n/2)
+  int64_t k = 32;          // per head; a token's bag holds h·k rows
+  int64_t value_dim = 1024;  // v: memory requires v = d; memory+ any; peer uses d (ignored)
+  bool qk_norm = false;
+  bool scalar_gate = false;
+  DType values_dtype = DType::f32;  // of V (and U for peer): f32 or bf16; all else fp32
+  int64_t num_values() const { return n_keys * n_keys; }
+  int64_t value_width() const { return kind == Kind::peer ? d_model : value_dim; }
+};
+
+// Parameters, device (backend) memory, row-major, fp32 unless noted. Unused ones are null.
+struct Weights {
+  const float* wq = nullptr;     // (d, h·n)
+  const float* bq = nullptr;     // (h·n)
+  const float* keys1 = nullptr;  // (h, n_keys, n/2)
+  const float* keys2 = nullptr;  // (h, n_keys, n/2)
+  const void* values = nullptr;  // (N, value_width) values_dtype; peer: the up experts
+  const void* down = nullptr;    // peer: (N, d) values_dtype, the down experts U
+  const float* w1 = nullptr;     // memory+: (d, v)
+  const float* b1 = nullptr;     // memory+: (v)
+  const float* w2 = nullptr;     // memory+: (v, d)
+  const float* b2 = nullptr;     // memory+: (d)
+  const float* wg = nullptr;     // scalar gate: (d)
+};
+
+// What the forward keeps for the backward (device memory, sized by the caller for `batch`
+// tokens; activation_floats() says how many floats in all). Null means "do not keep": the
+// backward then needs it recomputed, which only the reference does.
+struct Saved {
+  float* q = nullptr;          // (B, h·n) the projected queries
+  float* scores = nullptr;     // (B, h, k)
+  int64_t* indices = nullptr;  // (B, h, k) rows of V: i1·n_keys + i2
+  float* weights = nullptr;    // (B, h, k) softmax
+  float* y = nullptr;          // memory, peer: (B, d) the output before the gate;
+                               // memory+: (B, v) the bag sum
+  float* hidden = nullptr;     // memory+: (B, v) x·W1 + b1
+  float* peer_pre = nullptr;   // peer: (B, h, k) U[I_j]·x, before the gelu
+  float* gate = nullptr;       // scalar gate: (B) x·wg, before the sigmoid
+};
+
+struct FwdParams {
+  Config config;
+  Weights weights;
+  const float* x = nullptr;  // (B, d)
+  float* out = nullptr;      // (B, d)
+  int64_t batch = 0;
+  Saved saved;
+};
+
+// Gradients, device memory, fp32; null = not computed. Dense gradients are written in full (not
+// accumulated): a caller sharing V across layers sums the layers' compact rows.
+struct Grads {
+  float* x = nullptr;
+  float* wq = nullptr;
+  float* bq = nullptr;
+  float* keys1 = nullptr;  // dense (h, n_keys, n/2)
+  float* keys2 = nullptr;
+  float* values_dense = nullptr;     // (N, value_width)
+  int64_t* value_rows = nullptr;     // compact: ascending row ids, capacity B·h·k
+  float* values_compact = nullptr;   // compact: (capacity, value_width)
+  int64_t* num_value_rows = nullptr; // compact: one int64
+  float* down_dense = nullptr;       // peer: (N, d)
+  int64_t* down_rows = nullptr;      // peer compact, as for the values
+  float* down_compact = nullptr;
+  int64_t* num_down_rows = nullptr;
+  float* w1 = nullptr;
+  float* b1 = nullptr;
+  float* w2 = nullptr;
+  float* b2 = nullptr;
+  float* wg = nullptr;
+};
+
+struct BwdParams {
+  Config config;
+  Weights weights;
+  const float* x = nullptr;     // (B, d)
+  const float* grad_out = nullptr;  // dout (B, d)
+  int64_t batch = 0;
+  Saved saved;  // what the forward kept (every field the config uses must be set)
+  Grads grads;
+};
+
+std::string validate(const Config& c);
+std::string validate(const FwdParams& p);
+std::string validate(const BwdParams& p);
+
+// Floats the Saved buffers take for `batch` tokens (indices counted as two floats each).
+int64_t activation_floats(const Config& c, int64_t batch);
+
+struct Fwd {
+  using Params = FwdParams;
+  static constexpr const char* name = "memory_layer_fwd";
+  static std::string validate(const Params& p) { return memory_layer::validate(p); }
+  // Parameters read once (Wq, bq, K1, K2, W1, b1, W2, b2, wg) + x and out + the gathered value
+  // rows B·h·k·width·s_V (twice that for peer: U and V rows).
+  static double bytes_moved(const Params& p);
+  // 2·B·d·h·n (projection) + 2·B·h·n_keys·n (search) + 2·B·h·k·width (bag; ×2 for peer)
+  // + memory+: 4·B·d·v (W1 and W2).
+  static double flops(const Params& p);
+};
+
+struct Bwd {
+  using Params = BwdParams;
+  static constexpr const char* name = "memory_layer_bwd";
+  static std::string validate(const Params& p) { return memory_layer::validate(p); }
+  static double bytes_moved(const Params& p);
+  static double flops(const Params& p);  // about twice the forward's GEMM and bag flops
+};
+
+}  // namespace memlayers::memory_layer
