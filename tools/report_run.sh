@@ -1,37 +1,68 @@
 #!/usr/bin/env bash
-# Reruns the benchmarks of this machine (CPU; the GPU too when one is usable) with the PyTorch
-# peers beside them, saves their JSON under reports/<machine>/, and regenerates the report.
-#   tools/report_run.sh [--dim 1024 --k 32 ...]   (extra flags go to bench_embbag and the peer)
-# The machine folder is cpu-<model> (e.g. reports/cpu-amd-epyc); tools/report.py alone
-# regenerates README.md from the saved JSON.
+# Reruns this machine's CPU benchmarks with the PyTorch peers beside them, saves their JSON under
+# reports/cpu-<model>/, records the machine (machine.json) and regenerates the report.
+#   tools/report_run.sh                                  # bench_embbag --dim 1024 --k 32, bench_pk_topk
+#   tools/report_run.sh --embbag "--dim 4096 --k 32" --pk-topk "--dtype bf16 --qk-norm"
+#   tools/report_run.sh --dim 1024 --k 32                # (old form) flags for bench_embbag only
+# bench_pk_topk and its peer run when this checkout has them and bench_pk_topk builds; otherwise
+# the report has the EmbeddingBag only. tools/report.py alone regenerates README.md (and the
+# roofline SVGs) from the saved JSON. A GPU machine's report comes from tools/device_check.sh.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+emb_args=(--dim 1024 --k 32) pk_args=() old=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --embbag) read -r -a emb_args <<< "$2"; shift 2 ;;
+    --pk-topk) read -r -a pk_args <<< "$2"; shift 2 ;;
+    *) old+=("$1"); shift ;;
+  esac
+done
+[ ${#old[@]} -gt 0 ] && emb_args=("${old[@]}")
 model=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 slug=$(echo "$model" | tr 'A-Z' 'a-z' | sed -E 's/\(r\)|\(tm\)|cpu|processor|[0-9]+-core//g; s/@.*//; s/[^a-z0-9]+/-/g; s/^-|-$//g' | cut -c1-40)
-dir="reports/cpu-${slug:-unknown}"
+dir="${REPORT_DIR:-reports/cpu-${slug:-unknown}}"  # REPORT_DIR: elsewhere (trying the script out)
 mkdir -p "$dir"
-args=("$@")
-[ ${#args[@]} -eq 0 ] && args=(--dim 1024 --k 32)
+commands=("tools/report_run.sh")
+have_torch=no
+python3 -c "import torch" 2>/dev/null && have_torch=yes
+[ $have_torch = no ] && echo "== torch not installed (pip install -r tools/requirements-peers.txt): no PyTorch columns"
 
-bench_cmd="tools/run bench_embbag ${args[*]} --backend cpu --benchmark_out=$dir/bench_embbag_cpu.json --benchmark_out_format=json"
-echo "== $bench_cmd"
-tools/run bench_embbag "${args[@]}" --backend cpu \
+run() {  # echo and record a command, then run it
+  echo "== $*"
+  commands+=("$*")
+  "$@"
+}
+
+run tools/run bench_embbag "${emb_args[@]}" --backend cpu \
   --benchmark_out="$dir/bench_embbag_cpu.json" --benchmark_out_format=json
-peer_cmd="python3 tools/peers/embbag_torch.py ${args[*]} --device cpu --json $dir/embbag_torch_cpu.json"
-if python3 -c "import torch" 2>/dev/null; then
-  echo "== $peer_cmd"
-  python3 tools/peers/embbag_torch.py "${args[@]}" --device cpu --json "$dir/embbag_torch_cpu.json"
-else
-  echo "== torch not installed (pip install -r tools/requirements-peers.txt): no PyTorch columns"
-  peer_cmd=""
+[ $have_torch = yes ] && run python3 tools/peers/embbag_torch.py "${emb_args[@]}" --device cpu \
+  --json "$dir/embbag_torch_cpu.json"
+
+if [ -f bench/pk_topk/CMakeLists.txt ]; then
+  if tools/run bench_pk_topk --help > /dev/null 2>&1; then
+    run tools/run bench_pk_topk "${pk_args[@]}" --backend cpu \
+      --benchmark_out="$dir/bench_pk_topk_cpu.json" --benchmark_out_format=json
+    [ $have_torch = yes ] && [ -f tools/peers/pk_topk_torch.py ] &&
+      run python3 tools/peers/pk_topk_torch.py "${pk_args[@]}" --device cpu \
+        --json "$dir/pk_topk_torch_cpu.json"
+  else
+    echo "== bench_pk_topk does not build here yet: the report has the EmbeddingBag only"
+  fi
 fi
-python3 - "$dir/machine.json" "$model" "$bench_cmd" "$peer_cmd" "$(git rev-parse --short=12 HEAD)" <<'PY'
-import json, sys
-path, model, bench, peer, commit = sys.argv[1:]
-json.dump({"title": "CPU: " + model, "cpu_model": model, "commit": commit,
-           "gpu": "none on this machine (GPU rows: not measured)",
-           "commands": ["tools/report_run.sh"] + [c for c in (bench, peer) if c]},
+
+python3 - "$dir/machine.json" "$model" "$(git rev-parse --short=12 HEAD)" "${commands[@]}" <<'PY'
+import json, os, sys
+path, model, commit, *commands = sys.argv[1:]
+flags = []
+for line in open("/proc/cpuinfo"):
+    if line.startswith(("flags", "Features")):
+        flags = line.split(":", 1)[1].split()
+        break
+mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+json.dump({"title": "CPU: " + model, "cpu_model": model, "cpu_flags": flags,
+           "cpu_cores": os.cpu_count(), "memory": "%.1f GiB" % (mem / 2**30), "commit": commit,
+           "gpu": "none on this machine (GPU rows: not measured)", "commands": commands},
           open(path, "w"), indent=1)
 PY
 python3 tools/report.py "$dir"
