@@ -341,6 +341,10 @@ def op_tables(rows, ceilings, gpu_backends, plots, outdir):
         files = {r.file for r in mine}
         ceil = {d: ceilings_for(ceilings, d, files) for d in ("host", "cuda")}
         present = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in allrows)]
+        # Small shapes run far below a TFLOP/s: show GFLOP/s then.
+        tflops = [r.get("TFLOP/s") for r in allrows if r.get("TFLOP/s") is not None]
+        giga = bool(tflops) and max(tflops) < 1
+        present = [("GFLOP/s", "GFLOP/s", 2) if giga and c[0] == "TFLOP/s" else c for c in present]
         derived_used = False
         header = ["variant", "backend", "time (ms)"] + [c[1] for c in present] + ["× PyTorch"]
         align = ["l", "l", "r"] + ["r"] * len(present) + ["r"]
@@ -359,7 +363,7 @@ def op_tables(rows, ceilings, gpu_backends, plots, outdir):
                                   " (%s grad)" % r.form if r.form else ""),
                      r.backend, fmt(ms(r.b), 3 if ms(r.b) < 1 else 2)]
             for key, _, digits in present:
-                v = r.get(key)
+                v = gflops_of(r.b) if key == "GFLOP/s" else r.get(key)
                 if v is None and key in d:
                     v, derived_used = d[key], True
                     cells.append(fmt(v, digits) + "*")
@@ -388,7 +392,8 @@ def op_tables(rows, ceilings, gpu_backends, plots, outdir):
                        "project's benchmark measured on the same machine and device.\n")
         labels = sorted({r.get("label") for r in mine if r.get("label")})
         if labels:
-            out.append("Bound by the floor (from the runs' labels): %s.\n" % "; ".join(labels))
+            out.append("What bounds the floor (the runs' labels): %s.\n"
+                       % "; ".join(l.replace("floor: ", "") for l in labels))
         for dev in ("host", "cuda"):
             pts = [r for r in allrows if r.device == dev and not r.error
                    and r.backend not in CORRECTNESS]
@@ -477,10 +482,14 @@ class Plots:
         hi = max(xs + ([knee] if knee else [])) * 8
         grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
         roof = [min(bw.value * x, comp.value) if comp else bw.value * x for x in grid]
-        ax.loglog(grid, roof, color="0.25", linewidth=1.5)
+        # The roofs, named in the legend: the slanted one up to the knee, the flat one after it.
+        slant = [x for x in grid if not knee or x <= knee] + ([knee] if knee else [])
+        ax.loglog(slant, [bw.value * x for x in slant], color="0.2", linewidth=1.6,
+                  label="measured bandwidth ceiling %.1f GB/s (%s)" % (bw.value, bw.what))
         if comp:
-            ax.text(grid[-1], comp.value * 1.15, "measured compute ceiling %.4g GFLOP/s (%s)"
-                    % (comp.value, comp.what), fontsize=7, ha="right", color="0.25")
+            flat = [knee] + [x for x in grid if x > knee]
+            ax.loglog(flat, [comp.value] * len(flat), color="tab:orange", linewidth=1.6,
+                      label="measured compute ceiling %.4g GFLOP/s (%s)" % (comp.value, comp.what))
         # Labels of points with about the same intensity are spread vertically.
         for i, (x, y, r) in enumerate(sorted(pts, key=lambda p: (round(math.log10(p[0]), 1), p[1]))):
             if r.peer:
@@ -498,19 +507,11 @@ class Plots:
         ymax = max(max(roof), max(p[1] for p in pts)) * 3
         ax.set_ylim(ymin, ymax)
         ax.set_xlim(lo, hi)
-        # The slanted roof's label follows its slope (the angle on screen, after the limits).
-        xt = grid[12]
-        p1 = ax.transData.transform((xt, bw.value * xt))
-        p2 = ax.transData.transform((xt * 2, bw.value * xt * 2))
-        angle = math.degrees(math.atan2(p2[1] - p1[1], p2[0] - p1[0]))
-        ax.text(xt, bw.value * xt * 1.25, "measured bandwidth ceiling %.1f GB/s (%s)"
-                % (bw.value, bw.what), fontsize=7, color="0.25", rotation=angle,
-                rotation_mode="anchor", ha="left", va="bottom")
         ax.set_xlabel("arithmetic intensity (declared FLOP / declared byte)")
         ax.set_ylabel("achieved GFLOP/s")
         ax.set_title(title, fontsize=9)
         ax.grid(True, which="both", linewidth=0.3, alpha=0.5)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         fig.savefig(path, format="svg", metadata={"Date": None})
         plt.close(fig)

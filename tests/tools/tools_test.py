@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Tests of the report and profiling tools, on saved fixtures (fixtures/README.md says what they
+are). Run by ctest (label "tools"), or by hand:
+
+    python3 tests/tools/tools_test.py                      # everything but the dry run
+    python3 tests/tools/tools_test.py DeviceCheckDryRun --build-dir build/release
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+import xml.etree.ElementTree as ET
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+FIX = os.path.join(HERE, "fixtures")
+BUILD_DIR = None
+
+
+def run(cmd, env=None, check=True):
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    if check and p.returncode != 0:
+        raise AssertionError("%s exited %d\nstdout:\n%s\nstderr:\n%s"
+                             % (" ".join(cmd), p.returncode, p.stdout, p.stderr))
+    return p
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def has_matplotlib():
+    """Whether report.py will draw: its own interpreter's matplotlib or the fallback's."""
+    for py in (sys.executable, os.environ.get("MEMLAYERS_PLOT_PYTHON", "/usr/bin/python3")):
+        if py and py != "none" and os.path.exists(py) and subprocess.run(
+                [py, "-c", "import matplotlib"], capture_output=True).returncode == 0:
+            return True
+    return False
+
+
+def section(text, heading):
+    """The lines of a markdown section, from its '## heading' to the next '## '."""
+    m = re.search(r"^## %s\b.*?(?=^## |\Z)" % re.escape(heading), text, re.M | re.S)
+    if not m:
+        raise AssertionError("no section '## %s' in:\n%s" % (heading, text))
+    return m.group(0)
+
+
+def row(text, first_cell):
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError("no row '%s' in:\n%s" % (first_cell, text))
+
+
+class Report(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="report_test_")
+        cls.out = os.path.join(cls.tmp, "out")
+        cls.proc = run([sys.executable, os.path.join(ROOT, "tools", "report.py"),
+                        os.path.join(FIX, "report"), "--out", cls.out])
+        cls.md = read(os.path.join(cls.out, "README.md"))
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_machine_and_ceilings(self):
+        m = section(self.md, "Machine")
+        self.assertIn("AMD EPYC (fixture)", m)
+        self.assertIn("avx2", row(m, "CPU features")[1])
+        self.assertIn("fixture000000", m)
+        c = section(self.md, "Ceilings measured in the same runs")
+        self.assertRegex(c, r"stream_read_2\.00 GiB \| bandwidth \|.*32\.31 GB/s")
+        self.assertRegex(c, r"sgemm_64x100x19 \| compute \|.*20\.00 GFLOP/s")
+
+    def test_embbag_tables_and_pytorch_column(self):
+        fwd = section(self.md, "embbag_fwd")
+        header = row(fwd, "variant")
+        self.assertEqual(header[-1], "× PyTorch")
+        self.assertIn("% of BW ceiling", header)
+        v2 = row(fwd, "v2_hwy_threads")
+        self.assertEqual(v2[header.index("× PyTorch")], "1.06×")  # 24.31 ms / 22.95 ms
+        self.assertEqual(v2[header.index("% of BW ceiling")], "72.6")
+        self.assertEqual(row(fwd, "embedding_bag")[-1], "1.00×")
+        self.assertIn("not measured", row(fwd, "all cuda variants"))
+        bwd = section(self.md, "embbag_bwd")
+        h = row(bwd, "variant")
+        # compact dV against torch's sparse gradient: 272.43 ms / 51.64 ms
+        self.assertEqual(row(bwd, "v2_bwd_sorted (compact)")[h.index("× PyTorch")], "5.28×")
+        self.assertEqual(row(bwd, "embedding_bag (sparse grad)")[-1], "1.00×")
+        self.assertEqual(row(bwd, "embedding_bag (dense grad)")[-1], "—")
+        # the mean row in the fixture is not the record
+        self.assertEqual(row(fwd, "v1_scalar")[h.index("time (ms)")], "93.56")
+
+    def test_pk_topk_compute_columns_floor_and_skips(self):
+        fwd = section(self.md, "pk_topk_fwd")
+        h = row(fwd, "variant")
+        for col in ("GFLOP/s", "% of compute ceiling", "% of floor", "% of peak FLOP/s"):
+            self.assertIn(col, h)
+        v2 = row(fwd, "v2_fused_pruned")
+        self.assertEqual(v2[h.index("% of floor")], "60.8")
+        self.assertEqual(v2[h.index("× PyTorch")], "8.62×")  # 0.690 / 0.080
+        self.assertTrue(row(fwd, "einsum_topk")[h.index("% of floor")].endswith("*"))
+        self.assertIn("compute", fwd)  # what bounds the floor
+        bwd = section(self.md, "pk_topk_bwd")
+        skipped = row(bwd, "v2_fused_pruned")
+        self.assertTrue(skipped[2].startswith("skipped: unsupported"))
+        self.assertIn("not measured", row(bwd, "all cuda variants"))
+
+    def test_summary(self):
+        s = section(self.md, "Best variant per op, shape and backend")
+        self.assertRegex(s, r"\| pk_topk_fwd \|[^\n]*\| v2_fused_pruned \|[^\n]*60\.8% of floor")
+        self.assertRegex(s, r"\| embbag_fwd \|[^\n]*\| v2_hwy_threads \|[^\n]*72\.6% of BW ceiling")
+
+    def test_plots(self):
+        svgs = sorted(f for f in os.listdir(self.out) if f.endswith(".svg"))
+        if not has_matplotlib():
+            self.assertEqual(svgs, [])
+            self.assertIn("Roofline plots skipped", self.md)
+            self.skipTest("matplotlib not installed: the skip message was checked instead")
+        self.assertEqual(len(svgs), 4, svgs)
+        for f in svgs:
+            self.assertIn("](%s)" % f, self.md)  # linked from the README
+            root = ET.parse(os.path.join(self.out, f)).getroot()
+            self.assertTrue(root.tag.endswith("svg"))
+            text = read(os.path.join(self.out, f))
+            self.assertIn("measured bandwidth ceiling", text)
+        pk = read(os.path.join(self.out, [f for f in svgs if "pk_topk_fwd" in f][0]))
+        self.assertIn("measured compute ceiling", pk)
+        self.assertIn("v2_fused_pruned", pk)
+        self.assertIn("einsum_topk", pk)
+
+    def test_without_matplotlib_the_markdown_says_how(self):
+        out = os.path.join(self.tmp, "noplot")
+        env = dict(os.environ, MEMLAYERS_PLOT_PYTHON="none")
+        # -S: no site-packages, so no matplotlib, whatever this machine has installed
+        run([sys.executable, "-S", os.path.join(ROOT, "tools", "report.py"),
+             os.path.join(FIX, "report"), "--out", out], env=env)
+        md = read(os.path.join(out, "README.md"))
+        self.assertIn("Roofline plots skipped: matplotlib is not importable", md)
+        self.assertIn("python3-matplotlib", md)
+        self.assertIn("## pk_topk_fwd", md)
+        self.assertFalse([f for f in os.listdir(out) if f.endswith(".svg")])
+
+    def test_errors_name_the_problem(self):
+        empty = os.path.join(self.tmp, "empty")
+        os.makedirs(empty, exist_ok=True)
+        p = run([sys.executable, os.path.join(ROOT, "tools", "report.py"), empty], check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("no benchmark *.json", p.stderr)
+        bad = os.path.join(self.tmp, "bad")
+        os.makedirs(bad, exist_ok=True)
+        with open(os.path.join(bad, "x.json"), "w") as f:
+            json.dump({"not": "a benchmark"}, f)
+        p = run([sys.executable, os.path.join(ROOT, "tools", "report.py"), bad], check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("no 'benchmarks' list", p.stderr)
+
+
+class NcuSummary(unittest.TestCase):
+    def summary(self, name):
+        p = run([sys.executable, os.path.join(ROOT, "profiles", "ncu_summary.py"),
+                 os.path.join(FIX, name), "--title", "t"])
+        return p.stdout
+
+    def test_raw_page(self):
+        md = self.summary("ncu_raw.csv")
+        v4 = row(md, "`void embbag_fwd_v4<float, long>(memlayers::embbag::FwdPar...`")
+        # two launches averaged: duration 275 us, DRAM 85 %, occupancy 65 %, L2 hit 11 %
+        self.assertEqual(v4[1:10], ["2", "275.00", "85.0", "87.5", "21.0", "65.0", "100.0",
+                                    "11.0", "4033.8"])
+        self.assertTrue(v4[11].startswith("long_scoreboard 25.00 (83%)"), v4[11])
+        self.assertNotIn("selected", v4[11])
+        sort = row(md, "`void cub::DeviceRadixSortOnesweepKernel<...>(...)`")
+        self.assertEqual(sort[8], "—")  # n/a
+        self.assertTrue(sort[11].startswith("wait"))
+
+    def test_details_page(self):
+        md = self.summary("ncu_details.csv")
+        r = row(md, "`pk_topk_fwd_v2(memlayers::pk_topk::FwdParams)`")
+        self.assertEqual(r[2], "1250.00")  # 1.25 msecond
+        self.assertEqual(r[3], "35.2")
+        self.assertEqual(r[6], "45.6")
+        self.assertEqual(r[8], "88.1")
+        self.assertEqual(r[11], "not in this export")
+
+    def test_not_a_csv(self):
+        p = run([sys.executable, os.path.join(ROOT, "profiles", "ncu_summary.py"),
+                 os.path.join(FIX, "report", "machine.json")], check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("no ncu CSV header", p.stderr)
+
+
+class DeviceCheckDryRun(unittest.TestCase):
+    """The dry run lists every step and finds the binaries of the build the tests run in; a
+    machine without a GPU is reported, not a failure."""
+
+    def dry(self, *args):
+        env = dict(os.environ)
+        env.pop("OUT", None)
+        return run(["bash", os.path.join(ROOT, "tools", "device_check.sh"), "--dry-run"]
+                   + list(args), env=env, check=False)
+
+    def test_lists_steps_and_finds_binaries(self):
+        if not BUILD_DIR:
+            self.skipTest("--build-dir not given")
+        p = self.dry("--build-dir", BUILD_DIR)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        for step in ("facts", "build", "test_embbag", "memcheck_embbag", "racecheck_embbag",
+                     "bench_embbag_default", "bench_embbag_paper", "peer_embbag_default",
+                     "ncu_", "train", "report"):
+            self.assertRegex(p.stdout, r"(?m)^  %s" % step)
+        if os.path.isfile(os.path.join(ROOT, "bench", "pk_topk", "CMakeLists.txt")):
+            self.assertRegex(p.stdout, r"(?m)^  bench_pk_topk_default .*/bench_pk_topk ")
+        self.assertRegex(p.stdout, r"(?m)^found: memlayers bench_embbag")
+        self.assertNotIn("MISSING", p.stdout)
+        self.assertTrue(re.search(r"(?m)^(missing on this machine|GPU tools present)", p.stdout))
+
+    def test_missing_binaries_fail(self):
+        empty = tempfile.mkdtemp(prefix="prebuilt_")
+        try:
+            p = self.dry("--prebuilt", empty)
+        finally:
+            shutil.rmtree(empty)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("MISSING binaries", p.stdout)
+        self.assertIn("bench_embbag", p.stdout)
+
+
+if __name__ == "__main__":
+    if "--build-dir" in sys.argv:
+        i = sys.argv.index("--build-dir")
+        BUILD_DIR = os.path.abspath(sys.argv[i + 1])
+        del sys.argv[i:i + 2]
+    unittest.main()
