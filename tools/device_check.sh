@@ -31,7 +31,7 @@
 #   --require-gpu    with --dry-run: also fail when nvidia-smi, ncu, compute-sanitizer or torch
 #                    is missing, or the library holds no cuda variant
 #   --pack           at the end, pack the folder into device_check.tar.gz (for runners that bring
-#                    back only a few files), keeping summary.txt and the report beside it
+#                    back only a few files), leaving beside it summary.txt and report_README.md
 #   --peak-gbs X     nominal bandwidth for % of peak (default 4800: H200 HBM3e; H100: 3350)
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -411,8 +411,10 @@ done
 if [ "$pack" = yes ]; then
   tmp_tar=$(mktemp --suffix=.tar.gz)
   tar czf "$tmp_tar" -C "$out_dir" --exclude=summary.txt . &&
-    find "$out_dir" -mindepth 1 -maxdepth 1 ! -name summary.txt ! -name report -exec rm -rf {} + &&
-    mv "$tmp_tar" "$out_dir/device_check.tar.gz"
+    { [ -f "$out_dir/report/README.md" ] && cp "$out_dir/report/README.md" "$tmp_tar.md" || true; } &&
+    find "$out_dir" -mindepth 1 -maxdepth 1 ! -name summary.txt -exec rm -rf {} + &&
+    mv "$tmp_tar" "$out_dir/device_check.tar.gz" &&
+    { [ -f "$tmp_tar.md" ] && mv "$tmp_tar.md" "$out_dir/report_README.md" || true; }
   echo "packed into $out_dir/device_check.tar.gz"
 fi
 [ "$failed" -eq 0 ]
