@@ -36,6 +36,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+invocation="tools/device_check.sh $*"
 
 dry_run=no prebuilt="" build_dir="" out_dir="${OUT:-}" budget=450 quick=no skip="" require_gpu=no
 pack=no bundle="" peak_gbs=4800
@@ -353,14 +354,14 @@ else
   skip_step train "no training harness in this checkout yet (harness/ and memlayers_train)"
 fi
 
-report_cmd() {  # OUT_DIR ROOT (a child bash runs it: no globals)
-  python3 - "$1" "$2" <<'PY'
+report_cmd() {  # OUT_DIR ROOT INVOCATION (a child bash runs it: no globals)
+  python3 - "$1" "$2" "$3" <<'PY'
 import glob, json, os, shutil, subprocess, sys
 out, root = sys.argv[1], sys.argv[2]
 meta = json.load(open(os.path.join(out, "machine.json")))
 dest = os.path.join(root, "reports", meta.get("gpu_slug") or "gpu")
 os.makedirs(dest, exist_ok=True)
-meta["commands"] = ["tools/device_check.sh " + " ".join(sys.argv[3:])] if len(sys.argv) > 3 else ["tools/device_check.sh"]
+meta["commands"] = [sys.argv[3]]
 json.dump(meta, open(os.path.join(dest, "machine.json"), "w"), indent=1)
 for f in glob.glob(os.path.join(out, "*.json")):
     if os.path.basename(f) != "machine.json":
@@ -374,7 +375,7 @@ PY
 if [ "$dry_run" = yes ]; then
   run_step report 30 tools/report.py "reports/<gpu>  (the JSON and machine.json copied there from the output folder)"
 elif [ -f "$out_dir/machine.json" ]; then
-  run_step report 30 report_cmd "$out_dir" "$root"
+  run_step report 30 report_cmd "$out_dir" "$root" "$invocation"
 else
   skip_step report "no machine.json (the facts step failed: no GPU?)"
 fi
