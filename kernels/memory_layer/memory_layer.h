@@ -22,7 +22,9 @@
 // the bag, the `cuda`/`simt` composition cuBLAS (a plain kernel under simt) and the CUDA kernels.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "common/dtype.h"
 #include "common/registry.h"
@@ -30,15 +32,16 @@
 namespace memlayers::memory_layer {
 
 enum class Kind { memory, memory_plus, peer };
-std::string to_string(Kind k);
+std::string to_string(Kind k);  // "memory", "memory_plus", "peer"
+std::optional<Kind> parse_kind(std::string_view s);
 
 struct Config {
   Kind kind = Kind::memory;
-  int64_t d_model = 1024;  // d
-  int64_t heads = 4;       // h
-  int64_t n_keys = 1024;   // sub-keys per half; N = n_keys² value rows
-  int64_t k_dim = 512;     // n, the query width (two halves of n/2)
-  int64_t k = 32;          // per head; a token's bag holds h·k rows
+  int64_t d_model = 1024;    // d
+  int64_t heads = 4;         // h
+  int64_t n_keys = 1024;     // sub-keys per half; N = n_keys² value rows
+  int64_t k_dim = 512;       // n, the query width (two halves of n/2)
+  int64_t k = 32;            // per head; a token's bag holds h·k rows
   int64_t value_dim = 1024;  // v: memory requires v = d; memory+ any; peer uses d (ignored)
   bool qk_norm = false;
   bool scalar_gate = false;
@@ -63,8 +66,16 @@ struct Weights {
 };
 
 // What the forward keeps for the backward (device memory, sized by the caller for `batch`
-// tokens; activation_floats() says how many floats in all). Null means "do not keep": the
-// backward then needs it recomputed, which only the reference does.
+// tokens; activation_floats() says how many floats in all). In the forward every field is
+// optional (null: not kept). The backward needs (validate() says which is missing):
+//   always          q, indices, weights           (scores are never needed: the softmax
+//                                                  backward reads the weights)
+//   memory, peer    y when scalar_gate is on      (the output before the gate)
+//   memory+         y and hidden
+//   peer            peer_pre
+//   scalar_gate     gate
+// The reference backward reads only the indices (the forward's selection) and recomputes the
+// rest in fp64 from x and the weights, so it stays the truth for any forward's activations.
 struct Saved {
   float* q = nullptr;          // (B, h·n) the projected queries
   float* scores = nullptr;     // (B, h, k)
@@ -94,12 +105,12 @@ struct Grads {
   float* bq = nullptr;
   float* keys1 = nullptr;  // dense (h, n_keys, n/2)
   float* keys2 = nullptr;
-  float* values_dense = nullptr;     // (N, value_width)
-  int64_t* value_rows = nullptr;     // compact: ascending row ids, capacity B·h·k
-  float* values_compact = nullptr;   // compact: (capacity, value_width)
-  int64_t* num_value_rows = nullptr; // compact: one int64
-  float* down_dense = nullptr;       // peer: (N, d)
-  int64_t* down_rows = nullptr;      // peer compact, as for the values
+  float* values_dense = nullptr;      // (N, value_width)
+  int64_t* value_rows = nullptr;      // compact: ascending row ids, capacity B·h·k
+  float* values_compact = nullptr;    // compact: (capacity, value_width)
+  int64_t* num_value_rows = nullptr;  // compact: one int64
+  float* down_dense = nullptr;        // peer: (N, d)
+  int64_t* down_rows = nullptr;       // peer compact, as for the values
   float* down_compact = nullptr;
   int64_t* num_down_rows = nullptr;
   float* w1 = nullptr;
@@ -109,10 +120,13 @@ struct Grads {
   float* wg = nullptr;
 };
 
+// Rows the compact value (and down) gradients may need: batch·heads·k.
+int64_t compact_capacity(const Config& c, int64_t batch);
+
 struct BwdParams {
   Config config;
   Weights weights;
-  const float* x = nullptr;     // (B, d)
+  const float* x = nullptr;         // (B, d)
   const float* grad_out = nullptr;  // dout (B, d)
   int64_t batch = 0;
   Saved saved;  // what the forward kept (every field the config uses must be set)
@@ -130,8 +144,9 @@ struct Fwd {
   using Params = FwdParams;
   static constexpr const char* name = "memory_layer_fwd";
   static std::string validate(const Params& p) { return memory_layer::validate(p); }
-  // Parameters read once (Wq, bq, K1, K2, W1, b1, W2, b2, wg) + x and out + the gathered value
-  // rows B·h·k·width·s_V (twice that for peer: U and V rows).
+  // Parameters read once (Wq, bq, K1, K2, W1, b1, W2, b2, wg, fp32) + x and out + the gathered
+  // value rows B·h·k·width·s_V (twice that for peer: U and V rows). Saved activations and the
+  // search's intermediate results are not counted: they are the floor's business only if kept.
   static double bytes_moved(const Params& p);
   // 2·B·d·h·n (projection) + 2·B·h·n_keys·n (search) + 2·B·h·k·width (bag; ×2 for peer)
   // + memory+: 4·B·d·v (W1 and W2).
@@ -142,8 +157,15 @@ struct Bwd {
   using Params = BwdParams;
   static constexpr const char* name = "memory_layer_bwd";
   static std::string validate(const Params& p) { return memory_layer::validate(p); }
+  // Parameters read once + x and dout read + the gathered rows re-read (B·h·k·width·s_V, ×2 for
+  // peer) + every requested gradient written once: dx B·d·4, the dense parameter gradients at
+  // their size, dK1/dK2 h·n_keys·(n/2)·4 each, dense dV (and dU) N·width·4, compact dV (and dU)
+  // U·(width·4 + 8) with U = the expected distinct rows of B·h·k uniform draws from N
+  // (embbag::expected_unique_rows).
   static double bytes_moved(const Params& p);
-  static double flops(const Params& p);  // about twice the forward's GEMM and bag flops
+  // Twice the forward's GEMM flops (data and weight gradients: 4·B·d·h·n, memory+ 8·B·d·v),
+  // the search's 4·B·h·k·n (dq and dK), the bag's 4·B·h·k·width (dw and dV; ×2 for peer).
+  static double flops(const Params& p);
 };
 
 }  // namespace memlayers::memory_layer
