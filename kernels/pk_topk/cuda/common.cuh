@@ -356,9 +356,13 @@ __global__ void __launch_bounds__(256)
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    const float inv = rsqrtf(ss / static_cast<float>(width) + kNormEps);
+    // The scale and the product in fp64, rounded once: a normalised element is then the
+    // correctly rounded x̂ (scores of unit-scale rows cancel, and every ulp shows).
+    const double inv = 1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(width) +
+                                  static_cast<double>(kNormEps));
     float* y = out + r * out_stride + out_offset;
-    for (int64_t e = lane; e < width; e += 32) y[e] = to_f32(x[e]) * inv;
+    for (int64_t e = lane; e < width; e += 32)
+      y[e] = static_cast<float>(static_cast<double>(to_f32(x[e])) * inv);
   }
 }
 
@@ -392,33 +396,22 @@ void normalise_inputs(const T* q, const T* k1, const T* k2, int64_t batch, int64
 // ---- the per-half score matrices, (B, h, n_keys) fp32 ----
 // s[(b·h + hd)·n_keys + i] = q[(b·h + hd)·k_dim + off + :half] · K[(hd·n_keys + i)·half + :half]
 #if !defined(__CUDACC__)
-// simt has no cuBLAS: a plain 16×16 shared-memory tiled kernel stands in for the GEMM.
-constexpr int kGemmTile = 16;
+// simt has no cuBLAS. Stand-in: a thread per score, grid-stride, fp32 sum in dimension order.
+// No shared-memory tiling: under simt every block barrier is a rendezvous of OS threads, and a
+// tiled GEMM spends its time there; this kernel is never compiled for the GPU.
 template <class T>
-__global__ void __launch_bounds__(kGemmTile* kGemmTile)
+__global__ void __launch_bounds__(256)
     score_gemm_kernel(const T* __restrict__ q, const T* __restrict__ keys, float* __restrict__ s,
                       int64_t batch, int64_t heads, int64_t n_keys, int64_t k_dim, int64_t off) {
-  __shared__ float qt[kGemmTile][kGemmTile + 1];
-  __shared__ float kt[kGemmTile][kGemmTile + 1];
-  const int64_t half = k_dim / 2;
-  const int tx = threadIdx.x % kGemmTile, ty = threadIdx.x / kGemmTile;
-  const int64_t btiles = ceil_div(batch, int64_t{kGemmTile}),
-                ktiles = ceil_div(n_keys, int64_t{kGemmTile});
-  const int64_t tiles = heads * btiles * ktiles;
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const int64_t hd = t / (btiles * ktiles), b0 = t / ktiles % btiles * kGemmTile,
-                  i0 = t % ktiles * kGemmTile;
+  const int64_t half = k_dim / 2, total = batch * heads * n_keys;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = t / n_keys, i = t % n_keys, hd = row % heads;
+    const T* x = q + row * k_dim + off;
+    const T* y = keys + (hd * n_keys + i) * half;
     float acc = 0.f;
-    for (int64_t d0 = 0; d0 < half; d0 += kGemmTile) {
-      const int64_t b = b0 + ty, i = i0 + ty, d = d0 + tx;
-      qt[ty][tx] = b < batch && d < half ? to_f32(q[(b * heads + hd) * k_dim + off + d]) : 0.f;
-      kt[ty][tx] = i < n_keys && d < half ? to_f32(keys[(hd * n_keys + i) * half + d]) : 0.f;
-      __syncthreads();
-      for (int e = 0; e < kGemmTile; ++e) acc += qt[ty][e] * kt[tx][e];
-      __syncthreads();
-    }
-    const int64_t b = b0 + ty, i = i0 + tx;
-    if (b < batch && i < n_keys) s[(b * heads + hd) * n_keys + i] = acc;
+    for (int64_t d = 0; d < half; ++d) acc += to_f32(x[d]) * to_f32(y[d]);
+    s[t] = acc;
   }
 }
 #endif
@@ -476,14 +469,11 @@ void score_matrices(const T* q, const T* k1, const T* k2, int64_t batch, int64_t
     }
   }
 #else
-  const int64_t tiles =
-      heads * ceil_div(batch, int64_t{kGemmTile}) * ceil_div(n_keys, int64_t{kGemmTile});
-  launch_kernel("pk_topk_score_gemm", score_gemm_kernel<T>, dim3(grid_cap(tiles)),
-                dim3(kGemmTile * kGemmTile), 0, stream, q, k1, s1, batch, heads, n_keys, k_dim,
-                int64_t{0});
-  launch_kernel("pk_topk_score_gemm", score_gemm_kernel<T>, dim3(grid_cap(tiles)),
-                dim3(kGemmTile * kGemmTile), 0, stream, q, k2, s2, batch, heads, n_keys, k_dim,
-                half);
+  const int64_t blocks = ceil_div(batch * heads * n_keys, int64_t{256});
+  launch_kernel("pk_topk_score_gemm", score_gemm_kernel<T>, dim3(grid_cap(blocks)), dim3(256), 0,
+                stream, q, k1, s1, batch, heads, n_keys, k_dim, int64_t{0});
+  launch_kernel("pk_topk_score_gemm", score_gemm_kernel<T>, dim3(grid_cap(blocks)), dim3(256), 0,
+                stream, q, k2, s2, batch, heads, n_keys, k_dim, half);
 #endif
 }
 

@@ -1,0 +1,245 @@
+// Backward v1: deterministic, no atomics. The backward is an EmbeddingBag pair (pk_topk.h):
+//  - dq̂: a block per (b, h) row stages the row's k sub-key ids and ds in shared memory, and each
+//    thread sums ds[t]·K̂c[id_t][e] over t in slot order for its columns e (both halves);
+//  - dK̂c: (sub-key row h·n_keys + i_c, slot) pairs are radix-sorted (CUB; std::stable_sort
+//    under simt) by row, cut into runs (run-length encode + exclusive scan), and a block per run
+//    sums ds·q̂c of the run's entries in slot order. The run list is the compact form directly
+//    (rows ascending, count in num_rows); the dense form is zeroed and then written by the runs;
+//  - qk_norm: fp32 normalised copies of q and both key tables are made first (the forward's norm
+//    kernel), the sums above run on them, and the RMS-norm backward
+//    dx = (dx̂ − x̂·mean(dx̂·x̂)) / rms(x) is applied in the same block in fp64 from the raw x (it
+//    cancels almost exactly for narrow rows), with fixed-order block reductions.
+// Every sum has a fixed order, so results are bitwise identical run to run. The embbag CUDA
+// variants are not reused: their k is capped at embbag::kMaxK = 256 (pk_topk allows 1024).
+// Bottleneck: the sort's B·h·k·(8 + 4)·2 bytes per half and dependent gathers of q̂ rows through
+// the permutation; with qk_norm also the full normalised copy of both key tables.
+// Measured: not yet on a GPU (simt-correct).
+#include "common/device_sort.cuh"
+#include "pk_topk/cuda/common.cuh"
+
+namespace memlayers::pk_topk {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+
+// Sum of v over the block, the same value in every thread; fixed order (deterministic).
+// `red` holds kWarps doubles of shared memory.
+__device__ __forceinline__ double block_sum(double v, double* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // red is free (a previous call's readers are done)
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  double s = 0.0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) s += red[w];
+  return s;
+}
+
+// The RMS-norm backward runs in fp64: dx = (dx̂ − x̂·mean(dx̂·x̂)) / rms(x) cancels almost
+// exactly for narrow rows (a half-width of 1 leaves dx̂·(1 − x̂²), with 1 − x̂² ~ eps / x²), so
+// x̂ = x / rms(x) is recomputed from the raw x in fp64 rather than read as a rounded fp32 copy.
+// With mean(dx̂·x̂) = Σ dx̂·x / (rms(x)·width), one pass collects Σ x² and Σ dx̂·x.
+struct NormSums {
+  double ss = 0.0, dot = 0.0;
+  __device__ __forceinline__ void add(float x, float dxhat) {
+    ss += static_cast<double>(x) * x;
+    dot += static_cast<double>(dxhat) * x;
+  }
+};
+struct NormBack {
+  double inv = 1.0, scale = 0.0;  // 1 / rms(x); mean(dx̂·x̂)·inv
+  __device__ __forceinline__ float operator()(float x, float dxhat) const {
+    return static_cast<float>((static_cast<double>(dxhat) - static_cast<double>(x) * scale) * inv);
+  }
+};
+__device__ __forceinline__ NormBack norm_back(NormSums s, int64_t width, double* red) {
+  const double ss = block_sum(s.ss, red), dot = block_sum(s.dot, red);
+  NormBack b;
+  b.inv = 1.0 / sqrt(ss / static_cast<double>(width) + static_cast<double>(kNormEps));
+  b.scale = dot * b.inv / static_cast<double>(width) * b.inv;
+  return b;
+}
+
+// dq: a block per row (grid-stride). U: the element type of the (normalised or raw) keys the
+// sums read; T: the raw inputs' type; the norm backward reads the raw query `qraw`.
+template <class U, class T, class I>
+__global__ void __launch_bounds__(kThreads)
+    dq_kernel(const T* __restrict__ qraw, const U* __restrict__ k1, const U* __restrict__ k2,
+              const I* __restrict__ indices, const float* __restrict__ ds, float* __restrict__ dq,
+              int64_t rows, int64_t heads, int64_t n_keys, int64_t k_dim, int64_t k, bool norm) {
+  MEMLAYERS_DYNAMIC_SHARED(unsigned char, smem);
+  int64_t* ids = reinterpret_cast<int64_t*>(smem);
+  float* w = reinterpret_cast<float*>(smem + k * sizeof(int64_t));
+  __shared__ double red[kWarps];
+  const int64_t half = k_dim / 2;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t h = row % heads;
+    for (int c = 0; c < 2; ++c) {
+      const U* keys = c == 0 ? k1 : k2;
+      __syncthreads();  // the previous half's readers of ids / w are done
+      for (int64_t t = threadIdx.x; t < k; t += blockDim.x) {
+        const int64_t m = read_index(indices, row * k + t);
+        ids[t] = (h * n_keys + (c == 0 ? m / n_keys : m % n_keys)) * half;
+        w[t] = __ldg(ds + row * k + t);
+      }
+      __syncthreads();
+      float* out = dq + row * k_dim + c * half;
+      const T* x = qraw + row * k_dim + c * half;
+      NormSums sums;
+      for (int64_t e = threadIdx.x; e < half; e += blockDim.x) {
+        float acc = 0.f;
+        for (int64_t t = 0; t < k; ++t) acc += w[t] * to_f32(keys[ids[t] + e]);
+        out[e] = acc;
+        if (norm) sums.add(to_f32(x[e]), acc);
+      }
+      if (norm) {  // uniform across the block
+        const NormBack back = norm_back(sums, half, red);
+        // Each thread rereads the columns it wrote: no barrier needed.
+        for (int64_t e = threadIdx.x; e < half; e += blockDim.x)
+          out[e] = back(to_f32(x[e]), out[e]);
+      }
+    }
+  }
+}
+
+template <class I>
+__global__ void make_pairs_kernel(const I* __restrict__ indices, uint64_t* __restrict__ keys,
+                                  uint32_t* __restrict__ pos, int64_t n, int64_t heads,
+                                  int64_t n_keys, int64_t k, int half_index) {
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = read_index(indices, e), h = e / k % heads;
+    keys[e] = static_cast<uint64_t>(h * n_keys + (half_index == 0 ? m / n_keys : m % n_keys));
+    pos[e] = static_cast<uint32_t>(e);
+  }
+}
+
+// dK̂ of one half: a block per run of equal sub-key rows (grid-stride over *num_runs).
+// q (normalised or raw) is (rows, k_dim) with this half at q_off; kraw: the raw key table,
+// (heads·n_keys, half), read by the norm backward.
+// The minimum-blocks hint changes ptxas's allocation: without it 8 bytes spill at ~40 registers.
+template <class U, class T>
+__global__ void __launch_bounds__(kThreads, 4)
+    key_grad_kernel(const U* __restrict__ q, int64_t q_off, const T* __restrict__ kraw,
+                    const uint64_t* __restrict__ unique, const uint32_t* __restrict__ counts,
+                    const uint32_t* __restrict__ offsets, const int64_t* __restrict__ num_runs,
+                    const uint32_t* __restrict__ perm, const float* __restrict__ ds,
+                    float* __restrict__ compact, float* __restrict__ dense, int64_t k,
+                    int64_t k_dim, bool norm) {
+  __shared__ double red[kWarps];
+  const int64_t half = k_dim / 2, runs = *num_runs;
+  for (int64_t run = blockIdx.x; run < runs; run += gridDim.x) {
+    const int64_t r = static_cast<int64_t>(unique[run]);
+    const int64_t first = offsets[run], last = first + counts[run];
+    // Without norm the sums go straight to their outputs; with it they go to one output first
+    // and are finished in place by the thread that wrote them.
+    float* primary = compact ? compact + run * half : dense + r * half;
+    const T* x = kraw + r * half;
+    NormSums sums;
+    for (int64_t e = threadIdx.x; e < half; e += blockDim.x) {
+      float acc = 0.f;
+      for (int64_t j = first; j < last; ++j) {
+        const uint32_t pos = __ldg(perm + j);
+        acc += __ldg(ds + pos) * to_f32(q[static_cast<int64_t>(pos / k) * k_dim + q_off + e]);
+      }
+      primary[e] = acc;
+      if (!norm && compact && dense) dense[r * half + e] = acc;
+      if (norm) sums.add(to_f32(x[e]), acc);
+    }
+    if (norm) {
+      const NormBack back = norm_back(sums, half, red);
+      for (int64_t e = threadIdx.x; e < half; e += blockDim.x) {
+        const float v = back(to_f32(x[e]), primary[e]);
+        primary[e] = v;
+        if (compact && dense) dense[r * half + e] = v;
+      }
+    }
+  }
+}
+
+inline int key_bits(int64_t num_rows) {
+  int bits = 1;
+  while (bits < 64 && (uint64_t{1} << bits) < static_cast<uint64_t>(num_rows)) ++bits;
+  return bits;
+}
+
+template <class U, class T, class I>
+void key_grad(const BwdParams& p, const BwdParams::KeyGrad& g, int half_index, const U* q,
+              const T* kraw, Stream stream) {
+  const int64_t n64 = p.batch * p.heads * p.k, half = p.k_dim / 2;
+  const int n = static_cast<int>(n64);
+  dev::Buffer<uint64_t> pair_keys(n64, stream), sorted(n64, stream);
+  dev::Buffer<uint32_t> pos(n64, stream), perm(n64, stream), counts(n64, stream),
+      offsets(n64, stream);
+  const bool compact = g.has_compact();
+  dev::Buffer<uint64_t> unique_scratch(compact ? 0 : n64, stream);
+  dev::Buffer<int64_t> runs_scratch(compact ? 0 : 1, stream);
+  uint64_t* unique = compact ? reinterpret_cast<uint64_t*>(g.rows) : unique_scratch.get();
+  int64_t* num_runs = compact ? g.num_rows : runs_scratch.get();
+
+  launch_kernel("pk_topk_bwd_make_pairs", make_pairs_kernel<I>,
+                dim3(grid_cap(ceil_div(n64, int64_t{256}))), dim3(256), 0, stream,
+                static_cast<const I*>(p.indices), pair_keys.get(), pos.get(), n64, p.heads,
+                p.n_keys, p.k, half_index);
+  dev::sort_pairs(pair_keys.get(), sorted.get(), pos.get(), perm.get(), n,
+                  key_bits(p.heads * p.n_keys), stream);
+  // Counts past the last run are never written by the encoder; the scan reads all n of them.
+  dev::fill_bytes(counts.get(), 0, n64 * sizeof(uint32_t), stream);
+  dev::run_length_encode(sorted.get(), unique, counts.get(), num_runs, n, stream);
+  dev::exclusive_sum(counts.get(), offsets.get(), n, stream);
+  if (g.dense) dev::fill_bytes(g.dense, 0, p.heads * p.n_keys * half * sizeof(float), stream);
+  launch_kernel("pk_topk_bwd_v1_key_grad", key_grad_kernel<U, T>,
+                dim3(grid_cap(std::min(n64, compact_capacity(p)))), dim3(kThreads), 0, stream, q,
+                half_index * half, kraw, unique, counts.get(), offsets.get(), num_runs, perm.get(),
+                p.grad_scores, compact ? g.compact : nullptr, g.dense, p.k, p.k_dim, p.qk_norm);
+}
+
+// U: the type the sums read (float when normalised copies were made, else T).
+template <class U, class T, class I>
+void run(const BwdParams& p, const U* q, const U* k1, const U* k2, Stream stream) {
+  const int64_t rows = p.batch * p.heads;
+  if (p.grad_queries)
+    launch_kernel("pk_topk_bwd_v1_dq", dq_kernel<U, T, I>, dim3(grid_cap(rows)), dim3(kThreads),
+                  p.k * (sizeof(int64_t) + sizeof(float)), stream, static_cast<const T*>(p.queries),
+                  k1, k2, static_cast<const I*>(p.indices), p.grad_scores, p.grad_queries, rows,
+                  p.heads, p.n_keys, p.k_dim, p.k, p.qk_norm);
+  if (p.grad_keys1.any())
+    key_grad<U, T, I>(p, p.grad_keys1, 0, q, static_cast<const T*>(p.keys1), stream);
+  if (p.grad_keys2.any())
+    key_grad<U, T, I>(p, p.grad_keys2, 1, q, static_cast<const T*>(p.keys2), stream);
+}
+
+void launch(const BwdParams& p, Stream stream) {
+  dispatch(p, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    const auto* q = static_cast<const T*>(p.queries);
+    const auto* k1 = static_cast<const T*>(p.keys1);
+    const auto* k2 = static_cast<const T*>(p.keys2);
+    if (p.qk_norm) {
+      Normalised nz(p.batch, p.heads, p.n_keys, p.k_dim, stream);
+      normalise_inputs(q, k1, k2, p.batch, p.heads, p.n_keys, p.k_dim, nz, stream);
+      run<float, T, I>(p, nz.q.get(), nz.k1.get(), nz.k2.get(), stream);
+    } else {
+      run<T, T, I>(p, q, k1, k2, stream);
+    }
+  });
+}
+
+std::string supports(const BwdParams& p) {
+  if (p.batch * p.heads * p.k >= (int64_t{1} << 31))
+    return "batch·heads·k = " + std::to_string(p.batch * p.heads * p.k) +
+           " entries; the sort takes < 2^31";
+  return "";
+}
+
+MEMLAYERS_REGISTER(Bwd,
+                   Variant<BwdParams>{"v1_bwd_sorted", MEMLAYERS_KERNEL_BACKEND, launch, supports,
+                                      "block per row dq; radix sort + runs, block per key "
+                                      "row dK (compact/dense); norm bwd; deterministic",
+                                      true});
+
+}  // namespace
+}  // namespace memlayers::pk_topk
