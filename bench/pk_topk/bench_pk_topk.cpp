@@ -70,7 +70,7 @@ struct Config {
 constexpr const char* kFormulas =
     R"(Counted (declared once in kernels/pk_topk/pk_topk.{h,cpp}, DESIGN.md section 5;
 s = bytes per element of q and K, s_idx of an index, B = batch, h = heads, n = k_dim):
-  fwd flops  2*B*h*n_keys*n (both halves' scores; the selection and the k x k step are free)
+  fwd flops  2*B*h*n_keys*n (both halves' scores; the selection and the k x k step not counted)
   fwd bytes  B*h*n*s (queries) + 2*h*n_keys*(n/2)*s (sub-keys) + B*h*k*(4 + s_idx) (results)
   bwd flops  2*B*h*k*n per requested gradient (dq; the two key halves count as one)
   bwd bytes  B*h*n*s (queries) + B*h*k*(s_idx + 4) (indices, ds) + 2*h*n_keys*(n/2)*s (sub-keys)
