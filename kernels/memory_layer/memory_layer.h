@@ -20,6 +20,9 @@
 // Backends compose the ops: the reference is fp64 loops end to end (no kernel of the suite), the
 // `cpu` composition uses OpenBLAS for the GEMMs and the registered CPU kernels for the search and
 // the bag, the `cuda`/`simt` composition cuBLAS (a plain kernel under simt) and the CUDA kernels.
+// PEER needs no kernel of its own: the dots U[I_j]·x are the EmbeddingBag backward's dw with
+// dy = x and values = U; dU is that backward's dV with weights dz and dy = x; and the experts'
+// share of dx, Σ_j dz_j·U[I_j], is the EmbeddingBag forward over U with weights dz.
 #pragma once
 #include <cstdint>
 #include <optional>

@@ -492,10 +492,11 @@ std::string run_bwd(const Variant<BwdParams>& v, const Problem& pr, Outputs o, G
 
 std::vector<Shape> sweep_shapes() {
   return {
-      {5, 24, 2, 10, 14, 7, 20},   // odd half-width, k = 7
-      {3, 40, 4, 33, 38, 32, 36},  // the paper's k and heads: a bag of 128 rows
-      {4, 9, 1, 5, 2, 1, 3},       // k = 1, half-width 1: one row per bag
-      {7, 16, 3, 4, 10, 4, 5},     // k = n_keys, few rows: duplicates within and across bags
+      {5, 24, 2, 10, 14, 7, 20},    // odd half-width, k = 7
+      {3, 40, 4, 33, 38, 32, 36},   // the paper's k and heads: a bag of 128 rows
+      {4, 9, 1, 5, 2, 1, 3},        // k = 1, half-width 1: one row per bag
+      {7, 16, 3, 4, 10, 4, 5},      // k = n_keys, few rows: duplicates within and across bags
+      {300, 24, 2, 10, 14, 7, 20},  // enough tokens for the cpu composition's threads to split
   };
 }
 
