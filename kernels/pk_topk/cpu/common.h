@@ -3,8 +3,10 @@
 // pruned k×k candidate step. The scoring engines differ between variants; these do not.
 #pragma once
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -61,61 +63,79 @@ inline bool ranks_before(float sa, int64_t ia, float sb, int64_t ib) {
   return sa != sb ? sa > sb : ia < ib;
 }
 
+// A half's candidate: its score and key index (n_keys <= 2^20 fits int32).
+struct Entry {
+  float score;
+  int32_t index;
+};
+inline bool operator<(const Entry& a, const Entry& b) {
+  return ranks_before(a.score, a.index, b.score, b.index);
+}
+
+// A combined candidate: score and index i1·n_keys + i2.
 struct Scored {
   float score;
   int64_t index;
 };
-
 inline bool operator<(const Scored& a, const Scored& b) {
   return ranks_before(a.score, a.index, b.score, b.index);
 }
 
-// The k best of a stream of one half's scores that arrive in ascending index order (so an equal
-// score never displaces an earlier one), kept sorted by the ranking. A newcomer enters a full list
-// when it ranks before the k-th best: a strictly higher score, or any number over a NaN.
-// `filter` is for a vectorised pre-check: a score s can only enter when !(s <= filter), so NaN
-// (everything passes to push) until the list is full or while its k-th best is NaN.
-struct SortedTopK {
-  int64_t k = 0, size = 0;
-  float* score = nullptr;  // k slots
-  int32_t* index = nullptr;
-  float filter = std::numeric_limits<float>::quiet_NaN();
-
-  void reset(int64_t k_, float* s, int32_t* i) {
-    k = k_, size = 0, score = s, index = i;
-    filter = std::numeric_limits<float>::quiet_NaN();
-  }
-
-  void push(float s, int32_t i) {
-    if (size == k && !ranks_before(s, i, score[k - 1], index[k - 1])) return;
-    int64_t pos = size < k ? size++ : k - 1;
-    for (; pos > 0 && ranks_before(s, i, score[pos - 1], index[pos - 1]); --pos) {
-      score[pos] = score[pos - 1];
-      index[pos] = index[pos - 1];
-    }
-    score[pos] = s;
-    index[pos] = i;
-    if (size == k) filter = score[k - 1];  // NaN while the k-th best is NaN: all pass
-  }
-};
+// (score, index) as one integer that orders as the ranking does, for index < 2^32: the score's
+// bits made monotone in the high word (NaN lowest, -0 as +0), the complemented index in the low
+// word (the lower index wins a tie). Selections on these need one compare and no NaN branches.
+inline uint64_t rank_key(float s, int64_t index) {
+  const float c = s + 0.0f;  // -0 becomes +0
+  uint32_t u = std::bit_cast<uint32_t>(c);
+  u ^= static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u;  // negatives flipped
+  u = c != c ? 0u : u;                                                      // NaN lowest
+  return (uint64_t{u} << 32) | (0xffffffffu - static_cast<uint32_t>(index));
+}
+inline float key_score(uint64_t key) {
+  const auto u = static_cast<uint32_t>(key >> 32);
+  if (u == 0) return std::numeric_limits<float>::quiet_NaN();
+  return std::bit_cast<float>((u & 0x80000000u) ? (u & 0x7fffffffu) : ~u);
+}
+inline int64_t key_index(uint64_t key) { return 0xffffffffu - static_cast<uint32_t>(key); }
 
 // The pruned candidate step (pk_topk.h): the pairs (i, j) of the two sorted half lists with
 // (i+1)(j+1) <= k, summed in fp32, and the k best of them written to scores/indices at `out`.
-// `cand` is scratch the caller keeps between rows.
-inline void combine(const float* s1, const int32_t* i1, const float* s2, const int32_t* i2,
-                    int64_t k, int64_t n_keys, std::vector<Scored>& cand, float* scores,
-                    void* indices, DType index_dtype, int64_t out) {
+// `cand` is scratch the caller keeps between rows. Combined indices below 2^32 (n_keys <= 65536)
+// are ranked as rank_key integers, larger ones with the comparator.
+inline void combine(const Entry* h1, const Entry* h2, int64_t k, int64_t n_keys,
+                    std::vector<uint64_t>& cand, float* scores, void* indices, DType index_dtype,
+                    int64_t out) {
+  if (n_keys > 65536) {
+    std::vector<Scored> all;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k / (i + 1); ++j)
+        all.push_back({h1[i].score + h2[j].score, int64_t{h1[i].index} * n_keys + h2[j].index});
+    std::partial_sort(all.begin(), all.begin() + k, all.end());
+    for (int64_t t = 0; t < k; ++t) {
+      scores[out + t] = all[t].score;
+      store_index(indices, index_dtype, out + t, all[t].index);
+    }
+    return;
+  }
+  // Row i = 0 and column j = 0 are k candidates each, so the better of their k-th sums is a lower
+  // bound on the k-th best: a pair below it (strictly: an equal sum may win its tie) is dropped,
+  // and each row stops at its first such pair (h2 is sorted). A NaN bound filters nothing.
+  const float lb = std::max(h1[0].score + h2[k - 1].score, h1[k - 1].score + h2[0].score);
   cand.clear();
   for (int64_t i = 0; i < k; ++i) {
     const int64_t jn = k / (i + 1);
-    for (int64_t j = 0; j < jn; ++j)
-      cand.push_back({s1[i] + s2[j], int64_t{i1[i]} * n_keys + i2[j]});
+    for (int64_t j = 0; j < jn; ++j) {
+      const float sum = h1[i].score + h2[j].score;
+      if (sum < lb) break;
+      cand.push_back(rank_key(sum, int64_t{h1[i].index} * n_keys + h2[j].index));
+    }
   }
-  // At least k candidates (the whole row i = 0), all distinct indices.
-  std::partial_sort(cand.begin(), cand.begin() + k, cand.end());
+  // At least k candidates (row i = 0 or column j = 0 in full), all distinct indices.
+  std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<>());
+  std::sort(cand.begin(), cand.begin() + k, std::greater<>());
   for (int64_t t = 0; t < k; ++t) {
-    scores[out + t] = cand[t].score;
-    store_index(indices, index_dtype, out + t, cand[t].index);
+    scores[out + t] = key_score(cand[t]);
+    store_index(indices, index_dtype, out + t, key_index(cand[t]));
   }
 }
 

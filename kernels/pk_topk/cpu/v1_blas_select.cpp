@@ -65,23 +65,20 @@ void forward(const FwdParams& p, Stream) {
                     static_cast<int>(nk));
       parallel_for(rows, balanced_grain(rows, std::max<int64_t>(1, 16384 / nk)),
                    [&](int64_t r0, int64_t r1) {
-                     std::vector<Scored> all(static_cast<std::size_t>(nk)), cand;
-                     std::vector<float> best_s(static_cast<std::size_t>(2 * k));
-                     std::vector<int32_t> best_i(static_cast<std::size_t>(2 * k));
+                     std::vector<Entry> all(static_cast<std::size_t>(nk)),
+                         best(static_cast<std::size_t>(2 * k));
+                     std::vector<uint64_t> cand;
                      for (int64_t r = r0; r < r1; ++r) {
                        for (int c = 0; c < 2; ++c) {
                          const float* row = scores[c].data() + r * nk;
-                         for (int64_t i = 0; i < nk; ++i) all[i] = {row[i], i};
+                         for (int64_t i = 0; i < nk; ++i)
+                           all[i] = {row[i], static_cast<int32_t>(i)};
                          std::nth_element(all.begin(), all.begin() + (k - 1), all.end());
                          std::sort(all.begin(), all.begin() + k);
-                         for (int64_t t = 0; t < k; ++t) {
-                           best_s[c * k + t] = all[t].score;
-                           best_i[c * k + t] = static_cast<int32_t>(all[t].index);
-                         }
+                         std::copy_n(all.begin(), k, best.begin() + c * k);
                        }
-                       combine(best_s.data(), best_i.data(), best_s.data() + k, best_i.data() + k,
-                               k, nk, cand, p.scores, p.indices, p.index_dtype,
-                               ((b0 + r) * H + h) * k);
+                       combine(best.data(), best.data() + k, k, nk, cand, p.scores, p.indices,
+                               p.index_dtype, ((b0 + r) * H + h) * k);
                      }
                    });
     }
