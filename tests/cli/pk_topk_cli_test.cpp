@@ -507,6 +507,15 @@ TEST_F(PkTopkCli, NonFiniteQueriesAreRefused) {
   EXPECT_EQ(fails(forward(3) + " --backend simt", 1).err, want);
   write_indices(p, std::vector<std::int64_t>(3 * 2 * 3, 1));
   EXPECT_EQ(fails(backward(3) + all_grads(), 1).err, want);
+
+  // Finite in fp32, infinite once stored as bf16.
+  Problem big = make_problem(3, 2, 10, 8, 3, 8);
+  big.q[7] = 3.4e38f;
+  write(big);
+  ok(forward(3) + " --backend reference", {"s.npy", "i.npy"});
+  const Result r = fails(forward(3) + " --backend reference --dtype bf16", 1);
+  EXPECT_THAT(r.err, HasSubstr("queries[b=0, h=0, 7] is inf: the search needs finite queries "
+                               "(after rounding to bf16 for --dtype bf16)"));
 }
 
 TEST_F(PkTopkCli, ShapeMismatchesNameTheFile) {

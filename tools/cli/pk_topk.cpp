@@ -178,10 +178,16 @@ void run(const Options& o) {
   const std::vector<std::int64_t> result_shape{batch, heads, o.k};
 
   // The search needs finite queries (a NaN would rank below every key and yield arbitrary
-  // indices); refuse them here, on every backend, before anything runs.
-  if (std::string bad = pk_topk::find_nonfinite(q.bytes.data(), DType::f32, batch, heads, k_dim);
+  // indices); refuse them here, on every backend, before anything runs. Checked as the op will
+  // store them: a finite fp32 beyond bf16's range becomes infinite under --dtype bf16.
+  std::vector<std::uint16_t> q_bf16;
+  if (dtype == DType::bf16) q_bf16 = npy::fp32_to_bf16(q.values<float>());
+  if (std::string bad = pk_topk::find_nonfinite(
+          dtype == DType::bf16 ? static_cast<const void*>(q_bf16.data()) : q.bytes.data(), dtype,
+          batch, heads, k_dim);
       !bad.empty())
-    fail("{}: {}", label("--queries", o.queries), bad);
+    fail("{}: {}{}", label("--queries", o.queries), bad,
+         dtype == DType::bf16 ? " (after rounding to bf16 for --dtype bf16)" : "");
 
   // The backward's indices: from the file when it exists, else from a forward run here first.
   std::optional<npy::Array> idx, ds;
