@@ -192,11 +192,12 @@ using TileFn = void (*)(const float*, const float*, int64_t, float*, int64_t);
 constexpr TileFn kTiles[kMR + 1] = {nullptr,      TilePanel<1>, TilePanel<2>, TilePanel<3>,
                                     TilePanel<4>, TilePanel<5>, TilePanel6};
 
-// A lower bound on the k-th best of s[0, n), from m = ceil(k / lanes) running maxima per lane:
-// the lanes·m values held are distinct elements, all >= the smallest of them. NaN when a score
-// is NaN (then nothing is filtered), -inf when too few scores or k too large for the registers.
+// A lower bound on the k-th best of s[0, n), from the m largest scores of each lane (m·lanes >= k,
+// twice that where the registers allow): these are distinct elements, so the k-th largest of them
+// bounds the k-th best from below. NaN when a score is NaN (then nothing is filtered), -inf when
+// too few scores or k too large for the registers.
 template <int M>
-HWY_INLINE float LaneBoundM(const float* s, int64_t n) {
+HWY_INLINE float LaneBoundM(const float* s, int64_t n, int64_t k) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const auto ninf = hn::Set(df, -std::numeric_limits<float>::infinity());
@@ -216,29 +217,36 @@ HWY_INLINE float LaneBoundM(const float* s, int64_t n) {
   for (; i < n; ++i)
     if (std::isnan(s[i])) return std::numeric_limits<float>::quiet_NaN();
   if (!hn::AllTrue(df, hn::Eq(nan, hn::Zero(df)))) return std::numeric_limits<float>::quiet_NaN();
-  return hn::GetLane(hn::MinOfLanes(df, t[M - 1]));
+  if (M * N <= k) return hn::GetLane(hn::MinOfLanes(df, t[M - 1]));
+  // Unfilled slots hold -inf, which is then the bound: still valid, it filters nothing.
+  HWY_ALIGN float held[M * hn::MaxLanes(df)];
+  for (int j = 0; j < M; ++j) hn::Store(t[j], df, held + j * N);
+  const int64_t kk = std::clamp<int64_t>(k, 1, M * N);  // k < M·N here; the clamp informs GCC
+  std::nth_element(held, held + (kk - 1), held + M * N, std::greater<>());
+  return held[kk - 1];
 }
 
 float LaneBound(const float* s, int64_t n, int64_t k) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  switch ((k + N - 1) / N) {
+  const int64_t m = (k + N - 1) / N;
+  switch (2 * m <= kMaxPerLane ? 2 * m : m) {
     case 1:
-      return LaneBoundM<1>(s, n);
+      return LaneBoundM<1>(s, n, k);
     case 2:
-      return LaneBoundM<2>(s, n);
+      return LaneBoundM<2>(s, n, k);
     case 3:
-      return LaneBoundM<3>(s, n);
+      return LaneBoundM<3>(s, n, k);
     case 4:
-      return LaneBoundM<4>(s, n);
+      return LaneBoundM<4>(s, n, k);
     case 5:
-      return LaneBoundM<5>(s, n);
+      return LaneBoundM<5>(s, n, k);
     case 6:
-      return LaneBoundM<6>(s, n);
+      return LaneBoundM<6>(s, n, k);
     case 7:
-      return LaneBoundM<7>(s, n);
+      return LaneBoundM<7>(s, n, k);
     case 8:
-      return LaneBoundM<8>(s, n);
+      return LaneBoundM<8>(s, n, k);
     default:
       return -std::numeric_limits<float>::infinity();
   }
