@@ -1,23 +1,34 @@
 // v2_fused_pruned — the product-key top-k search with scoring and selection fused, over
 // v1_blas_select:
-//  - never materialises the (B, n_keys) score matrices: a block of queries (both halves packed,
-//    fp32, normalised, sized to stay in L2) is scored against the keys one register tile at a time
-//    by a Highway micro-kernel (runtime dispatch; on AVX2 6 queries × 16 keys, 12 accumulators,
-//    the keys pre-packed once per call into [d][16]-panels that stay in L1 while every query of
-//    the block passes over them);
-//  - selects while the scores are still in registers: each (row, half) keeps its running top-k,
-//    sorted, and its k-th best; one SIMD comparison per 8 scores rejects all but a few, and only
-//    the survivors are inserted (about k·ln(n_keys/k) per row for random scores, of n_keys);
-//  - then the pruned k×k candidate step ((i+1)(j+1) <= k) as in v1;
+//  - never materialises the (B, n_keys) score matrices: a block of up to 96 queries (both halves
+//    packed, fp32, normalised; ~192 KiB, L2) is scored against 1024 keys at a time by a Highway
+//    register-tile micro-kernel (runtime dispatch; on AVX2 6 queries × 16 keys, 12 accumulators,
+//    one broadcast and two FMAs per query and d), the keys packed once per call into [d][16]
+//    panels that stay in L1 while every query of the block passes over them;
+//  - selects from that cache-hot (rows × 1024) chunk right away, per (row, half), with a threshold
+//    filter: the chunk's own lower bound on the k-th best (the k-th largest of the 2k values held
+//    by a per-lane running top-m, m = 2k/lanes, kept in registers during one SIMD pass) and the
+//    running k-th best of the earlier chunks; one SIMD comparison pair per 8 scores rejects ~95%
+//    of them, survivors (~k + a few) become integer rank keys (score bits made monotone, index
+//    complemented: one compare, no NaN branch), nth_element keeps the k best;
+//  - the pruned k×k candidate step ((i+1)(j+1) <= k, further cut at the better k-th sum of row 0
+//    and column 0) on rank keys, shared with v1;
 //  - threads over (head, query block) (kernels/common/parallel.h). No OpenBLAS call, so no
-//    nesting of OpenBLAS's thread pool inside ours.
-// The micro-kernel rather than OpenBLAS on a cache-resident tile: measured with the scratch
-// program (see the report), single-threaded OpenBLAS sgemm on a (96 × 1024 × 256) tile reached
-// about the same flop rate, and the micro-kernel lets the filter run on the accumulators before
-// any score is stored.
-// Bottleneck it targets: v1's score-matrix traffic and its selection; what remains is the
-// 2·B·h·n_keys·k_dim flops of scoring, FMA-bound.
-// Measured: see the figures at the end of this comment block (same runs as v1_blas_select).
+//    OpenBLAS thread pool nested in ours and no global openblas_set_num_threads to touch.
+// Why a micro-kernel rather than OpenBLAS sgemm on a cache-resident tile: single-threaded OpenBLAS
+// measured 72-77 GFLOP/s per core on the (96 × 1024 × 256) tile and 84 on a whole
+// (1024 × 1024 × 256) product; the micro-kernel ~83 (perf share × CPU time) inside v2, with the
+// selection reading its output while it is hot, and without OpenBLAS's threads to tame.
+// A running sorted top-k per row (insert each survivor) was tried first: ~143 insertions per row
+// half for k = 32 made selection as costly as scoring; a compacting buffer ~40%; the per-chunk
+// bound brought it to ~25% of the time.
+// Bottleneck it targets: v1's score-matrix traffic and its nth_element over every score; what
+// remains is the 2·B·h·n_keys·k_dim flops of scoring (~57% of the time, FMA-bound) and selection.
+// Measured (scratch timing program, 2-core AMD EPYC VM shared with other jobs, load average 50-250
+// during the runs, so CPU time is the steadier figure; v1 and v2 interleaved in the same process,
+// 5 repeats each, medians): B=4096, h=4, n_keys=1024, k_dim=512, k=32, fp32, 2 threads —
+// v1_blas_select 993-1019 ms wall / 651-674 ms CPU, v2_fused_pruned 467-487 ms wall / 310-322 ms
+// CPU: 2.06-2.13x. One thread, B=1024: v1 158 ms, v2 78-79 ms CPU (2.0x).
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -373,9 +384,9 @@ MEMLAYERS_REGISTER(Fwd, Variant<FwdParams>{
                                   HWY_DYNAMIC_DISPATCH(Forward)
                                   (p);
                                 },
-                            .summary = "Highway register-tile scoring fused with a SIMD "
-                                       "threshold filter into per-row sorted top-k, no score "
-                                       "matrix, pruned k×k candidates, threads over query blocks",
+                            .summary = "Highway 6x16 register tiles per 96-query block and "
+                                       "1024-key chunk, selected while cache-hot through a SIMD "
+                                       "threshold filter, no score matrix, pruned k×k candidates",
                             .deterministic = true,
                         });
 
