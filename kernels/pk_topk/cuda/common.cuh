@@ -228,7 +228,7 @@ inline RowSpace row_space(int64_t k, int64_t n_keys, int min_kp) {
   RowSpace r;
   r.k = static_cast<int>(k);
   r.kp = static_cast<int>(pow2_at_least(std::max<int64_t>(k, min_kp)));
-  r.kq = static_cast<int>(pow2_at_least(k));
+  r.kq = static_cast<int>(pow2_at_least(std::max<int64_t>(k, 2)));  // kq·4 bytes stay 8-aligned
   r.ranks = !full_index_tie(n_keys);
   return r;
 }
