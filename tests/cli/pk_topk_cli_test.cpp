@@ -486,6 +486,9 @@ TEST_F(PkTopkCli, KLargerThanNKeysIsRefused) {
   EXPECT_THAT(r.err, StartsWith("memlayers: error: pk_topk_fwd: k = 11: accepted 1 <= k <= "
                                 "min(n_keys = 10, 1024)"));
   EXPECT_FALSE(fs::exists(file("i.npy")));
+  // Refused before anything is sized by k, in the backward too.
+  EXPECT_THAT(fails(forward(-1), 1).err, HasSubstr("pk_topk_fwd: k = -1: accepted 1 <= k"));
+  EXPECT_THAT(fails(backward(0) + all_grads(), 1).err, HasSubstr("k = 0: accepted 1 <= k"));
 }
 
 TEST_F(PkTopkCli, OddKDimIsRefused) {
