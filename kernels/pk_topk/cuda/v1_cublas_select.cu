@@ -5,8 +5,8 @@
 // bitonic sort + merge in shared memory) and runs the pruned k×k candidate step
 // ((i+1)(j+1) <= k pairs only) to the final top-k. qk_norm: a small kernel writes normalised
 // fp32 copies of the queries and both key tables first, and the GEMM runs on those.
-// Under simt there is no cuBLAS: a plain 16×16 tiled kernel of our own computes the same score
-// matrices, so simt tests the selection kernel, the part this variant adds.
+// Under simt there is no cuBLAS: a plain thread-per-score kernel of our own computes the same
+// score matrices, so simt tests the selection kernel, the part this variant adds.
 // Bottleneck: the score matrices, 2·B·h·n_keys·4 bytes written and read back
 // (Fwd::score_matrix_bytes), and one block of 128 threads per row walking n_keys scores.
 // Measured: not yet on a GPU (simt-correct).
@@ -65,7 +65,7 @@ constexpr const char* kSummary =
     "(bitonic) per half, pruned pairs";
 #else
 constexpr const char* kSummary =
-    "tiled-kernel score matrices (cuBLAS on the GPU), "
+    "own-kernel score matrices (cuBLAS on the GPU), "
     "block per row: bitonic top-k list, pruned pairs";
 #endif
 

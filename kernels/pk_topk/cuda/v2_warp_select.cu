@@ -1,4 +1,4 @@
-// v2: the same materialised score matrices as v1 (cuBLAS; a tiled kernel under simt), but the
+// v2: the same materialised score matrices as v1 (cuBLAS; our own kernel under simt), but the
 // selection is warp-level: one warp per (row, half) runs a bitonic queue (the top-k list of
 // common.cuh with a warp as the group: ballot-compacted appends, __syncwarp between network
 // stages, no block barriers), and the row's first warp then runs the pruned candidate step.
@@ -74,7 +74,7 @@ constexpr const char* kSummary =
     "queue, pruned pairs";
 #else
 constexpr const char* kSummary =
-    "tiled-kernel score matrices (cuBLAS on the GPU), warp "
+    "own-kernel score matrices (cuBLAS on the GPU), warp "
     "per (row, half) bitonic queue, pruned pairs";
 #endif
 
