@@ -73,7 +73,10 @@ if [ -n "$prebuilt" ]; then
   bin_root="$(cd "$prebuilt" 2>/dev/null && pwd)" || { echo "device_check: --prebuilt $prebuilt: no such folder" >&2; exit 2; }
   export LD_LIBRARY_PATH="$bin_root${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 else
-  bin_root="$root/${build_dir:-build/device}"
+  case "${build_dir:-build/device}" in
+    /*) bin_root="$build_dir" ;;                       # an absolute build folder as given
+    *) bin_root="$root/${build_dir:-build/device}" ;;  # relative to the checkout
+  esac
 fi
 for d in /usr/local/cuda/lib64 /usr/local/cuda/lib; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"

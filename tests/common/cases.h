@@ -38,7 +38,8 @@ inline std::string variant_label(Backend b, const std::string& name) {
 template <class T>
 bool same_bytes(const std::vector<T>& a, const std::vector<T>& b, std::size_t count = SIZE_MAX) {
   count = std::min({count, a.size(), b.size()});
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), count * sizeof(T)) == 0;
+  if (a.size() != b.size()) return false;
+  return count == 0 || std::memcmp(a.data(), b.data(), count * sizeof(T)) == 0;
 }
 
 // The deterministic ones among `variants`, with their labels (determinism test parameters).
