@@ -105,6 +105,25 @@ std::string human_bytes(double bytes) {
   return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, units[u]);
 }
 
+void print_machine(int64_t host_llc, int64_t gpu_l2, int threads) {
+  fmt::print("  host last-level cache {}{}, physical memory {}, threads {}, load average {}\n",
+             human_bytes(double(host_llc)),
+             gpu_l2 ? fmt::format(", GPU L2 {}", human_bytes(double(gpu_l2))) : std::string(),
+             human_bytes(double(host_physical_memory_bytes())), threads, host_load_average());
+}
+
+void add_context(const std::vector<std::pair<std::string, std::string>>& entries) {
+  for (const auto& [key, value] : entries) benchmark::AddCustomContext(key, value);
+}
+
+void add_machine_context(int64_t host_llc, int64_t gpu_l2, int threads, double peak_gbs) {
+  add_context({{"host_llc_bytes", std::to_string(host_llc)},
+               {"gpu_l2_bytes", std::to_string(gpu_l2)},
+               {"threads", std::to_string(threads)},
+               {"host_load_avg_1m", host_load_average()},
+               {"peak_gbs", fmt::format("{}", peak_gbs)}});
+}
+
 TableSizing size_table(int64_t row_bytes, int64_t cache_bytes) {
   MEMLAYERS_CHECK(row_bytes > 0, "size_table: row_bytes must be positive, got {}", row_bytes);
   constexpr double kGiB = double(int64_t{1} << 30);
@@ -168,7 +187,7 @@ Ceiling::Ceiling(std::string row_name, double work_per_pass, std::function<doubl
     : name_(std::move(row_name)), bytes_(work_per_pass), pass_(std::move(pass)), kind_(kind) {}
 
 void Ceiling::register_row(int repetitions) {
-  auto* b = benchmark::RegisterBenchmark(name_.c_str(), [this](benchmark::State& state) {
+  register_timed_row(name_, repetitions, [this](benchmark::State& state) {
     pass_();  // warm-up: page tables, clocks
     double seconds = 0;
     for (auto _ : state) {
@@ -186,8 +205,6 @@ void Ceiling::register_row(int repetitions) {
       set_bandwidth_counters(state, bytes_ * double(state.iterations()), seconds, 0, 0);
     }
   });
-  b->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(std::max(1, repetitions));
-  if (repetitions > 1) b->ReportAggregatesOnly(true);
 }
 
 double Ceiling::gbs() {
@@ -197,6 +214,20 @@ double Ceiling::gbs() {
     for (int i = 0; i < kFallbackPasses; ++i) samples_gbs_.push_back(bytes_ / pass_() / 1e9);
   }
   return median(samples_gbs_);
+}
+
+std::unique_ptr<Ceiling> host_stream_ceiling(const void* data, double bytes, int threads) {
+  return std::make_unique<Ceiling>(fmt::format("ceiling/host/stream_read_{}", human_bytes(bytes)),
+                                   bytes, [data, bytes, threads] {
+                                     return host_stream_read_seconds(data, std::size_t(bytes),
+                                                                     threads);
+                                   });
+}
+
+std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size_t bytes) {
+  return std::make_unique<Ceiling>(
+      fmt::format("ceiling/cuda/d2d_copy_{}", human_bytes(double(bytes))), 2.0 * double(bytes),
+      [src, dst, bytes] { return device_copy_seconds(Backend::cuda, dst, src, bytes); });
 }
 
 uint64_t sum_words_simd(const uint64_t* p, std::size_t n);  // stream_read.cpp
@@ -285,11 +316,50 @@ std::vector<Backend> parse_backends(const std::string& text) {
   return unique;
 }
 
+Runnable runnable_backends(const std::vector<Backend>& wanted) {
+  Runnable r;
+  for (Backend b : wanted) {
+    if (std::string why = usable(b); !why.empty())
+      fmt::print("skip backend {}: {}\n", to_string(b), why);
+    else
+      r.backends.push_back(b);
+  }
+  r.any_host = std::any_of(r.backends.begin(), r.backends.end(),
+                           [](Backend b) { return b != Backend::cuda; });
+  r.has_cuda = std::find(r.backends.begin(), r.backends.end(), Backend::cuda) != r.backends.end();
+  return r;
+}
+
+std::string join_or_none(const std::vector<std::string>& items) {
+  return items.empty() ? "none" : fmt::format("{}", fmt::join(items, ", "));
+}
+
 void register_skip(const std::string& name, const std::string& why) {
   fmt::print("skip {}: {}\n", name, why);
   benchmark::RegisterBenchmark(name.c_str(), [why](benchmark::State& state) {
     state.SkipWithError(("unsupported: " + why).c_str());
   });
+}
+
+void register_timed_row(const std::string& name, int repetitions,
+                        std::function<void(benchmark::State&)> body) {
+  auto* b = benchmark::RegisterBenchmark(name.c_str(), std::move(body));
+  b->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(std::max(1, repetitions));
+  if (repetitions > 1) b->ReportAggregatesOnly(true);
+}
+
+std::optional<GradForm> pick_grad_form(const std::string& choice, const char* what,
+                                       const std::function<std::string(GradForm)>& why_not,
+                                       std::string* reasons) {
+  for (GradForm f : {GradForm::compact, GradForm::dense}) {
+    if (choice == "compact" && f != GradForm::compact) continue;
+    if (choice == "dense" && f != GradForm::dense) continue;
+    const std::string why = why_not(f);
+    if (why.empty()) return f;
+    *reasons += fmt::format("{}{} {}: {}", reasons->empty() ? "" : "; ",
+                            f == GradForm::compact ? "compact" : "dense", what, why);
+  }
+  return std::nullopt;
 }
 
 namespace {
@@ -373,6 +443,30 @@ bool time_rotating(benchmark::State& state, Backend backend, int64_t sets,
   t.event_destroy(start);
   t.event_destroy(end);
   return ok;
+}
+
+// ---- main ----
+
+int run_registered(int* argc, char** argv, const char* program, const std::atomic<int>& failures) {
+  benchmark::Initialize(argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(*argc, argv)) return 2;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  if (failures > 0) {
+    fmt::print(stderr, "{}: {} row(s) failed (see ERROR OCCURRED above)\n", program,
+               failures.load());
+    return 1;
+  }
+  return 0;
+}
+
+int main_guarded(const char* program, int argc, char** argv, int (*run)(int, char**)) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "{}: {}\n", program, e.what());
+    return 2;
+  }
 }
 
 // ---- flags ----

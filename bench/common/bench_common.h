@@ -1,18 +1,30 @@
 // Helpers shared by the benchmark binaries (bench_embbag, bench_pk_topk, bench_memory_layer):
 // the machine's cache and memory sizes, table sizing, the roofline ceilings each run measures for
-// itself, roofline counters, and a small flag parser that hands Google Benchmark's own flags on.
+// itself, roofline counters, the backends, variants and rows of a run, the end of main(), and a
+// small flag parser that hands Google Benchmark's own flags on.
 #pragma once
 #include <benchmark/benchmark.h>
 
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/backend.h"
 #include "common/dtype.h"
+#include "common/registry.h"
+
+#if MEMLAYERS_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace memlayers::bench {
 
@@ -34,6 +46,27 @@ int host_threads();
 std::string host_load_average();
 // "2.00 GiB", "512 KiB".
 std::string human_bytes(double bytes);
+
+// The GPU's L2 in bytes; 0 without CUDA or a device. Inline here because MEMLAYERS_HAVE_CUDA is
+// defined for the bench binaries (through memlayers::all), not for this helper library.
+inline int64_t gpu_l2_bytes() {
+#if MEMLAYERS_HAVE_CUDA
+  int device = 0, l2 = 0;
+  if (cudaGetDevice(&device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) == cudaSuccess)
+    return l2;
+#endif
+  return 0;
+}
+
+// Prints the machine line of a bench's configuration block: "  host last-level cache ..., GPU L2
+// ..., physical memory ..., threads ..., load average ...".
+void print_machine(int64_t host_llc, int64_t gpu_l2, int threads);
+// Adds the machine's context keys to the JSON record: host_llc_bytes, gpu_l2_bytes, threads,
+// host_load_avg_1m, peak_gbs.
+void add_machine_context(int64_t host_llc, int64_t gpu_l2, int threads, double peak_gbs);
+// Adds each (key, value) to the JSON record's context.
+void add_context(const std::vector<std::pair<std::string, std::string>>& entries);
 
 // Rows for a table that caches cannot hold: at least 8 × `cache_bytes` and at least 1 GiB, but at
 // most a quarter of physical memory so the run fits beside its other buffers. `why` says which
@@ -104,6 +137,13 @@ class Ceiling {
   CeilingKind kind_ = CeilingKind::bandwidth;
 };
 
+// The host bandwidth ceiling "ceiling/host/stream_read_SIZE": an all-core streaming read of
+// `bytes` at `data`, which must outlive the ceiling.
+std::unique_ptr<Ceiling> host_stream_ceiling(const void* data, double bytes, int threads);
+// The CUDA bandwidth ceiling "ceiling/cuda/d2d_copy_SIZE": a device-to-device copy of `bytes` from
+// `src` to `dst` (read + write bytes counted).
+std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size_t bytes);
+
 // One pass of a multithreaded streaming read over a host buffer: every thread sums its slice
 // with the widest vectors the CPU has (stream_read.cpp). Returns seconds.
 double host_stream_read_seconds(const void* data, std::size_t bytes, int threads);
@@ -123,8 +163,54 @@ void set_bandwidth_counters(benchmark::State& state, double bytes, double second
 // (= cpu,cuda); duplicates dropped, order kept. Throws memlayers::Error naming what is accepted.
 std::vector<Backend> parse_backends(const std::string& text);
 
+// The backends of --backend that can run here; the others are printed ("skip backend B: why"),
+// not dropped silently. `any_host`: one runs on the host (all but cuda); `has_cuda`: cuda runs.
+struct Runnable {
+  std::vector<Backend> backends;
+  bool any_host = false, has_cuda = false;
+};
+Runnable runnable_backends(const std::vector<Backend>& wanted);
+
+// The variants of Op registered on `b`, only the one named `variant` when that is not empty.
+template <class Op>
+std::vector<const Variant<typename Op::Params>*> selected_variants(Backend b,
+                                                                   const std::string& variant) {
+  auto all = Registry<Op>::of(b);
+  if (!variant.empty()) std::erase_if(all, [&](const auto* v) { return v->name != variant; });
+  return all;
+}
+
+// For the --variant check: appends "<backend>/<name><tag>" for every variant of Op on `b` to
+// `known`, and returns whether one of them is named `variant`.
+template <class Op>
+bool list_variants(Backend b, const std::string& variant, const char* tag,
+                   std::vector<std::string>* known) {
+  bool found = false;
+  for (const auto* v : Registry<Op>::of(b)) {
+    found |= v->name == variant;
+    known->push_back(fmt::format("{}/{}{}", to_string(b), v->name, tag));
+  }
+  return found;
+}
+// "a, b, c", or "none" for an empty list.
+std::string join_or_none(const std::vector<std::string>& items);
+
 // A row that cannot run is still registered, and reports why (printed as "skip NAME: why").
 void register_skip(const std::string& name, const std::string& why);
+
+// Registers a timed row: manual time in milliseconds, `repetitions` repetitions (at least 1), only
+// the aggregates reported when there are several.
+void register_timed_row(const std::string& name, int repetitions,
+                        std::function<void(benchmark::State&)> body);
+
+// The backward's gradient form: compact (the floor's form) or dense.
+enum class GradForm { compact, dense };
+// The form a backward row times: the first of compact, dense that `choice` (the --dv / --dk flag:
+// auto, compact, dense) allows and `why_not(form)` accepts (returns ""). When none is accepted,
+// returns nullopt and `reasons` says why each was refused ("compact <what>: why; dense ...").
+std::optional<GradForm> pick_grad_form(const std::string& choice, const char* what,
+                                       const std::function<std::string(GradForm)>& why_not,
+                                       std::string* reasons);
 
 // Fills `elems` elements (fp32 or bf16) with seeded values uniform in [-1, 1) on all host
 // threads; touching every page here keeps page faults out of the timed runs.
@@ -165,6 +251,16 @@ bool time_rotating(benchmark::State& state, Backend backend, int64_t sets,
                    const std::function<void(int64_t)>& launch,
                    const std::function<void(int64_t)>& on_timed, double* seconds,
                    int64_t* iterations);
+
+// ---- main ----
+
+// Hands what is left of argv to Google Benchmark and runs the registered rows. Returns the exit
+// status: 2 for a flag Google Benchmark does not know, 1 when rows failed (`failures`, read after
+// the run; printed as "PROGRAM: N row(s) failed"), else 0.
+int run_registered(int* argc, char** argv, const char* program, const std::atomic<int>& failures);
+
+// Runs `run` and turns an exception into "PROGRAM: message" on stderr and exit status 2.
+int main_guarded(const char* program, int argc, char** argv, int (*run)(int, char**));
 
 // ---- flags ----
 
