@@ -19,7 +19,6 @@
 #include <numeric>
 #include <optional>
 #include <random>
-#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -27,15 +26,13 @@
 #include "bench/common/bench_common.h"
 #include "embbag/embbag.h"
 
-#if MEMLAYERS_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
-
 namespace {
 
 using namespace memlayers;
 using namespace memlayers::embbag;
 namespace mb = memlayers::bench;
+using mb::Buffer;
+using mb::GradForm;
 
 // ---- configuration ----
 
@@ -72,45 +69,6 @@ and the CUDA source on CPU threads): they run only when named, e.g. --backend cp
 Unsupported combinations are printed and reported as skipped rows with the reason.)";
 
 // ---- input generation ----
-
-uint64_t splitmix64(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// Uniform in [-1, 1).
-float unit_float(uint64_t r) { return float(int64_t(r >> 40) - (int64_t{1} << 23)) * 0x1p-23f; }
-
-uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-  return uint16_t(u >> 16);
-}
-
-// Fills the table with values in [-1, 1) on all cores; touching every page here keeps page faults
-// out of the timed runs.
-void fill_table(void* table, int64_t elems, DType dtype, uint64_t seed) {
-  const int threads = mb::host_threads();
-  std::vector<std::thread> pool;
-  const int64_t per = (elems + threads - 1) / threads;
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([=] {
-      uint64_t s = seed * 0x2545f4914f6cdd1dull + uint64_t(t) + 1;
-      const int64_t lo = std::min(elems, per * t), hi = std::min(elems, per * (t + 1));
-      if (dtype == DType::bf16) {
-        auto* p = static_cast<uint16_t*>(table);
-        for (int64_t i = lo; i < hi; ++i) p[i] = to_bf16(unit_float(splitmix64(s)));
-      } else {
-        auto* p = static_cast<float*>(table);
-        for (int64_t i = lo; i < hi; ++i) p[i] = unit_float(splitmix64(s));
-      }
-    });
-  }
-  for (auto& th : pool) th.join();
-}
 
 // One input set: indices (raw bytes of the index dtype), weights, dy and its distinct-row count.
 struct InputSet {
@@ -167,28 +125,6 @@ std::vector<InputSet> make_inputs(const Config& c) {
 
 // ---- buffers on a backend ----
 
-struct Buffer {
-  const Memory* mem = nullptr;
-  void* ptr = nullptr;
-  std::size_t bytes = 0;
-  Buffer() = default;
-  Buffer(const Memory& m, std::size_t n) : mem(&m), ptr(m.alloc(n)), bytes(n) {}
-  Buffer(Buffer&& o) noexcept : mem(o.mem), ptr(std::exchange(o.ptr, nullptr)), bytes(o.bytes) {}
-  Buffer& operator=(Buffer&& o) noexcept {
-    std::swap(mem, o.mem);
-    std::swap(ptr, o.ptr);
-    std::swap(bytes, o.bytes);
-    return *this;
-  }
-  ~Buffer() {
-    if (ptr) mem->release(ptr);
-  }
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(ptr);
-  }
-};
-
 // Everything one backend's variants read and write. Host backends (reference, cpu, simt) share one
 // workspace whose table is the host table itself.
 struct Workspace {
@@ -202,21 +138,16 @@ struct Workspace {
             const std::vector<InputSet>& sets)
       : mem(backend_info(b).memory) {
     if (b == Backend::cuda) {
-      table_copy = Buffer(*mem, table_bytes);
-      mem->to_device(table_copy.ptr, host_table, table_bytes);
-      table = table_copy.ptr;
+      table_copy = Buffer::upload(*mem, host_table, table_bytes);
+      table = table_copy.get();
     } else {
       table = host_table;
     }
-    auto upload = [&](const void* src, std::size_t n) {
-      Buffer buf(*mem, n);
-      mem->to_device(buf.ptr, src, n);
-      return buf;
-    };
     for (const auto& s : sets) {
-      indices.push_back(upload(s.indices.data(), s.indices.size()));
-      weights.push_back(upload(s.weights.data(), s.weights.size() * 4));
-      if (c.bwd()) grad_out.push_back(upload(s.grad_out.data(), s.grad_out.size() * 4));
+      indices.push_back(Buffer::upload(*mem, s.indices.data(), s.indices.size()));
+      weights.push_back(Buffer::upload(*mem, s.weights.data(), s.weights.size() * 4));
+      if (c.bwd())
+        grad_out.push_back(Buffer::upload(*mem, s.grad_out.data(), s.grad_out.size() * 4));
     }
     const std::size_t bk = std::size_t(c.batch * c.k);
     if (c.fwd()) out = Buffer(*mem, std::size_t(c.batch * c.dim) * dtype_size(c.values_dtype()));
@@ -230,7 +161,7 @@ struct Workspace {
   }
 
   float* dense(const Config& c) {
-    if (!grad_dense.ptr) grad_dense = Buffer(*mem, std::size_t(c.rows) * std::size_t(c.dim) * 4);
+    if (!grad_dense.get()) grad_dense = Buffer(*mem, std::size_t(c.rows) * std::size_t(c.dim) * 4);
     return grad_dense.as<float>();
   }
 };
@@ -238,9 +169,9 @@ struct Workspace {
 FwdParams fwd_params(const Config& c, const Workspace& w, int64_t set) {
   FwdParams p;
   p.values = w.table;
-  p.indices = w.indices[set].ptr;
+  p.indices = w.indices[set].get();
   p.weights = w.weights[set].as<const float>();
-  p.out = w.out.ptr;
+  p.out = w.out.get();
   p.batch = c.batch;
   p.k = c.k;
   p.dim = c.dim;
@@ -250,12 +181,10 @@ FwdParams fwd_params(const Config& c, const Workspace& w, int64_t set) {
   return p;
 }
 
-enum class DvForm { compact, dense };
-
-BwdParams bwd_params(const Config& c, Workspace& w, int64_t set, DvForm form) {
+BwdParams bwd_params(const Config& c, Workspace& w, int64_t set, GradForm form) {
   BwdParams p;
   p.values = w.table;
-  p.indices = w.indices[set].ptr;
+  p.indices = w.indices[set].get();
   p.weights = w.weights[set].as<const float>();
   p.grad_out = w.grad_out[set].as<const float>();
   p.batch = c.batch;
@@ -265,7 +194,7 @@ BwdParams bwd_params(const Config& c, Workspace& w, int64_t set, DvForm form) {
   p.values_dtype = c.values_dtype();
   p.index_dtype = c.index_dtype();
   p.grad_weights = w.grad_weights.as<float>();
-  if (form == DvForm::dense) {
+  if (form == GradForm::dense) {
     p.grad_values_dense = w.dense(c);
   } else {
     p.unique_rows = w.unique_rows.as<int64_t>();
@@ -280,49 +209,21 @@ BwdParams bwd_params(const Config& c, Workspace& w, int64_t set, DvForm form) {
 std::atomic<int> g_failures{0};
 int g_rows_registered = 0;
 
-// Times `launch(set)` once per iteration with the backend's events, rotating the input sets so no
-// cache carries one iteration's rows into the next. `bytes(set)` is the op's declared count.
+// Times `launch(set)` with mb::time_rotating and sets the row's counters. `bytes(set)` is the op's
+// declared count for that input set.
 template <class Launch, class Bytes>
 void timed_loop(benchmark::State& state, const Config& c, Backend b, mb::Ceiling& ceiling,
                 Launch launch, Bytes bytes, double flops_per_launch,
                 double extra_bytes_per_launch) {
-  const Timing& t = *backend_info(b).timing;
-  const Memory& mem = *backend_info(b).memory;
-  void* start = t.event_create();
-  void* end = t.event_create();
   double seconds = 0, total_bytes = 0;
   int64_t iter = 0;
-  bool ok = true;
-  try {
-    launch(0);  // warm-up
-    mem.synchronize();
-  } catch (const std::exception& e) {
-    state.SkipWithError(e.what());
+  if (!mb::time_rotating(
+          state, b, c.sets, launch, [&](int64_t set) { total_bytes += bytes(set); }, &seconds,
+          &iter)) {
     ++g_failures;
-    ok = false;
+    return;
   }
-  if (ok) {
-    for (auto _ : state) {
-      const int64_t set = iter++ % c.sets;
-      try {
-        t.event_record(start, nullptr);
-        launch(set);
-        t.event_record(end, nullptr);
-        const double s = t.elapsed_ms(start, end) / 1e3;
-        state.SetIterationTime(s);
-        seconds += s;
-        total_bytes += bytes(set);
-      } catch (const std::exception& e) {
-        state.SkipWithError(e.what());
-        ++g_failures;
-        ok = false;
-        break;
-      }
-    }
-  }
-  t.event_destroy(start);
-  t.event_destroy(end);
-  if (!ok || seconds <= 0) return;
+  if (seconds <= 0) return;
   mb::set_bandwidth_counters(state, total_bytes, seconds, ceiling.gbs(), c.peak_gbs);
   state.counters["GFLOP/s"] = flops_per_launch * double(iter) / seconds / 1e9;
   if (extra_bytes_per_launch > 0) {
@@ -336,95 +237,68 @@ std::string shape_name(const Config& c) {
   return fmt::format("{}_{}_d{}_k{}_b{}_{}", c.dtype, c.index, c.dim, c.k, c.batch, c.dist);
 }
 
-// Rows that cannot run are still registered, and report why.
-void register_skip(const std::string& name, std::string why) {
-  fmt::print("skip {}: {}\n", name, why);
-  benchmark::RegisterBenchmark(name.c_str(), [why](benchmark::State& state) {
-    state.SkipWithError(("unsupported: " + why).c_str());
-  });
-}
-
-template <class Op>
-std::vector<const Variant<typename Op::Params>*> selected_variants(const Config& c, Backend b) {
-  auto all = Registry<Op>::of(b);
-  if (c.variant.empty()) return all;
-  std::erase_if(all, [&](const auto* v) { return v->name != c.variant; });
-  return all;
-}
-
 void register_fwd(const Config& c, Backend b, Workspace& w, mb::Ceiling& ceiling) {
-  auto variants = selected_variants<Fwd>(c, b);
+  auto variants = mb::selected_variants<Fwd>(b, c.variant);
   if (variants.empty() && c.variant.empty())
     fmt::print("note: {} has no variant registered on backend {}\n", Fwd::name, to_string(b));
   for (const auto* v : variants) {
     const std::string name =
         fmt::format("{}/{}/{}/{}", Fwd::name, to_string(b), v->name, shape_name(c));
     const FwdParams p0 = fwd_params(c, w, 0);
-    if (std::string why = Fwd::validate(p0); !why.empty()) {
-      register_skip(name, why);
+    std::string why = Fwd::validate(p0);
+    if (why.empty()) why = v->supports(p0);
+    if (!why.empty()) {
+      mb::register_skip(name, why);
       continue;
     }
-    if (std::string why = v->supports(p0); !why.empty()) {
-      register_skip(name, why);
-      continue;
-    }
-    auto* bm = benchmark::RegisterBenchmark(
-        name.c_str(), [&c, &w, &ceiling, v, b](benchmark::State& state) {
-          const std::string range = std::string(Fwd::name) + "/" + v->name;
-          std::vector<FwdParams> params;
-          for (int64_t s = 0; s < c.sets; ++s) params.push_back(fwd_params(c, w, s));
-          // Validated and checked for support once, above; the timed region holds only the launch.
-          timed_loop(
-              state, c, b, ceiling,
-              [&](int64_t s) {
-                NvtxRange r(range);
-                v->launch(params[s], nullptr);
-              },
-              [&](int64_t s) { return Fwd::bytes_moved(params[s]); }, Fwd::flops(params[0]), 0);
-        });
-    bm->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(int(c.reps));
-    if (c.reps > 1) bm->ReportAggregatesOnly(true);
+    mb::register_timed_row(name, int(c.reps), [&c, &w, &ceiling, v, b](benchmark::State& state) {
+      const std::string range = std::string(Fwd::name) + "/" + v->name;
+      std::vector<FwdParams> params;
+      for (int64_t s = 0; s < c.sets; ++s) params.push_back(fwd_params(c, w, s));
+      // Validated and checked for support once, above; the timed region holds only the launch.
+      timed_loop(
+          state, c, b, ceiling,
+          [&](int64_t s) {
+            NvtxRange r(range);
+            v->launch(params[s], nullptr);
+          },
+          [&](int64_t s) { return Fwd::bytes_moved(params[s]); }, Fwd::flops(params[0]), 0);
+    });
     ++g_rows_registered;
   }
 }
 
 void register_bwd(const Config& c, Backend b, const std::vector<InputSet>& sets, Workspace& w,
                   mb::Ceiling& ceiling) {
-  auto variants = selected_variants<Bwd>(c, b);
+  auto variants = mb::selected_variants<Bwd>(b, c.variant);
   if (variants.empty() && c.variant.empty())
     fmt::print("note: {} has no variant registered on backend {}\n", Bwd::name, to_string(b));
   for (const auto* v : variants) {
     const std::string base =
         fmt::format("{}/{}/{}/{}", Bwd::name, to_string(b), v->name, shape_name(c));
     // The compact dV is the floor's form; a variant that only writes a dense dV is measured dense.
-    std::optional<DvForm> form;
     std::string reasons;
-    for (DvForm f : {DvForm::compact, DvForm::dense}) {
-      if (c.dv == "compact" && f != DvForm::compact) continue;
-      if (c.dv == "dense" && f != DvForm::dense) continue;
-      const BwdParams p = bwd_params(c, w, 0, f);
-      std::string why = Bwd::validate(p);
-      if (why.empty()) why = v->supports(p);
-      if (why.empty()) {
-        form = f;
-        break;
-      }
-      reasons += fmt::format("{}{} dV: {}", reasons.empty() ? "" : "; ",
-                             f == DvForm::compact ? "compact" : "dense", why);
-    }
-    const std::string name = base + (form == DvForm::dense ? "_dense" : "_compact");
+    const std::optional<GradForm> form = mb::pick_grad_form(
+        c.dv, "dV",
+        [&](GradForm f) {
+          const BwdParams p = bwd_params(c, w, 0, f);
+          std::string why = Bwd::validate(p);
+          return why.empty() ? v->supports(p) : why;
+        },
+        &reasons);
     if (!form) {
-      register_skip(base, reasons);
+      mb::register_skip(base, reasons);
       continue;
     }
+    const std::string name = base + (form == GradForm::dense ? "_dense" : "_compact");
     std::vector<int64_t> unique;
     for (const auto& s : sets) unique.push_back(s.unique_rows);
-    auto* bm = benchmark::RegisterBenchmark(
-        name.c_str(), [&c, &w, &ceiling, v, b, f = *form, unique](benchmark::State& state) {
+    mb::register_timed_row(
+        name, int(c.reps), [&c, &w, &ceiling, v, b, f = *form, unique](benchmark::State& state) {
           const std::string range = std::string(Bwd::name) + "/" + v->name;
           std::vector<BwdParams> params;
           for (int64_t s = 0; s < c.sets; ++s) params.push_back(bwd_params(c, w, s, f));
-          const double zeroing = f == DvForm::dense ? Bwd::dense_zeroing_bytes(params[0]) : 0;
+          const double zeroing = f == GradForm::dense ? Bwd::dense_zeroing_bytes(params[0]) : 0;
           timed_loop(
               state, c, b, ceiling,
               [&](int64_t s) {
@@ -437,49 +311,11 @@ void register_bwd(const Config& c, Backend b, const std::vector<InputSet>& sets,
           for (int64_t u : unique) mean_unique += double(u) / double(unique.size());
           state.counters["unique_rows"] = mean_unique;
         });
-    bm->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(int(c.reps));
-    if (c.reps > 1) bm->ReportAggregatesOnly(true);
     ++g_rows_registered;
   }
 }
 
 // ---- flags and main ----
-
-std::vector<Backend> parse_backends(const std::string& text) {
-  std::vector<Backend> out;
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    const std::size_t comma = text.find(',', start);
-    const std::string item = text.substr(start, comma == std::string::npos ? comma : comma - start);
-    if (item == "all") {
-      out.push_back(Backend::cpu);
-      out.push_back(Backend::cuda);
-    } else if (auto b = parse_backend(item)) {
-      out.push_back(*b);
-    } else {
-      fail(
-          "--backend {}: '{}' is not a backend; accepted are cpu, cuda, all, and the "
-          "correctness backends simt and reference, comma-separated",
-          text, item);
-    }
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  std::vector<Backend> unique;
-  for (Backend b : out)
-    if (std::find(unique.begin(), unique.end(), b) == unique.end()) unique.push_back(b);
-  return unique;
-}
-
-int64_t gpu_l2_bytes() {
-#if MEMLAYERS_HAVE_CUDA
-  int device = 0, l2 = 0;
-  if (cudaGetDevice(&device) == cudaSuccess &&
-      cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) == cudaSuccess)
-    return l2;
-#endif
-  return 0;
-}
 
 int run(int argc, char** argv) {
   Config c;
@@ -522,43 +358,23 @@ int run(int argc, char** argv) {
   if (!flags.parse(&argc, argv)) return 0;
   MEMLAYERS_CHECK(c.zipf_s > 0, "--zipf-s {}: must be > 0", c.zipf_s);
   MEMLAYERS_CHECK(c.peak_gbs > 0, "--peak-gbs {}: must be > 0", c.peak_gbs);
-  const std::vector<Backend> backends = parse_backends(c.backend);
-
-  // Backends that cannot run here are reported, not dropped silently.
-  std::vector<Backend> runnable;
-  for (Backend b : backends) {
-    if (std::string why = usable(b); !why.empty())
-      fmt::print("skip backend {}: {}\n", to_string(b), why);
-    else
-      runnable.push_back(b);
-  }
-  const bool any_host =
-      std::any_of(runnable.begin(), runnable.end(), [](Backend b) { return b != Backend::cuda; });
-  const bool has_cuda =
-      std::find(runnable.begin(), runnable.end(), Backend::cuda) != runnable.end();
+  const mb::Runnable runnable = mb::runnable_backends(mb::parse_backends(c.backend));
 
   if (!c.variant.empty()) {
     bool found = false;
     std::vector<std::string> known;
-    for (Backend b : runnable) {
-      for (const auto* v : Registry<Fwd>::of(b)) {
-        found |= v->name == c.variant;
-        known.push_back(fmt::format("{}/{}", to_string(b), v->name));
-      }
-      for (const auto* v : Registry<Bwd>::of(b)) {
-        found |= v->name == c.variant;
-        known.push_back(fmt::format("{}/{}", to_string(b), v->name));
-      }
+    for (Backend b : runnable.backends) {
+      found |= mb::list_variants<Fwd>(b, c.variant, "", &known);
+      found |= mb::list_variants<Bwd>(b, c.variant, "", &known);
     }
     MEMLAYERS_CHECK(found,
                     "--variant {}: not registered on the backends run ({}); registered "
                     "there: {}",
-                    c.variant, c.backend,
-                    known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", ")));
+                    c.variant, c.backend, mb::join_or_none(known));
   }
 
   const int64_t host_llc = mb::host_last_level_cache_bytes();
-  const int64_t l2 = has_cuda ? gpu_l2_bytes() : 0;
+  const int64_t l2 = runnable.has_cuda ? mb::gpu_l2_bytes() : 0;
   const int64_t s_v = int64_t(dtype_size(c.values_dtype()));
   std::string rows_why = "--rows";
   if (!flags.given("rows")) {
@@ -575,11 +391,7 @@ int run(int argc, char** argv) {
   fmt::print("bench_embbag configuration\n");
   fmt::print("  rows {} ({}), table {} ({})\n", c.rows, rows_why, mb::human_bytes(table_bytes),
              fmt::format("{:.1f} x cache", cache > 0 ? table_bytes / cache : 0.0));
-  fmt::print("  host last-level cache {}{}, physical memory {}, threads {}, load average {}\n",
-             mb::human_bytes(double(host_llc)),
-             l2 ? fmt::format(", GPU L2 {}", mb::human_bytes(double(l2))) : std::string(),
-             mb::human_bytes(double(mb::host_physical_memory_bytes())), mb::host_threads(),
-             mb::host_load_average());
+  mb::print_machine(host_llc, l2, mb::host_threads());
   fmt::print("  batch {}, k {}, dim {}, dtype {}, index {}, dist {}{}, direction {}, dV {}\n",
              c.batch, c.k, c.dim, c.dtype, c.index, c.dist,
              c.dist == "zipf" ? fmt::format(" (s {})", c.zipf_s) : std::string(), c.direction,
@@ -588,62 +400,47 @@ int run(int argc, char** argv) {
              c.seed, c.peak_gbs);
   if (cache > 0 && table_bytes < 8 * cache)
     fmt::print("  note: the table is smaller than 8 x cache: numbers measure cache, not memory\n");
-  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
-           {"embbag_rows", std::to_string(c.rows)},
-           {"embbag_table_bytes", fmt::format("{:.0f}", table_bytes)},
-           {"embbag_batch", std::to_string(c.batch)},
-           {"embbag_k", std::to_string(c.k)},
-           {"embbag_dim", std::to_string(c.dim)},
-           {"embbag_dtype", c.dtype},
-           {"embbag_index", c.index},
-           {"embbag_dist", c.dist == "zipf" ? fmt::format("zipf:{}", c.zipf_s) : c.dist},
-           {"host_llc_bytes", std::to_string(host_llc)},
-           {"gpu_l2_bytes", std::to_string(l2)},
-           {"threads", std::to_string(mb::host_threads())},
-           {"host_load_avg_1m", mb::host_load_average()},
-           {"peak_gbs", fmt::format("{}", c.peak_gbs)}})
-    benchmark::AddCustomContext(key, value);
+  mb::add_context({{"embbag_rows", std::to_string(c.rows)},
+                   {"embbag_table_bytes", fmt::format("{:.0f}", table_bytes)},
+                   {"embbag_batch", std::to_string(c.batch)},
+                   {"embbag_k", std::to_string(c.k)},
+                   {"embbag_dim", std::to_string(c.dim)},
+                   {"embbag_dtype", c.dtype},
+                   {"embbag_index", c.index},
+                   {"embbag_dist", c.dist == "zipf" ? fmt::format("zipf:{}", c.zipf_s) : c.dist}});
+  mb::add_machine_context(host_llc, l2, mb::host_threads(), c.peak_gbs);
 
   // ---- inputs ----
   std::unique_ptr<void, void (*)(void*)> host_table(host_memory().alloc(std::size_t(table_bytes)),
                                                     host_memory().release);
-  fill_table(host_table.get(), c.rows * c.dim, c.values_dtype(), uint64_t(c.seed));
+  mb::fill_uniform(host_table.get(), c.rows * c.dim, c.values_dtype(), uint64_t(c.seed));
   const std::vector<InputSet> sets = make_inputs(c);
 
   // Workspaces and ceilings must outlive RunSpecifiedBenchmarks: the rows hold references.
   std::vector<std::unique_ptr<mb::Ceiling>> ceilings;
   mb::Ceiling* host_ceiling = nullptr;
   mb::Ceiling* cuda_ceiling = nullptr;
-  if (any_host) {
-    const void* data = host_table.get();
-    ceilings.push_back(std::make_unique<mb::Ceiling>(
-        fmt::format("ceiling/host/stream_read_{}", mb::human_bytes(table_bytes)), table_bytes,
-        [data, table_bytes] {
-          return mb::host_stream_read_seconds(data, std::size_t(table_bytes), mb::host_threads());
-        }));
+  if (runnable.any_host) {
+    ceilings.push_back(mb::host_stream_ceiling(host_table.get(), table_bytes, mb::host_threads()));
     host_ceiling = ceilings.back().get();
     host_ceiling->register_row(int(c.reps));
   }
   std::unique_ptr<Workspace> host_space, cuda_space;
   Buffer copy_dst;
-  if (any_host)
+  if (runnable.any_host)
     host_space = std::make_unique<Workspace>(Backend::cpu, c, host_table.get(),
                                              std::size_t(table_bytes), sets);
-  if (has_cuda) {
+  if (runnable.has_cuda) {
     cuda_space = std::make_unique<Workspace>(Backend::cuda, c, host_table.get(),
                                              std::size_t(table_bytes), sets);
     // Half the table copied into a separate buffer: read + write bytes, still far above L2.
     const std::size_t half = std::size_t(table_bytes) / 2 / 256 * 256;
     copy_dst = Buffer(*cuda_space->mem, half);
-    const void* src = cuda_space->table;
-    void* dst = copy_dst.ptr;
-    ceilings.push_back(std::make_unique<mb::Ceiling>(
-        fmt::format("ceiling/cuda/d2d_copy_{}", mb::human_bytes(double(half))), 2.0 * double(half),
-        [src, dst, half] { return mb::device_copy_seconds(Backend::cuda, dst, src, half); }));
+    ceilings.push_back(mb::cuda_copy_ceiling(cuda_space->table, copy_dst.get(), half));
     cuda_ceiling = ceilings.back().get();
     cuda_ceiling->register_row(int(c.reps));
   }
-  for (Backend b : runnable) {
+  for (Backend b : runnable.backends) {
     Workspace& w = b == Backend::cuda ? *cuda_space : *host_space;
     mb::Ceiling& ceiling = b == Backend::cuda ? *cuda_ceiling : *host_ceiling;
     if (c.fwd()) register_fwd(c, b, w, ceiling);
@@ -654,25 +451,9 @@ int run(int argc, char** argv) {
                   "nothing to time: no variant of the selected direction runs on backends {} here "
                   "(see the skip lines above)",
                   c.backend);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  if (g_failures > 0) {
-    fmt::print(stderr, "bench_embbag: {} row(s) failed (see ERROR OCCURRED above)\n",
-               g_failures.load());
-    return 1;
-  }
-  return 0;
+  return mb::run_registered(&argc, argv, "bench_embbag", g_failures);
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "bench_embbag: {}\n", e.what());
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return mb::main_guarded("bench_embbag", argc, argv, run); }
