@@ -33,7 +33,6 @@
 
 #if MEMLAYERS_HAVE_CUDA
 #include <cublas_v2.h>
-#include <cuda_runtime_api.h>
 #endif
 
 // OpenBLAS's thread count, set when the BLAS is OpenBLAS (weak: absent from other BLASes).
@@ -45,6 +44,7 @@ using namespace memlayers;
 using namespace memlayers::pk_topk;
 namespace mb = memlayers::bench;
 using mb::Buffer;
+using mb::GradForm;
 
 // ---- configuration ----
 
@@ -140,8 +140,6 @@ HostInputs make_inputs(const Config& c) {
 
 // ---- buffers on a backend ----
 
-enum class DkForm { compact, dense };
-
 // Everything one backend's variants read and write. Host backends (reference, cpu, simt) share one.
 struct Workspace {
   const Memory* mem;
@@ -196,7 +194,7 @@ FwdParams fwd_params(const Config& c, const Workspace& w, int64_t set) {
   return p;
 }
 
-BwdParams bwd_params(const Config& c, const Workspace& w, int64_t set, DkForm form) {
+BwdParams bwd_params(const Config& c, const Workspace& w, int64_t set, GradForm form) {
   BwdParams p;
   p.queries = w.queries[set].get();
   p.keys1 = w.keys1.get();
@@ -214,7 +212,7 @@ BwdParams bwd_params(const Config& c, const Workspace& w, int64_t set, DkForm fo
   p.grad_queries = w.dq.as<float>();
   BwdParams::KeyGrad* grads[2] = {&p.grad_keys1, &p.grad_keys2};
   for (int g = 0; g < 2; ++g) {
-    if (form == DkForm::dense) {
+    if (form == GradForm::dense) {
       grads[g]->dense = w.dense[g].as<float>();
     } else {
       grads[g]->rows = w.rows[g].as<int64_t>();
@@ -228,10 +226,8 @@ BwdParams bwd_params(const Config& c, const Workspace& w, int64_t set, DkForm fo
 // The backward's indices: what a forward returns on each set's queries. The forward is the first
 // supporting variant (name order) of the fastest backend run here: cuda, then cpu, then the
 // reference. Returns "<backend>/<variant>".
-std::string produce_indices(const Config& c, const std::vector<Backend>& runnable,
+std::string produce_indices(const Config& c, bool has_cuda,
                             std::vector<std::pair<Backend, Workspace*>> spaces, HostInputs& in) {
-  const bool has_cuda =
-      std::find(runnable.begin(), runnable.end(), Backend::cuda) != runnable.end();
   for (Backend b : {Backend::cuda, Backend::cpu, Backend::reference}) {
     if (b == Backend::cuda && !has_cuda) continue;
     Workspace* w = nullptr;
@@ -350,16 +346,6 @@ class CudaGemm {
 };
 #endif
 
-int64_t gpu_l2_bytes() {
-#if MEMLAYERS_HAVE_CUDA
-  int device = 0, l2 = 0;
-  if (cudaGetDevice(&device) == cudaSuccess &&
-      cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) == cudaSuccess)
-    return l2;
-#endif
-  return 0;
-}
-
 // ---- timed rows ----
 
 std::atomic<int> g_failures{0};
@@ -391,15 +377,8 @@ void time_row(benchmark::State& state, const Config& c, Backend b, const Ceiling
   state.SetLabel(compute_s >= memory_s ? "floor: compute" : "floor: memory");
 }
 
-template <class Op>
-std::vector<const Variant<typename Op::Params>*> selected_variants(const Config& c, Backend b) {
-  auto all = Registry<Op>::of(b);
-  if (!c.variant.empty()) std::erase_if(all, [&](const auto* v) { return v->name != c.variant; });
-  return all;
-}
-
 void register_fwd(const Config& c, Backend b, Workspace& w, const Ceilings& ceil) {
-  auto variants = selected_variants<Fwd>(c, b);
+  auto variants = mb::selected_variants<Fwd>(b, c.variant);
   if (variants.empty() && c.variant.empty())
     fmt::print("note: {} has no variant registered on backend {}\n", Fwd::name, to_string(b));
   for (const auto* v : variants) {
@@ -412,69 +391,59 @@ void register_fwd(const Config& c, Backend b, Workspace& w, const Ceilings& ceil
       mb::register_skip(name, why);
       continue;
     }
-    auto* bm =
-        benchmark::RegisterBenchmark(name.c_str(), [&c, &w, &ceil, v, b](benchmark::State& state) {
-          const std::string range = std::string(Fwd::name) + "/" + v->name;
-          std::vector<FwdParams> params;
-          for (int64_t s = 0; s < c.sets; ++s) params.push_back(fwd_params(c, w, s));
-          // Validated and checked for support once, above; the timed region holds only the launch.
-          time_row(
-              state, c, b, ceil,
-              [&](int64_t s) {
-                NvtxRange r(range);
-                v->launch(params[s], nullptr);
-              },
-              Fwd::bytes_moved(params[0]), Fwd::flops(params[0]));
-        });
-    bm->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(int(c.reps));
-    if (c.reps > 1) bm->ReportAggregatesOnly(true);
+    mb::register_timed_row(name, int(c.reps), [&c, &w, &ceil, v, b](benchmark::State& state) {
+      const std::string range = std::string(Fwd::name) + "/" + v->name;
+      std::vector<FwdParams> params;
+      for (int64_t s = 0; s < c.sets; ++s) params.push_back(fwd_params(c, w, s));
+      // Validated and checked for support once, above; the timed region holds only the launch.
+      time_row(
+          state, c, b, ceil,
+          [&](int64_t s) {
+            NvtxRange r(range);
+            v->launch(params[s], nullptr);
+          },
+          Fwd::bytes_moved(params[0]), Fwd::flops(params[0]));
+    });
     ++g_rows_registered;
   }
 }
 
 void register_bwd(const Config& c, Backend b, Workspace& w, const Ceilings& ceil) {
-  auto variants = selected_variants<Bwd>(c, b);
+  auto variants = mb::selected_variants<Bwd>(b, c.variant);
   if (variants.empty() && c.variant.empty())
     fmt::print("note: {} has no variant registered on backend {}\n", Bwd::name, to_string(b));
   for (const auto* v : variants) {
     const std::string base =
         fmt::format("{}/{}/{}/{}", Bwd::name, to_string(b), v->name, shape_name(c));
     // The compact key gradient is the floor's form; a variant without it is measured dense.
-    std::optional<DkForm> form;
     std::string reasons;
-    for (DkForm f : {DkForm::compact, DkForm::dense}) {
-      if (c.dk == "compact" && f != DkForm::compact) continue;
-      if (c.dk == "dense" && f != DkForm::dense) continue;
-      const BwdParams p = bwd_params(c, w, 0, f);
-      std::string why = Bwd::validate(p);
-      if (why.empty()) why = v->supports(p);
-      if (why.empty()) {
-        form = f;
-        break;
-      }
-      reasons += fmt::format("{}{} dK: {}", reasons.empty() ? "" : "; ",
-                             f == DkForm::compact ? "compact" : "dense", why);
-    }
+    const std::optional<GradForm> form = mb::pick_grad_form(
+        c.dk, "dK",
+        [&](GradForm f) {
+          const BwdParams p = bwd_params(c, w, 0, f);
+          std::string why = Bwd::validate(p);
+          return why.empty() ? v->supports(p) : why;
+        },
+        &reasons);
     if (!form) {
       mb::register_skip(base, reasons);
       continue;
     }
-    const std::string name = base + (form == DkForm::dense ? "_dense" : "_compact");
-    auto* bm = benchmark::RegisterBenchmark(
-        name.c_str(), [&c, &w, &ceil, v, b, f = *form](benchmark::State& state) {
-          const std::string range = std::string(Bwd::name) + "/" + v->name;
-          std::vector<BwdParams> params;
-          for (int64_t s = 0; s < c.sets; ++s) params.push_back(bwd_params(c, w, s, f));
-          time_row(
-              state, c, b, ceil,
-              [&](int64_t s) {
-                NvtxRange r(range);
-                v->launch(params[s], nullptr);
-              },
-              Bwd::bytes_moved(params[0]), Bwd::flops(params[0]));
-        });
-    bm->UseManualTime()->Unit(benchmark::kMillisecond)->Repetitions(int(c.reps));
-    if (c.reps > 1) bm->ReportAggregatesOnly(true);
+    const std::string name = base + (form == GradForm::dense ? "_dense" : "_compact");
+    mb::register_timed_row(name, int(c.reps),
+                           [&c, &w, &ceil, v, b, f = *form](benchmark::State& state) {
+                             const std::string range = std::string(Bwd::name) + "/" + v->name;
+                             std::vector<BwdParams> params;
+                             for (int64_t s = 0; s < c.sets; ++s)
+                               params.push_back(bwd_params(c, w, s, f));
+                             time_row(
+                                 state, c, b, ceil,
+                                 [&](int64_t s) {
+                                   NvtxRange r(range);
+                                   v->launch(params[s], nullptr);
+                                 },
+                                 Bwd::bytes_moved(params[0]), Bwd::flops(params[0]));
+                           });
     ++g_rows_registered;
   }
 }
@@ -544,49 +513,29 @@ int run(int argc, char** argv) {
     probe.index_dtype = c.index_dtype();
     if (std::string why = validate(probe); !why.empty()) fail("{}", why);
   }
-  const std::vector<Backend> backends = mb::parse_backends(c.backend);
-
-  // Backends that cannot run here are reported, not dropped silently.
-  std::vector<Backend> runnable;
-  for (Backend b : backends) {
-    if (std::string why = usable(b); !why.empty())
-      fmt::print("skip backend {}: {}\n", to_string(b), why);
-    else
-      runnable.push_back(b);
-  }
-  const bool any_host =
-      std::any_of(runnable.begin(), runnable.end(), [](Backend b) { return b != Backend::cuda; });
-  const bool has_cuda =
-      std::find(runnable.begin(), runnable.end(), Backend::cuda) != runnable.end();
+  const mb::Runnable runnable = mb::runnable_backends(mb::parse_backends(c.backend));
 
   if (!c.variant.empty()) {
     bool found = false;
     std::vector<std::string> known;
-    for (Backend b : runnable) {
-      for (const auto* v : Registry<Fwd>::of(b)) {
-        found |= v->name == c.variant && c.fwd();
-        known.push_back(fmt::format("{}/{} (fwd)", to_string(b), v->name));
-      }
-      for (const auto* v : Registry<Bwd>::of(b)) {
-        found |= v->name == c.variant && c.bwd();
-        known.push_back(fmt::format("{}/{} (bwd)", to_string(b), v->name));
-      }
+    for (Backend b : runnable.backends) {
+      found |= mb::list_variants<Fwd>(b, c.variant, " (fwd)", &known) && c.fwd();
+      found |= mb::list_variants<Bwd>(b, c.variant, " (bwd)", &known) && c.bwd();
     }
     MEMLAYERS_CHECK(found,
                     "--variant {}: not registered for --direction {} on the backends run ({}); "
                     "registered there: {}",
-                    c.variant, c.direction, c.backend,
-                    known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", ")));
+                    c.variant, c.direction, c.backend, mb::join_or_none(known));
   }
 
   // Nothing is allocated or computed for a run that has nothing to time.
   bool any_fwd = false, any_bwd = false;
-  for (Backend b : runnable) {
-    any_fwd |= c.fwd() && !selected_variants<Fwd>(c, b).empty();
-    any_bwd |= c.bwd() && !selected_variants<Bwd>(c, b).empty();
+  for (Backend b : runnable.backends) {
+    any_fwd |= c.fwd() && !mb::selected_variants<Fwd>(b, c.variant).empty();
+    any_bwd |= c.bwd() && !mb::selected_variants<Bwd>(b, c.variant).empty();
   }
   if (!any_fwd && !any_bwd) {
-    for (Backend b : runnable)
+    for (Backend b : runnable.backends)
       for (const char* op : {Fwd::name, Bwd::name})
         fmt::print("note: {} has no variant registered on backend {}\n", op, to_string(b));
     fail(
@@ -596,7 +545,7 @@ int run(int argc, char** argv) {
   }
 
   const int64_t host_llc = mb::host_last_level_cache_bytes();
-  const int64_t l2 = has_cuda ? gpu_l2_bytes() : 0;
+  const int64_t l2 = runnable.has_cuda ? mb::gpu_l2_bytes() : 0;
   std::string ceiling_why = "--ceiling-bytes";
   if (!flags.given("ceiling-bytes")) {
     const mb::TableSizing t = mb::size_table(4096, std::max(host_llc, l2));
@@ -613,11 +562,7 @@ int run(int argc, char** argv) {
              c.qk_norm ? ", qk-norm" : "");
   fmt::print("  direction {}, dK {}, input sets {}, repetitions {}, seed {}\n", c.direction, c.dk,
              c.sets, c.reps, c.seed);
-  fmt::print("  host last-level cache {}{}, physical memory {}, threads {}, load average {}\n",
-             mb::human_bytes(double(host_llc)),
-             l2 ? fmt::format(", GPU L2 {}", mb::human_bytes(double(l2))) : std::string(),
-             mb::human_bytes(double(mb::host_physical_memory_bytes())), threads,
-             mb::host_load_average());
+  mb::print_machine(host_llc, l2, threads);
   fmt::print(
       "  bandwidth ceiling over {} ({}); compute ceiling {}; nominal peaks {} GB/s, {} "
       "TFLOP/s\n",
@@ -638,32 +583,26 @@ int run(int argc, char** argv) {
     benchmark::AddCustomContext("pk_topk_score_matrix_bytes",
                                 fmt::format("{:.0f}", Fwd::score_matrix_bytes(p)));
   }
-  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
-           {"pk_topk_batch", std::to_string(c.batch)},
-           {"pk_topk_heads", std::to_string(c.heads)},
-           {"pk_topk_n_keys", std::to_string(c.n_keys)},
-           {"pk_topk_k_dim", std::to_string(c.k_dim)},
-           {"pk_topk_k", std::to_string(c.k)},
-           {"pk_topk_dtype", c.dtype},
-           {"pk_topk_index", c.index},
-           {"pk_topk_qk_norm", c.qk_norm ? "true" : "false"},
-           {"host_llc_bytes", std::to_string(host_llc)},
-           {"gpu_l2_bytes", std::to_string(l2)},
-           {"threads", std::to_string(threads)},
-           {"host_load_avg_1m", mb::host_load_average()},
-           {"peak_gbs", fmt::format("{}", c.peak_gbs)},
-           {"peak_tflops", fmt::format("{}", c.peak_tflops)}})
-    benchmark::AddCustomContext(key, value);
+  mb::add_context({{"pk_topk_batch", std::to_string(c.batch)},
+                   {"pk_topk_heads", std::to_string(c.heads)},
+                   {"pk_topk_n_keys", std::to_string(c.n_keys)},
+                   {"pk_topk_k_dim", std::to_string(c.k_dim)},
+                   {"pk_topk_k", std::to_string(c.k)},
+                   {"pk_topk_dtype", c.dtype},
+                   {"pk_topk_index", c.index},
+                   {"pk_topk_qk_norm", c.qk_norm ? "true" : "false"},
+                   {"peak_tflops", fmt::format("{}", c.peak_tflops)}});
+  mb::add_machine_context(host_llc, l2, threads, c.peak_gbs);
 
   // ---- inputs, workspaces, ceilings: all must outlive RunSpecifiedBenchmarks ----
   HostInputs in = make_inputs(c);
   std::unique_ptr<Workspace> host_space, cuda_space;
   std::vector<std::pair<Backend, Workspace*>> spaces;
-  if (any_host) {
+  if (runnable.any_host) {
     host_space = std::make_unique<Workspace>(Backend::cpu, c, in);
     spaces.emplace_back(Backend::cpu, host_space.get());
   }
-  if (has_cuda) {
+  if (runnable.has_cuda) {
     cuda_space = std::make_unique<Workspace>(Backend::cuda, c, in);
     spaces.emplace_back(Backend::cuda, cuda_space.get());
   }
@@ -673,7 +612,7 @@ int run(int argc, char** argv) {
       host_space = std::make_unique<Workspace>(Backend::cpu, c, in);
       spaces.emplace_back(Backend::cpu, host_space.get());
     }
-    const std::string from = produce_indices(c, runnable, spaces, in);
+    const std::string from = produce_indices(c, runnable.has_cuda, spaces, in);
     fmt::print("  backward indices from a forward by {}\n", from);
     benchmark::AddCustomContext("pk_topk_bwd_indices_from", from);
   }
@@ -682,29 +621,23 @@ int run(int argc, char** argv) {
   std::unique_ptr<void, void (*)(void*)> stream_buf(nullptr, host_memory().release);
   std::unique_ptr<HostGemm> host_gemm;
   Ceilings host_ceil, cuda_ceil;
-  if (any_host) {
+  if (runnable.any_host) {
     stream_buf.reset(host_memory().alloc(std::size_t(c.ceiling_bytes)));
     mb::fill_uniform(stream_buf.get(), c.ceiling_bytes / 4, DType::f32, 11);
-    const void* data = stream_buf.get();
-    const double bytes = double(c.ceiling_bytes);
     host_gemm = std::make_unique<HostGemm>(gemm);
     HostGemm* hg = host_gemm.get();
     ceilings.push_back(std::make_unique<mb::Ceiling>(
         "ceiling/host/" + gemm.name(), gemm.flops(), [hg] { return hg->pass(); },
         mb::CeilingKind::compute));
     host_ceil.compute = ceilings.back().get();
-    ceilings.push_back(std::make_unique<mb::Ceiling>(
-        fmt::format("ceiling/host/stream_read_{}", mb::human_bytes(bytes)), bytes,
-        [data, bytes, threads] {
-          return mb::host_stream_read_seconds(data, std::size_t(bytes), threads);
-        }));
+    ceilings.push_back(mb::host_stream_ceiling(stream_buf.get(), double(c.ceiling_bytes), threads));
     host_ceil.bandwidth = ceilings.back().get();
   }
   Buffer copy_src, copy_dst;
 #if MEMLAYERS_HAVE_CUDA
   std::unique_ptr<CudaGemm> cuda_gemm;
 #endif
-  if (has_cuda) {
+  if (runnable.has_cuda) {
 #if MEMLAYERS_HAVE_CUDA
     cuda_gemm = std::make_unique<CudaGemm>(gemm, c.data_dtype());
     CudaGemm* cg = cuda_gemm.get();
@@ -720,17 +653,13 @@ int run(int argc, char** argv) {
     copy_src = Buffer(mem, half);
     copy_dst = Buffer(mem, half);
     mem.fill_bytes(copy_src.get(), 0x3c, half);
-    const void* src = copy_src.get();
-    void* dst = copy_dst.get();
-    ceilings.push_back(std::make_unique<mb::Ceiling>(
-        fmt::format("ceiling/cuda/d2d_copy_{}", mb::human_bytes(double(half))), 2.0 * double(half),
-        [src, dst, half] { return mb::device_copy_seconds(Backend::cuda, dst, src, half); }));
+    ceilings.push_back(mb::cuda_copy_ceiling(copy_src.get(), copy_dst.get(), half));
     cuda_ceil.bandwidth = ceilings.back().get();
     MEMLAYERS_CHECK(cuda_ceil.compute, "backend cuda runs but this binary has no cuBLAS ceiling");
   }
   for (auto& ceiling : ceilings) ceiling->register_row(int(c.reps));
 
-  for (Backend b : runnable) {
+  for (Backend b : runnable.backends) {
     Workspace& w = b == Backend::cuda ? *cuda_space : *host_space;
     const Ceilings& ceil = b == Backend::cuda ? cuda_ceil : host_ceil;
     if (c.fwd()) register_fwd(c, b, w, ceil);
@@ -742,25 +671,9 @@ int run(int argc, char** argv) {
                   "(see the notes and skip lines above; --backend reference,cpu adds the "
                   "reference)",
                   c.backend);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  if (g_failures > 0) {
-    fmt::print(stderr, "bench_pk_topk: {} row(s) failed (see ERROR OCCURRED above)\n",
-               g_failures.load());
-    return 1;
-  }
-  return 0;
+  return mb::run_registered(&argc, argv, "bench_pk_topk", g_failures);
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "bench_pk_topk: {}\n", e.what());
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return mb::main_guarded("bench_pk_topk", argc, argv, run); }
