@@ -33,6 +33,7 @@
 #include "npy/convert.h"
 #include "npy/npy.h"
 #include "pk_topk/pk_topk.h"
+#include "run_helpers.h"
 #include "subcommand.h"
 
 namespace memlayers::cli {
@@ -49,99 +50,7 @@ struct Options {
   std::string grad_scores, grad_queries, grad_keys1, grad_keys2;
 };
 
-// ---- buffers on the backend ----
-
-// A buffer in the backend's memory, released however the run ends.
-class Buffer {
- public:
-  Buffer(const Memory& m, std::size_t bytes)
-      : m_(&m), bytes_(bytes), p_(m.alloc(std::max<std::size_t>(bytes, 1))) {}
-  ~Buffer() { m_->release(p_); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-
-  void* get() const { return p_; }
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(p_);
-  }
-  void upload(const void* src) const { m_->to_device(p_, src, bytes_); }
-  template <class T>
-  std::vector<T> download() const {
-    std::vector<T> host(bytes_ / sizeof(T));
-    m_->synchronize();
-    m_->to_host(host.data(), p_, bytes_);
-    return host;
-  }
-
- private:
-  const Memory* m_;
-  std::size_t bytes_;
-  void* p_;
-};
-
-std::unique_ptr<Buffer> upload(const Memory& m, const void* src, std::size_t bytes) {
-  auto b = std::make_unique<Buffer>(m, bytes);
-  b->upload(src);
-  return b;
-}
-
 // ---- inputs ----
-
-std::string label(const std::string& flag, const std::string& path) {
-  return fmt::format("{} ('{}')", flag, path);  // as npy::read names a file
-}
-
-// Shape agreement across files, with what the other file fixed: npy::check only knows one file.
-void require_shape(const npy::Array& a, const std::string& flag, const std::string& path,
-                   const std::vector<std::int64_t>& want, const std::string& why) {
-  if (a.shape == want) return;
-  fail("{}: shape {} does not match the expected ({}): {}", label(flag, path), a.shape_string(),
-       fmt::join(want, ", "), why);
-}
-
-// The named variant, or the backend's first registered one (in name order) that supports `p`.
-template <class Op>
-const Variant<typename Op::Params>& choose(Backend backend, const std::string& name,
-                                           const typename Op::Params& p) {
-  if (!name.empty()) return Registry<Op>::find(backend, name);
-  std::string reasons;
-  for (const auto* v : Registry<Op>::of(backend)) {
-    const std::string why = v->supports(p);
-    if (why.empty()) return *v;
-    reasons += fmt::format("; {}: {}", v->name, why);
-  }
-  fail("{}: no variant on backend {} supports this input{}", Op::name, to_string(backend),
-       reasons.empty() ? std::string(" (none is registered there)") : reasons);
-}
-
-// Runs the variant once between two events of the backend's clock; milliseconds.
-template <class Op>
-double timed_run(Backend backend, const Variant<typename Op::Params>& v,
-                 const typename Op::Params& p) {
-  const Timing* t = backend_info(backend).timing;
-  if (!t) {
-    Registry<Op>::run(v, p);
-    return -1;
-  }
-  void* start = t->event_create();
-  void* end = t->event_create();
-  try {
-    t->event_record(start, nullptr);
-    Registry<Op>::run(v, p);
-    t->event_record(end, nullptr);
-    const double ms = t->elapsed_ms(start, end);
-    t->event_destroy(start);
-    t->event_destroy(end);
-    return ms;
-  } catch (...) {
-    t->event_destroy(start);
-    t->event_destroy(end);
-    throw;
-  }
-}
-
-std::string ms_text(double ms) { return ms < 0 ? "untimed" : fmt::format("{:.3f} ms", ms); }
 
 // q, K1 and K2 as the op stores them: the file's float32, or its bf16 rounding.
 std::unique_ptr<Buffer> upload_data(const Memory& mem, const npy::Array& a, DType dtype) {
@@ -175,6 +84,16 @@ void run(const Options& o) {
       npy::read(o.keys2, {.name = "--keys2", .dtypes = {DType::f32}, .rank = 3, .shape = {}});
   require_shape(K2, "--keys2", o.keys2, {heads, n_keys, k_dim / 2},
                 fmt::format("as --keys1 {}", K1.shape_string()));
+  // The sizes and types that FwdParams and BwdParams share; `index_dtype` is the indices' own.
+  const auto set_shape = [&](auto& p, DType index_dtype) {
+    p.batch = batch;
+    p.heads = heads;
+    p.n_keys = n_keys;
+    p.k_dim = k_dim;
+    p.k = o.k;
+    p.dtype = dtype;
+    p.index_dtype = index_dtype;
+  };
   {
     // The op's shape rules (k against n_keys, sizes, int32 indices) before anything is sized by
     // them; stand-in pointers pass the pointer checks, which the real run repeats.
@@ -182,13 +101,7 @@ void run(const Options& o) {
     pk_topk::FwdParams probe;
     probe.queries = probe.keys1 = probe.keys2 = probe.indices = stand_in;
     probe.scores = reinterpret_cast<float*>(stand_in);
-    probe.batch = batch;
-    probe.heads = heads;
-    probe.n_keys = n_keys;
-    probe.k_dim = k_dim;
-    probe.k = o.k;
-    probe.dtype = dtype;
-    probe.index_dtype = out_index;
+    set_shape(probe, out_index);
     if (std::string why = pk_topk::validate(probe); !why.empty())
       fail("{}: {}", pk_topk::Fwd::name, why);
   }
@@ -262,13 +175,7 @@ void run(const Options& o) {
     p.keys2 = d_k2->get();
     p.scores = d_s.as<float>();
     p.indices = d_idx->get();
-    p.batch = batch;
-    p.heads = heads;
-    p.n_keys = n_keys;
-    p.k_dim = k_dim;
-    p.k = o.k;
-    p.dtype = dtype;
-    p.index_dtype = out_index;
+    set_shape(p, out_index);
     p.qk_norm = o.qk_norm;
     if (std::string why = pk_topk::validate(p); !why.empty())
       fail("{}: {}", pk_topk::Fwd::name, why);
@@ -310,13 +217,7 @@ void run(const Options& o) {
     p.keys2 = d_k2->get();
     p.indices = d_idx->get();
     p.grad_scores = d_ds->as<float>();
-    p.batch = batch;
-    p.heads = heads;
-    p.n_keys = n_keys;
-    p.k_dim = k_dim;
-    p.k = o.k;
-    p.dtype = dtype;
-    p.index_dtype = idx_dtype;
+    set_shape(p, idx_dtype);
     p.qk_norm = o.qk_norm;
     p.grad_queries = d_dq ? d_dq->as<float>() : nullptr;
     p.grad_keys1.dense = d_dk1 ? d_dk1->as<float>() : nullptr;
