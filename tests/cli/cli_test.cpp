@@ -13,6 +13,7 @@
 #include <hwy/targets.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_helpers.h"
 #include "common/backend.h"
 #include "common/registry.h"
 #include "npy/npy.h"
@@ -20,36 +21,11 @@
 namespace {
 
 namespace fs = std::filesystem;
+using memlayers::cli_test::Result;
+using memlayers::cli_test::run;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
-
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// Runs `memlayers <args>` through the shell, stdout and stderr captured apart.
-Result run(const std::string& args) {
-  const fs::path dir = fs::temp_directory_path();
-  const std::string tag = std::to_string(::getpid());
-  const fs::path out = dir / ("memlayers_cli_out_" + tag), err = dir / ("memlayers_cli_err_" + tag);
-  const std::string cmd = std::string("'") + MEMLAYERS_CLI_BINARY + "' " + args + " >'" +
-                          out.string() + "' 2>'" + err.string() + "' </dev/null";
-  const int status = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = slurp(out);
-  r.err = slurp(err);
-  fs::remove(out);
-  fs::remove(err);
-  return r;
-}
 
 TEST(CliBinary, Help) {
   const Result r = run("--help");

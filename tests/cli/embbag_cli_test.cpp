@@ -21,6 +21,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "cli_helpers.h"
 #include "common/backend.h"
 #include "common/bf16.h"
 #include "common/registry.h"
@@ -34,43 +35,18 @@ namespace fs = std::filesystem;
 using memlayers::Backend;
 using memlayers::DType;
 using memlayers::Registry;
+using memlayers::cli_test::expect_close;
+using memlayers::cli_test::quoted;
+using memlayers::cli_test::read_floats;
+using memlayers::cli_test::relative_error;
+using memlayers::cli_test::Result;
+using memlayers::cli_test::run;
+using memlayers::cli_test::slurp;
 using memlayers::embbag::Bwd;
 using memlayers::embbag::Fwd;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
-
-// ---- running the binary ----
-
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
-
-// Runs `memlayers <args>` through the shell, stdout and stderr captured apart.
-Result run(const std::string& args) {
-  const fs::path dir = fs::temp_directory_path();
-  const std::string tag = std::to_string(::getpid());
-  const fs::path out = dir / ("memlayers_embbag_out_" + tag),
-                 err = dir / ("memlayers_embbag_err_" + tag);
-  const std::string cmd = std::string("'") + MEMLAYERS_CLI_BINARY + "' " + args + " >" +
-                          quoted(out) + " 2>" + quoted(err) + " </dev/null";
-  const int status = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = slurp(out);
-  r.err = slurp(err);
-  fs::remove(out);
-  fs::remove(err);
-  return r;
-}
 
 // ---- problems and their reference results ----
 
@@ -162,53 +138,6 @@ Grads reference_bwd(const Problem& pr, DType values_dtype) {
   return g;
 }
 
-// ‖got − want‖ / ‖want‖ after checking sizes, NaN and that neither side is all zeros.
-double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  if (got.size() != want.size()) return INFINITY;
-  double diff = 0, ref = 0, norm = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    if (std::isnan(got[i]) || std::isnan(want[i])) return INFINITY;
-    diff += (double{got[i]} - want[i]) * (double{got[i]} - want[i]);
-    ref += double{want[i]} * want[i];
-    norm += double{got[i]} * got[i];
-  }
-  EXPECT_GT(ref, 0) << "the reference is all zeros: the check would prove nothing";
-  EXPECT_GT(norm, 0) << "the output is all zeros";
-  return std::sqrt(diff / ref);
-}
-
-// Relative norm, then elementwise |got − want| <= tol·(max|want| + |want|); on failure the count
-// of mismatches, the largest error and the first five indices.
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol,
-                  const std::string& what) {
-  const double rel = relative_error(got, want);
-  EXPECT_LE(rel, tol) << what << ": relative norm error";
-  if (got.size() != want.size()) return;
-  double scale = 0;
-  for (float x : want) scale = std::max(scale, double{std::fabs(x)});
-  std::int64_t bad = 0;
-  double worst = 0;
-  std::ostringstream first;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double{got[i]} - want[i]);
-    worst = std::max(worst, err);
-    if (!(err <= tol * (scale + std::fabs(want[i])))) {
-      if (bad < 5) first << " [" << i << "] got " << got[i] << " want " << want[i] << ";";
-      ++bad;
-    }
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements off, max error "
-                    << worst << ", first:" << first.str();
-}
-
-std::vector<float> read_floats(const fs::path& p, std::vector<std::int64_t> shape) {
-  const memlayers::npy::Array a = memlayers::npy::read(p);
-  EXPECT_EQ(a.dtype, DType::f32) << p;
-  EXPECT_EQ(a.shape, shape) << p;
-  return a.to_vector<float>();
-}
-
 // A float64 .npy file, which no subcommand accepts: written by hand since npy::write refuses it.
 void write_f64(const fs::path& p, std::int64_t rows, std::int64_t cols) {
   std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (" +
@@ -229,19 +158,9 @@ void write_f64(const fs::path& p, std::int64_t rows, std::int64_t cols) {
 
 // ---- the fixture: a temp dir holding one problem's files ----
 
-class EmbbagCli : public ::testing::Test {
+class EmbbagCli : public memlayers::cli_test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("memlayers_embbag_cli_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  fs::path file(const std::string& name) const { return dir_ / name; }
-  std::string arg(const std::string& name) const { return quoted(file(name)); }
+  EmbbagCli() : TempDirTest("memlayers_embbag_cli_") {}
 
   void write(const Problem& p) {
     namespace npy = memlayers::npy;
@@ -275,8 +194,6 @@ class EmbbagCli : public ::testing::Test {
     EXPECT_FALSE(fs::exists(file("y.npy"))) << "a failed run wrote its output";
     return r;
   }
-
-  fs::path dir_;
 };
 
 struct Target {

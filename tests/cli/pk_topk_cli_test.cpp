@@ -25,6 +25,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "cli_helpers.h"
 #include "common/backend.h"
 #include "common/bf16.h"
 #include "common/registry.h"
@@ -39,42 +40,15 @@ namespace npy = memlayers::npy;
 using memlayers::Backend;
 using memlayers::DType;
 using memlayers::Registry;
+using memlayers::cli_test::expect_close;
+using memlayers::cli_test::read_floats;
+using memlayers::cli_test::relative_error;
+using memlayers::cli_test::Result;
+using memlayers::cli_test::run;
 using memlayers::pk_topk::Bwd;
 using memlayers::pk_topk::Fwd;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-
-// ---- running the binary ----
-
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
-
-// Runs `memlayers <args>` through the shell, stdout and stderr captured apart.
-Result run(const std::string& args) {
-  const fs::path dir = fs::temp_directory_path();
-  const std::string tag = std::to_string(::getpid());
-  const fs::path out = dir / ("memlayers_pk_topk_out_" + tag),
-                 err = dir / ("memlayers_pk_topk_err_" + tag);
-  const std::string cmd = std::string("'") + MEMLAYERS_CLI_BINARY + "' " + args + " >" +
-                          quoted(out) + " 2>" + quoted(err) + " </dev/null";
-  const int status = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = slurp(out);
-  r.err = slurp(err);
-  fs::remove(out);
-  fs::remove(err);
-  return r;
-}
 
 // ---- problems and their reference results ----
 
@@ -118,9 +92,10 @@ struct Inputs {
   explicit Inputs(const Problem& p) : q(stored(p.q)), k1(stored(p.k1)), k2(stored(p.k2)) {}
 };
 
-memlayers::pk_topk::FwdParams fwd_params(const Problem& pr, const Inputs& in, DType dtype,
-                                         bool qk_norm) {
-  memlayers::pk_topk::FwdParams p;
+// The inputs, sizes and types that FwdParams and BwdParams share (indices int64).
+template <class Params>
+Params shared_params(const Problem& pr, const Inputs& in, DType dtype, bool qk_norm) {
+  Params p;
   p.queries = in.q.get(dtype);
   p.keys1 = in.k1.get(dtype);
   p.keys2 = in.k2.get(dtype);
@@ -133,6 +108,11 @@ memlayers::pk_topk::FwdParams fwd_params(const Problem& pr, const Inputs& in, DT
   p.index_dtype = DType::i64;
   p.qk_norm = qk_norm;
   return p;
+}
+
+memlayers::pk_topk::FwdParams fwd_params(const Problem& pr, const Inputs& in, DType dtype,
+                                         bool qk_norm) {
+  return shared_params<memlayers::pk_topk::FwdParams>(pr, in, dtype, qk_norm);
 }
 
 struct FwdResult {
@@ -161,65 +141,14 @@ Grads reference_bwd(const Problem& pr, DType dtype, bool qk_norm,
   const std::int64_t keys = pr.heads * pr.n_keys * (pr.k_dim / 2);
   Grads g{std::vector<float>(std::size_t(pr.batch * pr.heads * pr.k_dim)),
           std::vector<float>(std::size_t(keys)), std::vector<float>(std::size_t(keys))};
-  memlayers::pk_topk::BwdParams p;
-  p.queries = in.q.get(dtype);
-  p.keys1 = in.k1.get(dtype);
-  p.keys2 = in.k2.get(dtype);
+  auto p = shared_params<memlayers::pk_topk::BwdParams>(pr, in, dtype, qk_norm);
   p.indices = indices.data();
   p.grad_scores = pr.ds.data();
-  p.batch = pr.batch;
-  p.heads = pr.heads;
-  p.n_keys = pr.n_keys;
-  p.k_dim = pr.k_dim;
-  p.k = pr.k;
-  p.dtype = dtype;
-  p.index_dtype = DType::i64;
-  p.qk_norm = qk_norm;
   p.grad_queries = g.dq.data();
   p.grad_keys1.dense = g.dk1.data();
   p.grad_keys2.dense = g.dk2.data();
   memlayers::reference::pk_topk_bwd(p);
   return g;
-}
-
-// ‖got − want‖ / ‖want‖ after checking sizes, NaN and that neither side is all zeros.
-double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  if (got.size() != want.size()) return INFINITY;
-  double diff = 0, ref = 0, norm = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    if (std::isnan(got[i]) || std::isnan(want[i])) return INFINITY;
-    diff += (double{got[i]} - want[i]) * (double{got[i]} - want[i]);
-    ref += double{want[i]} * want[i];
-    norm += double{got[i]} * got[i];
-  }
-  EXPECT_GT(ref, 0) << "the reference is all zeros: the check would prove nothing";
-  EXPECT_GT(norm, 0) << "the output is all zeros";
-  return std::sqrt(diff / ref);
-}
-
-// Relative norm, then elementwise |got − want| <= tol·(max|want| + |want|); on failure the count
-// of mismatches, the largest error and the first five indices.
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol,
-                  const std::string& what) {
-  const double rel = relative_error(got, want);
-  EXPECT_LE(rel, tol) << what << ": relative norm error";
-  if (got.size() != want.size()) return;
-  double scale = 0;
-  for (float x : want) scale = std::max(scale, double{std::fabs(x)});
-  std::int64_t bad = 0;
-  double worst = 0;
-  std::ostringstream first;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double{got[i]} - want[i]);
-    worst = std::max(worst, err);
-    if (!(err <= tol * (scale + std::fabs(want[i])))) {
-      if (bad < 5) first << " [" << i << "] got " << got[i] << " want " << want[i] << ";";
-      ++bad;
-    }
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements off, max error "
-                    << worst << ", first:" << first.str();
 }
 
 // The top-k exactness rule (DESIGN.md §4): scores close to the reference's; every returned index
@@ -256,13 +185,6 @@ void expect_topk(const Problem& pr, DType dtype, bool qk_norm, const std::vector
                     << " returned indices are not among the k best:" << first.str();
 }
 
-std::vector<float> read_floats(const fs::path& p, std::vector<std::int64_t> shape) {
-  const npy::Array a = npy::read(p);
-  EXPECT_EQ(a.dtype, DType::f32) << p;
-  EXPECT_EQ(a.shape, shape) << p;
-  return a.to_vector<float>();
-}
-
 std::vector<std::int64_t> read_indices(const fs::path& p, DType want,
                                        std::vector<std::int64_t> shape) {
   const npy::Array a = npy::read(p);
@@ -294,19 +216,9 @@ std::string flags(const Target& t) { return " --backend " + t.backend + " --vari
 
 // ---- the fixture: a temp dir holding one problem's files ----
 
-class PkTopkCli : public ::testing::Test {
+class PkTopkCli : public memlayers::cli_test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("memlayers_pk_topk_cli_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  fs::path file(const std::string& name) const { return dir_ / name; }
-  std::string arg(const std::string& name) const { return quoted(file(name)); }
+  PkTopkCli() : TempDirTest("memlayers_pk_topk_cli_") {}
 
   void write(const Problem& p) {
     npy::write(file("q.npy"), npy::Array::from<float>({p.batch, p.heads, p.k_dim}, p.q));
@@ -351,8 +263,6 @@ class PkTopkCli : public ::testing::Test {
       EXPECT_FALSE(fs::exists(file(o))) << "a failed run wrote " << o;
     return r;
   }
-
-  fs::path dir_;
 };
 
 // ---- forward ----
