@@ -12,15 +12,14 @@ bench_embbag's. The JSON follows Google Benchmark's layout ("context", "benchmar
 aggregate_name "median", as bench_embbag writes with --reps > 1.
 """
 import argparse
-import datetime
-import json
 import math
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import time
+
+from peer_common import (SKIP, add_run_args, aggregate_row, human_bytes, import_torch,
+                         measure, timer, torch_line, write_json)
 
 ONE_GIB = 1 << 30
 
@@ -77,22 +76,6 @@ def size_table(row_bytes, cache_bytes):
     if cap > 0 and target > cap:
         target, why = cap, why + f", capped at a quarter of physical memory ({human_bytes(cap)})"
     return max(1, math.ceil(target / row_bytes)), why
-
-
-def load_average():
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return ""
-
-
-def human_bytes(b):
-    units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    u = 0
-    while b >= 1024 and u < 4:
-        b /= 1024
-        u += 1
-    return f"{b:.0f} B" if u == 0 else f"{b:.2f} {units[u]}"
 
 
 # ---- the op's declared bytes and flops (source of truth: kernels/embbag/embbag.h) ----
@@ -155,63 +138,14 @@ def make_sets(torch, a, device, value_dtype, index_dtype):
     return sets
 
 
-# ---- timing ----
-
-def timer(torch, device):
-    """Returns time_call(fn) -> seconds: CUDA events on the GPU, perf_counter on the host."""
-    if device == "cuda":
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-
-        def time_call(fn):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-    else:
-        def time_call(fn):
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-    return time_call
-
-
-def measure(time_call, calls, reps, warmup=2):
-    """Seconds of each of `reps` calls after warm-up, rotating through `calls` (one per set)."""
-    for i in range(warmup):
-        calls[i % len(calls)]()
-    times = [time_call(calls[i % len(calls)]) for i in range(reps)]
-    return times
-
+# ---- the record ----
 
 def row(name, times, bytes_per_call, flops_per_call, peak_gbs, reps, extra=None):
-    med = statistics.median(times)
-    gbs = bytes_per_call / med / 1e9
-    r = {
-        "name": name + f"/repeats:{reps}/manual_time_median",
-        "family_index": 0,
-        "per_family_instance_index": 0,
-        "run_name": name + f"/repeats:{reps}/manual_time",
-        "run_type": "aggregate",
-        "repetitions": reps,
-        "threads": 1,
-        "aggregate_name": "median",
-        "aggregate_unit": "time",
-        "iterations": reps,
-        "real_time": med * 1e3,
-        "cpu_time": med * 1e3,
-        "time_unit": "ms",
-        "bytes_per_second": bytes_per_call / med,
-        "GB/s": gbs,
-        "pct_peak": 100 * gbs / peak_gbs,
-        "GFLOP/s": flops_per_call / med / 1e9,
-        "min_time_ms": min(times) * 1e3,
-        "max_time_ms": max(times) * 1e3,
-    }
-    if extra:
-        r.update(extra)
-    return r
+    def columns(med):
+        gbs = bytes_per_call / med / 1e9
+        return {"GB/s": gbs, "pct_peak": 100 * gbs / peak_gbs,
+                "GFLOP/s": flops_per_call / med / 1e9}
+    return aggregate_row(name, times, reps, bytes_per_call, columns, extra)
 
 
 def main(argv=None):
@@ -232,11 +166,7 @@ def main(argv=None):
                    help="backward: sparse=True, sparse=False, or both")
     p.add_argument("--dist", choices=["uniform", "zipf"], default="uniform")
     p.add_argument("--zipf-s", type=float, default=1.0, help="Zipf exponent")
-    p.add_argument("--reps", type=int, default=10, help="timed calls; the median is reported")
-    p.add_argument("--sets", type=int, default=4, help="input sets rotated between calls")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--peak-gbs", type=float, default=3350, help="nominal peak for pct_peak (H100)")
+    add_run_args(p, "input sets rotated between calls")
     p.add_argument("--json", metavar="FILE", help="write Google-Benchmark-style JSON here")
     a = p.parse_args(argv)
     for name in ("dim", "k", "batch", "reps", "sets"):
@@ -245,18 +175,10 @@ def main(argv=None):
     if a.zipf_s <= 0:
         p.error(f"--zipf-s {a.zipf_s}: must be > 0")
 
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        print("embbag_torch: torch is not installed (pip install -r tools/requirements-peers.txt)",
-              file=sys.stderr)
-        return 77  # ctest's skip code
-    if a.device == "cuda" and not torch.cuda.is_available():
-        print("embbag_torch: --device cuda but torch sees no GPU", file=sys.stderr)
-        return 77
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
+    torch = import_torch("embbag_torch", a.device, a.threads)
+    if torch is None:
+        return SKIP
+    import torch.nn.functional as F
 
     value_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
     index_dtype = {"int32": torch.int32, "int64": torch.int64}[a.index]
@@ -277,8 +199,7 @@ def main(argv=None):
     table_bytes = a.rows * a.dim * s_v
 
     print("embbag_torch configuration")
-    print(f"  torch {torch.__version__}, device {a.device}, threads {torch.get_num_threads()}, "
-          f"load average {load_average()}")
+    print(torch_line(torch, a.device))
     print(f"  rows {a.rows} ({rows_why}), table {human_bytes(table_bytes)}, host LLC "
           f"{human_bytes(host_llc)}" + (f", GPU L2 {human_bytes(l2)}" if l2 else ""))
     print(f"  batch {a.batch}, k {a.k}, dim {a.dim}, dtype {a.dtype}, index {a.index}, "
@@ -337,34 +258,19 @@ def main(argv=None):
             del graphs, calls
 
     if a.json:
-        doc = {
-            "context": {
-                "date": datetime.datetime.now().astimezone().isoformat(),
-                "host_name": socket.gethostname(),
-                "executable": "tools/peers/embbag_torch.py",
-                "num_cpus": os.cpu_count(),
-                "library_build_type": "release",
-                "peer": f"torch {torch.__version__}",
-                "device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0),
-                "threads": str(torch.get_num_threads()),
-                "embbag_rows": str(a.rows),
-                "embbag_table_bytes": str(table_bytes),
-                "embbag_batch": str(a.batch),
-                "embbag_k": str(a.k),
-                "embbag_dim": str(a.dim),
-                "embbag_dtype": a.dtype,
-                "embbag_index": a.index,
-                "embbag_dist": f"zipf:{a.zipf_s}" if a.dist == "zipf" else a.dist,
-                "host_llc_bytes": str(host_llc),
-                "gpu_l2_bytes": str(l2),
-                "peak_gbs": str(a.peak_gbs),
-                "host_load_avg_1m": load_average(),
-            },
-            "benchmarks": rows_out,
-        }
-        with open(a.json, "w") as f:
-            json.dump(doc, f, indent=2)
-        print(f"wrote {a.json}")
+        write_json(a.json, "tools/peers/embbag_torch.py", torch, a.device, {
+            "embbag_rows": str(a.rows),
+            "embbag_table_bytes": str(table_bytes),
+            "embbag_batch": str(a.batch),
+            "embbag_k": str(a.k),
+            "embbag_dim": str(a.dim),
+            "embbag_dtype": a.dtype,
+            "embbag_index": a.index,
+            "embbag_dist": f"zipf:{a.zipf_s}" if a.dist == "zipf" else a.dist,
+            "host_llc_bytes": str(host_llc),
+            "gpu_l2_bytes": str(l2),
+            "peak_gbs": str(a.peak_gbs),
+        }, rows_out)
     return 0
 
 

@@ -16,13 +16,10 @@ The JSON follows Google Benchmark's layout ("context", "benchmarks": [{"name", "
 "median", as bench_pk_topk writes with --reps > 1.
 """
 import argparse
-import datetime
-import json
-import os
-import socket
-import statistics
 import sys
-import time
+
+from peer_common import (SKIP, add_run_args, aggregate_row, import_torch, measure, timer,
+                         torch_line, write_json)
 
 NORM_EPS = 1e-6  # pk_topk::kNormEps
 
@@ -85,71 +82,15 @@ def pk_topk(torch, q, K1, K2, k, qk_norm):
     return scores, indices
 
 
-# ---- timing ----
-
-def timer(torch, device):
-    """Returns time_call(fn) -> seconds: CUDA events on the GPU, perf_counter on the host."""
-    if device == "cuda":
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-
-        def time_call(fn):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-    else:
-        def time_call(fn):
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-    return time_call
-
-
-def measure(time_call, calls, reps, warmup=2):
-    """Seconds of each of `reps` calls after warm-up, rotating through `calls` (one per set)."""
-    for i in range(warmup):
-        calls[i % len(calls)]()
-    return [time_call(calls[i % len(calls)]) for i in range(reps)]
-
+# ---- the record ----
 
 def row(name, times, bytes_per_call, flops_per_call, peak_gbs, peak_tflops, reps, extra=None):
-    med = statistics.median(times)
-    gbs = bytes_per_call / med / 1e9
-    tflops = flops_per_call / med / 1e12
-    r = {
-        "name": name + f"/repeats:{reps}/manual_time_median",
-        "family_index": 0,
-        "per_family_instance_index": 0,
-        "run_name": name + f"/repeats:{reps}/manual_time",
-        "run_type": "aggregate",
-        "repetitions": reps,
-        "threads": 1,
-        "aggregate_name": "median",
-        "aggregate_unit": "time",
-        "iterations": reps,
-        "real_time": med * 1e3,
-        "cpu_time": med * 1e3,
-        "time_unit": "ms",
-        "bytes_per_second": bytes_per_call / med,
-        "GB/s": gbs,
-        "TFLOP/s": tflops,
-        "pct_peak": 100 * gbs / peak_gbs,
-        "pct_peak_tflops": 100 * tflops / peak_tflops,
-        "min_time_ms": min(times) * 1e3,
-        "max_time_ms": max(times) * 1e3,
-    }
-    if extra:
-        r.update(extra)
-    return r
-
-
-def load_average():
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return ""
+    def columns(med):
+        gbs = bytes_per_call / med / 1e9
+        tflops = flops_per_call / med / 1e12
+        return {"GB/s": gbs, "TFLOP/s": tflops, "pct_peak": 100 * gbs / peak_gbs,
+                "pct_peak_tflops": 100 * tflops / peak_tflops}
+    return aggregate_row(name, times, reps, bytes_per_call, columns, extra)
 
 
 def main(argv=None):
@@ -168,11 +109,7 @@ def main(argv=None):
                    help="RMS-normalise each query half and each sub-key first")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--direction", choices=["fwd", "bwd", "all"], default="all")
-    p.add_argument("--reps", type=int, default=10, help="timed calls; the median is reported")
-    p.add_argument("--sets", type=int, default=4, help="query sets rotated between calls")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--peak-gbs", type=float, default=3350, help="nominal peak for pct_peak (H100)")
+    add_run_args(p, "query sets rotated between calls")
     p.add_argument("--peak-tflops", type=float, default=67,
                    help="nominal peak for pct_peak_tflops (H100 SXM fp32, no tensor cores)")
     p.add_argument("--json", metavar="FILE", help="write Google-Benchmark-style JSON here")
@@ -187,17 +124,9 @@ def main(argv=None):
     if a.index == "int32" and a.n_keys * a.n_keys > 2**31 - 1:
         p.error(f"--index int32 with --n-keys {a.n_keys}: N = n_keys^2 does not fit")
 
-    try:
-        import torch
-    except ImportError:
-        print("pk_topk_torch: torch is not installed (pip install -r tools/requirements-peers.txt)",
-              file=sys.stderr)
-        return 77  # ctest's skip code
-    if a.device == "cuda" and not torch.cuda.is_available():
-        print("pk_topk_torch: --device cuda but torch sees no GPU", file=sys.stderr)
-        return 77
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
+    torch = import_torch("pk_topk_torch", a.device, a.threads)
+    if torch is None:
+        return SKIP
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
     index_dtype = {"int32": torch.int32, "int64": torch.int64}[a.index]
@@ -206,8 +135,7 @@ def main(argv=None):
     B, h, nk, n, k = a.batch, a.heads, a.n_keys, a.k_dim, a.k
 
     print("pk_topk_torch configuration")
-    print(f"  torch {torch.__version__}, device {a.device}, threads {torch.get_num_threads()}, "
-          f"load average {load_average()}")
+    print(torch_line(torch, a.device))
     print(f"  batch {B}, heads {h}, n_keys {nk} (N = {nk * nk}), k_dim {n}, k {k}, dtype {a.dtype}, "
           f"index {a.index}{', qk-norm' if a.qk_norm else ''}, reps {a.reps}, sets {a.sets}")
 
@@ -262,34 +190,19 @@ def main(argv=None):
         del graphs, calls
 
     if a.json:
-        doc = {
-            "context": {
-                "date": datetime.datetime.now().astimezone().isoformat(),
-                "host_name": socket.gethostname(),
-                "executable": "tools/peers/pk_topk_torch.py",
-                "num_cpus": os.cpu_count(),
-                "library_build_type": "release",
-                "peer": f"torch {torch.__version__}",
-                "device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0),
-                "threads": str(torch.get_num_threads()),
-                "pk_topk_batch": str(B),
-                "pk_topk_heads": str(h),
-                "pk_topk_n_keys": str(nk),
-                "pk_topk_k_dim": str(n),
-                "pk_topk_k": str(k),
-                "pk_topk_dtype": a.dtype,
-                "pk_topk_index": a.index,
-                "pk_topk_qk_norm": "true" if a.qk_norm else "false",
-                "pk_topk_score_matrix_bytes": str(score_matrix_bytes(B, h, nk)),
-                "peak_gbs": str(a.peak_gbs),
-                "peak_tflops": str(a.peak_tflops),
-                "host_load_avg_1m": load_average(),
-            },
-            "benchmarks": rows_out,
-        }
-        with open(a.json, "w") as f:
-            json.dump(doc, f, indent=2)
-        print(f"wrote {a.json}")
+        write_json(a.json, "tools/peers/pk_topk_torch.py", torch, a.device, {
+            "pk_topk_batch": str(B),
+            "pk_topk_heads": str(h),
+            "pk_topk_n_keys": str(nk),
+            "pk_topk_k_dim": str(n),
+            "pk_topk_k": str(k),
+            "pk_topk_dtype": a.dtype,
+            "pk_topk_index": a.index,
+            "pk_topk_qk_norm": "true" if a.qk_norm else "false",
+            "pk_topk_score_matrix_bytes": str(score_matrix_bytes(B, h, nk)),
+            "peak_gbs": str(a.peak_gbs),
+            "peak_tflops": str(a.peak_tflops),
+        }, rows_out)
     return 0
 
 
