@@ -180,6 +180,41 @@ std::vector<const Variant<typename Op::Params>*> selected_variants(Backend b,
   return all;
 }
 
+// Calls each(v) for every variant of Op selected on `b` (see selected_variants); prints "note: OP
+// has no variant registered on backend B" when no --variant is given and none is registered.
+template <class Op, class Each>
+void for_each_variant(Backend b, const std::string& variant, Each each) {
+  const auto variants = selected_variants<Op>(b, variant);
+  if (variants.empty() && variant.empty())
+    fmt::print("note: {} has no variant registered on backend {}\n", Op::name, to_string(b));
+  for (const auto* v : variants) each(v);
+}
+
+// A row's name: "<op>/<backend>/<variant>/<shape>".
+template <class Op>
+std::string row_name(Backend b, const Variant<typename Op::Params>& v, const std::string& shape) {
+  return fmt::format("{}/{}/{}/{}", Op::name, to_string(b), v.name, shape);
+}
+
+// Why `v` cannot time `p`: the op's validation, then the variant's supports(); "" when it can.
+template <class Op>
+std::string why_not(const Variant<typename Op::Params>& v, const typename Op::Params& p) {
+  const std::string why = Op::validate(p);
+  return why.empty() ? v.supports(p) : why;
+}
+
+// launch(set) for time_rotating: `v` on params[set] inside an NVTX range "<op>/<variant>" (the
+// params were validated and checked for support once, before the row was registered, so the
+// timed region holds only the launch). `params` must outlive the returned function.
+template <class Op>
+std::function<void(int64_t)> nvtx_launch(const Variant<typename Op::Params>* v,
+                                         const std::vector<typename Op::Params>& params) {
+  return [v, &params, range = std::string(Op::name) + "/" + v->name](int64_t set) {
+    NvtxRange r(range);
+    v->launch(params[set], nullptr);
+  };
+}
+
 // For the --variant check: appends "<backend>/<name><tag>" for every variant of Op on `b` to
 // `known`, and returns whether one of them is named `variant`.
 template <class Op>

@@ -378,74 +378,45 @@ void time_row(benchmark::State& state, const Config& c, Backend b, const Ceiling
 }
 
 void register_fwd(const Config& c, Backend b, Workspace& w, const Ceilings& ceil) {
-  auto variants = mb::selected_variants<Fwd>(b, c.variant);
-  if (variants.empty() && c.variant.empty())
-    fmt::print("note: {} has no variant registered on backend {}\n", Fwd::name, to_string(b));
-  for (const auto* v : variants) {
-    const std::string name =
-        fmt::format("{}/{}/{}/{}", Fwd::name, to_string(b), v->name, shape_name(c));
-    const FwdParams p0 = fwd_params(c, w, 0);
-    std::string why = Fwd::validate(p0);
-    if (why.empty()) why = v->supports(p0);
-    if (!why.empty()) {
+  mb::for_each_variant<Fwd>(b, c.variant, [&](const Variant<FwdParams>* v) {
+    const std::string name = mb::row_name<Fwd>(b, *v, shape_name(c));
+    if (std::string why = mb::why_not<Fwd>(*v, fwd_params(c, w, 0)); !why.empty()) {
       mb::register_skip(name, why);
-      continue;
+      return;
     }
     mb::register_timed_row(name, int(c.reps), [&c, &w, &ceil, v, b](benchmark::State& state) {
-      const std::string range = std::string(Fwd::name) + "/" + v->name;
       std::vector<FwdParams> params;
       for (int64_t s = 0; s < c.sets; ++s) params.push_back(fwd_params(c, w, s));
-      // Validated and checked for support once, above; the timed region holds only the launch.
-      time_row(
-          state, c, b, ceil,
-          [&](int64_t s) {
-            NvtxRange r(range);
-            v->launch(params[s], nullptr);
-          },
-          Fwd::bytes_moved(params[0]), Fwd::flops(params[0]));
+      time_row(state, c, b, ceil, mb::nvtx_launch<Fwd>(v, params), Fwd::bytes_moved(params[0]),
+               Fwd::flops(params[0]));
     });
     ++g_rows_registered;
-  }
+  });
 }
 
 void register_bwd(const Config& c, Backend b, Workspace& w, const Ceilings& ceil) {
-  auto variants = mb::selected_variants<Bwd>(b, c.variant);
-  if (variants.empty() && c.variant.empty())
-    fmt::print("note: {} has no variant registered on backend {}\n", Bwd::name, to_string(b));
-  for (const auto* v : variants) {
-    const std::string base =
-        fmt::format("{}/{}/{}/{}", Bwd::name, to_string(b), v->name, shape_name(c));
+  mb::for_each_variant<Bwd>(b, c.variant, [&](const Variant<BwdParams>* v) {
+    const std::string base = mb::row_name<Bwd>(b, *v, shape_name(c));
     // The compact key gradient is the floor's form; a variant without it is measured dense.
     std::string reasons;
     const std::optional<GradForm> form = mb::pick_grad_form(
-        c.dk, "dK",
-        [&](GradForm f) {
-          const BwdParams p = bwd_params(c, w, 0, f);
-          std::string why = Bwd::validate(p);
-          return why.empty() ? v->supports(p) : why;
-        },
+        c.dk, "dK", [&](GradForm f) { return mb::why_not<Bwd>(*v, bwd_params(c, w, 0, f)); },
         &reasons);
     if (!form) {
       mb::register_skip(base, reasons);
-      continue;
+      return;
     }
     const std::string name = base + (form == GradForm::dense ? "_dense" : "_compact");
     mb::register_timed_row(name, int(c.reps),
                            [&c, &w, &ceil, v, b, f = *form](benchmark::State& state) {
-                             const std::string range = std::string(Bwd::name) + "/" + v->name;
                              std::vector<BwdParams> params;
                              for (int64_t s = 0; s < c.sets; ++s)
                                params.push_back(bwd_params(c, w, s, f));
-                             time_row(
-                                 state, c, b, ceil,
-                                 [&](int64_t s) {
-                                   NvtxRange r(range);
-                                   v->launch(params[s], nullptr);
-                                 },
-                                 Bwd::bytes_moved(params[0]), Bwd::flops(params[0]));
+                             time_row(state, c, b, ceil, mb::nvtx_launch<Bwd>(v, params),
+                                      Bwd::bytes_moved(params[0]), Bwd::flops(params[0]));
                            });
     ++g_rows_registered;
-  }
+  });
 }
 
 // ---- flags and main ----
