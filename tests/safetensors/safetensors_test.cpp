@@ -109,16 +109,15 @@ TEST(Safetensors, ReadsFilesOfOtherWriters) {
   const std::string header =
       R"({"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},)"
       R"("i":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}})";
-  std::vector<unsigned char> bytes(8);
   const uint64_t n = header.size();
-  std::memcpy(bytes.data(), &n, 8);
-  bytes.insert(bytes.end(), header.begin(), header.end());
   const int32_t i = 7;
   const float w[2] = {0.5f, -1.0f};
-  bytes.insert(bytes.end(), reinterpret_cast<const unsigned char*>(&i),
-               reinterpret_cast<const unsigned char*>(&i) + 4);
-  bytes.insert(bytes.end(), reinterpret_cast<const unsigned char*>(w),
-               reinterpret_cast<const unsigned char*>(w) + 8);
+  // Laid out at fixed offsets (g++ 12 misreads a chain of vector inserts as out of bounds).
+  std::vector<unsigned char> bytes(8 + header.size() + 4 + 8);
+  std::memcpy(bytes.data(), &n, 8);
+  std::memcpy(bytes.data() + 8, header.data(), header.size());
+  std::memcpy(bytes.data() + 8 + header.size(), &i, 4);
+  std::memcpy(bytes.data() + 8 + header.size() + 4, w, 8);
   const File f = parse(bytes.data(), bytes.size());
   EXPECT_EQ(f.metadata.at("format"), "pt");
   EXPECT_EQ(f.at("i").as<int32_t>()[0], 7);
