@@ -176,13 +176,13 @@ struct Workspace {
   }
 };
 
-FwdParams fwd_params(const Config& c, const Workspace& w, int64_t set) {
-  FwdParams p;
+// The inputs, sizes and types that FwdParams and BwdParams share.
+template <class Params>
+Params shared_params(const Config& c, const Workspace& w, int64_t set) {
+  Params p;
   p.queries = w.queries[set].get();
   p.keys1 = w.keys1.get();
   p.keys2 = w.keys2.get();
-  p.scores = w.scores.as<float>();
-  p.indices = w.indices_out.get();
   p.batch = c.batch;
   p.heads = c.heads;
   p.n_keys = c.n_keys;
@@ -194,21 +194,17 @@ FwdParams fwd_params(const Config& c, const Workspace& w, int64_t set) {
   return p;
 }
 
+FwdParams fwd_params(const Config& c, const Workspace& w, int64_t set) {
+  auto p = shared_params<FwdParams>(c, w, set);
+  p.scores = w.scores.as<float>();
+  p.indices = w.indices_out.get();
+  return p;
+}
+
 BwdParams bwd_params(const Config& c, const Workspace& w, int64_t set, GradForm form) {
-  BwdParams p;
-  p.queries = w.queries[set].get();
-  p.keys1 = w.keys1.get();
-  p.keys2 = w.keys2.get();
+  auto p = shared_params<BwdParams>(c, w, set);
   p.indices = w.indices[set].get();
   p.grad_scores = w.grad_scores[set].as<const float>();
-  p.batch = c.batch;
-  p.heads = c.heads;
-  p.n_keys = c.n_keys;
-  p.k_dim = c.k_dim;
-  p.k = c.k;
-  p.dtype = c.data_dtype();
-  p.index_dtype = c.index_dtype();
-  p.qk_norm = c.qk_norm;
   p.grad_queries = w.dq.as<float>();
   BwdParams::KeyGrad* grads[2] = {&p.grad_keys1, &p.grad_keys2};
   for (int g = 0; g < 2; ++g) {
