@@ -183,13 +183,7 @@ Action setup(CLI::App& app) {
   sub->add_option("--out", opt->out,
                   "y: (batch, dim) float32 output, written atomically; required without "
                   "--backward, optional with it (then the forward runs too)");
-  sub->add_option("--backend", opt->backend, "where to run")
-      ->check(CLI::IsMember({"reference", "cpu", "cuda", "simt"}))
-      ->capture_default_str();
-  sub->add_option("--variant", opt->variant,
-                  "variant name (see 'memlayers info'); default: the backend's first variant, in "
-                  "name order, that supports the input. With --backward it names the backward "
-                  "variant");
+  add_backend_and_variant(sub, &opt->backend, &opt->variant);
   sub->add_option("--dtype", opt->dtype,
                   "storage of V inside the op: bf16 rounds V to bf16 before the run (fp32 "
                   "accumulation either way)")

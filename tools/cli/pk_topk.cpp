@@ -278,13 +278,7 @@ Action setup(CLI::App& app) {
                   "without --backward");
   sub->add_flag("--qk-norm", opt->qk_norm,
                 "RMS-normalise each query half and each sub-key before the dot products");
-  sub->add_option("--backend", opt->backend, "where to run")
-      ->check(CLI::IsMember({"reference", "cpu", "cuda", "simt"}))
-      ->capture_default_str();
-  sub->add_option("--variant", opt->variant,
-                  "variant name (see 'memlayers info'); default: the backend's first variant, in "
-                  "name order, that supports the input. With --backward it names the backward "
-                  "variant");
+  add_backend_and_variant(sub, &opt->backend, &opt->variant);
   sub->add_option("--dtype", opt->dtype,
                   "storage of q, K1, K2 inside the op: bf16 rounds them to bf16 before the run "
                   "(fp32 sums either way)")

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <CLI/CLI.hpp>
 
 #include "common/backend.h"
 #include "common/error.h"
@@ -53,6 +54,19 @@ inline std::unique_ptr<Buffer> upload(const Memory& m, const void* src, std::siz
   auto b = std::make_unique<Buffer>(m, bytes);
   b->upload(src);
   return b;
+}
+
+// ---- options ----
+
+// --backend (reference, cpu, cuda, simt) and --variant, as every op subcommand takes them.
+inline void add_backend_and_variant(CLI::App* sub, std::string* backend, std::string* variant) {
+  sub->add_option("--backend", *backend, "where to run")
+      ->check(CLI::IsMember({"reference", "cpu", "cuda", "simt"}))
+      ->capture_default_str();
+  sub->add_option("--variant", *variant,
+                  "variant name (see 'memlayers info'); default: the backend's first variant, in "
+                  "name order, that supports the input. With --backward it names the backward "
+                  "variant");
 }
 
 // ---- inputs ----
