@@ -35,13 +35,7 @@ namespace fs = std::filesystem;
 using memlayers::Backend;
 using memlayers::DType;
 using memlayers::Registry;
-using memlayers::cli_test::expect_close;
-using memlayers::cli_test::quoted;
-using memlayers::cli_test::read_floats;
-using memlayers::cli_test::relative_error;
-using memlayers::cli_test::Result;
-using memlayers::cli_test::run;
-using memlayers::cli_test::slurp;
+using namespace memlayers::cli_test;  // NOLINT: the shared CLI test helpers
 using memlayers::embbag::Bwd;
 using memlayers::embbag::Fwd;
 using ::testing::HasSubstr;

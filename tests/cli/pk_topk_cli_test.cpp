@@ -40,11 +40,7 @@ namespace npy = memlayers::npy;
 using memlayers::Backend;
 using memlayers::DType;
 using memlayers::Registry;
-using memlayers::cli_test::expect_close;
-using memlayers::cli_test::read_floats;
-using memlayers::cli_test::relative_error;
-using memlayers::cli_test::Result;
-using memlayers::cli_test::run;
+using namespace memlayers::cli_test;  // NOLINT: the shared CLI test helpers
 using memlayers::pk_topk::Bwd;
 using memlayers::pk_topk::Fwd;
 using ::testing::HasSubstr;
