@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 from peer_common import (SKIP, add_run_args, aggregate_row, human_bytes, import_torch,
-                         measure, timer, torch_line, write_json)
+                         measure, timer, torch_dtypes, torch_line, write_json)
 
 ONE_GIB = 1 << 30
 
@@ -180,10 +180,7 @@ def main(argv=None):
         return SKIP
     import torch.nn.functional as F
 
-    value_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
-    index_dtype = {"int32": torch.int32, "int64": torch.int64}[a.index]
-    s_v = 4 if a.dtype == "fp32" else 2
-    s_idx = 4 if a.index == "int32" else 8
+    value_dtype, index_dtype, s_v, s_idx = torch_dtypes(torch, a.dtype, a.index)
     host_llc = host_last_level_cache_bytes()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size if a.device == "cuda" else 0
     if a.rows == "auto":

@@ -42,6 +42,13 @@ def add_run_args(p, sets_help):
     p.add_argument("--peak-gbs", type=float, default=3350, help="nominal peak for pct_peak (H100)")
 
 
+def torch_dtypes(torch, dtype, index):
+    """(data dtype, index dtype, bytes per element, bytes per index) for --dtype and --index."""
+    return ({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype],
+            {"int32": torch.int32, "int64": torch.int64}[index],
+            4 if dtype == "fp32" else 2, 4 if index == "int32" else 8)
+
+
 def torch_line(torch, device):
     """The configuration block's torch line."""
     return (f"  torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "

@@ -19,7 +19,7 @@ import argparse
 import sys
 
 from peer_common import (SKIP, add_run_args, aggregate_row, import_torch, measure, timer,
-                         torch_line, write_json)
+                         torch_dtypes, torch_line, write_json)
 
 NORM_EPS = 1e-6  # pk_topk::kNormEps
 
@@ -128,10 +128,7 @@ def main(argv=None):
     if torch is None:
         return SKIP
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
-    index_dtype = {"int32": torch.int32, "int64": torch.int64}[a.index]
-    s = 4 if a.dtype == "fp32" else 2
-    s_idx = 4 if a.index == "int32" else 8
+    dtype, index_dtype, s, s_idx = torch_dtypes(torch, a.dtype, a.index)
     B, h, nk, n, k = a.batch, a.heads, a.n_keys, a.k_dim, a.k
 
     print("pk_topk_torch configuration")
