@@ -176,13 +176,10 @@ struct Workspace {
   }
 };
 
-// The inputs, sizes and types that FwdParams and BwdParams share.
+// The sizes and types that FwdParams and BwdParams share (no pointers).
 template <class Params>
-Params shared_params(const Config& c, const Workspace& w, int64_t set) {
+Params shape_params(const Config& c) {
   Params p;
-  p.queries = w.queries[set].get();
-  p.keys1 = w.keys1.get();
-  p.keys2 = w.keys2.get();
   p.batch = c.batch;
   p.heads = c.heads;
   p.n_keys = c.n_keys;
@@ -191,6 +188,16 @@ Params shared_params(const Config& c, const Workspace& w, int64_t set) {
   p.dtype = c.data_dtype();
   p.index_dtype = c.index_dtype();
   p.qk_norm = c.qk_norm;
+  return p;
+}
+
+// shape_params with the inputs both directions read: set `set`'s queries and the sub-keys.
+template <class Params>
+Params shared_params(const Config& c, const Workspace& w, int64_t set) {
+  auto p = shape_params<Params>(c);
+  p.queries = w.queries[set].get();
+  p.keys1 = w.keys1.get();
+  p.keys2 = w.keys2.get();
   return p;
 }
 
@@ -467,17 +474,10 @@ int run(int argc, char** argv) {
     // The op's own validation names a bad shape (odd k-dim, k > n_keys, int32 overflow, ...),
     // before anything is allocated; the pointers are a stand-in that passes the pointer checks.
     alignas(64) static unsigned char stand_in[64];
-    FwdParams probe;
+    FwdParams probe = shape_params<FwdParams>(c);
     probe.queries = probe.keys1 = probe.keys2 = stand_in;
     probe.scores = reinterpret_cast<float*>(stand_in);
     probe.indices = stand_in;
-    probe.batch = c.batch;
-    probe.heads = c.heads;
-    probe.n_keys = c.n_keys;
-    probe.k_dim = c.k_dim;
-    probe.k = c.k;
-    probe.dtype = c.data_dtype();
-    probe.index_dtype = c.index_dtype();
     if (std::string why = validate(probe); !why.empty()) fail("{}", why);
   }
   const mb::Runnable runnable = mb::runnable_backends(mb::parse_backends(c.backend));
@@ -536,14 +536,7 @@ int run(int argc, char** argv) {
       mb::human_bytes(double(c.ceiling_bytes)), ceiling_why, gemm.name(), c.peak_gbs,
       c.peak_tflops);
   {
-    FwdParams p;
-    p.batch = c.batch;
-    p.heads = c.heads;
-    p.n_keys = c.n_keys;
-    p.k_dim = c.k_dim;
-    p.k = c.k;
-    p.dtype = c.data_dtype();
-    p.index_dtype = c.index_dtype();
+    const FwdParams p = shape_params<FwdParams>(c);
     fmt::print("  fwd counts {:.3f} GFLOP, {} (a score-matrix variant moves {} more)\n",
                Fwd::flops(p) / 1e9, mb::human_bytes(Fwd::bytes_moved(p)),
                mb::human_bytes(Fwd::score_matrix_bytes(p)));
