@@ -76,6 +76,29 @@ class TempDirTest : public ::testing::Test {
   fs::path file(const std::string& name) const { return dir_ / name; }
   std::string arg(const std::string& name) const { return quoted(file(name)); }
 
+  // A run that must succeed: exit 0, nothing on stdout (the summary goes to stderr), each of
+  // `outputs` (removed first) written.
+  Result ok(const std::string& args, const std::vector<std::string>& outputs) {
+    for (const auto& o : outputs) fs::remove(file(o));
+    Result r = run(args);
+    EXPECT_EQ(r.code, 0) << args << "\n" << r.err;
+    EXPECT_TRUE(r.out.empty()) << "stdout: " << r.out;
+    for (const auto& o : outputs) EXPECT_TRUE(fs::exists(file(o))) << o << " not written";
+    return r;
+  }
+
+  // A run that must fail with `code`, nothing on stdout and none of `outputs` (removed first)
+  // written.
+  Result fails_writing_none(const std::string& args, int code,
+                            const std::vector<std::string>& outputs) {
+    for (const auto& o : outputs) fs::remove(file(o));
+    Result r = run(args);
+    EXPECT_EQ(r.code, code) << args << "\n" << r.err;
+    EXPECT_TRUE(r.out.empty()) << "stdout: " << r.out;
+    for (const auto& o : outputs) EXPECT_FALSE(fs::exists(file(o))) << "a failed run wrote " << o;
+    return r;
+  }
+
   std::string prefix_;
   fs::path dir_;
 };

@@ -169,24 +169,9 @@ class EmbbagCli : public memlayers::cli_test::TempDirTest {
   }
   std::string backward() const { return inputs() + " --backward --grad-out " + arg("dy.npy"); }
 
-  // A run that must succeed: exit 0, nothing on stdout, the one-line summary on stderr.
-  Result ok(const std::string& args, const std::vector<std::string>& outputs) {
-    for (const auto& o : outputs) fs::remove(file(o));
-    Result r = run(args);
-    EXPECT_EQ(r.code, 0) << args << "\n" << r.err;
-    EXPECT_TRUE(r.out.empty()) << "stdout: " << r.out;
-    for (const auto& o : outputs) EXPECT_TRUE(fs::exists(file(o))) << o << " not written";
-    return r;
-  }
-
   // A run that must fail with `code`, writing no output and nothing on stdout.
   Result fails(const std::string& args, int code) {
-    fs::remove(file("y.npy"));
-    Result r = run(args);
-    EXPECT_EQ(r.code, code) << args << "\n" << r.err;
-    EXPECT_TRUE(r.out.empty()) << "stdout: " << r.out;
-    EXPECT_FALSE(fs::exists(file("y.npy"))) << "a failed run wrote its output";
-    return r;
+    return fails_writing_none(args, code, {"y.npy"});
   }
 };
 

@@ -239,25 +239,9 @@ class PkTopkCli : public memlayers::cli_test::TempDirTest {
            " --grad-keys2 " + arg("dK2.npy");
   }
 
-  // A run that must succeed: exit 0, nothing on stdout, the summary on stderr.
-  Result ok(const std::string& args, const std::vector<std::string>& outputs) {
-    for (const auto& o : outputs) fs::remove(file(o));
-    Result r = run(args);
-    EXPECT_EQ(r.code, 0) << args << "\n" << r.err;
-    EXPECT_TRUE(r.out.empty()) << "stdout: " << r.out;
-    for (const auto& o : outputs) EXPECT_TRUE(fs::exists(file(o))) << o << " not written";
-    return r;
-  }
-
   // A run that must fail with `code`, writing no output and nothing on stdout.
   Result fails(const std::string& args, int code) {
-    for (const char* o : {"s.npy", "dq.npy", "dK1.npy", "dK2.npy"}) fs::remove(file(o));
-    Result r = run(args);
-    EXPECT_EQ(r.code, code) << args << "\n" << r.err;
-    EXPECT_TRUE(r.out.empty()) << "stdout: " << r.out;
-    for (const char* o : {"s.npy", "dq.npy", "dK1.npy", "dK2.npy"})
-      EXPECT_FALSE(fs::exists(file(o))) << "a failed run wrote " << o;
-    return r;
+    return fails_writing_none(args, code, {"s.npy", "dq.npy", "dK1.npy", "dK2.npy"});
   }
 };
 
