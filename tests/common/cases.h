@@ -10,6 +10,7 @@
 
 #include "common/backend.h"
 #include "common/dtype.h"
+#include "common/registry.h"
 
 namespace memlayers::test {
 
@@ -50,6 +51,14 @@ std::vector<std::pair<const V*, std::string>> deterministic_variants(
   for (const V* v : variants)
     if (v->deterministic) out.emplace_back(v, variant_label(v->backend, v->name));
   return out;
+}
+
+// The op's planted-bug variant on the cpu backend (registered with expected_wrong by its test).
+template <class Op>
+const Variant<typename Op::Params>& planted() {
+  for (const auto* v : Registry<Op>::of(Backend::cpu, /*include_wrong=*/true))
+    if (v->expected_wrong) return *v;
+  throw Error("no planted variant registered");
 }
 
 }  // namespace memlayers::test

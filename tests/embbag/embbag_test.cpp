@@ -27,6 +27,7 @@ namespace {
 using test::CheckResult;
 using test::deterministic_variants;
 using test::DeviceBuffer;
+using test::planted;
 using test::same_bytes;
 using test::short_name;
 using test::variant_label;
@@ -496,13 +497,6 @@ MEMLAYERS_REGISTER(Bwd, Variant<BwdParams>{.name = "planted_overwrite_duplicates
                                            .launch = planted_bwd,
                                            .summary = "planted bug: duplicate rows overwrite",
                                            .expected_wrong = true});
-
-template <class Op>
-const Variant<typename Op::Params>& planted() {
-  for (const auto* v : Registry<Op>::of(Backend::cpu, /*include_wrong=*/true))
-    if (v->expected_wrong) return *v;
-  throw Error("no planted variant registered");
-}
 
 TEST(EmbbagPlanted, RegistryHidesPlantedVariants) {
   for (const auto* v : Registry<Fwd>::of()) EXPECT_FALSE(v->expected_wrong) << v->name;

@@ -30,6 +30,7 @@ namespace {
 
 using test::CheckResult;
 using test::DeviceBuffer;
+using test::planted;
 using test::short_name;
 using test::variant_label;
 
@@ -617,13 +618,6 @@ MEMLAYERS_REGISTER(Bwd, Variant<BwdParams>{.name = "planted_no_key_norm_grad",
                                            .launch = planted_bwd,
                                            .summary = "planted bug: key gradients ignore qk_norm",
                                            .expected_wrong = true});
-
-template <class Op>
-const Variant<typename Op::Params>& planted() {
-  for (const auto* v : Registry<Op>::of(Backend::cpu, /*include_wrong=*/true))
-    if (v->expected_wrong) return *v;
-  throw Error("no planted variant registered");
-}
 
 TEST(PkTopkPlanted, CheckerRejectsSwappedIndex) {
   const Problem pr =
