@@ -6,20 +6,14 @@
 
 #include "common/bf16.h"
 #include "common/error.h"
+#include "reference/fp64.h"
 
 namespace memlayers::reference {
 
 namespace {
 
-int64_t index_at(const void* indices, DType t, int64_t i) {
-  return t == DType::i32 ? int64_t{static_cast<const int32_t*>(indices)[i]}
-                         : static_cast<const int64_t*>(indices)[i];
-}
-
-double value_at(const void* values, DType t, int64_t i) {
-  return t == DType::bf16 ? double{bf16_bits_to_float(static_cast<const uint16_t*>(values)[i])}
-                          : double{static_cast<const float*>(values)[i]};
-}
+using fp64::element;
+using fp64::index_at;
 
 void store(void* out, DType t, int64_t i, double v) {
   if (t == DType::bf16)
@@ -48,7 +42,7 @@ void embbag_fwd(const embbag::FwdParams& p) {
       const int64_t r = checked_row(p.indices, p.index_dtype, b, j, p.k, p.num_rows);
       const double w = p.weights[b * p.k + j];
       for (int64_t d = 0; d < p.dim; ++d)
-        acc[d] += w * value_at(p.values, p.values_dtype, r * vs + d);
+        acc[d] += w * element(p.values, p.values_dtype, r * vs + d);
     }
     for (int64_t d = 0; d < p.dim; ++d) store(p.out, p.out_dtype, b * os + d, acc[d]);
   }
@@ -67,7 +61,7 @@ void embbag_bwd(const embbag::BwdParams& p) {
       double dot = 0;
       for (int64_t d = 0; d < p.dim; ++d) {
         g[d] += w * dy[d];
-        dot += double{dy[d]} * value_at(p.values, p.values_dtype, r * vs + d);
+        dot += double{dy[d]} * element(p.values, p.values_dtype, r * vs + d);
       }
       if (p.grad_weights) p.grad_weights[b * p.k + j] = static_cast<float>(dot);
     }

@@ -10,18 +10,23 @@
 
 #include "common/bf16.h"
 #include "common/error.h"
+#include "reference/fp64.h"
 #include "reference/pk_topk.h"
 
 namespace memlayers::reference {
 
 namespace {
 
+using fp64::dot;
+using fp64::element;
+using fp64::norm_backward;
+using fp64::normalised;
+using fp64::Vec;
 using memory_layer::BwdParams;
 using memory_layer::Config;
 using memory_layer::FwdParams;
 using memory_layer::Kind;
 using memory_layer::Weights;
-using Vec = std::vector<double>;
 
 double sigmoid(double z) { return 1 / (1 + std::exp(-z)); }
 double silu(double z) { return z * sigmoid(z); }
@@ -33,42 +38,6 @@ double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::numbers::sqrt2); 
 double gelu(double z) { return z * normal_cdf(z); }
 double gelu_grad(double z) {
   return normal_cdf(z) + z * std::exp(-0.5 * z * z) / std::sqrt(2 * std::numbers::pi);
-}
-
-double element(const void* table, DType t, int64_t i) {
-  return t == DType::bf16 ? double{bf16_bits_to_float(static_cast<const uint16_t*>(table)[i])}
-                          : double{static_cast<const float*>(table)[i]};
-}
-
-double dot(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-double rms(const Vec& x) {
-  double s = 0;
-  for (double v : x) s += v * v;
-  return std::sqrt(s / double(x.size()) + double(pk_topk::kNormEps));
-}
-
-Vec normalised(Vec x, bool norm) {
-  if (norm) {
-    const double r = rms(x);
-    for (double& v : x) v /= r;
-  }
-  return x;
-}
-
-// dx from dx̂ through x̂ = x / rms(x): (dx̂ − x̂·mean(dx̂·x̂)) / rms(x).
-Vec norm_backward(const Vec& x, const Vec& dxhat) {
-  const double r = rms(x);
-  double m = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) m += dxhat[i] * x[i] / r;
-  m /= double(x.size());
-  Vec dx(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) dx[i] = (dxhat[i] - x[i] / r * m) / r;
-  return dx;
 }
 
 // Row `row` of a (rows, width) fp32 array.

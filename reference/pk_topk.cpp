@@ -10,41 +10,27 @@
 
 #include "common/bf16.h"
 #include "common/error.h"
+#include "reference/fp64.h"
 
 namespace memlayers::reference {
 
 namespace {
 
-using Vec = std::vector<double>;
+using fp64::dot;
+using fp64::element;
+using fp64::index_at;
+using fp64::norm_backward;
+using fp64::normalised;
+using fp64::Vec;
 
-double element(const void* data, DType t, int64_t i) {
-  return t == DType::bf16 ? double{bf16_bits_to_float(static_cast<const uint16_t*>(data)[i])}
-                          : double{static_cast<const float*>(data)[i]};
-}
-
-double rms(const Vec& x) {
-  double s = 0;
-  for (double v : x) s += v * v;
-  return std::sqrt(s / double(x.size()) + double(pk_topk::kNormEps));
-}
-
-// Half `half` (0 or 1) of row `row` of a (rows, k_dim) query array, or row `row` of a
-// (rows, k_dim/2) key array (half = -1); RMS-normalised when norm is set.
+// `width` elements from offset `off` of row `row` of an array with rows `stride` apart (a query
+// half: width k_dim/2, stride k_dim, off 0 or k_dim/2; a sub-key: width = stride = k_dim/2),
+// RMS-normalised when norm is set.
 Vec load_half(const void* data, DType t, int64_t row, int64_t width, int64_t stride, int64_t off,
               bool norm) {
   Vec x(static_cast<std::size_t>(width));
   for (int64_t d = 0; d < width; ++d) x[d] = element(data, t, row * stride + off + d);
-  if (norm) {
-    const double r = rms(x);
-    for (double& v : x) v /= r;
-  }
-  return x;
-}
-
-double dot(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
+  return normalised(std::move(x), norm);
 }
 
 // Ranking: higher score first, NaN below every number, then lower index first.
@@ -75,11 +61,6 @@ void store_index(void* indices, DType t, int64_t i, int64_t v) {
     static_cast<int32_t*>(indices)[i] = static_cast<int32_t>(v);
   else
     static_cast<int64_t*>(indices)[i] = v;
-}
-
-int64_t load_index(const void* indices, DType t, int64_t i) {
-  return t == DType::i32 ? int64_t{static_cast<const int32_t*>(indices)[i]}
-                         : static_cast<const int64_t*>(indices)[i];
 }
 
 void refuse_nonfinite(const void* q, DType t, int64_t batch, int64_t heads, int64_t k_dim) {
@@ -159,17 +140,6 @@ double pk_topk_score(const pk_topk::FwdParams& p, int64_t b, int64_t h, int64_t 
 
 namespace {
 
-// dx from dx̂ through x̂ = x / rms(x): (dx̂ − x̂·mean(dx̂·x̂)) / rms(x). x is the raw row.
-Vec norm_backward(const Vec& x, const Vec& dxhat) {
-  const double r = rms(x);
-  double m = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) m += dxhat[i] * x[i] / r;
-  m /= double(x.size());
-  Vec dx(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) dx[i] = (dxhat[i] - x[i] / r * m) / r;
-  return dx;
-}
-
 void write_key_grad(const pk_topk::BwdParams& p, const pk_topk::BwdParams::KeyGrad& g,
                     const void* keys, const std::map<int64_t, Vec>& grad) {
   const int64_t half = p.k_dim / 2;
@@ -209,7 +179,7 @@ void pk_topk_bwd(const pk_topk::BwdParams& p) {
       const Vec q2 = load_half(p.queries, p.dtype, row, half, p.k_dim, half, p.qk_norm);
       Vec dq1(std::size_t(half), 0.0), dq2(std::size_t(half), 0.0);
       for (int64_t t = 0; t < p.k; ++t) {
-        const int64_t m = load_index(p.indices, p.index_dtype, row * p.k + t);
+        const int64_t m = index_at(p.indices, p.index_dtype, row * p.k + t);
         MEMLAYERS_CHECK(m >= 0 && m < n, "index {} out of range [0, {}) at b={}, h={}, slot {}", m,
                         n, b, h, t);
         const double ds = p.grad_scores[row * p.k + t];
