@@ -47,14 +47,9 @@ command -v ncu >/dev/null || { echo "ncu.sh: ncu (Nsight Compute) is not on PATH
 bench="bench_${op%_fwd}"; bench="${bench%_bwd}"
 direction=all
 case "$op" in *_fwd) direction=fwd ;; *_bwd) direction=bwd ;; esac
-bin=""
-for d in ${bin_dir:+"$bin_dir"} ${build_dir:+"$build_dir"} "$root/build/device" "$root/build/release"; do
-  [ -d "$d" ] || continue
-  bin=$(find "$d" -maxdepth 3 -type f -name "$bench" -perm -u+x -not -path '*/CMakeFiles/*' | head -n 1)
-  [ -n "$bin" ] && break
-done
-[ -n "$bin" ] || { echo "ncu.sh: $bench not found (build it, or pass --build-dir / --bin-dir)" >&2; exit 2; }
-[ -n "$bin_dir" ] && export LD_LIBRARY_PATH="$bin_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# shellcheck source=profiles/find_bench.sh
+. "$root/profiles/find_bench.sh"
+find_bench ncu.sh "$bench"
 
 # Sections this ncu knows (older versions lack some); the summary needs the first five.
 wanted=(SpeedOfLight SpeedOfLight_RooflineChart MemoryWorkloadAnalysis Occupancy WarpStateStats LaunchStats)

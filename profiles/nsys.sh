@@ -27,14 +27,9 @@ if [ -z "$nsys" ]; then
   nsys=$(ls -d /opt/nvidia/nsight-systems*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | tail -n 1 || true)
 fi
 [ -n "$nsys" ] || { echo "nsys.sh: Nsight Systems (nsys) not found on PATH, /opt/nvidia or the CUDA toolkit" >&2; exit 77; }
-bin=""
-for d in ${bin_dir:+"$bin_dir"} ${build_dir:+"$build_dir"} "$root/build/device" "$root/build/release"; do
-  [ -d "$d" ] || continue
-  bin=$(find "$d" -maxdepth 3 -type f -name "$bench" -perm -u+x -not -path '*/CMakeFiles/*' | head -n 1)
-  [ -n "$bin" ] && break
-done
-[ -n "$bin" ] || { echo "nsys.sh: $bench not found (build it, or pass --build-dir / --bin-dir)" >&2; exit 2; }
-[ -n "$bin_dir" ] && export LD_LIBRARY_PATH="$bin_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# shellcheck source=profiles/find_bench.sh
+. "$root/profiles/find_bench.sh"
+find_bench nsys.sh "$bench"
 mkdir -p "$out"
 stem="$out/nsys_${bench}"
 set -x
