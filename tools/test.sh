@@ -3,8 +3,9 @@
 #   1. release build (CPU + CUDA when nvcc is on PATH) and every ctest test;
 #   2. every CUDA source compiled for sm_90: any register spill or local memory use fails;
 #   3. the CPU-only configure with nvcc hidden from PATH;
-#   4. the asan preset (AddressSanitizer + UBSan): every test, simt included;
-#   5. the tsan preset (ThreadSanitizer): the tests that run CUDA kernels under simt.
+#   4. the asan preset (AddressSanitizer + UBSan, -O1 -g1): every test, simt included;
+#   5. the tsan preset (ThreadSanitizer, -O2 -g1): the tests that run CUDA kernels under simt.
+# Sanitizer builds compile Highway code for AVX2 and EMU128 only (CMakeLists.txt), to fit CI time.
 # Usage: tools/test.sh [--quick]   (--quick: steps 1 and 2 only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
