@@ -123,6 +123,15 @@ struct Grads {
   float* wg = nullptr;
 };
 
+// The layer's stages, as compositions name their StageScopes (common/stages.h; NVTX ranges
+// "memory_layer.<stage>"), in the order they run. Forward: the query projection; the search; the
+// softmax; the bag (the value read, and PEER's down-expert dots U[I]·x); the gating (memory+'s
+// W1, SiLU and W2, PEER's GELU, the scalar gate). Backward: the same in reverse.
+inline constexpr const char* kStageOp = "memory_layer";
+inline constexpr const char* kFwdStages[] = {"projection", "search", "softmax", "bag", "gating"};
+inline constexpr const char* kBwdStages[] = {"gating_bwd", "bag_bwd", "softmax_bwd", "search_bwd",
+                                             "projection_bwd"};
+
 // Rows the compact value (and down) gradients may need: batch·heads·k.
 int64_t compact_capacity(const Config& c, int64_t batch);
 

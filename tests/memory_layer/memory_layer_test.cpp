@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/stages.h"
 #include "embbag/embbag.h"
 #include "memory_layer/cpu/v1_compose.h"
 #include "memory_layer/memory_layer.h"
@@ -828,6 +829,79 @@ TEST(MemoryLayerCompose, ReportsItsParts) {
   EXPECT_NE(parts.find("forward: pk_topk_fwd "), std::string::npos) << parts;
   EXPECT_NE(parts.find("embbag_fwd cpu/v2_hwy_threads"), std::string::npos) << parts;
   EXPECT_NE(parts.find("embbag_bwd cpu/v2_bwd_sorted"), std::string::npos) << parts;
+}
+
+// ---- every composition names its stages (bench_memory_layer's breakdown relies on it) ----
+
+// Records the stages entered; fails on a stage outside `allowed`, or one left before it opens.
+class RecordingClock : public StageClock {
+ public:
+  std::vector<std::string> allowed, seen, problems;
+  int open = 0;
+  void enter(std::string_view stage, Stream) override {
+    if (open != 0) problems.push_back(fmt::format("'{}' opened inside another stage", stage));
+    ++open;
+    if (std::find(allowed.begin(), allowed.end(), stage) == allowed.end())
+      problems.push_back(fmt::format("unknown stage '{}'", stage));
+    if (seen.empty() || seen.back() != stage) seen.emplace_back(stage);
+  }
+  void leave(std::string_view stage, Stream) override {
+    if (--open != 0) problems.push_back(fmt::format("'{}' left unbalanced", stage));
+  }
+};
+
+struct InstallClock {
+  explicit InstallClock(StageClock* c) { set_stage_clock(c); }
+  ~InstallClock() { set_stage_clock(nullptr); }
+};
+
+TEST(MemoryLayerStages, EveryCompositionTimesItsStagesInOrder) {
+  int checked = 0;
+  for (const auto* f : Registry<Fwd>::of()) {
+    if (f->backend == Backend::reference || !usable(f->backend).empty()) continue;
+    for (int kind = 0; kind < 3; ++kind) {
+      const Config c =
+          make_config(static_cast<Kind>(kind), sweep_shapes()[0], false, true, DType::f32);
+      const Problem pr = make_problem("stages", c, 3);
+      Session s(f->backend, pr);
+      RecordingClock fc;
+      fc.allowed.assign(std::begin(kFwdStages), std::end(kFwdStages));
+      {
+        InstallClock install(&fc);
+        Registry<Fwd>::run(*f, s.fwd(true));
+      }
+      const std::string what =
+          fmt::format("{}/{} {}", to_string(f->backend), f->name, to_string(c.kind));
+      EXPECT_TRUE(fc.problems.empty())
+          << what << ": " << fmt::format("{}", fmt::join(fc.problems, "; "));
+      EXPECT_EQ(fc.open, 0) << what;
+      ASSERT_GE(fc.seen.size(), 4u) << what;
+      EXPECT_EQ(fc.seen[0], "projection") << what;
+      EXPECT_EQ(fc.seen[1], "search") << what;
+      EXPECT_EQ(fc.seen[2], "softmax") << what;
+      EXPECT_EQ(fc.seen.back(), "gating") << what << " (every kind here has the scalar gate)";
+      for (const auto* b : Registry<Bwd>::of(f->backend)) {
+        if (b->name != f->name) continue;
+        GradBuffers gb = make_grads(s, pr.c, pr.batch, Outputs::all);
+        RecordingClock bc;
+        bc.allowed.assign(std::begin(kBwdStages), std::end(kBwdStages));
+        {
+          InstallClock install(&bc);
+          Registry<Bwd>::run(*b, s.bwd(gb.g));
+        }
+        EXPECT_TRUE(bc.problems.empty())
+            << what << ": " << fmt::format("{}", fmt::join(bc.problems, "; "));
+        EXPECT_EQ(bc.open, 0) << what;
+        ASSERT_FALSE(bc.seen.empty()) << what;
+        EXPECT_EQ(bc.seen.front(), "gating_bwd") << what;
+        EXPECT_EQ(bc.seen.back(), "projection_bwd") << what;
+        std::set<std::string> distinct(bc.seen.begin(), bc.seen.end());
+        EXPECT_EQ(distinct.size(), std::size(kBwdStages)) << what;
+      }
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 0) << "no composition registered";
 }
 
 // ---- errors ----

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "common/parallel.h"
+#include "common/stages.h"
 #include "embbag/embbag.h"
 #include "memory_layer/memory_layer.h"
 #include "pk_topk/pk_topk.h"
@@ -158,7 +159,7 @@ bool any_output(const embbag::BwdParams& e) {
 
 // ---- forward ----
 
-void forward(const FwdParams& p, Stream) {
+void forward(const FwdParams& p, Stream stream) {
   const Config& c = p.config;
   const Weights& W = p.weights;
   const Saved& s = p.saved;
@@ -172,7 +173,8 @@ void forward(const FwdParams& p, Stream) {
   int64_t* idx = keep_or_scratch(s.indices, idx_, B * hk);
   float* w = keep_or_scratch(s.weights, w_, B * hk);
 
-  // q = x·Wq + bq
+  StageSequence stage(kStageOp, stream);
+  stage.to("projection");  // q = x·Wq + bq
   broadcast_rows(q, W.bq, B, hn);
   gemm(false, false, B, hn, d, p.x, d, W.wq, hn, 1.0f, q, hn);
 
@@ -180,9 +182,10 @@ void forward(const FwdParams& p, Stream) {
   sp.queries = q, sp.keys1 = W.keys1, sp.keys2 = W.keys2, sp.scores = scores, sp.indices = idx;
   sp.batch = B, sp.heads = c.heads, sp.n_keys = c.n_keys, sp.k_dim = c.k_dim, sp.k = c.k;
   sp.dtype = DType::f32, sp.index_dtype = DType::i64, sp.qk_norm = c.qk_norm;
+  stage.to("search");
   run_part<pk_topk::Fwd>(sp, "v2_fused_pruned", parts);
 
-  // Softmax per (token, head), in fp32.
+  stage.to("softmax");  // per (token, head), in fp32
   per_row(B * c.heads, c.k, [&](int64_t r) {
     const float* sr = scores + r * c.k;
     float* wr = w + r * c.k;
@@ -200,6 +203,7 @@ void forward(const FwdParams& p, Stream) {
   else
     pre = s.y ? s.y : (c.scalar_gate ? keep_or_scratch<float>(nullptr, y_, B * d) : p.out);
 
+  stage.to("bag");
   if (c.kind == Kind::memory) {
     run_part<embbag::Fwd>(bag_fwd(c, W.values, d, idx, w, pre, B), "v2_hwy_threads", parts);
   } else if (c.kind == Kind::memory_plus) {
@@ -207,6 +211,7 @@ void forward(const FwdParams& p, Stream) {
     float* y = keep_or_scratch(s.y, bag_, B * v);
     float* hid = keep_or_scratch(s.hidden, hid_, B * v);
     run_part<embbag::Fwd>(bag_fwd(c, W.values, v, idx, w, y, B), "v2_hwy_threads", parts);
+    stage.to("gating");
     broadcast_rows(hid, W.b1, B, v);
     gemm(false, false, B, v, d, p.x, d, W.w1, v, 1.0f, hid, v);
     m_.resize(static_cast<std::size_t>(B * v));
@@ -220,15 +225,18 @@ void forward(const FwdParams& p, Stream) {
     embbag::BwdParams dots = bag_bwd(c, W.down, d, idx, w, p.x, B);
     dots.grad_weights = z;  // U[I]·x
     run_part<embbag::Bwd>(dots, "v2_bwd_sorted", parts);
+    stage.to("gating");
     coef_.resize(static_cast<std::size_t>(B * hk));
     per_row(B, hk, [&](int64_t b) {
       for (int64_t j = b * hk; j < (b + 1) * hk; ++j) coef_[j] = w[j] * gelu(z[j]);
     });
+    stage.to("bag");
     run_part<embbag::Fwd>(bag_fwd(c, W.values, d, idx, coef_.data(), pre, B), "v2_hwy_threads",
                           parts);
   }
 
   if (c.scalar_gate) {
+    stage.to("gating");
     float* g = keep_or_scratch(s.gate, gate_, B);
     cblas_sgemv(CblasRowMajor, CblasNoTrans, i32(B), i32(d), 1.0f, p.x, i32(d), W.wg, 1, 0.0f, g,
                 1);
@@ -239,13 +247,14 @@ void forward(const FwdParams& p, Stream) {
   } else if (pre != p.out) {
     std::copy(pre, pre + B * d, p.out);
   }
+  stage.done();
   std::lock_guard lock(parts_mu);
   fwd_parts = "forward: " + parts;
 }
 
 // ---- backward ----
 
-void backward(const BwdParams& p, Stream) {
+void backward(const BwdParams& p, Stream stream) {
   const Config& c = p.config;
   const Weights& W = p.weights;
   const Saved& s = p.saved;
@@ -254,6 +263,8 @@ void backward(const BwdParams& p, Stream) {
                 v = c.value_dim;
   std::string parts;
   const bool need_dq = G.x || G.wq || G.bq, need_ds = need_dq || G.keys1 || G.keys2;
+  StageSequence stage(kStageOp, stream);
+  stage.to("gating_bwd");
   if (G.x) std::fill(G.x, G.x + B * d, 0.0f);
 
   // ---- the gate: dpre = dout·σ(g), dg = σ'(g)·(dout·pre) ----
@@ -315,7 +326,9 @@ void backward(const BwdParams& p, Stream) {
     up.grad_values_dense = G.values_dense;
     up.unique_rows = G.value_rows, up.grad_values_compact = G.values_compact;
     up.num_unique = G.num_value_rows;
+    stage.to("bag_bwd");
     if (any_output(up)) run_part<embbag::Bwd>(up, "v2_bwd_sorted", parts);
+    stage.to("gating_bwd");
     if (need_ds || need_dz)
       per_row(B, hk, [&](int64_t b) {
         for (int64_t j = b * hk; j < (b + 1) * hk; ++j) {
@@ -323,6 +336,7 @@ void backward(const BwdParams& p, Stream) {
           dz[j] = s.weights[j] * dc[j] * gelu_grad(s.peer_pre[j]);
         }
       });
+    stage.to("bag_bwd");
     if (G.down_dense || G.down_rows) {
       embbag::BwdParams down = bag_bwd(c, W.down, d, s.indices, dz.data(), p.x, B);
       down.grad_values_dense = G.down_dense;
@@ -373,15 +387,17 @@ void backward(const BwdParams& p, Stream) {
     bag.grad_values_dense = G.values_dense;
     bag.unique_rows = G.value_rows, bag.grad_values_compact = G.values_compact;
     bag.num_unique = G.num_value_rows;
+    stage.to("bag_bwd");
     if (any_output(bag)) run_part<embbag::Bwd>(bag, "v2_bwd_sorted", parts);
   }
   if (!need_ds) {
+    stage.done();
     std::lock_guard lock(parts_mu);
     bwd_parts = "backward: " + parts;
     return;
   }
 
-  // ---- softmax backward: ds = w ⊙ (dw − Σ_head w·dw), in place ----
+  stage.to("softmax_bwd");  // ds = w ⊙ (dw − Σ_head w·dw), in place
   per_row(B * c.heads, c.k, [&](int64_t r) {
     const float* wr = s.weights + r * c.k;
     float* g = dw + r * c.k;
@@ -400,10 +416,13 @@ void backward(const BwdParams& p, Stream) {
   sp.grad_queries = need_dq ? dq_.data() : nullptr;
   sp.grad_keys1.dense = G.keys1;
   sp.grad_keys2.dense = G.keys2;
+  stage.to("search_bwd");
   run_part<pk_topk::Bwd>(sp, nullptr, parts);
+  stage.to("projection_bwd");
   if (G.wq) gemm(true, false, d, hn, B, p.x, d, dq_.data(), hn, 0.0f, G.wq, hn);
   if (G.bq) column_sums(dq_.data(), B, hn, G.bq);
   if (G.x) gemm(false, true, B, d, hn, dq_.data(), hn, W.wq, hn, 1.0f, G.x, d);
+  stage.done();
 
   std::lock_guard lock(parts_mu);
   bwd_parts = "backward: " + parts;
