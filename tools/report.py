@@ -13,7 +13,12 @@ the peers in tools/peers/ (same layout, backend `torch_cpu` / `torch_cuda`). The
     GPU backends with no rows say "not measured";
   - a roofline plot per op, shape and device (SVG, matplotlib's Agg backend): arithmetic
     intensity (declared flops / declared bytes) against achieved GFLOP/s, log-log, the measured
-    bandwidth ceiling as the slanted roof and the measured compute ceiling as the flat one.
+    bandwidth ceiling as the slanted roof and the measured compute ceiling as the flat one;
+  - where a composed op's time goes (bench_memory_layer and its peer write one row per stage,
+    `<row>/stage:<name>`): per op and shape a table of each stage's declared bytes and flops, its
+    floor against the measured ceilings, and per run its milliseconds, share of the call and %
+    of that floor, the PyTorch peer beside ours; then each run's largest stages in one line;
+  - notes.md of the folder, when present, verbatim (what the numbers mean, written by a person).
 The report is generated, never edited by hand. Only the standard library is needed; without
 matplotlib the markdown is still written and says how to get the plots.
 
@@ -38,6 +43,7 @@ OURS = ("reference", "cpu", "simt", "cuda")  # the project's backends; anything 
 CORRECTNESS = ("reference", "simt")  # timed only for completeness: not plotted
 NAME = re.compile(r"^(?P<op>[a-z0-9_]+)/(?P<backend>[a-z0-9_]+)/(?P<variant>[^/]+)/(?P<shape>[^/]+)")
 CEILING = re.compile(r"^ceiling/(?P<device>[^/]+)/(?P<what>[^/]+)")
+STAGE = re.compile(r"^(?P<row>[a-z0-9_]+/[a-z0-9_]+/[^/]+/[^/]+)/stage:(?P<stage>[a-z_]+)(/|$)")
 SUFFIXES = ("_compact", "_dense", "_sparse")
 # CPU flags worth a line in the report (what the kernels' SIMD paths and the GEMM ceiling use).
 CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
@@ -136,8 +142,23 @@ class Ceiling:
         self.value = gflops_of(b) if self.compute else b.get("GB/s")  # GFLOP/s or GB/s
 
 
+class Stage:
+    """One stage of a composed op's row: `row` is that row's name (op/backend/variant/shape)."""
+
+    def __init__(self, fname, m, b):
+        self.file, self.row, self.name, self.b = fname, m.group("row"), m.group("stage"), b
+        g = NAME.match(self.row).groupdict()
+        self.op, self.backend, self.variant, self.shape = g["op"], g["backend"], g["variant"], g["shape"]
+        self.peer = self.backend not in OURS
+        self.device = device_of(self.backend)
+        self.error = b.get("error_message") if b.get("error_occurred") else None
+
+    def get(self, key):
+        return self.b.get(key)
+
+
 def collect(runs):
-    rows, ceilings, contexts = [], [], []
+    rows, ceilings, contexts, stages = [], [], [], []
     for fname, data in runs:
         contexts.append((fname, data.get("context", {})))
         for b in record_rows(data):
@@ -146,10 +167,14 @@ def collect(runs):
                 if not b.get("error_occurred"):
                     ceilings.append(Ceiling(fname, m, b))
                 continue
+            m = STAGE.match(b["name"])
+            if m:
+                stages.append(Stage(fname, m, b))
+                continue
             g = NAME.match(b["name"])
             if g:
                 rows.append(Row(fname, g.groupdict(), b))
-    return rows, ceilings, contexts
+    return rows, ceilings, contexts, stages
 
 
 def ceilings_for(ceilings, device, files):
@@ -284,6 +309,8 @@ def machine_section(meta, contexts, folder_arg):
 
 COLUMNS = [
     # key, header, digits, present when any row has `key`
+    ("us_per_token", "µs/token", 2),
+    ("tokens_per_s", "tokens/s", 0),
     ("GB/s", "GB/s", 2),
     ("TFLOP/s", "TFLOP/s", 3),
     ("pct_ceiling", "% of BW ceiling", 1),
@@ -420,6 +447,94 @@ def op_tables(rows, ceilings, gpu_backends, plots, outdir):
                        "× PyTorch"], ["l", "l", "l", "l", "r", "r", "r"], summary)
         head.append("")
     return head, out
+
+
+def stage_floor_ms(stage, ceil):
+    """max(bytes / bandwidth, flops / compute) in ms against the device's measured ceilings."""
+    bw, comp = ceil["bandwidth"], ceil["compute"]
+    b, f = stage.get("bytes"), stage.get("flops")
+    if b is None or not bw or not bw.value:
+        return None
+    t = b / (bw.value * 1e9)
+    if f and comp and comp.value:
+        t = max(t, f / (comp.value * 1e9))
+    return t * 1e3
+
+
+def stage_sections(rows, stages, ceilings):
+    """Where a composed op's time goes: per op and shape, its stages down, its runs across."""
+    out, lines_by_run = [], []
+    groups = OrderedDict()
+    for s in stages:
+        groups.setdefault((s.op, s.shape), OrderedDict()).setdefault(s.row, []).append(s)
+    for (op, shape), runs in groups.items():
+        # ours first, then the peers; each run's stages in the order it ran them
+        order = sorted(runs, key=lambda r: (runs[r][0].peer, runs[r][0].backend in CORRECTNESS, r))
+        order = [r for r in order if runs[r][0].backend not in CORRECTNESS]
+        if not order:
+            continue
+        names = []
+        for r in order:
+            for s in runs[r]:
+                if s.name not in names and s.name != "outside":
+                    names.append(s.name)
+        names.append("outside")
+        layer = {r.b.get("run_name", r.b["name"]).split("/repeats:")[0].split("/manual_time")[0]: r
+                 for r in rows}
+        files = {runs[r][0].file for r in order if not runs[r][0].peer}
+        ceil = {d: ceilings_for(ceilings, d, files) for d in ("host", "cuda")}
+        declared = {}
+        for r in order:
+            for s in runs[r]:
+                if s.get("bytes") is not None and s.name not in declared:
+                    declared[s.name] = s
+        header = ["stage", "MiB", "GFLOP", "floor (ms)"]
+        for r in order:
+            first = runs[r][0]
+            who = "%s %s" % (first.backend, first.variant)
+            header += ["%s ms" % who, "share", "% of floor"]
+        lines = []
+        for name in names:
+            d = declared.get(name)
+            cells = [name, fmt(d.get("bytes") / 2**20, 2) if d else "—",
+                     fmt(d.get("flops") / 1e9, 3) if d and d.get("flops") else "—"]
+            fl = stage_floor_ms(d, ceil[runs[order[0]][0].device]) if d else None
+            cells.append(fmt(fl, 3) if fl is not None else "—")
+            for r in order:
+                s = next((x for x in runs[r] if x.name == name), None)
+                if s is None or s.error:
+                    cells += ["—", "—", "—"]
+                    continue
+                t = ms(s.b)
+                own = stage_floor_ms(d, ceil[s.device]) if d else None
+                cells += [fmt(t, 3 if abs(t) < 1 else 2),
+                          fmt(s.get("pct_time")) + "%" if s.get("pct_time") is not None else "—",
+                          fmt(100 * own / t) if own is not None and t > 0 else "—"]
+            lines.append(cells)
+        total = ["whole call", "", "", ""]
+        for r in order:
+            lr = layer.get(r)
+            total += [fmt(ms(lr.b), 2) if lr else "—", "100%" if lr else "—", "—"]
+        lines.append(total)
+        out.append("## Where the time goes: %s — %s\n" % (op, shape))
+        out += table(header, ["l", "r", "r", "r"] + ["r"] * (3 * len(order)), lines)
+        out.append("")
+        out.append("Stage times are medians over the run's repetitions (the layer row's own "
+                   "median is the whole call); a stage's floor is max(its declared bytes / the "
+                   "measured bandwidth ceiling, its declared flops / the measured compute "
+                   "ceiling); `outside` is the call's time outside every stage.\n")
+        for r in order:
+            ranked = sorted((s for s in runs[r] if not s.error and s.get("pct_time") is not None),
+                            key=lambda s: -s.get("pct_time"))
+            first = runs[r][0]
+            lines_by_run.append("- %s, %s %s: %s." % (
+                op, first.backend, first.variant,
+                ", ".join("%s %s%%" % (s.name, fmt(s.get("pct_time"))) for s in ranked[:3])))
+    if lines_by_run:
+        out.append("Largest stages per run (share of the call):\n")
+        out += lines_by_run
+        out.append("")
+    return out
 
 
 def ceilings_section(ceilings):
@@ -567,7 +682,7 @@ def main():
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-    rows, ceilings, contexts = collect(runs)
+    rows, ceilings, contexts, stages = collect(runs)
     plots = Plots(not args.no_plots, args.folder)
 
     title = meta.get("title", os.path.basename(os.path.normpath(args.folder)))
@@ -586,6 +701,11 @@ def main():
                        "GFLOP/s, log-log; roofs are the ceilings measured in the same run "
                        "(circles: memlayers variants, squares: PyTorch).\n")
     out += head + body
+    out += stage_sections(rows, stages, ceilings)
+    notes = os.path.join(args.folder, "notes.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            out += ["## Notes\n", f.read().strip() + "\n"]
     if plots.plt is not None:  # drop plots of rows that no longer exist
         for f in os.listdir(outdir):
             if f.startswith("roofline_") and f.endswith(".svg") and f not in plots.written:

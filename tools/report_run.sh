@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Reruns this machine's CPU benchmarks with the PyTorch peers beside them, saves their JSON under
 # reports/cpu-<model>/, records the machine (machine.json) and regenerates the report.
-#   tools/report_run.sh                                  # bench_embbag --dim 1024 --k 32, bench_pk_topk
+#   tools/report_run.sh                                  # bench_embbag --dim 1024 --k 32, bench_pk_topk,
+#                                                        # bench_memory_layer --batch 256
 #   tools/report_run.sh --embbag "--dim 4096 --k 32" --pk-topk "--dtype bf16 --qk-norm"
+#   tools/report_run.sh --memory-layer "--batch 128 --kind memory --reps 5"
+#   BUILD_DIR=build/h-bench tools/report_run.sh --only memory_layer
+# --only embbag,pk_topk,memory_layer reruns just those (the other JSON stays; machine.json keeps
+# their commands). BUILD_DIR: take the binaries from that build folder instead of building the
+# release preset through tools/run.
 #   tools/report_run.sh --dim 1024 --k 32                # (old form) flags for bench_embbag only
 # bench_pk_topk and its peer run when this checkout has them and bench_pk_topk builds; otherwise
-# the report has the EmbeddingBag only. tools/report.py alone regenerates README.md (and the
-# roofline SVGs) from the saved JSON. A GPU machine's report comes from tools/device_check.sh.
+# the report has the EmbeddingBag only; so for bench_memory_layer and its peer, which run with the
+# same flags (the paper's shape at a batch that keeps a run to a few minutes on 2 cores). A
+# notes.md in the folder is kept and copied into the report. tools/report.py alone regenerates
+# README.md (and the roofline SVGs) from the saved JSON. A GPU machine's report comes from
+# tools/device_check.sh.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-emb_args=(--dim 1024 --k 32) pk_args=() old=()
+emb_args=(--dim 1024 --k 32) pk_args=() ml_args=(--batch 256) old=() only=embbag,pk_topk,memory_layer
 while [ $# -gt 0 ]; do
   case "$1" in
     --embbag) read -r -a emb_args <<< "$2"; shift 2 ;;
     --pk-topk) read -r -a pk_args <<< "$2"; shift 2 ;;
+    --memory-layer) read -r -a ml_args <<< "$2"; shift 2 ;;
+    --only) only="$2"; shift 2 ;;
     *) old+=("$1"); shift ;;
   esac
 done
@@ -33,15 +44,30 @@ run() {  # echo and record a command, then run it
   commands+=("$*")
   "$@"
 }
+wanted() { [[ ",$only," == *",$1,"* ]]; }
+bench() {  # bench() NAME ARGS...: the binary from $BUILD_DIR, else built by tools/run
+  local name="$1"
+  shift
+  if [ -n "${BUILD_DIR:-}" ]; then
+    local bin
+    bin=$(find "$BUILD_DIR" -type f -name "$name" -perm -u+x -not -path '*/CMakeFiles/*' | head -n 1)
+    [ -n "$bin" ] || { echo "report_run: no $name under BUILD_DIR=$BUILD_DIR" >&2; return 1; }
+    "$bin" "$@"
+  else
+    tools/run "$name" "$@"
+  fi
+}
 
-run tools/run bench_embbag "${emb_args[@]}" --backend cpu \
-  --benchmark_out="$dir/bench_embbag_cpu.json" --benchmark_out_format=json
-[ $have_torch = yes ] && run python3 tools/peers/embbag_torch.py "${emb_args[@]}" --device cpu \
-  --json "$dir/embbag_torch_cpu.json"
+if wanted embbag; then
+  run bench bench_embbag "${emb_args[@]}" --backend cpu \
+    --benchmark_out="$dir/bench_embbag_cpu.json" --benchmark_out_format=json
+  [ $have_torch = yes ] && run python3 tools/peers/embbag_torch.py "${emb_args[@]}" --device cpu \
+    --json "$dir/embbag_torch_cpu.json"
+fi
 
-if [ -f bench/pk_topk/CMakeLists.txt ]; then
-  if tools/run bench_pk_topk --help > /dev/null 2>&1; then
-    run tools/run bench_pk_topk "${pk_args[@]}" --backend cpu \
+if wanted pk_topk && [ -f bench/pk_topk/CMakeLists.txt ]; then
+  if bench bench_pk_topk --help > /dev/null 2>&1; then
+    run bench bench_pk_topk "${pk_args[@]}" --backend cpu \
       --benchmark_out="$dir/bench_pk_topk_cpu.json" --benchmark_out_format=json
     [ $have_torch = yes ] && [ -f tools/peers/pk_topk_torch.py ] &&
       run python3 tools/peers/pk_topk_torch.py "${pk_args[@]}" --device cpu \
@@ -51,9 +77,27 @@ if [ -f bench/pk_topk/CMakeLists.txt ]; then
   fi
 fi
 
-python3 - "$dir/machine.json" "$model" "$(git rev-parse --short=12 HEAD)" "${commands[@]}" <<'PY'
+if wanted memory_layer && [ -f bench/memory_layer/CMakeLists.txt ]; then
+  if bench bench_memory_layer --help > /dev/null 2>&1; then
+    run bench bench_memory_layer "${ml_args[@]}" --backend cpu \
+      --benchmark_out="$dir/bench_memory_layer_cpu.json" --benchmark_out_format=json
+    [ $have_torch = yes ] && [ -f tools/peers/memory_layer_torch.py ] &&
+      run python3 tools/peers/memory_layer_torch.py "${ml_args[@]}" --device cpu \
+        --json "$dir/memory_layer_torch_cpu.json"
+  else
+    echo "== bench_memory_layer does not build here yet: the report has no memory layer"
+  fi
+fi
+
+python3 - "$dir/machine.json" "$model" "$(git rev-parse --short=12 HEAD)" "$only" "${commands[@]}" <<'PY'
 import json, os, sys
-path, model, commit, *commands = sys.argv[1:]
+path, model, commit, only, *commands = sys.argv[1:]
+rerun = only.split(",")
+if set(rerun) != {"embbag", "pk_topk", "memory_layer"} and os.path.exists(path):
+    # a partial rerun keeps the commands of the runs it left alone
+    kept = [c for c in json.load(open(path)).get("commands", [])
+            if c != "tools/report_run.sh" and not any(r in c for r in rerun)]
+    commands = commands[:1] + ["(--only %s; earlier:)" % only] + kept + commands[1:]
 flags = []
 for line in open("/proc/cpuinfo"):
     if line.startswith(("flags", "Features")):

@@ -115,6 +115,56 @@ class Report(unittest.TestCase):
         self.assertTrue(skipped[2].startswith("skipped: unsupported"))
         self.assertIn("not measured", row(bwd, "all cuda variants"))
 
+    def test_memory_layer_rows_and_stage_breakdown(self):
+        fwd = section(self.md, "memory_layer_fwd")
+        h = row(fwd, "variant")
+        for col in ("µs/token", "tokens/s", "% of floor", "× PyTorch"):
+            self.assertIn(col, h)
+        ours = row(fwd, "v1_compose")
+        peer = row(fwd, "eager")
+        self.assertEqual(peer[-1], "1.00×")
+        times = {}
+        for name in ("bench_memory_layer_cpu.json", "memory_layer_torch_cpu.json"):
+            with open(os.path.join(FIX, "report", name)) as f:
+                for b in json.load(f)["benchmarks"]:
+                    if b.get("aggregate_name") == "median" and "memory_layer_fwd/" in b["name"]:
+                        times[name] = b["real_time"]
+        self.assertEqual(ours[h.index("× PyTorch")], "%.2f×" % (
+            times["memory_layer_torch_cpu.json"] / times["bench_memory_layer_cpu.json"]))
+        self.assertNotIn("stage:", self.md)  # stage rows live in their own section only
+
+        bd = section(self.md, "Where the time goes: memory_layer_fwd_bwd")
+        header = row(bd, "stage")
+        self.assertIn("cpu v1_compose ms", header)
+        self.assertIn("torch_cpu autograd ms", header)
+        names = [row(bd, n)[0] for n in ("projection", "search", "softmax", "bag", "gating",
+                                         "gating_bwd", "bag_bwd", "softmax_bwd", "search_bwd",
+                                         "projection_bwd", "outside", "whole call")]
+        self.assertEqual(len(names), 12)
+        # The % of floor of a stage, recomputed here from the fixture's JSON: the stage's declared
+        # bytes and flops against the ceilings the bench measured in the same run.
+        with open(os.path.join(FIX, "report", "bench_memory_layer_cpu.json")) as f:
+            doc = json.load(f)
+        med = {b["name"]: b for b in doc["benchmarks"]
+               if b.get("aggregate_name") == "median" and b["name"].startswith("ceiling/")}
+        bw = next(b["GB/s"] for n, b in med.items() if "stream_read" in n)
+        gflops = next(b["TFLOP/s"] * 1e3 for n, b in med.items() if "sgemm" in n)
+        st = next(b for b in doc["benchmarks"]
+                  if "memory_layer_fwd_bwd/" in b["name"] and "/stage:search_bwd/" in b["name"])
+        floor_ms = max(st["bytes"] / bw / 1e9, st["flops"] / gflops / 1e9) * 1e3
+        cells = row(bd, "search_bwd")
+        i = header.index("cpu v1_compose ms")
+        self.assertEqual(cells[i + 2], "%.1f" % (100 * floor_ms / st["real_time"]))
+        self.assertEqual(cells[i + 1], "%.1f%%" % st["pct_time"])
+        self.assertEqual(cells[header.index("floor (ms)")], "%.3f" % floor_ms)
+        # each run's three largest stages, in one line
+        self.assertRegex(self.md, r"- memory_layer_fwd_bwd, cpu v1_compose: [a-z_]+ [0-9.]+%, ")
+        self.assertRegex(self.md, r"- memory_layer_fwd, torch_cpu eager: [a-z_]+ [0-9.]+%, ")
+
+    def test_notes_are_included(self):
+        notes = section(self.md, "Notes")
+        self.assertIn("fixture note: notes.md is copied verbatim", notes)
+
     def test_summary(self):
         s = section(self.md, "Best variant per op, shape and backend")
         self.assertRegex(s, r"\| pk_topk_fwd \|[^\n]*\| v2_fused_pruned \|[^\n]*60\.8% of floor")
@@ -126,7 +176,7 @@ class Report(unittest.TestCase):
             self.assertEqual(svgs, [])
             self.assertIn("Roofline plots skipped", self.md)
             self.skipTest("matplotlib not installed: the skip message was checked instead")
-        self.assertEqual(len(svgs), 4, svgs)
+        self.assertEqual(len(svgs), 6, svgs)  # embbag, pk_topk, memory_layer: fwd and bwd each
         for f in svgs:
             self.assertIn("](%s)" % f, self.md)  # linked from the README
             root = ET.parse(os.path.join(self.out, f)).getroot()

@@ -224,7 +224,8 @@ class Layer:
             a.k_dim // 2
 
         def uniform(*shape, scale=1.0, dtype=torch.float32):
-            return ((torch.rand(shape, generator=gen) * 2 - 1) * scale).to(dtype).to(device)
+            # in place: the value table can be several GiB
+            return torch.rand(shape, generator=gen).mul_(2).sub_(1).mul_(scale).to(dtype).to(device)
 
         N = nk * nk
         # as bench_memory_layer: weights scaled by 1/sqrt(fan-in), biases by 0.1
