@@ -41,7 +41,7 @@ python3 -c "import torch" 2>/dev/null && have_torch=yes
 
 run() {  # echo and record a command, then run it
   echo "== $*"
-  commands+=("$*")
+  commands+=("${*/#bench /tools/run }")  # as run by hand
   "$@"
 }
 wanted() { [[ ",$only," == *",$1,"* ]]; }
