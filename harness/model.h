@@ -1,0 +1,92 @@
+// The dense decoder-only transformer of the harness, forward and backward, composed from
+// harness::Ops (harness/ops.h) so that one model source runs on every backend:
+//   x   = wte[tokens] + wpe[positions]
+//   per layer:  x += attention(rmsnorm(x; ln1) · wqkv) · wo        causal, `heads` heads
+//               x += swiglu(rmsnorm(x; ln2) · w13) · w2            w13 = [w1 | w3] (d,
+//               2·ffn_hidden)
+//   logits = rmsnorm(x; lnf) · wteᵀ                                the output tied to wte
+//   loss   = cross-entropy(logits, targets), weighted mean over the counted positions
+// No biases. Every parameter lives in one contiguous fp32 buffer; `ParamLayout` names the views.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "harness/ops.h"
+
+namespace memlayers::harness {
+
+struct Config {
+  int64_t vocab = 256;
+  int64_t ctx = 64;  // the longest sequence (rows of wpe)
+  int64_t d_model = 128;
+  int64_t layers = 4;
+  int64_t heads = 4;
+  int64_t ffn_hidden = 344;
+  // Layers whose feed-forward block is a memory layer (kernels/memory_layer). The dense model
+  // takes none yet: a non-empty list is refused by validate().
+  std::vector<int64_t> memory_layers;
+
+  int64_t head_dim() const { return d_model / heads; }
+  // Throws memlayers::Error naming the first bad field and what is accepted.
+  void validate() const;
+};
+
+// One named parameter tensor: elements [offset, offset + size) of the buffer, row-major `shape`.
+struct ParamTensor {
+  std::string name;  // "wte", "wpe", "layer1.wqkv", ..., "lnf"
+  int64_t offset = 0;
+  std::vector<int64_t> shape;
+  int64_t size() const;
+};
+
+class ParamLayout {
+ public:
+  explicit ParamLayout(const Config& c);
+  const std::vector<ParamTensor>& tensors() const { return tensors_; }
+  const ParamTensor& at(const std::string& name) const;  // throws for an unknown name
+  int64_t total() const { return total_; }               // floats in the buffer
+
+ private:
+  std::vector<ParamTensor> tensors_;
+  int64_t total_ = 0;
+};
+
+// Initial values (host): linear weights and embeddings normal with std 0.02 (the projections
+// into the residual stream, wo and w2, scaled by 1/sqrt(2·layers)), RMSNorm scales 1.
+std::vector<float> init_params(const Config& c, uint64_t seed);
+
+// A batch of `batch` sequences of `seq` ≤ ctx tokens, device memory of the model's backend.
+struct Batch {
+  const int32_t* tokens = nullptr;   // (batch, seq), each in [0, vocab)
+  const int32_t* targets = nullptr;  // (batch, seq)
+  const float* weights = nullptr;    // (batch, seq) (optional: every position counts 1)
+  int64_t batch = 0, seq = 0;
+};
+
+class DenseModel {
+ public:
+  DenseModel(const Config& c, const Ops& ops);
+  ~DenseModel();
+  DenseModel(const DenseModel&) = delete;
+  DenseModel& operator=(const DenseModel&) = delete;
+
+  const Config& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  const Ops& ops() const { return ops_; }
+
+  // The batch's loss. With `grads` set (a buffer shaped like params), also its gradient with
+  // respect to every parameter, written (not accumulated). Device pointers; activations are kept
+  // in buffers the model owns, sized by the largest batch seen.
+  double loss(const float* params, const Batch& b, float* grads = nullptr);
+
+ private:
+  struct Activations;
+  Config config_;
+  ParamLayout layout_;
+  const Ops& ops_;
+  std::unique_ptr<Activations> acts_;
+};
+
+}  // namespace memlayers::harness
