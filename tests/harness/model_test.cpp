@@ -16,10 +16,12 @@
 #include "harness/model.h"
 #include "tests/common/check.h"
 #include "tests/common/random.h"
+#include "tests/harness/expect_error.h"
 
 namespace memlayers::harness {
 namespace {
 
+using test::expect_error;
 using test::Rng;
 
 Config tiny_config() {
@@ -138,16 +140,6 @@ TEST(DenseModel, Layout) {
   }
   EXPECT_EQ(layout.at("layer1.w13").shape, (std::vector<int64_t>{d, 2 * f}));
   EXPECT_THROW(layout.at("layer2.w13"), Error);
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& expected) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing \"" << expected << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos)
-        << "message \"" << e.what() << "\" lacks \"" << expected << "\"";
-  }
 }
 
 TEST(DenseModel, BadConfigsAndBatchesAreRefused) {

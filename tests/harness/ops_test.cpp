@@ -24,11 +24,13 @@
 #include "tests/common/buffer.h"
 #include "tests/common/check.h"
 #include "tests/common/random.h"
+#include "tests/harness/expect_error.h"
 
 namespace memlayers::harness {
 namespace {
 
 using test::DeviceBuffer;
+using test::expect_error;
 using test::Rng;
 
 std::vector<float> random_floats(Rng& rng, int64_t n, float scale = 1.0f) {
@@ -516,16 +518,6 @@ TEST(CpuOps, AttentionBackwardIsDeterministic) {
 }
 
 // ---- errors ----
-
-void expect_error(const std::function<void()>& fn, const std::string& expected) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing \"" << expected << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos)
-        << "message \"" << e.what() << "\" lacks \"" << expected << "\"";
-  }
-}
 
 class OpsErrors : public ::testing::TestWithParam<Backend> {};
 
