@@ -144,6 +144,14 @@ std::unique_ptr<Ceiling> host_stream_ceiling(const void* data, double bytes, int
 // `src` to `dst` (read + write bytes counted).
 std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size_t bytes);
 
+// The compute ceilings, GEMM passes C(m×n) = A(m×k)·B(n×k)ᵀ over buffers the ceiling owns:
+// "ceiling/host/sgemm_MxNxK" (OpenBLAS, its threads) and "ceiling/cuda/{s,bf16}gemm_MxNxK"
+// (cuBLAS: sgemm, or bf16 inputs with fp32 compute on the tensor cores). The cuda one exists only
+// in a build with CUDA (have_cuda_gemm_ceiling()); elsewhere it throws.
+std::unique_ptr<Ceiling> host_gemm_ceiling(int64_t m, int64_t n, int64_t k);
+bool have_cuda_gemm_ceiling();
+std::unique_ptr<Ceiling> cuda_gemm_ceiling(int64_t m, int64_t n, int64_t k, DType dtype);
+
 // One pass of a multithreaded streaming read over a host buffer: every thread sums its slice
 // with the widest vectors the CPU has (stream_read.cpp). Returns seconds.
 double host_stream_read_seconds(const void* data, std::size_t bytes, int threads);

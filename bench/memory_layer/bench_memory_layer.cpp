@@ -4,8 +4,8 @@
 // stage against max(bytes / bandwidth ceiling, flops / compute ceiling) of its own declared
 // bytes and flops (kernels/memory_layer/stage_costs.h), the whole layer against
 // memory_layer::Fwd / Bwd's declared totals. Bandwidth ceiling: an all-core streaming read (a
-// device-to-device copy on the GPU); compute ceiling: an OpenBLAS sgemm of the query projection's
-// shape (B × h·n × d).
+// device-to-device copy on the GPU); compute ceiling: a GEMM of the query projection's shape
+// (B × h·n × d), OpenBLAS sgemm on the host, cuBLAS sgemm on the GPU.
 //
 // Build: cmake -S . -B build -G Ninja && cmake --build build --target bench_memory_layer
 // Run:   build/bench/memory_layer/bench_memory_layer                 (memory+, the paper's shape)
@@ -30,7 +30,6 @@
 #include <string_view>
 #include <vector>
 
-#include <cblas.h>
 #include <fmt/format.h>
 
 #include "bench/common/bench_common.h"
@@ -120,8 +119,8 @@ Ceiling rows (measured in the same run, median of their repetitions):
   host: ceiling/host/sgemm_MxNxK = OpenBLAS cblas_sgemm of the projection's shape, fp32
         (MEMLAYERS_THREADS threads), and ceiling/host/stream_read_SIZE = an all-core streaming
         read of a buffer no cache holds;
-  cuda: ceiling/cuda/d2d_copy_SIZE (read + write bytes); no compute ceiling is measured on the
-        GPU yet, so a cuda row's floor is its bytes over the copy ceiling.
+  cuda: ceiling/cuda/sgemm_MxNxK = cuBLAS sgemm of the same shape (default math: fp32, no
+        TF32), and ceiling/cuda/d2d_copy_SIZE (read + write bytes).
 Backends: 'all' runs cpu and cuda. reference and simt are correctness backends (fp64 loops, and
 the CUDA source on CPU threads): they run only when named (they want tiny shapes).
 Unsupported combinations are printed and reported as skipped rows with the reason.)";
@@ -316,36 +315,6 @@ class EventStageClock final : public StageClock {
   const Timing& t_;
   std::vector<void*> pool_;
   std::vector<Interval> open_, closed_;
-};
-
-// ---- the compute ceiling ----
-
-// C (B × h·n) = X (B × d) · Wq (d × h·n): the projection's GEMM, on OpenBLAS's threads, timed
-// with a steady clock.
-class ProjectionGemm {
- public:
-  ProjectionGemm(int64_t m, int64_t n, int64_t k)
-      : m_(m),
-        n_(n),
-        k_(k),
-        a_(std::size_t(m * k)),
-        b_(std::size_t(k * n)),
-        c_(std::size_t(m * n)) {
-    mb::fill_uniform(a_.data(), m * k, DType::f32, 21);
-    mb::fill_uniform(b_.data(), k * n, DType::f32, 22);
-  }
-  std::string name() const { return fmt::format("sgemm_{}x{}x{}", m_, n_, k_); }
-  double flops() const { return 2.0 * double(m_) * double(n_) * double(k_); }
-  double seconds() {
-    const auto start = std::chrono::steady_clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(m_), int(n_), int(k_), 1.0f,
-                a_.data(), int(k_), b_.data(), int(n_), 0.0f, c_.data(), int(n_));
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-
- private:
-  int64_t m_, n_, k_;
-  std::vector<float> a_, b_, c_;
 };
 
 struct Ceilings {
@@ -652,12 +621,12 @@ int run(int argc, char** argv) {
   fmt::print("  value table {}; direction {}, input sets {}, repetitions {}, seed {}\n",
              mb::human_bytes(table_bytes), o.direction, o.sets, o.reps, o.seed);
   mb::print_machine(host_llc, l2, threads);
-  ProjectionGemm gemm(o.batch, c.heads * c.k_dim, c.d_model);
+  // The projection's GEMM, C (B × h·n) from X (B × d) and Wq: the compute ceilings' shape.
+  const int64_t gm = o.batch, gn = c.heads * c.k_dim, gk = c.d_model;
   fmt::print(
-      "  bandwidth ceiling over {} ({}); compute ceiling {}; nominal peaks {} GB/s, {} "
+      "  bandwidth ceiling over {} ({}); compute ceiling sgemm_{}x{}x{}; nominal peaks {} GB/s, {} "
       "TFLOP/s\n",
-      mb::human_bytes(double(o.ceiling_bytes)), ceiling_why, gemm.name(), o.peak_gbs,
-      o.peak_tflops);
+      mb::human_bytes(double(o.ceiling_bytes)), ceiling_why, gm, gn, gk, o.peak_gbs, o.peak_tflops);
   for (bool backward : {false, true}) {
     if (backward && !o.fwd_bwd()) continue;
     std::string line;
@@ -691,15 +660,17 @@ int run(int argc, char** argv) {
   if (runnable.any_host) {
     stream_buf.reset(host_memory().alloc(std::size_t(o.ceiling_bytes)));
     mb::fill_uniform(stream_buf.get(), o.ceiling_bytes / 4, DType::f32, 11);
-    ceilings.push_back(std::make_unique<mb::Ceiling>(
-        "ceiling/host/" + gemm.name(), gemm.flops(), [&gemm] { return gemm.seconds(); },
-        mb::CeilingKind::compute));
+    ceilings.push_back(mb::host_gemm_ceiling(gm, gn, gk));
     host_ceil.compute = ceilings.back().get();
     ceilings.push_back(mb::host_stream_ceiling(stream_buf.get(), double(o.ceiling_bytes), threads));
     host_ceil.bandwidth = ceilings.back().get();
   }
   Buffer copy_src, copy_dst;
   if (runnable.has_cuda) {
+    if (mb::have_cuda_gemm_ceiling()) {
+      ceilings.push_back(mb::cuda_gemm_ceiling(gm, gn, gk, DType::f32));
+      cuda_ceil.compute = ceilings.back().get();
+    }
     const std::size_t half = std::size_t(o.ceiling_bytes) / 2 / 256 * 256;
     const Memory& mem = *backend_info(Backend::cuda).memory;
     copy_src = Buffer(mem, half);

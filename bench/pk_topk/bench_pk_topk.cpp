@@ -31,10 +31,6 @@
 #include "bench/common/bench_common.h"
 #include "pk_topk/pk_topk.h"
 
-#if MEMLAYERS_HAVE_CUDA
-#include <cublas_v2.h>
-#endif
-
 // OpenBLAS's thread count, set when the BLAS is OpenBLAS (weak: absent from other BLASes).
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
@@ -270,85 +266,6 @@ struct GemmShape {
   std::string name() const { return fmt::format("sgemm_{}x{}x{}", m, n, k); }
 };
 
-// A host sgemm pass (OpenBLAS's threads), timed with a steady clock.
-class HostGemm {
- public:
-  explicit HostGemm(GemmShape g)
-      : g_(g), a_(std::size_t(g.m * g.k)), b_(std::size_t(g.n * g.k)), c_(std::size_t(g.m * g.n)) {
-    mb::fill_uniform(a_.data(), int64_t(a_.size()), DType::f32, 7);
-    mb::fill_uniform(b_.data(), int64_t(b_.size()), DType::f32, 8);
-  }
-  double pass() {
-    const auto t0 = std::chrono::steady_clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(g_.m), int(g_.n), int(g_.k), 1.0f,
-                a_.data(), int(g_.k), b_.data(), int(g_.k), 0.0f, c_.data(), int(g_.n));
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-
- private:
-  GemmShape g_;
-  std::vector<float> a_, b_, c_;
-};
-
-#if MEMLAYERS_HAVE_CUDA
-void cublas_check(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) fail("{}: cuBLAS status {}", what, int(s));
-}
-
-// A cuBLAS GEMM pass of the same shape, timed with CUDA events: sgemm for fp32 inputs, bf16 x bf16
-// -> fp32 (tensor cores) for bf16 inputs.
-class CudaGemm {
- public:
-  CudaGemm(GemmShape g, DType dtype)
-      : g_(g),
-        dtype_(dtype),
-        a_(*backend_info(Backend::cuda).memory, std::size_t(g.m * g.k) * dtype_size(dtype)),
-        b_(*backend_info(Backend::cuda).memory, std::size_t(g.n * g.k) * dtype_size(dtype)),
-        c_(*backend_info(Backend::cuda).memory, std::size_t(g.m * g.n) * 4) {
-    cublas_check(cublasCreate(&handle_), "cublasCreate");
-    const Memory& mem = *backend_info(Backend::cuda).memory;
-    for (auto* buf : {&a_, &b_}) {
-      std::vector<unsigned char> host(buf->bytes());
-      mb::fill_uniform(host.data(), int64_t(host.size() / dtype_size(dtype)), dtype, 9);
-      mem.to_device(buf->get(), host.data(), host.size());
-    }
-    mem.synchronize();
-  }
-  ~CudaGemm() { cublasDestroy(handle_); }
-  CudaGemm(const CudaGemm&) = delete;
-  CudaGemm& operator=(const CudaGemm&) = delete;
-
-  double pass() {
-    const Timing& t = *backend_info(Backend::cuda).timing;
-    void* start = t.event_create();
-    void* end = t.event_create();
-    const float one = 1, zero = 0;
-    const int m = int(g_.n), n = int(g_.m), k = int(g_.k);  // column-major: C^T = K * Q^T
-    t.event_record(start, nullptr);
-    if (dtype_ == DType::bf16)
-      cublas_check(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, b_.get(),
-                                CUDA_R_16BF, k, a_.get(), CUDA_R_16BF, k, &zero, c_.get(),
-                                CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                   "cublasGemmEx");
-    else
-      cublas_check(cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, b_.as<float>(), k,
-                               a_.as<float>(), k, &zero, c_.as<float>(), m),
-                   "cublasSgemm");
-    t.event_record(end, nullptr);
-    const double ms = t.elapsed_ms(start, end);
-    t.event_destroy(start);
-    t.event_destroy(end);
-    return ms / 1e3;
-  }
-
- private:
-  GemmShape g_;
-  DType dtype_;
-  Buffer a_, b_, c_;
-  cublasHandle_t handle_ = nullptr;
-};
-#endif
-
 // ---- timed rows ----
 
 std::atomic<int> g_failures{0};
@@ -579,34 +496,21 @@ int run(int argc, char** argv) {
 
   std::vector<std::unique_ptr<mb::Ceiling>> ceilings;
   std::unique_ptr<void, void (*)(void*)> stream_buf(nullptr, host_memory().release);
-  std::unique_ptr<HostGemm> host_gemm;
   Ceilings host_ceil, cuda_ceil;
   if (runnable.any_host) {
     stream_buf.reset(host_memory().alloc(std::size_t(c.ceiling_bytes)));
     mb::fill_uniform(stream_buf.get(), c.ceiling_bytes / 4, DType::f32, 11);
-    host_gemm = std::make_unique<HostGemm>(gemm);
-    HostGemm* hg = host_gemm.get();
-    ceilings.push_back(std::make_unique<mb::Ceiling>(
-        "ceiling/host/" + gemm.name(), gemm.flops(), [hg] { return hg->pass(); },
-        mb::CeilingKind::compute));
+    ceilings.push_back(mb::host_gemm_ceiling(gemm.m, gemm.n, gemm.k));
     host_ceil.compute = ceilings.back().get();
     ceilings.push_back(mb::host_stream_ceiling(stream_buf.get(), double(c.ceiling_bytes), threads));
     host_ceil.bandwidth = ceilings.back().get();
   }
   Buffer copy_src, copy_dst;
-#if MEMLAYERS_HAVE_CUDA
-  std::unique_ptr<CudaGemm> cuda_gemm;
-#endif
   if (runnable.has_cuda) {
-#if MEMLAYERS_HAVE_CUDA
-    cuda_gemm = std::make_unique<CudaGemm>(gemm, c.data_dtype());
-    CudaGemm* cg = cuda_gemm.get();
-    ceilings.push_back(std::make_unique<mb::Ceiling>(
-        fmt::format("ceiling/cuda/{}{}", c.data_dtype() == DType::bf16 ? "bf16" : "s",
-                    gemm.name().substr(1)),
-        gemm.flops(), [cg] { return cg->pass(); }, mb::CeilingKind::compute));
+    MEMLAYERS_CHECK(mb::have_cuda_gemm_ceiling(),
+                    "backend cuda runs but this binary has no cuBLAS ceiling");
+    ceilings.push_back(mb::cuda_gemm_ceiling(gemm.m, gemm.n, gemm.k, c.data_dtype()));
     cuda_ceil.compute = ceilings.back().get();
-#endif
     // Half the ceiling buffer copied into the other half's worth: read + write bytes counted.
     const std::size_t half = std::size_t(c.ceiling_bytes) / 2 / 256 * 256;
     const Memory& mem = *backend_info(Backend::cuda).memory;
@@ -615,7 +519,6 @@ int run(int argc, char** argv) {
     mem.fill_bytes(copy_src.get(), 0x3c, half);
     ceilings.push_back(mb::cuda_copy_ceiling(copy_src.get(), copy_dst.get(), half));
     cuda_ceil.bandwidth = ceilings.back().get();
-    MEMLAYERS_CHECK(cuda_ceil.compute, "backend cuda runs but this binary has no cuBLAS ceiling");
   }
   for (auto& ceiling : ceilings) ceiling->register_row(int(c.reps));
 

@@ -1,0 +1,121 @@
+// The compute ceilings: an OpenBLAS sgemm on the host, a cuBLAS GEMM on the GPU, each over
+// buffers the ceiling owns (bench_common.h).
+#include <cblas.h>
+
+#include <chrono>
+#include <memory>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "bench/common/bench_common.h"
+#include "common/error.h"
+
+#if MEMLAYERS_BENCH_CUBLAS
+#include <cublas_v2.h>
+#endif
+
+namespace memlayers::bench {
+
+namespace {
+
+double gemm_flops(int64_t m, int64_t n, int64_t k) {
+  return 2.0 * double(m) * double(n) * double(k);
+}
+
+struct HostGemm {
+  int64_t m, n, k;
+  std::vector<float> a, b, c;
+  HostGemm(int64_t m_, int64_t n_, int64_t k_)
+      : m(m_), n(n_), k(k_), a(std::size_t(m * k)), b(std::size_t(n * k)), c(std::size_t(m * n)) {
+    fill_uniform(a.data(), m * k, DType::f32, 7);
+    fill_uniform(b.data(), n * k, DType::f32, 8);
+  }
+  double pass() {
+    const auto t0 = std::chrono::steady_clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, a.data(),
+                int(k), b.data(), int(k), 0.0f, c.data(), int(n));
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+};
+
+#if MEMLAYERS_BENCH_CUBLAS
+void cublas_check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("{}: cuBLAS status {}", what, int(s));
+}
+
+struct CudaGemm {
+  int64_t m, n, k;
+  DType dtype;
+  Buffer a, b, c;
+  cublasHandle_t handle = nullptr;
+  CudaGemm(int64_t m_, int64_t n_, int64_t k_, DType dtype_)
+      : m(m_),
+        n(n_),
+        k(k_),
+        dtype(dtype_),
+        a(*backend_info(Backend::cuda).memory, std::size_t(m * k) * dtype_size(dtype)),
+        b(*backend_info(Backend::cuda).memory, std::size_t(n * k) * dtype_size(dtype)),
+        c(*backend_info(Backend::cuda).memory, std::size_t(m * n) * 4) {
+    cublas_check(cublasCreate(&handle), "cublasCreate");
+    const Memory& mem = *backend_info(Backend::cuda).memory;
+    for (Buffer* buf : {&a, &b}) {
+      std::vector<unsigned char> host(buf->bytes());
+      fill_uniform(host.data(), int64_t(host.size() / dtype_size(dtype)), dtype, 9);
+      mem.to_device(buf->get(), host.data(), host.size());
+    }
+    mem.synchronize();
+  }
+  ~CudaGemm() { cublasDestroy(handle); }
+  CudaGemm(const CudaGemm&) = delete;
+  CudaGemm& operator=(const CudaGemm&) = delete;
+  double pass() {
+    const Timing& t = *backend_info(Backend::cuda).timing;
+    void* start = t.event_create();
+    void* end = t.event_create();
+    const float one = 1, zero = 0;
+    // Row-major C = A·Bᵀ is column-major Cᵀ = B·Aᵀ: (n × m) from B (k × n)ᵀ and A (k × m).
+    const int cm = int(n), cn = int(m), ck = int(k);
+    t.event_record(start, nullptr);
+    if (dtype == DType::bf16)
+      cublas_check(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, cm, cn, ck, &one, b.get(),
+                                CUDA_R_16BF, ck, a.get(), CUDA_R_16BF, ck, &zero, c.get(),
+                                CUDA_R_32F, cm, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                   "cublasGemmEx");
+    else
+      cublas_check(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, cm, cn, ck, &one, b.as<float>(),
+                               ck, a.as<float>(), ck, &zero, c.as<float>(), cm),
+                   "cublasSgemm");
+    t.event_record(end, nullptr);
+    const double ms = t.elapsed_ms(start, end);
+    t.event_destroy(start);
+    t.event_destroy(end);
+    return ms / 1e3;
+  }
+};
+#endif
+
+}  // namespace
+
+std::unique_ptr<Ceiling> host_gemm_ceiling(int64_t m, int64_t n, int64_t k) {
+  auto g = std::make_shared<HostGemm>(m, n, k);
+  return std::make_unique<Ceiling>(
+      fmt::format("ceiling/host/sgemm_{}x{}x{}", m, n, k), gemm_flops(m, n, k),
+      [g] { return g->pass(); }, CeilingKind::compute);
+}
+
+bool have_cuda_gemm_ceiling() { return MEMLAYERS_BENCH_CUBLAS != 0; }
+
+std::unique_ptr<Ceiling> cuda_gemm_ceiling(int64_t m, int64_t n, int64_t k, DType dtype) {
+#if MEMLAYERS_BENCH_CUBLAS
+  auto g = std::make_shared<CudaGemm>(m, n, k, dtype);
+  return std::make_unique<Ceiling>(
+      fmt::format("ceiling/cuda/{}gemm_{}x{}x{}", dtype == DType::bf16 ? "bf16" : "s", m, n, k),
+      gemm_flops(m, n, k), [g] { return g->pass(); }, CeilingKind::compute);
+#else
+  (void)m, (void)n, (void)k, (void)dtype;
+  fail("the cuBLAS compute ceiling needs a build with CUDA (this one has none)");
+#endif
+}
+
+}  // namespace memlayers::bench
