@@ -176,6 +176,7 @@ if [ "$quick" = yes ]; then
   pk_paper=(--batch 64 --heads 2 --n-keys 128 --k-dim 64 --k 8 --dtype bf16 --qk-norm --reps 2 --sets 2)
   torch_emb_default=(--rows 100000 --batch 256 --dim 256 --k 8 --reps 3 --sets 2)
   torch_emb_paper=(--rows 100000 --batch 256 --dim 512 --k 16 --dtype bf16 --reps 3 --sets 2)
+  ml=(--shape small --reps 2 --sets 2)
 else
   emb_default=()
   emb_paper=(--rows 1048576 --dim 2048 --k 128 --batch 4096 --dtype bf16)
@@ -183,8 +184,11 @@ else
   pk_paper=(--dtype bf16 --qk-norm)
   torch_emb_default=()
   torch_emb_paper=(--rows 1048576 --dim 2048 --k 128 --batch 4096 --dtype bf16)
+  ml=(--direction all)  # memory+ at the paper's shape (d 1024, h 4, n_keys 1024, k 32, n 512)
 fi
 sanitizer_filter="${SANITIZER_FILTER:-Sweep/*cuda_*f32_i32*k7*}"
+# The memory layer's cases carry no index type: its fp32 cases of the first (odd-width) shape.
+sanitizer_filter_memory_layer="${SANITIZER_FILTER_MEMORY_LAYER:-Sweep/*cuda_*_f32_*b5_d24*}"
 
 # ---- dry run: what would run, and whether the binaries exist ----
 declare -A bin
@@ -280,8 +284,10 @@ for tool in memcheck racecheck; do
       skip_step "${tool}_${t%_test}" "compute-sanitizer is not on PATH"
       continue
     fi
+    filter="$sanitizer_filter"
+    [ "$t" = memory_layer_test ] && filter="$sanitizer_filter_memory_layer"
     run_step "${tool}_${t%_test}" 45 gtest_run compute-sanitizer --tool "$tool" --error-exitcode 1 \
-      "${bin[$t]}" --gtest_filter="$sanitizer_filter" --gtest_brief=1
+      "${bin[$t]}" --gtest_filter="$filter" --gtest_brief=1
   done
 done
 
@@ -346,7 +352,8 @@ fi
 
 benches_at paper 50
 if [ -n "${bin[bench_memory_layer]:-}" ]; then
-  run_step bench_memory_layer 50 "${bin[bench_memory_layer]}" --backend cuda $(json_args bench_memory_layer)
+  run_step bench_memory_layer 50 "${bin[bench_memory_layer]}" --backend cuda --peak-gbs "$peak_gbs" "${ml[@]}" $(json_args bench_memory_layer)
+  run_step peer_memory_layer 40 python3 tools/peers/memory_layer_torch.py --device cuda --peak-gbs "$peak_gbs" "${ml[@]}" --json "$out_dir/memory_layer_torch.json"
 else
   skip_step bench_memory_layer "bench/memory_layer is not in this checkout yet"
 fi
