@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -115,6 +116,21 @@ TEST(DenseModel, CpuMatchesReference) {
         test::compare(t.name, got, want, test::tolerance_for(DType::f32, want));
     EXPECT_TRUE(r.ok) << r.message;
   }
+}
+
+// Twice the same step on the cpu backend, at a size that splits over threads: the same bytes.
+TEST(DenseModel, CpuIsDeterministic) {
+  Config c;
+  c.vocab = 257, c.ctx = 37, c.d_model = 96, c.layers = 2, c.heads = 6, c.ffn_hidden = 130;
+  Rng rng("DenseModel.CpuIsDeterministic");
+  DenseModel model(c, ops_for(Backend::cpu));
+  const std::vector<float> params = random_params(model.layout(), rng);
+  const HostBatch b = random_batch(c, rng, 3, 37);
+  std::vector<float> first(params.size()), second(params.size());
+  const double l1 = model.loss(params.data(), b.view(), first.data());
+  const double l2 = model.loss(params.data(), b.view(), second.data());
+  EXPECT_EQ(l1, l2);
+  EXPECT_EQ(0, std::memcmp(first.data(), second.data(), first.size() * sizeof(float)));
 }
 
 TEST(DenseModel, InitialLossIsNearUniform) {
