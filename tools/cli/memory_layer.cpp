@@ -310,6 +310,7 @@ void run(const Options& o) {
 
   // Results stay in host memory until every run has succeeded, so a failure writes nothing.
   std::vector<std::pair<std::string, npy::Array>> results;
+  std::optional<safetensors::File> grads;
   const std::vector<std::int64_t> search_shape{batch, c.heads, c.k};
 
   ml::FwdParams fp;
@@ -398,9 +399,9 @@ void run(const Options& o) {
       gh.b2 = download(mem, g.b2, d);
     }
     if (c.scalar_gate) gh.wg = download(mem, g.wg, d);
-    const safetensors::File grads = ml::weights_to_file(gh.config, gh.view());
+    grads = ml::weights_to_file(gh.config, gh.view());
     std::string outputs =
-        fmt::format("grads '{}' ({} tensors, fp32)", o.grads, grads.tensors.size());
+        fmt::format("grads '{}' ({} tensors, fp32)", o.grads, grads->tensors.size());
     if (g.x) {
       results.emplace_back(o.grad_input,
                            npy::Array::from<float>({batch, d}, download(mem, g.x, batch * d)));
@@ -409,11 +410,9 @@ void run(const Options& o) {
     std::cerr << fmt::format("memory-layer backward: {}/{}, {}, grad-out {} fp32 -> {}, {}\n",
                              to_string(backend), bv.name, inputs, dout->shape_string(), outputs,
                              ms_text(bwd_ms));
-    for (const auto& [path, a] : results) npy::write(path, a);
-    safetensors::save(o.grads, grads);
-    return;
   }
   for (const auto& [path, a] : results) npy::write(path, a);
+  if (grads) safetensors::save(o.grads, *grads);
 }
 
 // ---- options ----
