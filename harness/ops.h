@@ -119,8 +119,8 @@ inline PackedQkv packed_qkv(float* qkv, int64_t d) { return {qkv, qkv + d, qkv +
 
 // ---- SwiGLU: out = silu(a) ⊙ b, silu(z) = z·σ(z) ----
 struct SwigluFwd {
-  const float* a =
-      nullptr;  // (rows, ld_ab), columns [0, hidden): packed [a | b] has b = a + hidden
+  // (rows, ld_ab), columns [0, hidden) of each: packed [a | b] has b = a + hidden.
+  const float* a = nullptr;
   const float* b = nullptr;
   int64_t ld_ab = 0;     // 2·hidden packed, hidden separate
   float* out = nullptr;  // (rows, hidden)
