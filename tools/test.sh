@@ -4,7 +4,8 @@
 #   2. every CUDA source compiled for sm_90: any register spill or local memory use fails;
 #   3. the CPU-only configure with nvcc hidden from PATH;
 #   4. the asan preset (AddressSanitizer + UBSan, -O1 -g1): every test, simt included;
-#   5. the tsan preset (ThreadSanitizer, -O2 -g1): the tests that run CUDA kernels under simt.
+#   5. the tsan preset (ThreadSanitizer, -O2 -g1): the tests labelled simt (CUDA kernels on CPU
+#      threads) or threads (the harness's threaded cpu backend).
 # Sanitizer builds compile Highway code for AVX2 and EMU128 only (CMakeLists.txt), to fit CI time.
 # Usage: tools/test.sh [--quick]   (--quick: steps 1 and 2 only)
 set -euo pipefail
@@ -56,7 +57,7 @@ cmake --preset asan
 cmake --build --preset asan
 ctest --preset asan
 
-step "tsan: configure, build, ctest (simt tests)"
+step "tsan: configure, build, ctest (simt and threads tests)"
 cmake --preset tsan
 # Only the executables of the simt-labelled tests (target simt_label_tests, tests/CMakeLists.txt):
 # the benchmarks, CLI and tools are not rebuilt under TSan.
