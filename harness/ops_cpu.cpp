@@ -6,14 +6,13 @@
 // its products in registers: at the harness's sequence lengths (≤ a few hundred) a GEMM call per
 // (sequence, head) costs more than it saves, and cblas calls from the pool's threads would
 // nest OpenBLAS's own threads inside ours.
-#include <cblas.h>
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "common/blas.h"
 #include "common/error.h"
 #include "common/parallel.h"
 #include "harness/ops.h"
@@ -22,15 +21,6 @@
 namespace memlayers::harness::cpu {
 
 namespace {
-
-// fn(r) for r in [0, rows), threaded; `row_cost` (elements touched per row) sizes the chunks.
-template <class F>
-void each_row(int64_t rows, int64_t row_cost, F&& fn) {
-  const int64_t min_rows = std::max<int64_t>(1, 8192 / std::max<int64_t>(row_cost, 1));
-  parallel_for(rows, balanced_grain(rows, min_rows), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) fn(r);
-  });
-}
 
 // fn(c0, c1) over column blocks of [0, cols): each block owns its columns for every row.
 template <class F>
@@ -44,7 +34,7 @@ float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 
 void embedding_fwd(const EmbeddingFwd& p) {
   detail::check_ids(p.ids, p.rows, p.num_rows, "id");
-  each_row(p.rows, p.dim, [&](int64_t r) {
+  parallel_rows(p.rows, p.dim, [&](int64_t r) {
     const float* src = p.table + int64_t{p.ids[r]} * p.dim;
     float* dst = p.out + r * p.dim;
     if (p.accumulate)
@@ -69,7 +59,7 @@ void embedding_bwd(const EmbeddingBwd& p) {
 
 void rmsnorm_fwd(const RmsNormFwd& p) {
   const int64_t D = p.dim;
-  each_row(p.rows, D, [&](int64_t r) {
+  parallel_rows(p.rows, D, [&](int64_t r) {
     const float* x = p.x + r * D;
     float* y = p.y + r * D;
     float ss = 0;
@@ -82,7 +72,7 @@ void rmsnorm_fwd(const RmsNormFwd& p) {
 
 void rmsnorm_bwd(const RmsNormBwd& p) {
   const int64_t D = p.dim;
-  each_row(p.rows, D, [&](int64_t r) {
+  parallel_rows(p.rows, D, [&](int64_t r) {
     const float* x = p.x + r * D;
     const float* dy = p.dy + r * D;
     float* dx = p.dx + r * D;
@@ -105,23 +95,15 @@ void rmsnorm_bwd(const RmsNormBwd& p) {
 
 // ---- linear ----
 
-int blas_int(int64_t v, const char* what) {
-  MEMLAYERS_CHECK(v <= INT_MAX, "linear (cpu): {} {} exceeds cblas's int range: accepted ≤ {}",
-                  what, v, INT_MAX);
-  return static_cast<int>(v);
-}
-
 // C (m, n) = op(A) · op(B) + beta · C, row-major.
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              blas_int(m, "m"), blas_int(n, "n"), blas_int(k, "k"), 1.0f, a, blas_int(lda, "lda"),
-              b, blas_int(ldb, "ldb"), beta, c, blas_int(ldc, "ldc"));
+  host_blas::gemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
 }
 
 void linear_fwd(const LinearFwd& p) {
   const int64_t I = p.in, O = p.out;
-  if (p.b) each_row(p.rows, O, [&](int64_t r) { std::copy(p.b, p.b + O, p.y + r * O); });
+  if (p.b) parallel_rows(p.rows, O, [&](int64_t r) { std::copy(p.b, p.b + O, p.y + r * O); });
   // W (in, out): ldb = out, no transpose; Wᵀ stored (out, in): ldb = in, transposed.
   gemm(false, p.transposed_w, p.rows, O, I, p.x, I, p.w, p.transposed_w ? I : O, p.b ? 1.0f : 0.0f,
        p.y, O);
@@ -230,7 +212,7 @@ void attention_bwd(const AttentionBwd& p) {
 // ---- SwiGLU, add ----
 
 void swiglu_fwd(const SwigluFwd& p) {
-  each_row(p.rows, p.hidden, [&](int64_t r) {
+  parallel_rows(p.rows, p.hidden, [&](int64_t r) {
     const float* a = p.a + r * p.ld_ab;
     const float* b = p.b + r * p.ld_ab;
     float* out = p.out + r * p.hidden;
@@ -239,7 +221,7 @@ void swiglu_fwd(const SwigluFwd& p) {
 }
 
 void swiglu_bwd(const SwigluBwd& p) {
-  each_row(p.rows, p.hidden, [&](int64_t r) {
+  parallel_rows(p.rows, p.hidden, [&](int64_t r) {
     const int64_t o = r * p.ld_ab;
     const float* dout = p.dout + r * p.hidden;
     for (int64_t c = 0; c < p.hidden; ++c) {
@@ -268,7 +250,7 @@ float logsumexp(const float* row, int64_t n) {
 void cross_entropy_fwd(const CrossEntropyFwd& p) {
   const double total = detail::check_targets(p.targets, p.weights, p.rows, p.vocab);
   std::vector<double> row_loss(static_cast<std::size_t>(p.rows), 0.0);
-  each_row(p.rows, p.vocab, [&](int64_t r) {
+  parallel_rows(p.rows, p.vocab, [&](int64_t r) {
     const float w = p.weights ? p.weights[r] : 1.0f;
     if (w == 0) return;
     const float* row = p.logits + r * p.vocab;
@@ -281,7 +263,7 @@ void cross_entropy_fwd(const CrossEntropyFwd& p) {
 
 void cross_entropy_bwd(const CrossEntropyBwd& p) {
   const double total = detail::check_targets(p.targets, p.weights, p.rows, p.vocab);
-  each_row(p.rows, p.vocab, [&](int64_t r) {
+  parallel_rows(p.rows, p.vocab, [&](int64_t r) {
     const float w = static_cast<float>((p.weights ? p.weights[r] : 1.0f) * p.dloss / total);
     float* d = p.dlogits + r * p.vocab;
     if (w == 0) {

@@ -157,4 +157,14 @@ inline int64_t balanced_grain(int64_t n, int64_t min_grain = 1, int chunks_per_t
   return std::max<int64_t>(min_grain, (n + chunks - 1) / chunks);
 }
 
+// fn(r) for every row r in [0, rows), threaded; `row_cost` (the elements a row touches) sizes
+// the chunks so each holds at least ~4096 elements of work.
+template <class F>
+void parallel_rows(int64_t rows, int64_t row_cost, F&& fn) {
+  const int64_t min_rows = std::max<int64_t>(1, 4096 / std::max<int64_t>(row_cost, 1));
+  parallel_for(rows, balanced_grain(rows, min_rows), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) fn(r);
+  });
+}
+
 }  // namespace memlayers

@@ -21,8 +21,6 @@
 // dbq, dK1, dK2, compact dV) 123 ms; search by pk_topk cpu/v2_fused_pruned and cpu/v1_bwd_compose.
 #include "memory_layer/cpu/v1_compose.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -32,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "common/blas.h"
 #include "common/parallel.h"
 #include "common/stages.h"
 #include "embbag/embbag.h"
@@ -101,19 +100,9 @@ T* keep_or_scratch(T* saved, std::vector<T>& scratch, int64_t n) {
   return scratch.data();
 }
 
-// Parallel over token rows: fn(b) for b in [0, rows).
-template <class F>
-void per_row(int64_t rows, int64_t row_cost, F&& fn) {
-  parallel_for(rows,
-               balanced_grain(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(row_cost, 1))),
-               [&](int64_t b0, int64_t b1) {
-                 for (int64_t b = b0; b < b1; ++b) fn(b);
-               });
-}
-
 // Every row of the (rows, cols) c = bias.
 void broadcast_rows(float* c, const float* bias, int64_t rows, int64_t cols) {
-  per_row(rows, cols, [&](int64_t b) { std::copy(bias, bias + cols, c + b * cols); });
+  parallel_rows(rows, cols, [&](int64_t b) { std::copy(bias, bias + cols, c + b * cols); });
 }
 
 // out[j] = Σ_b a[b, j] over a (rows, cols) array, threaded over column blocks.
@@ -126,13 +115,17 @@ void column_sums(const float* a, int64_t rows, int64_t cols, float* out) {
   });
 }
 
-int i32(int64_t v) { return static_cast<int>(v); }
-
-// C (m, n) = alpha · op(A) · op(B) + beta · C, row-major.
+// C (m, n) = op(A) · op(B) + beta · C, row-major.
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, i32(m),
-              i32(n), i32(k), 1.0f, a, i32(lda), b, i32(ldb), beta, c, i32(ldc));
+  host_blas::gemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+
+// y = op(A)·x for a row-major (rows, cols) A.
+void gemv(bool ta, int64_t rows, int64_t cols, const float* a, const float* x, float* y) {
+  cblas_sgemv(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, host_blas::blas_int(rows, "rows"),
+              host_blas::blas_int(cols, "cols"), 1.0f, a, host_blas::blas_int(cols, "lda"), x, 1,
+              0.0f, y, 1);
 }
 
 embbag::FwdParams bag_fwd(const Config& c, const void* table, int64_t dim, const int64_t* idx,
@@ -186,7 +179,7 @@ void forward(const FwdParams& p, Stream stream) {
   run_part<pk_topk::Fwd>(sp, "v2_fused_pruned", parts);
 
   stage.to("softmax");  // per (token, head), in fp32
-  per_row(B * c.heads, c.k, [&](int64_t r) {
+  parallel_rows(B * c.heads, c.k, [&](int64_t r) {
     const float* sr = scores + r * c.k;
     float* wr = w + r * c.k;
     const float mx = *std::max_element(sr, sr + c.k);
@@ -215,7 +208,7 @@ void forward(const FwdParams& p, Stream stream) {
     broadcast_rows(hid, W.b1, B, v);
     gemm(false, false, B, v, d, p.x, d, W.w1, v, 1.0f, hid, v);
     m_.resize(static_cast<std::size_t>(B * v));
-    per_row(B, v, [&](int64_t b) {
+    parallel_rows(B, v, [&](int64_t b) {
       for (int64_t e = b * v; e < (b + 1) * v; ++e) m_[e] = y[e] * silu(hid[e]);
     });
     broadcast_rows(pre, W.b2, B, d);
@@ -227,7 +220,7 @@ void forward(const FwdParams& p, Stream stream) {
     run_part<embbag::Bwd>(dots, "v2_bwd_sorted", parts);
     stage.to("gating");
     coef_.resize(static_cast<std::size_t>(B * hk));
-    per_row(B, hk, [&](int64_t b) {
+    parallel_rows(B, hk, [&](int64_t b) {
       for (int64_t j = b * hk; j < (b + 1) * hk; ++j) coef_[j] = w[j] * gelu(z[j]);
     });
     stage.to("bag");
@@ -238,9 +231,8 @@ void forward(const FwdParams& p, Stream stream) {
   if (c.scalar_gate) {
     stage.to("gating");
     float* g = keep_or_scratch(s.gate, gate_, B);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, i32(B), i32(d), 1.0f, p.x, i32(d), W.wg, 1, 0.0f, g,
-                1);
-    per_row(B, d, [&](int64_t b) {
+    gemv(false, B, d, p.x, W.wg, g);  // g = x·wg
+    parallel_rows(B, d, [&](int64_t b) {
       const float sg = sigmoid(g[b]);
       for (int64_t e = b * d; e < (b + 1) * d; ++e) p.out[e] = pre[e] * sg;
     });
@@ -280,7 +272,7 @@ void backward(const BwdParams& p, Stream stream) {
       m_.resize(static_cast<std::size_t>(B * v));
       gemm(false, true, B, v, d, p.grad_out, d, W.w2, d, 0.0f, u_.data(), v);
     }
-    per_row(B, d, [&](int64_t b) {
+    parallel_rows(B, d, [&](int64_t b) {
       const float sg = sigmoid(s.gate[b]);
       const float* dout = p.grad_out + b * d;
       double dot = 0;
@@ -299,11 +291,9 @@ void backward(const BwdParams& p, Stream stream) {
       for (int64_t e = 0; e < d; ++e) dpre_[b * d + e] = dout[e] * sg;
     });
     dpre = dpre_.data();
-    if (G.wg)
-      cblas_sgemv(CblasRowMajor, CblasTrans, i32(B), i32(d), 1.0f, p.x, i32(d), dg_.data(), 1, 0.0f,
-                  G.wg, 1);
+    if (G.wg) gemv(true, B, d, p.x, dg_.data(), G.wg);  // dwg = xᵀ·dg
     if (G.x)
-      per_row(B, d, [&](int64_t b) {
+      parallel_rows(B, d, [&](int64_t b) {
         for (int64_t e = 0; e < d; ++e) G.x[b * d + e] += dg_[b] * W.wg[e];
       });
   }
@@ -314,7 +304,7 @@ void backward(const BwdParams& p, Stream stream) {
   if (c.kind == Kind::peer) {
     std::vector<float> a(static_cast<std::size_t>(B * hk)), coef(a.size()), dc(a.size()),
         dz(a.size());
-    per_row(B, hk, [&](int64_t b) {
+    parallel_rows(B, hk, [&](int64_t b) {
       for (int64_t j = b * hk; j < (b + 1) * hk; ++j) {
         a[j] = gelu(s.peer_pre[j]);
         coef[j] = s.weights[j] * a[j];
@@ -330,7 +320,7 @@ void backward(const BwdParams& p, Stream stream) {
     if (any_output(up)) run_part<embbag::Bwd>(up, "v2_bwd_sorted", parts);
     stage.to("gating_bwd");
     if (need_ds || need_dz)
-      per_row(B, hk, [&](int64_t b) {
+      parallel_rows(B, hk, [&](int64_t b) {
         for (int64_t j = b * hk; j < (b + 1) * hk; ++j) {
           if (dw) dw[j] = a[j] * dc[j];
           dz[j] = s.weights[j] * dc[j] * gelu_grad(s.peer_pre[j]);
@@ -348,7 +338,7 @@ void backward(const BwdParams& p, Stream stream) {
       std::vector<float> ux(static_cast<std::size_t>(B * d));
       run_part<embbag::Fwd>(bag_fwd(c, W.down, d, s.indices, dz.data(), ux.data(), B),
                             "v2_hwy_threads", parts);
-      per_row(B, d, [&](int64_t b) {
+      parallel_rows(B, d, [&](int64_t b) {
         for (int64_t e = b * d; e < (b + 1) * d; ++e) G.x[e] += ux[e];
       });
     }
@@ -362,7 +352,7 @@ void backward(const BwdParams& p, Stream stream) {
         u_.resize(static_cast<std::size_t>(B * v));
         m_.resize(static_cast<std::size_t>(B * v));
         gemm(false, true, B, v, d, dpre, d, W.w2, d, 0.0f, u_.data(), v);
-        per_row(B, v, [&](int64_t b) {
+        parallel_rows(B, v, [&](int64_t b) {
           for (int64_t i = b * v; i < (b + 1) * v; ++i) m_[i] = s.y[i] * silu(s.hidden[i]);
         });
       }
@@ -370,7 +360,7 @@ void backward(const BwdParams& p, Stream stream) {
       if (G.b2) column_sums(dpre, B, d, G.b2);
       dy_.resize(static_cast<std::size_t>(B * v));
       std::vector<float> dh(dy_.size());
-      per_row(B, v, [&](int64_t b) {
+      parallel_rows(B, v, [&](int64_t b) {
         for (int64_t i = b * v; i < (b + 1) * v; ++i) {
           const float h = s.hidden[i];
           dy_[i] = u_[i] * silu(h);
@@ -398,7 +388,7 @@ void backward(const BwdParams& p, Stream stream) {
   }
 
   stage.to("softmax_bwd");  // ds = w ⊙ (dw − Σ_head w·dw), in place
-  per_row(B * c.heads, c.k, [&](int64_t r) {
+  parallel_rows(B * c.heads, c.k, [&](int64_t r) {
     const float* wr = s.weights + r * c.k;
     float* g = dw + r * c.k;
     float sum = 0;
