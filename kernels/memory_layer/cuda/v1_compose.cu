@@ -10,15 +10,16 @@
 //    (deterministic: sorted runs, no atomics). PEER reuses the bag three ways: U[I]·x is the bag
 //    backward's dw with dy = x and values = U; dU is the bag backward's dV with weights dz and
 //    dy = x; Σ dz·U[I] (the experts' share of dx) is the bag forward over U with weights dz;
-//    a part falls back to another supporting variant of the same backend, or fails naming why;
+//    a part falls back to another deterministic variant of the same backend that supports the
+//    input, or fails naming why;
 //  - small kernels of our own for the rest: bias broadcast, bias gradients (column sums, one
 //    thread per column in row order: deterministic), the fp32 softmax per (token, head) and its
 //    backward ds = w ⊙ (dw − Σ w·dw), memory+'s m = y ⊙ silu(h) and its backward, PEER's GELU
 //    coefficients and backward, the scalar gate (a warp per token for its backward's row dot).
 // Bottleneck: none targeted yet; it is the baseline the fused variants will be measured against.
 // Every stage round-trips its intermediates (scores, weights, bag sums, m, dw) through global
-// memory and the elementwise kernels are separate launches; at the paper's shape the GEMMs and
-// the bag's gathered rows dominate.
+// memory and the elementwise kernels are separate launches; by the op's declared flops and bytes
+// the GEMMs, the search and the bag's gathered rows should dominate at the paper's shape.
 // Measured: not yet on a GPU (simt-correct).
 #include <algorithm>
 #include <string>
@@ -39,7 +40,8 @@ constexpr int kThreads = 256;
 // ---- which parts run ----
 
 // The variant of Op that runs p on this backend: `preferred` when it supports p, else the
-// highest-numbered variant that does; null, with `why`, when none does.
+// highest-numbered deterministic variant that does (the composition promises bitwise-identical
+// runs); null, with `why`, when none does.
 template <class Op>
 const Variant<typename Op::Params>* find_part(const typename Op::Params& p, const char* preferred,
                                               std::string& why) {
@@ -51,12 +53,13 @@ const Variant<typename Op::Params>* find_part(const typename Op::Params& p, cons
   });
   std::string reasons;
   for (const auto* v : mine) {
+    if (!v->deterministic) continue;
     const std::string r = v->supports(p);
     if (r.empty()) return v;
     reasons += (reasons.empty() ? "" : "; ") + v->name + ": " + r;
   }
-  why = fmt::format("no {} variant on backend {} supports the layer's {} ({})", Op::name,
-                    to_string(MEMLAYERS_KERNEL_BACKEND), Op::name,
+  why = fmt::format("no deterministic {} variant on backend {} supports this layer ({})", Op::name,
+                    to_string(MEMLAYERS_KERNEL_BACKEND),
                     reasons.empty() ? "none registered" : reasons);
   return nullptr;
 }
