@@ -35,6 +35,7 @@
 #include "common/stages.h"
 #include "embbag/embbag.h"
 #include "memory_layer/memory_layer.h"
+#include "memory_layer/parts.h"
 #include "pk_topk/pk_topk.h"
 
 namespace memlayers::memory_layer::cpu {
@@ -128,27 +129,9 @@ void gemv(bool ta, int64_t rows, int64_t cols, const float* a, const float* x, f
               0.0f, y, 1);
 }
 
-embbag::FwdParams bag_fwd(const Config& c, const void* table, int64_t dim, const int64_t* idx,
-                          const float* w, float* out, int64_t batch) {
-  embbag::FwdParams e;
-  e.values = table, e.indices = idx, e.weights = w, e.out = out;
-  e.batch = batch, e.k = c.heads * c.k, e.dim = dim, e.num_rows = c.num_values();
-  e.values_dtype = c.values_dtype, e.index_dtype = DType::i64, e.out_dtype = DType::f32;
-  return e;
-}
-
-embbag::BwdParams bag_bwd(const Config& c, const void* table, int64_t dim, const int64_t* idx,
-                          const float* w, const float* dy, int64_t batch) {
-  embbag::BwdParams e;
-  e.values = table, e.indices = idx, e.weights = w, e.grad_out = dy;
-  e.batch = batch, e.k = c.heads * c.k, e.dim = dim, e.num_rows = c.num_values();
-  e.values_dtype = c.values_dtype, e.index_dtype = DType::i64;
-  return e;
-}
-
-bool any_output(const embbag::BwdParams& e) {
-  return e.grad_weights || e.grad_values_dense || e.unique_rows;
-}
+using parts::any_output;
+using parts::bag_bwd;
+using parts::bag_fwd;
 
 // ---- forward ----
 
@@ -171,10 +154,7 @@ void forward(const FwdParams& p, Stream stream) {
   broadcast_rows(q, W.bq, B, hn);
   gemm(false, false, B, hn, d, p.x, d, W.wq, hn, 1.0f, q, hn);
 
-  pk_topk::FwdParams sp;
-  sp.queries = q, sp.keys1 = W.keys1, sp.keys2 = W.keys2, sp.scores = scores, sp.indices = idx;
-  sp.batch = B, sp.heads = c.heads, sp.n_keys = c.n_keys, sp.k_dim = c.k_dim, sp.k = c.k;
-  sp.dtype = DType::f32, sp.index_dtype = DType::i64, sp.qk_norm = c.qk_norm;
+  const pk_topk::FwdParams sp = parts::search_fwd(c, W, q, scores, idx, B);
   stage.to("search");
   run_part<pk_topk::Fwd>(sp, "v2_fused_pruned", parts);
 
@@ -398,11 +378,7 @@ void backward(const BwdParams& p, Stream stream) {
 
   // ---- the search backward, then the projection's ----
   std::vector<float> dq_(need_dq ? static_cast<std::size_t>(B * hn) : 0);
-  pk_topk::BwdParams sp;
-  sp.queries = s.q, sp.keys1 = W.keys1, sp.keys2 = W.keys2, sp.indices = s.indices;
-  sp.grad_scores = dw;
-  sp.batch = B, sp.heads = c.heads, sp.n_keys = c.n_keys, sp.k_dim = c.k_dim, sp.k = c.k;
-  sp.dtype = DType::f32, sp.index_dtype = DType::i64, sp.qk_norm = c.qk_norm;
+  pk_topk::BwdParams sp = parts::search_bwd(c, W, s.q, s.indices, dw, B);
   sp.grad_queries = need_dq ? dq_.data() : nullptr;
   sp.grad_keys1.dense = G.keys1;
   sp.grad_keys2.dense = G.keys2;

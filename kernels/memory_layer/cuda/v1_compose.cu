@@ -30,6 +30,7 @@
 #include "common/stages.h"
 #include "embbag/embbag.h"
 #include "memory_layer/memory_layer.h"
+#include "memory_layer/parts.h"
 #include "pk_topk/pk_topk.h"
 
 namespace memlayers::memory_layer {
@@ -77,47 +78,11 @@ constexpr const char* kSearchBwd = "v1_bwd_sorted";
 constexpr const char* kBagFwd = "v4_persistent_stream";
 constexpr const char* kBagBwd = "v3_bwd_sorted_fused";
 
-// ---- the parts' parameters ----
-
-pk_topk::FwdParams search_fwd(const Config& c, const Weights& W, const float* q, float* scores,
-                              int64_t* idx, int64_t batch) {
-  pk_topk::FwdParams sp;
-  sp.queries = q, sp.keys1 = W.keys1, sp.keys2 = W.keys2, sp.scores = scores, sp.indices = idx;
-  sp.batch = batch, sp.heads = c.heads, sp.n_keys = c.n_keys, sp.k_dim = c.k_dim, sp.k = c.k;
-  sp.dtype = DType::f32, sp.index_dtype = DType::i64, sp.qk_norm = c.qk_norm;
-  return sp;
-}
-
-pk_topk::BwdParams search_bwd(const Config& c, const Weights& W, const float* q, const int64_t* idx,
-                              const float* ds, int64_t batch) {
-  pk_topk::BwdParams sp;
-  sp.queries = q, sp.keys1 = W.keys1, sp.keys2 = W.keys2, sp.indices = idx, sp.grad_scores = ds;
-  sp.batch = batch, sp.heads = c.heads, sp.n_keys = c.n_keys, sp.k_dim = c.k_dim, sp.k = c.k;
-  sp.dtype = DType::f32, sp.index_dtype = DType::i64, sp.qk_norm = c.qk_norm;
-  return sp;
-}
-
-embbag::FwdParams bag_fwd(const Config& c, const void* table, int64_t dim, const int64_t* idx,
-                          const float* w, float* out, int64_t batch) {
-  embbag::FwdParams e;
-  e.values = table, e.indices = idx, e.weights = w, e.out = out;
-  e.batch = batch, e.k = c.heads * c.k, e.dim = dim, e.num_rows = c.num_values();
-  e.values_dtype = c.values_dtype, e.index_dtype = DType::i64, e.out_dtype = DType::f32;
-  return e;
-}
-
-embbag::BwdParams bag_bwd(const Config& c, const void* table, int64_t dim, const int64_t* idx,
-                          const float* w, const float* dy, int64_t batch) {
-  embbag::BwdParams e;
-  e.values = table, e.indices = idx, e.weights = w, e.grad_out = dy;
-  e.batch = batch, e.k = c.heads * c.k, e.dim = dim, e.num_rows = c.num_values();
-  e.values_dtype = c.values_dtype, e.index_dtype = DType::i64;
-  return e;
-}
-
-bool any_output(const embbag::BwdParams& e) {
-  return e.grad_weights || e.grad_values_dense || e.unique_rows;
-}
+using parts::any_output;
+using parts::bag_bwd;
+using parts::bag_fwd;
+using parts::search_bwd;
+using parts::search_fwd;
 
 // ---- scratch ----
 
