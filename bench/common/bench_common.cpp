@@ -597,4 +597,38 @@ bool Flags::parse(int* argc, char** argv) {
   return true;
 }
 
+void add_run_flags(Flags& flags, const RunFlags& f) {
+  if (f.peak_gbs)
+    flags.add_double("peak-gbs", f.peak_gbs,
+                     "nominal peak bandwidth in GB/s for pct_peak (3350 = H100 SXM HBM3)");
+  if (f.peak_tflops)
+    flags.add_double("peak-tflops", f.peak_tflops,
+                     "nominal peak compute in TFLOP/s for pct_peak_tflops (67 = H100 SXM fp32,\n"
+                     "no tensor cores)");
+  if (f.ceiling_bytes)
+    flags.add("ceiling-bytes", "auto",
+              "buffer of the bandwidth ceilings; auto: at least 8 x the last-level cache (host\n"
+              "LLC, and the GPU's L2 when cuda runs) and at least 1 GiB, at most a quarter of\n"
+              "physical memory",
+              [target = f.ceiling_bytes](const std::string& v) {
+                char* end = nullptr;
+                *target = std::strtoll(v.c_str(), &end, 10);
+                MEMLAYERS_CHECK(!v.empty() && *end == '\0' && *target >= 4096,
+                                "--ceiling-bytes {}: must be an integer >= 4096 or 'auto'", v);
+              });
+  flags.add_int("seed", f.seed, "seed of " + f.seed_what);
+  flags.add_int("reps", f.reps, "repetitions per row; the median is the record", 1);
+  flags.add_int("sets", f.sets, "input sets (" + f.sets_what + ") rotated between iterations", 1);
+}
+
+std::string finish_run_flags(const Flags& flags, const RunFlags& f, int64_t cache_bytes) {
+  if (f.peak_gbs) MEMLAYERS_CHECK(*f.peak_gbs > 0, "--peak-gbs {}: must be > 0", *f.peak_gbs);
+  if (f.peak_tflops)
+    MEMLAYERS_CHECK(*f.peak_tflops > 0, "--peak-tflops {}: must be > 0", *f.peak_tflops);
+  if (!f.ceiling_bytes || flags.given("ceiling-bytes")) return "--ceiling-bytes";
+  const TableSizing t = size_table(4096, cache_bytes);
+  *f.ceiling_bytes = int64_t(t.bytes);
+  return t.why;
+}
+
 }  // namespace memlayers::bench

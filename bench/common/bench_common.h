@@ -345,4 +345,21 @@ class Flags {
   std::map<std::string, bool> given_;
 };
 
+// The flags every bench_* takes beside its shape: --peak-gbs, --peak-tflops and --ceiling-bytes
+// (each only when its target is set; --ceiling-bytes is 'auto' by default), --seed, --reps,
+// --sets. `seed_what` and `sets_what` name what the seed makes and what the sets hold.
+struct RunFlags {
+  double* peak_gbs = nullptr;
+  double* peak_tflops = nullptr;
+  int64_t* ceiling_bytes = nullptr;
+  int64_t* seed = nullptr;
+  int64_t* reps = nullptr;
+  int64_t* sets = nullptr;
+  std::string seed_what, sets_what;
+};
+void add_run_flags(Flags& flags, const RunFlags& f);
+// After parse: checks the peaks, and sizes the ceiling buffer unless --ceiling-bytes was given
+// (size_table over `cache_bytes`). Returns why the buffer has its size.
+std::string finish_run_flags(const Flags& flags, const RunFlags& f, int64_t cache_bytes);
+
 }  // namespace memlayers::bench

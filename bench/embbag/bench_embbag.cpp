@@ -321,16 +321,19 @@ int run(int argc, char** argv) {
   flags.add_double("zipf-s", &c.zipf_s, "Zipf exponent for --dist zipf (> 0)");
   flags.add_choice("dv", &c.dv, {"auto", "compact", "dense"},
                    "backward dV form: auto = compact when the variant supports it, else dense");
-  flags.add_double("peak-gbs", &c.peak_gbs,
-                   "nominal peak bandwidth in GB/s for pct_peak "
-                   "(3350 = H100 SXM HBM3)");
-  flags.add_int("seed", &c.seed, "seed of the table and the input sets");
-  flags.add_int("reps", &c.reps, "repetitions per row; the median is the record", 1);
-  flags.add_int("sets", &c.sets, "input sets (indices, weights, dy) rotated between iterations", 1);
+  const mb::RunFlags run{&c.peak_gbs,
+                         nullptr,
+                         nullptr,
+                         &c.seed,
+                         &c.reps,
+                         &c.sets,
+                         "the table and the input sets",
+                         "indices, weights, dy"};
+  mb::add_run_flags(flags, run);
   flags.set_epilog(kFormulas);
   if (!flags.parse(&argc, argv)) return 0;
   MEMLAYERS_CHECK(c.zipf_s > 0, "--zipf-s {}: must be > 0", c.zipf_s);
-  MEMLAYERS_CHECK(c.peak_gbs > 0, "--peak-gbs {}: must be > 0", c.peak_gbs);
+  mb::finish_run_flags(flags, run, 0);
   const mb::Runnable runnable = mb::runnable_backends(mb::parse_backends(c.backend));
 
   if (!c.variant.empty()) {

@@ -543,22 +543,15 @@ int run(int argc, char** argv) {
                    "simt and reference, which run only when named");
   o.backend = "all";
   flags.add_string("variant", &o.variant, "only the composition of this name (on each backend)");
-  flags.add_double("peak-gbs", &o.peak_gbs,
-                   "nominal peak bandwidth in GB/s for pct_peak (3350 = H100 SXM HBM3)");
-  flags.add_double("peak-tflops", &o.peak_tflops,
-                   "nominal peak compute in TFLOP/s for pct_peak_tflops (67 = H100 SXM fp32)");
-  flags.add("ceiling-bytes", "auto",
-            "buffer of the bandwidth ceilings; auto: at least 8 x the last-level cache and at\n"
-            "least 1 GiB, at most a quarter of physical memory",
-            [&](const std::string& v) {
-              char* end = nullptr;
-              o.ceiling_bytes = std::strtoll(v.c_str(), &end, 10);
-              MEMLAYERS_CHECK(!v.empty() && *end == '\0' && o.ceiling_bytes >= 4096,
-                              "--ceiling-bytes {}: must be an integer >= 4096 or 'auto'", v);
-            });
-  flags.add_int("seed", &o.seed, "seed of the parameters and the input sets");
-  flags.add_int("reps", &o.reps, "repetitions per row; the median is the record", 1);
-  flags.add_int("sets", &o.sets, "input sets (x, dout) rotated between iterations", 1);
+  const mb::RunFlags run{&o.peak_gbs,
+                         &o.peak_tflops,
+                         &o.ceiling_bytes,
+                         &o.seed,
+                         &o.reps,
+                         &o.sets,
+                         "the parameters and the input sets",
+                         "x, dout"};
+  mb::add_run_flags(flags, run);
   flags.set_epilog(kFormulas);
   if (!flags.parse(&argc, argv)) return 0;
   for (const Preset& p : kPresets) {
@@ -570,8 +563,6 @@ int run(int argc, char** argv) {
     for (const auto& [flag, target] : sizes)
       if (!flags.given(flag)) *target.first = target.second;
   }
-  MEMLAYERS_CHECK(o.peak_gbs > 0, "--peak-gbs {}: must be > 0", o.peak_gbs);
-  MEMLAYERS_CHECK(o.peak_tflops > 0, "--peak-tflops {}: must be > 0", o.peak_tflops);
   const Config c = o.config();
   if (std::string why = validate(c); !why.empty()) fail("{}", why);
   const mb::Runnable runnable = mb::runnable_backends(mb::parse_backends(o.backend));
@@ -600,12 +591,7 @@ int run(int argc, char** argv) {
 
   const int64_t host_llc = mb::host_last_level_cache_bytes();
   const int64_t l2 = runnable.has_cuda ? mb::gpu_l2_bytes() : 0;
-  std::string ceiling_why = "--ceiling-bytes";
-  if (!flags.given("ceiling-bytes")) {
-    const mb::TableSizing t = mb::size_table(4096, std::max(host_llc, l2));
-    o.ceiling_bytes = int64_t(t.bytes);
-    ceiling_why = t.why;
-  }
+  const std::string ceiling_why = mb::finish_run_flags(flags, run, std::max(host_llc, l2));
   const int threads = mb::host_threads();
   if (openblas_set_num_threads) openblas_set_num_threads(threads);
   const std::string shape = shape_name(o, c);

@@ -365,28 +365,17 @@ int run(int argc, char** argv) {
                    "simt and reference, which run only when named");
   c.backend = "all";
   flags.add_string("variant", &c.variant, "only the variant of this name (on each backend run)");
-  flags.add_double("peak-gbs", &c.peak_gbs,
-                   "nominal peak bandwidth in GB/s for pct_peak (3350 = H100 SXM HBM3)");
-  flags.add_double("peak-tflops", &c.peak_tflops,
-                   "nominal peak compute in TFLOP/s for pct_peak_tflops (67 = H100 SXM fp32,\n"
-                   "no tensor cores)");
-  flags.add("ceiling-bytes", "auto",
-            "buffer of the bandwidth ceilings; auto: at least 8 x the last-level cache (host\n"
-            "LLC, and the GPU's L2 when cuda runs) and at least 1 GiB, at most a quarter of\n"
-            "physical memory",
-            [&](const std::string& v) {
-              char* end = nullptr;
-              c.ceiling_bytes = std::strtoll(v.c_str(), &end, 10);
-              MEMLAYERS_CHECK(!v.empty() && *end == '\0' && c.ceiling_bytes >= 4096,
-                              "--ceiling-bytes {}: must be an integer >= 4096 or 'auto'", v);
-            });
-  flags.add_int("seed", &c.seed, "seed of the keys and the input sets");
-  flags.add_int("reps", &c.reps, "repetitions per row; the median is the record", 1);
-  flags.add_int("sets", &c.sets, "input sets (queries, ds) rotated between iterations", 1);
+  const mb::RunFlags run{&c.peak_gbs,
+                         &c.peak_tflops,
+                         &c.ceiling_bytes,
+                         &c.seed,
+                         &c.reps,
+                         &c.sets,
+                         "the keys and the input sets",
+                         "queries, ds"};
+  mb::add_run_flags(flags, run);
   flags.set_epilog(kFormulas);
   if (!flags.parse(&argc, argv)) return 0;
-  MEMLAYERS_CHECK(c.peak_gbs > 0, "--peak-gbs {}: must be > 0", c.peak_gbs);
-  MEMLAYERS_CHECK(c.peak_tflops > 0, "--peak-tflops {}: must be > 0", c.peak_tflops);
   {
     // The op's own validation names a bad shape (odd k-dim, k > n_keys, int32 overflow, ...),
     // before anything is allocated; the pointers are a stand-in that passes the pointer checks.
@@ -430,12 +419,7 @@ int run(int argc, char** argv) {
 
   const int64_t host_llc = mb::host_last_level_cache_bytes();
   const int64_t l2 = runnable.has_cuda ? mb::gpu_l2_bytes() : 0;
-  std::string ceiling_why = "--ceiling-bytes";
-  if (!flags.given("ceiling-bytes")) {
-    const mb::TableSizing t = mb::size_table(4096, std::max(host_llc, l2));
-    c.ceiling_bytes = int64_t(t.bytes);
-    ceiling_why = t.why;
-  }
+  const std::string ceiling_why = mb::finish_run_flags(flags, run, std::max(host_llc, l2));
   const int threads = mb::host_threads();
   if (openblas_set_num_threads) openblas_set_num_threads(threads);
   const GemmShape gemm{c.batch, c.n_keys, c.half()};

@@ -131,7 +131,7 @@ TEST(CliBinary, UnknownSubcommandIsAUsageError) {
   const Result r = run("frobnicate");
   EXPECT_EQ(r.code, 2);
   EXPECT_THAT(r.err, HasSubstr("unknown subcommand 'frobnicate'"));
-  EXPECT_THAT(r.err, HasSubstr("available: embbag, info, npy-info"));
+  EXPECT_THAT(r.err, HasSubstr("available: embbag, info, memory-layer, npy-info"));
   EXPECT_TRUE(r.out.empty()) << r.out;
 }
 

@@ -21,6 +21,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common/blas.cuh"
 #include "common/cuda.cuh"
 #include "pk_topk/pk_topk.h"
 
@@ -416,27 +417,6 @@ __global__ void __launch_bounds__(256)
 }
 #endif
 
-#if defined(__CUDACC__)
-// One cuBLAS handle per host thread, created on first use and kept (creation costs milliseconds).
-inline cublasHandle_t cublas_handle() {
-  thread_local struct Holder {
-    cublasHandle_t h = nullptr;
-    Holder() {
-      if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) h = nullptr;
-    }
-    ~Holder() {
-      if (h) cublasDestroy(h);
-    }
-  } holder;
-  if (!holder.h) fail("pk_topk: cublasCreate failed");
-  return holder.h;
-}
-inline void cublas_check(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS)
-    fail("pk_topk: {} failed: {} ({})", what, cublasGetStatusName(st), cublasGetStatusString(st));
-}
-#endif
-
 // Both halves' score matrices. T = float or bf16 (inputs as stored; fp32 accumulation).
 template <class T>
 void score_matrices(const T* q, const T* k1, const T* k2, int64_t batch, int64_t heads,
@@ -445,8 +425,8 @@ void score_matrices(const T* q, const T* k1, const T* k2, int64_t batch, int64_t
 #if defined(__CUDACC__)
   // Column-major view, per head: S_h (n_keys × B, ld heads·n_keys) = K_hᵀ-op · Q_h, where K_h is
   // (half × n_keys, ld half) and Q_h is (half × B, ld heads·k_dim).
-  cublasHandle_t h = cublas_handle();
-  cublas_check(cublasSetStream(h, static_cast<cudaStream_t>(stream)), "cublasSetStream");
+  cublasHandle_t h = blas::handle();
+  blas::check(cublasSetStream(h, static_cast<cudaStream_t>(stream)), "cublasSetStream");
   const float one = 1.f, zero = 0.f;
   const T* keys[2] = {k1, k2};
   float* out[2] = {s1, s2};
@@ -454,18 +434,18 @@ void score_matrices(const T* q, const T* k1, const T* k2, int64_t batch, int64_t
     const int m = static_cast<int>(n_keys), n = static_cast<int>(batch),
               kk = static_cast<int>(half);
     if constexpr (std::is_same_v<T, float>) {
-      cublas_check(cublasSgemmStridedBatched(
-                       h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, kk, &one, keys[c], kk, n_keys * half,
-                       q + c * half, static_cast<int>(heads * k_dim), k_dim, &zero, out[c],
-                       static_cast<int>(heads * n_keys), n_keys, static_cast<int>(heads)),
-                   "cublasSgemmStridedBatched");
+      blas::check(cublasSgemmStridedBatched(
+                      h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, kk, &one, keys[c], kk, n_keys * half,
+                      q + c * half, static_cast<int>(heads * k_dim), k_dim, &zero, out[c],
+                      static_cast<int>(heads * n_keys), n_keys, static_cast<int>(heads)),
+                  "cublasSgemmStridedBatched");
     } else {
-      cublas_check(cublasGemmStridedBatchedEx(
-                       h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, kk, &one, keys[c], CUDA_R_16BF, kk,
-                       n_keys * half, q + c * half, CUDA_R_16BF, static_cast<int>(heads * k_dim),
-                       k_dim, &zero, out[c], CUDA_R_32F, static_cast<int>(heads * n_keys), n_keys,
-                       static_cast<int>(heads), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                   "cublasGemmStridedBatchedEx");
+      blas::check(cublasGemmStridedBatchedEx(
+                      h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, kk, &one, keys[c], CUDA_R_16BF, kk,
+                      n_keys * half, q + c * half, CUDA_R_16BF, static_cast<int>(heads * k_dim),
+                      k_dim, &zero, out[c], CUDA_R_32F, static_cast<int>(heads * n_keys), n_keys,
+                      static_cast<int>(heads), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                  "cublasGemmStridedBatchedEx");
     }
   }
 #else
