@@ -74,7 +74,7 @@ AdamHyper hyper(int64_t t) {
 
 TEST(AdamW, MatchesFp64OverSeveralSteps) {
   Rng rng("AdamW.MatchesFp64OverSeveralSteps");
-  const int64_t n = 1001;  // several chunks of the threaded loop, not a multiple of any
+  const int64_t n = 20011;  // several chunks of the threaded loop (≥ 4096 each), a prime
   std::vector<float> p = random_floats(rng, n), m(n, 0.0f), v(n, 0.0f);
   const std::vector<float> p0 = p;
   Fp64Adam ref(p), wrong(p);
@@ -187,15 +187,17 @@ TEST(SparseAdam, TouchesOnlyTheGivenRows) {
 
 TEST(SparseAdam, EqualsAdamWWhenEveryRowHasGradient) {
   Rng rng("SparseAdam.EqualsAdamWWhenEveryRowHasGradient");
-  Table sparse = random_table(rng, 37, 9);
+  // 700 × 37: both steps run on several threads' chunks.
+  const int64_t rows = 700, dim = 37;
+  Table sparse = random_table(rng, rows, dim);
   Table dense = sparse;
-  std::vector<int64_t> all(37);
-  for (int64_t r = 0; r < 37; ++r) all[r] = r;
+  std::vector<int64_t> all(rows);
+  for (int64_t r = 0; r < rows; ++r) all[r] = r;
   const OptimOps& ops = optim_ops_for(Backend::cpu);
   for (int64_t t = 1; t <= 4; ++t) {
-    const std::vector<float> g = random_floats(rng, 37 * 9);
+    const std::vector<float> g = random_floats(rng, rows * dim);
     ops.sparse_adam(sparse_step(sparse, all, g, hyper(t)));
-    ops.adamw({dense.p.data(), g.data(), dense.m.data(), dense.v.data(), 37 * 9, hyper(t)});
+    ops.adamw({dense.p.data(), g.data(), dense.m.data(), dense.v.data(), rows * dim, hyper(t)});
   }
   EXPECT_EQ(sparse.p, dense.p);
   EXPECT_EQ(sparse.m, dense.m);
