@@ -2,7 +2,14 @@
 // the search (pk_topk) and the bag (embbag) over one bag of heads·k rows per token, int64 indices
 // and fp32 queries, weights and outputs. Host code; the pointers are the backend's memory.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "common/registry.h"
 
 #include "embbag/embbag.h"
 #include "memory_layer/memory_layer.h"
@@ -53,6 +60,29 @@ inline embbag::BwdParams bag_bwd(const Config& c, const void* table, int64_t dim
 // Whether a bag backward has anything to write.
 inline bool any_output(const embbag::BwdParams& e) {
   return e.grad_weights || e.grad_values_dense || e.unique_rows;
+}
+
+// The variant of Op that runs p on `backend`: `preferred` (may be null) when it supports p, else
+// the highest-numbered deterministic variant that does (the compositions promise bitwise-identical
+// runs); null, with `why`, when none does.
+template <class Op>
+const Variant<typename Op::Params>* find_part(Backend backend, const typename Op::Params& p,
+                                              const char* preferred, std::string& why) {
+  std::vector<const Variant<typename Op::Params>*> mine = Registry<Op>::of(backend);
+  std::stable_sort(mine.begin(), mine.end(), [&](const auto* a, const auto* b) {
+    const bool pa = preferred && a->name == preferred, pb = preferred && b->name == preferred;
+    return pa != pb ? pa : a->name > b->name;
+  });
+  std::string reasons;
+  for (const auto* v : mine) {
+    if (!v->deterministic) continue;
+    const std::string r = v->supports(p);
+    if (r.empty()) return v;
+    reasons += (reasons.empty() ? "" : "; ") + v->name + ": " + r;
+  }
+  why = fmt::format("no deterministic {} variant on backend {} supports this layer ({})", Op::name,
+                    to_string(backend), reasons.empty() ? "none registered" : reasons);
+  return nullptr;
 }
 
 }  // namespace memlayers::memory_layer::parts

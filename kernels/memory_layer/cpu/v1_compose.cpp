@@ -3,9 +3,9 @@
 //  - the GEMMs (query projection, memory+'s W1 and W2, and their data and weight gradients) by
 //    OpenBLAS cblas_sgemm, biases broadcast into the output first (beta = 1);
 //  - the search and its backward by the best registered CPU pk_topk variant, looked up at launch:
-//    pk_topk_fwd "v2_fused_pruned", else the highest-numbered cpu variant that supports the
-//    input, else the reference; pk_topk_bwd the highest-numbered cpu variant, else the
-//    reference (v1_compose_parts() says which ran);
+//    pk_topk_fwd "v2_fused_pruned", else the highest-numbered deterministic cpu variant that
+//    supports the input (parts::find_part), else the reference; pk_topk_bwd the highest-numbered
+//    deterministic cpu variant, else the reference (v1_compose_parts() says which ran);
 //  - the softmax, its backward, the SiLU / GELU gating and the scalar gate in plain loops over
 //    tokens (kernels/common/parallel.h);
 //  - the bag by the CPU EmbeddingBag (embbag_fwd "v2_hwy_threads", embbag_bwd "v2_bwd_sorted"):
@@ -51,22 +51,18 @@ std::string label(const std::string& op, Backend b, const std::string& name) {
   return fmt::format("{} {}/{}", op, to_string(b), name);
 }
 
-// The variant of Op to run on p: `preferred` (when set, registered on cpu, and it supports p),
-// else the highest-numbered cpu variant that supports p, else the reference. `why` notes a
-// fallback.
+// The variant of Op to run on p: parts::find_part on cpu (`preferred` when set and it supports
+// p, else the highest-numbered deterministic cpu variant that does), else the reference. `why`
+// notes a fallback.
 template <class Op>
 const Variant<typename Op::Params>& pick(const typename Op::Params& p, const char* preferred,
                                          std::string& why) {
-  auto cpu = Registry<Op>::of(Backend::cpu);
-  if (preferred)
-    for (const auto* v : cpu)
-      if (v->name == preferred && v->supports(p).empty()) return *v;
-  std::sort(cpu.begin(), cpu.end(), [](const auto* a, const auto* b) { return a->name > b->name; });
-  for (const auto* v : cpu)
-    if (v->supports(p).empty()) {
-      if (preferred) why = fmt::format(" ({} not registered or unsupported here)", preferred);
-      return *v;
-    }
+  std::string none;
+  if (const auto* v = parts::find_part<Op>(Backend::cpu, p, preferred, none)) {
+    if (preferred && v->name != preferred)
+      why = fmt::format(" ({} not registered or unsupported here)", preferred);
+    return *v;
+  }
   why = " (no cpu variant registered or supporting this input)";
   return Registry<Op>::find(Backend::reference, "reference");
 }

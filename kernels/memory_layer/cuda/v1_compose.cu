@@ -40,29 +40,11 @@ constexpr int kThreads = 256;
 
 // ---- which parts run ----
 
-// The variant of Op that runs p on this backend: `preferred` when it supports p, else the
-// highest-numbered deterministic variant that does (the composition promises bitwise-identical
-// runs); null, with `why`, when none does.
+// The part that runs p here (parts::find_part on this backend); null, with `why`, when none does.
 template <class Op>
 const Variant<typename Op::Params>* find_part(const typename Op::Params& p, const char* preferred,
                                               std::string& why) {
-  std::vector<const Variant<typename Op::Params>*> mine =
-      Registry<Op>::of(MEMLAYERS_KERNEL_BACKEND);
-  std::stable_sort(mine.begin(), mine.end(), [&](const auto* a, const auto* b) {
-    const bool pa = a->name == preferred, pb = b->name == preferred;
-    return pa != pb ? pa : a->name > b->name;
-  });
-  std::string reasons;
-  for (const auto* v : mine) {
-    if (!v->deterministic) continue;
-    const std::string r = v->supports(p);
-    if (r.empty()) return v;
-    reasons += (reasons.empty() ? "" : "; ") + v->name + ": " + r;
-  }
-  why = fmt::format("no deterministic {} variant on backend {} supports this layer ({})", Op::name,
-                    to_string(MEMLAYERS_KERNEL_BACKEND),
-                    reasons.empty() ? "none registered" : reasons);
-  return nullptr;
+  return parts::find_part<Op>(MEMLAYERS_KERNEL_BACKEND, p, preferred, why);
 }
 
 template <class Op>
