@@ -107,7 +107,7 @@ class Buffer {
 
 }  // namespace
 
-struct DenseModel::Activations {
+struct Model::Activations {
   int64_t batch = 0, seq = 0;
   std::vector<std::unique_ptr<Buffer>> held;
   // Forward, per layer l: xs[l] is the residual stream entering layer l (xs[layers]: leaving
@@ -148,12 +148,26 @@ struct DenseModel::Activations {
 
 // ---- the model ----
 
-DenseModel::DenseModel(const Config& c, const Ops& ops) : config_(c), layout_(c), ops_(ops) {}
-DenseModel::~DenseModel() = default;
+Model::Model(const Config& c, const Ops& ops) : config_(c), layout_(c), ops_(ops) {}
+Model::~Model() = default;
 
-double DenseModel::loss(const float* params, const Batch& bt, float* grads) {
+std::vector<float> init_values(const Config& c, uint64_t /*seed*/) {
+  c.validate();
+  return {};  // no model has a value table yet: memory layers are refused by validate()
+}
+
+const float* Model::logits() const {
+  MEMLAYERS_CHECK(acts_ != nullptr, "model logits: no loss() has run yet");
+  return acts_->logits;
+}
+
+double Model::loss(const float* params, const float* values, const Batch& bt, float* grads,
+                   SparseRows* vgrad) {
   const Config& c = config_;
   MEMLAYERS_CHECK(params != nullptr, "model loss: params is null");
+  MEMLAYERS_CHECK(values != nullptr || value_rows_ == 0,
+                  "model loss: values is null but the model has a value table");
+  if (vgrad) *vgrad = {};
   MEMLAYERS_CHECK(bt.tokens && bt.targets, "model loss: batch tokens or targets is null");
   MEMLAYERS_CHECK(bt.batch >= 1, "model loss: batch is {}: accepted are batch ≥ 1", bt.batch);
   MEMLAYERS_CHECK(bt.seq >= 1 && bt.seq <= c.ctx,

@@ -65,27 +65,50 @@ struct Batch {
   int64_t batch = 0, seq = 0;
 };
 
-class DenseModel {
+// The compact gradient of the value table (device memory): strictly ascending row ids, one
+// gradient row each. harness/optim.h's sparse Adam takes it as it is.
+struct SparseRows {
+  const int64_t* row_ids = nullptr;
+  const float* rows = nullptr;
+  int64_t n_rows = 0;
+};
+
+// Initial values of the value table (host), value_rows() × value_dim() floats; empty when the
+// model has no table.
+std::vector<float> init_values(const Config& c, uint64_t seed);
+
+class Model {
  public:
-  DenseModel(const Config& c, const Ops& ops);
-  ~DenseModel();
-  DenseModel(const DenseModel&) = delete;
-  DenseModel& operator=(const DenseModel&) = delete;
+  Model(const Config& c, const Ops& ops);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
 
   const Config& config() const { return config_; }
-  const ParamLayout& layout() const { return layout_; }
+  const ParamLayout& layout() const { return layout_; }  // the dense parameters
   const Ops& ops() const { return ops_; }
+  // The value table shared by the model's memory layers, a separate buffer trained by the sparse
+  // optimiser: value_rows() × value_dim() floats; 0 × 0 when the model has no memory layer.
+  int64_t value_rows() const { return value_rows_; }
+  int64_t value_dim() const { return value_dim_; }
 
   // The batch's loss. With `grads` set (a buffer shaped like params), also its gradient with
-  // respect to every parameter, written (not accumulated). Device pointers; activations are kept
-  // in buffers the model owns, sized by the largest batch seen.
-  double loss(const float* params, const Batch& b, float* grads = nullptr);
+  // respect to every dense parameter, written (not accumulated), and, with a value table, the
+  // table's compact gradient in *vgrad (buffers the model owns, valid until the next call).
+  // Device pointers; activations are kept in buffers the model owns, sized by the largest batch
+  // seen. `values` may be null only when the model has no table.
+  double loss(const float* params, const float* values, const Batch& b, float* grads = nullptr,
+              SparseRows* vgrad = nullptr);
+
+  // The logits of the last loss() call: (batch·seq, vocab), device memory.
+  const float* logits() const;
 
  private:
   struct Activations;
   Config config_;
   ParamLayout layout_;
   const Ops& ops_;
+  int64_t value_rows_ = 0, value_dim_ = 0;
   std::unique_ptr<Activations> acts_;
 };
 

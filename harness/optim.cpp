@@ -252,7 +252,7 @@ Optimizer::~Optimizer() {
 }
 
 StepStats Optimizer::step(float* params, const float* grads, float* values,
-                          const SparseGrad& vgrad) {
+                          const SparseRows& vgrad) {
   MEMLAYERS_CHECK(values_rows_ > 0 || (values == nullptr && vgrad.n_rows == 0),
                   "optimiser: a value-table step given, but the optimiser has no value table");
   MEMLAYERS_CHECK(values_rows_ == 0 || values != nullptr,

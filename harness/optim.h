@@ -142,13 +142,6 @@ struct OptimConfig {
   void validate() const;
 };
 
-// The gradient of the value table for one step: compact rows in the backend's memory.
-struct SparseGrad {
-  const int64_t* row_ids = nullptr;
-  const float* rows = nullptr;
-  int64_t n_rows = 0;
-};
-
 struct StepStats {
   double grad_norm = 0;  // before clipping
   float clip = 1;        // the scale applied
@@ -169,7 +162,7 @@ class Optimizer {
   // then AdamW per group and the sparse Adam of the table. Device pointers; `values` and `vgrad`
   // only with a table.
   StepStats step(float* params, const float* grads, float* values = nullptr,
-                 const SparseGrad& vgrad = {});
+                 const SparseRows& vgrad = {});
 
   int64_t steps_taken() const { return t_; }
   // The moments (device memory), for checkpoints and tests.

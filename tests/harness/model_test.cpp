@@ -70,11 +70,11 @@ double rel_norm(const std::vector<double>& got, const std::vector<double>& want)
 TEST(DenseModel, ReferenceGradientsMatchFiniteDifferences) {
   const Config c = tiny_config();
   Rng rng("DenseModel.ReferenceGradientsMatchFiniteDifferences");
-  DenseModel model(c, ops_for(Backend::reference));
+  Model model(c, ops_for(Backend::reference));
   std::vector<float> params = random_params(model.layout(), rng);
   const HostBatch b = random_batch(c, rng, 2, 5);
   std::vector<float> grads(params.size());
-  const double l0 = model.loss(params.data(), b.view(), grads.data());
+  const double l0 = model.loss(params.data(), nullptr, b.view(), grads.data());
   ASSERT_TRUE(std::isfinite(l0));
   // The forward runs in fp32 between ops, so the loss carries ~1e-7 relative rounding: the step
   // is large (h = 1e-2) to keep that below the gradient, the truncation O(h²) stays ~1e-4.
@@ -85,9 +85,10 @@ TEST(DenseModel, ReferenceGradientsMatchFiniteDifferences) {
       float& x = params[t.offset + i];
       const float x0 = x;
       x = x0 + h;
-      const double up = model.loss(params.data(), b.view()), step_up = double{x} - x0;
+      const double up = model.loss(params.data(), nullptr, b.view()), step_up = double{x} - x0;
       x = x0 - h;
-      const double down = model.loss(params.data(), b.view()), step = step_up + (x0 - double{x});
+      const double down = model.loss(params.data(), nullptr, b.view()),
+                   step = step_up + (x0 - double{x});
       x = x0;
       fd[i] = (up - down) / step;
       an[i] = grads[t.offset + i];
@@ -101,12 +102,12 @@ TEST(DenseModel, ReferenceGradientsMatchFiniteDifferences) {
 TEST(DenseModel, CpuMatchesReference) {
   const Config c = tiny_config();
   Rng rng("DenseModel.CpuMatchesReference");
-  DenseModel ref(c, ops_for(Backend::reference)), cpu(c, ops_for(Backend::cpu));
+  Model ref(c, ops_for(Backend::reference)), cpu(c, ops_for(Backend::cpu));
   const std::vector<float> params = random_params(ref.layout(), rng);
   const HostBatch b = random_batch(c, rng, 3, 6);
   std::vector<float> g_ref(params.size()), g_cpu(params.size(), std::nanf(""));
-  const double l_ref = ref.loss(params.data(), b.view(), g_ref.data());
-  const double l_cpu = cpu.loss(params.data(), b.view(), g_cpu.data());
+  const double l_ref = ref.loss(params.data(), nullptr, b.view(), g_ref.data());
+  const double l_cpu = cpu.loss(params.data(), nullptr, b.view(), g_cpu.data());
   EXPECT_NEAR(l_cpu, l_ref, 1e-5 * std::abs(l_ref));
   for (const ParamTensor& t : ref.layout().tensors()) {
     const auto want = test::to_doubles(g_ref.data() + t.offset, DType::f32, t.size());
@@ -123,12 +124,12 @@ TEST(DenseModel, CpuIsDeterministic) {
   Config c;
   c.vocab = 257, c.ctx = 37, c.d_model = 96, c.layers = 2, c.heads = 6, c.ffn_hidden = 130;
   Rng rng("DenseModel.CpuIsDeterministic");
-  DenseModel model(c, ops_for(Backend::cpu));
+  Model model(c, ops_for(Backend::cpu));
   const std::vector<float> params = random_params(model.layout(), rng);
   const HostBatch b = random_batch(c, rng, 3, 37);
   std::vector<float> first(params.size()), second(params.size());
-  const double l1 = model.loss(params.data(), b.view(), first.data());
-  const double l2 = model.loss(params.data(), b.view(), second.data());
+  const double l1 = model.loss(params.data(), nullptr, b.view(), first.data());
+  const double l2 = model.loss(params.data(), nullptr, b.view(), second.data());
   EXPECT_EQ(l1, l2);
   EXPECT_EQ(0, std::memcmp(first.data(), second.data(), first.size() * sizeof(float)));
 }
@@ -136,11 +137,11 @@ TEST(DenseModel, CpuIsDeterministic) {
 TEST(DenseModel, InitialLossIsNearUniform) {
   Config c = tiny_config();
   c.vocab = 101, c.ctx = 16;
-  DenseModel model(c, ops_for(Backend::cpu));
+  Model model(c, ops_for(Backend::cpu));
   const std::vector<float> params = init_params(c, 7);
   Rng rng("DenseModel.InitialLossIsNearUniform");
   const HostBatch b = random_batch(c, rng, 2, 16);
-  EXPECT_NEAR(model.loss(params.data(), b.view()), std::log(101.0), 0.05);
+  EXPECT_NEAR(model.loss(params.data(), nullptr, b.view()), std::log(101.0), 0.05);
 }
 
 TEST(DenseModel, Layout) {
@@ -164,22 +165,22 @@ TEST(DenseModel, BadConfigsAndBatchesAreRefused) {
   expect_error([&] { c.validate(); }, "d_model 12 is not divisible by heads 5");
   c = tiny_config();
   c.memory_layers = {1};
-  expect_error([&] { DenseModel m(c, ops_for(Backend::reference)); },
-               "the dense model has none yet");
+  expect_error([&] { Model m(c, ops_for(Backend::reference)); }, "the dense model has none yet");
   c = tiny_config();
   c.layers = 0;
   expect_error([&] { c.validate(); }, "layers is 0: accepted are layers ≥ 1");
 
   c = tiny_config();
-  DenseModel model(c, ops_for(Backend::reference));
+  Model model(c, ops_for(Backend::reference));
   const std::vector<float> params = init_params(c, 1);
   Rng rng("DenseModel.BadConfigsAndBatchesAreRefused");
   HostBatch b = random_batch(c, rng, 1, 7);
-  expect_error([&] { model.loss(params.data(), b.view()); },
+  expect_error([&] { model.loss(params.data(), nullptr, b.view()); },
                "seq 7 out of range: accepted are 1 ≤ seq ≤ ctx 6");
   b = random_batch(c, rng, 1, 4);
   b.tokens[3] = 11;
-  expect_error([&] { model.loss(params.data(), b.view()); }, "id 11 out of range [0, 11) at row 3");
+  expect_error([&] { model.loss(params.data(), nullptr, b.view()); },
+               "id 11 out of range [0, 11) at row 3");
 }
 
 }  // namespace
