@@ -32,6 +32,62 @@ void Config::validate() const {
                   memory_layers.size());
 }
 
+// ---- kinds ----
+
+std::string to_string(ModelKind k) {
+  switch (k) {
+    case ModelKind::dense:
+      return "dense";
+    case ModelKind::dense4x:
+      return "dense4x";
+    case ModelKind::moe:
+      return "moe";
+    case ModelKind::peer:
+      return "peer";
+    case ModelKind::memory:
+      return "memory";
+    case ModelKind::memory_plus:
+      return "memory+";
+  }
+  return "?";
+}
+
+ModelKind parse_model_kind(std::string_view name) {
+  std::string names;
+  for (ModelKind k : kModelKinds) {
+    if (name == to_string(k)) return k;
+    names += (names.empty() ? "" : ", ") + to_string(k);
+  }
+  throw Error(fmt::format("unknown model '{}': accepted are {}", name, names));
+}
+
+Config model_config(ModelKind kind, const Config& base) {
+  base.validate();
+  Config c = base;
+  switch (kind) {
+    case ModelKind::dense:
+      return c;
+    case ModelKind::dense4x:
+      c.ffn_hidden = 4 * base.ffn_hidden;
+      return c;
+    default:
+      throw Error(
+          fmt::format("model '{}' is not built yet: built are dense, dense4x", to_string(kind)));
+  }
+}
+
+double active_flops_per_token(const Config& c, int64_t seq) {
+  c.validate();
+  const double d = static_cast<double>(c.d_model), f = static_cast<double>(c.ffn_hidden);
+  const double per_layer = 2 * d * 3 * d                           // wqkv
+                           + 2 * d * d                             // wo
+                           + 2 * 2 * static_cast<double>(seq) * d  // QKᵀ and PV, at seq
+                           + 2 * d * 2 * f + 2 * f * d;            // w13, w2
+  return static_cast<double>(c.layers) * per_layer + 2 * d * static_cast<double>(c.vocab);
+}
+
+int64_t parameter_count(const Config& c) { return ParamLayout(c).total(); }
+
 int64_t ParamTensor::size() const {
   int64_t n = 1;
   for (int64_t s : shape) n *= s;

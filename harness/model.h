@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "harness/ops.h"
@@ -32,6 +33,31 @@ struct Config {
   // Throws memlayers::Error naming the first bad field and what is accepted.
   void validate() const;
 };
+
+// The comparison's model variants (issue 7). They share the embeddings, attention and depth of
+// a base (dense) config and differ in the feed-forward blocks: `dense` SwiGLU everywhere;
+// `dense4x` 4× the SwiGLU hidden width; `moe` token-choice top-2 experts with a balancing loss;
+// `peer` PEER in the middle layer; `memory` one plain memory layer in the middle; `memory+`
+// three gated Memory+ layers sharing one value table.
+enum class ModelKind { dense, dense4x, moe, peer, memory, memory_plus };
+inline constexpr ModelKind kModelKinds[] = {ModelKind::dense,  ModelKind::dense4x,
+                                            ModelKind::moe,    ModelKind::peer,
+                                            ModelKind::memory, ModelKind::memory_plus};
+std::string to_string(ModelKind k);  // "dense", "dense4x", "moe", "peer", "memory", "memory+"
+// Accepts the names to_string gives; anything else throws memlayers::Error listing them.
+ModelKind parse_model_kind(std::string_view name);
+
+// The config of `kind` built on the dense `base` (its vocab, ctx, d_model, layers, heads and
+// ffn_hidden), with the kind's feed-forward blocks sized as documented in harness/README.md.
+Config model_config(ModelKind kind, const Config& base);
+
+// Forward FLOPs per token of the model's matrix products (2 per multiply-add), counting only the
+// active parameters (a MoE's chosen experts, a memory layer's selected rows): the quantity the
+// comparison matches across kinds. Attention's score and value products are counted at `seq`.
+double active_flops_per_token(const Config& c, int64_t seq);
+
+// Trainable parameters: the dense buffer plus the value table.
+int64_t parameter_count(const Config& c);
 
 // One named parameter tensor: elements [offset, offset + size) of the buffer, row-major `shape`.
 struct ParamTensor {

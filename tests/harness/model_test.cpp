@@ -159,6 +159,23 @@ TEST(DenseModel, Layout) {
   EXPECT_THROW(layout.at("layer2.w13"), Error);
 }
 
+TEST(ModelKinds, NamesRoundTripAndUnknownNamesAreRefused) {
+  for (ModelKind k : kModelKinds) EXPECT_EQ(parse_model_kind(to_string(k)), k);
+  expect_error([] { parse_model_kind("memory_plus"); },
+               "unknown model 'memory_plus': accepted are dense, dense4x, moe, peer, memory, "
+               "memory+");
+}
+
+TEST(ModelKinds, Dense4xHasFourTimesTheFeedForward) {
+  const Config c = tiny_config();
+  const Config x4 = model_config(ModelKind::dense4x, c);
+  EXPECT_EQ(x4.ffn_hidden, 4 * c.ffn_hidden);
+  const double d = c.d_model, f = c.ffn_hidden, L = c.layers;
+  // Only the feed-forward's 6·d·f per layer grows, by 3·6·d·f.
+  EXPECT_DOUBLE_EQ(active_flops_per_token(x4, 4) - active_flops_per_token(c, 4), L * 3 * 6 * d * f);
+  EXPECT_EQ(parameter_count(x4) - parameter_count(c), static_cast<int64_t>(L * 3 * 3 * d * f));
+}
+
 TEST(DenseModel, BadConfigsAndBatchesAreRefused) {
   Config c = tiny_config();
   c.heads = 5;
