@@ -165,6 +165,9 @@ class Optimizer {
                  const SparseRows& vgrad = {});
 
   int64_t steps_taken() const { return t_; }
+  // Resuming from a checkpoint: the steps already taken, from which the schedule and the bias
+  // corrections continue (the moments are restored through the pointers below).
+  void set_steps_taken(int64_t t) { t_ = t; }
   // The moments (device memory), for checkpoints and tests.
   float* m() const { return m_; }
   float* v() const { return v_; }
