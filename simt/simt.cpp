@@ -267,8 +267,11 @@ class Pool {
       {
         // Every thread of the block passes this gate before any starts the kernel, so no thread's
         // whole run is ordered before another's: ThreadSanitizer then sees the kernel's own races
-        // instead of a happens-before chain through the pool's locks.
-        std::unique_lock lock(mu_);
+        // instead of a happens-before chain through the pool's locks. The gate has its own mutex:
+        // the end of a block locks mu_ after the kernel body, and a slow thread that re-took mu_
+        // on leaving the gate would be ordered after every faster thread's whole body (on a loaded
+        // machine the threads run one after another, and the race went unreported).
+        std::unique_lock lock(gate_mu_);
         b = next_block_;
         if (++gate_ == j.nthreads) {
           gate_ = 0;
@@ -331,7 +334,8 @@ class Pool {
     if (b.failure.empty()) b.check_deadlock();
   }
 
-  std::mutex mu_;
+  std::mutex mu_;       // the block hand-over and the end of the grid
+  std::mutex gate_mu_;  // only the gate before a block's kernel body: gate_, gate_generation_
   std::condition_variable block_cv_, done_cv_, gate_cv_;
   unsigned gate_ = 0;
   uint64_t gate_generation_ = 0;
