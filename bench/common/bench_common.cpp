@@ -621,6 +621,15 @@ void add_run_flags(Flags& flags, const RunFlags& f) {
   flags.add_int("sets", f.sets, "input sets (" + f.sets_what + ") rotated between iterations", 1);
 }
 
+void add_backend_flags(Flags& flags, std::string* backend, std::string* variant,
+                       const std::string& unit) {
+  flags.add_string("backend", backend,
+                   "comma-separated: cpu, cuda, all (= cpu,cuda), or the correctness backends\n"
+                   "simt and reference, which run only when named");
+  *backend = "all";
+  flags.add_string("variant", variant, "only the " + unit + " of this name (on each backend run)");
+}
+
 std::string finish_run_flags(const Flags& flags, const RunFlags& f, int64_t cache_bytes) {
   if (f.peak_gbs) MEMLAYERS_CHECK(*f.peak_gbs > 0, "--peak-gbs {}: must be > 0", *f.peak_gbs);
   if (f.peak_tflops)

@@ -358,6 +358,10 @@ struct RunFlags {
   std::string seed_what, sets_what;
 };
 void add_run_flags(Flags& flags, const RunFlags& f);
+// --backend (comma-separated cpu, cuda, all, or the correctness backends simt and reference; its
+// default "all" is written to *backend) and --variant ("only the <unit> of this name").
+void add_backend_flags(Flags& flags, std::string* backend, std::string* variant,
+                       const std::string& unit);
 // After parse: checks the peaks, and sizes the ceiling buffer unless --ceiling-bytes was given
 // (size_table over `cache_bytes`). Returns why the buffer has its size.
 std::string finish_run_flags(const Flags& flags, const RunFlags& f, int64_t cache_bytes);

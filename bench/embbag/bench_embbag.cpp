@@ -312,11 +312,7 @@ int run(int argc, char** argv) {
                    "element type of the table and the forward's output (dy and dV are fp32)");
   flags.add_choice("index", &c.index, {"int32", "int64"}, "index type");
   flags.add_choice("direction", &c.direction, {"fwd", "bwd", "all"}, "which passes to time");
-  flags.add_string("backend", &c.backend,
-                   "comma-separated: cpu, cuda, all (= cpu,cuda), or the correctness backends\n"
-                   "simt and reference, which run only when named");
-  c.backend = "all";
-  flags.add_string("variant", &c.variant, "only the variant of this name (on each backend run)");
+  mb::add_backend_flags(flags, &c.backend, &c.variant, "variant");
   flags.add_choice("dist", &c.dist, {"uniform", "zipf"}, "distribution of the indices");
   flags.add_double("zipf-s", &c.zipf_s, "Zipf exponent for --dist zipf (> 0)");
   flags.add_choice("dv", &c.dv, {"auto", "compact", "dense"},

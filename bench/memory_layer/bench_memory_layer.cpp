@@ -538,11 +538,7 @@ int run(int argc, char** argv) {
   flags.add_choice("direction", &o.direction, {"fwd", "fwd_bwd", "all"},
                    "fwd = an inference forward, fwd_bwd = a training step's forward and\n"
                    "backward, all = both rows");
-  flags.add_string("backend", &o.backend,
-                   "comma-separated: cpu, cuda, all (= cpu,cuda), or the correctness backends\n"
-                   "simt and reference, which run only when named");
-  o.backend = "all";
-  flags.add_string("variant", &o.variant, "only the composition of this name (on each backend)");
+  mb::add_backend_flags(flags, &o.backend, &o.variant, "composition");
   const mb::RunFlags run{&o.peak_gbs,
                          &o.peak_tflops,
                          &o.ceiling_bytes,

@@ -360,11 +360,7 @@ int run(int argc, char** argv) {
   flags.add_choice("dk", &c.dk, {"auto", "compact", "dense"},
                    "backward key-gradient form: auto = compact when the variant supports it,\n"
                    "else dense (dq is always computed)");
-  flags.add_string("backend", &c.backend,
-                   "comma-separated: cpu, cuda, all (= cpu,cuda), or the correctness backends\n"
-                   "simt and reference, which run only when named");
-  c.backend = "all";
-  flags.add_string("variant", &c.variant, "only the variant of this name (on each backend run)");
+  mb::add_backend_flags(flags, &c.backend, &c.variant, "variant");
   const mb::RunFlags run{&c.peak_gbs,
                          &c.peak_tflops,
                          &c.ceiling_bytes,
