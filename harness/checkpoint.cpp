@@ -271,14 +271,14 @@ TrainState load_checkpoint(const std::string& path, const std::string& config_js
 }
 
 std::string save_checkpoint_in(const std::string& dir, const std::string& config_json,
-                               const TrainState& s) {
+                               const TrainState& s, bool rotate) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   MEMLAYERS_CHECK(!ec, "checkpoint folder '{}' cannot be created: {}", dir, ec.message());
   const std::string path = checkpoint_path(dir), prev = previous_checkpoint_path(dir);
   // rename() replaces prev atomically; from here until the save's own rename, prev is the newest
   // complete file.
-  if (fs::exists(path, ec) && std::rename(path.c_str(), prev.c_str()) != 0)
+  if (rotate && fs::exists(path, ec) && std::rename(path.c_str(), prev.c_str()) != 0)
     fail("cannot keep the previous checkpoint: renaming '{}' to '{}' failed: {}", path, prev,
          std::strerror(errno));
   save_checkpoint(path, config_json, s);

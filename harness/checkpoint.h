@@ -66,12 +66,14 @@ void save_checkpoint(const std::string& path, const std::string& config_json, co
 TrainState load_checkpoint(const std::string& path, const std::string& config_json,
                            const std::vector<std::string>& may_differ);
 
-// Saves into `dir` (created if missing) keeping the previous checkpoint: an existing
-// checkpoint.safetensors is first renamed to checkpoint.prev.safetensors (replacing the older
-// one), then the new one is saved atomically. A failure at any point leaves at least one complete
-// file. Returns the path written.
+// Saves into `dir` (created if missing) keeping the previous checkpoint: with `rotate`, an
+// existing checkpoint.safetensors is first renamed to checkpoint.prev.safetensors (replacing the
+// older one), then the new one is saved atomically, so a failure at any point leaves at least one
+// complete file. Without `rotate` checkpoint.prev.safetensors is left as it is: the caller's
+// choice when checkpoint.safetensors is the file that failed to verify and prev the good one.
+// Returns the path written.
 std::string save_checkpoint_in(const std::string& dir, const std::string& config_json,
-                               const TrainState& s);
+                               const TrainState& s, bool rotate = true);
 
 struct Resumed {
   std::string path;  // the file loaded

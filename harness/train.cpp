@@ -294,8 +294,10 @@ void Trainer::restore(const TrainState& s) {
   last_loss_ = history_.empty() ? 0.0 : history_.back().train_loss;
 }
 
-std::string Trainer::save_checkpoint(const std::string& dir) const {
-  return save_checkpoint_in(dir, config_json_, state());
+std::string Trainer::save_checkpoint(const std::string& dir) {
+  std::string path = save_checkpoint_in(dir, config_json_, state(), rotate_);
+  rotate_ = true;
+  return path;
 }
 
 std::optional<Resumed> Trainer::resume(const std::string& dir) {
@@ -306,6 +308,7 @@ std::optional<Resumed> Trainer::resume(const std::string& dir) {
   } catch (const Error& e) {
     fail("checkpoint '{}': {}", r->path, e.what());
   }
+  rotate_ = r->skipped.empty();
   return r;
 }
 

@@ -111,7 +111,9 @@ class Trainer {
   void restore(const TrainState& s);
 
   // Checkpoints in `dir` (harness/checkpoint.h save_checkpoint_in); returns the path written.
-  std::string save_checkpoint(const std::string& dir) const;
+  // After a resume that refused checkpoint.safetensors and loaded checkpoint.prev.safetensors,
+  // the first save replaces the refused file and keeps prev, the only good one.
+  std::string save_checkpoint(const std::string& dir);
   // Restores the newest checkpoint of `dir` that verifies; nullopt when there is none.
   std::optional<Resumed> resume(const std::string& dir);
 
@@ -135,6 +137,7 @@ class Trainer {
   std::vector<EvalPoint> history_;
   double last_loss_ = 0, train_seconds_ = 0;
   int64_t tokens_trained_ = 0;
+  bool rotate_ = true;  // whether the next save keeps checkpoint.safetensors as prev
 };
 
 // ---- the loop ----

@@ -296,6 +296,17 @@ TEST_F(CheckpointTest, FlippedDataByteIsRefusedAndThePreviousLoads) {
   EXPECT_EQ(r->path, previous_checkpoint_path(dir()));
   EXPECT_NE(r->skipped.find("fails its checksum"), std::string::npos) << r->skipped;
   EXPECT_EQ(t.step_count(), 2);
+  // The next save replaces the refused file and keeps the good previous one (rotating would put
+  // the corrupt file in its place).
+  std::vector<double> losses;
+  run_steps(t, 1, losses);
+  t.save_checkpoint(dir());
+  EXPECT_EQ(load_checkpoint(previous_checkpoint_path(dir()), json_, {}).step, 2);
+  EXPECT_EQ(load_checkpoint(path, json_, {}).step, 3);
+  // And the save after it rotates again.
+  run_steps(t, 1, losses);
+  t.save_checkpoint(dir());
+  EXPECT_EQ(load_checkpoint(previous_checkpoint_path(dir()), json_, {}).step, 3);
 }
 
 TEST_F(CheckpointTest, TruncatedFileIsRefusedAndThePreviousLoads) {
