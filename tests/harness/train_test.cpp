@@ -223,8 +223,9 @@ TEST_F(TrainTest, ReferenceLossCurveMatchesCpu) {
 
 // ---- learning ----
 
-// 64 facts of 8 objects (chance 1/8; the commonest object of this knowledge base is 14 of 64):
-// a model of ~7k parameters holds them (64 · 3 bits needs ≥ 96 at 2 bits/parameter).
+// 64 facts of 8 objects (chance 1/8) and a model of 5600 parameters, which can hold them (64 · 3
+// bits need ≥ 96 at 2 bits/parameter): after 150 steps (75 epochs) it holds them all (measured:
+// 64 of 64, loss 0.093, on the reference and cpu backends alike).
 TEST_F(TrainTest, TinyDenseModelLearnsTheFacts) {
   TrainConfig c = tiny();
   c.data.names = 8, c.data.subjects = 24, c.data.relations = 4, c.data.objects = 8;
@@ -238,7 +239,7 @@ TEST_F(TrainTest, TinyDenseModelLearnsTheFacts) {
   EXPECT_EQ(after.step, 150);
   EXPECT_GT(before.loss, 1.5);
   EXPECT_LT(after.loss, 0.5 * before.loss);
-  EXPECT_GE(after.accuracy, 0.6) << "chance is 0.125; before training " << before.accuracy();
+  EXPECT_GE(after.accuracy, 0.9) << "chance is 0.125; before training " << before.accuracy();
   // evaluate() is a pure function of the state.
   const EvalResult again = t.evaluate();
   EXPECT_EQ(again.loss, after.loss);
