@@ -2,9 +2,11 @@
 #include "harness/ops.h"
 
 #include <cmath>
+#include <string>
 #include <string_view>
 
 #include "common/error.h"
+#include "harness/cuda/tables.h"
 #include "harness/ops_internal.h"
 
 namespace memlayers::harness {
@@ -198,11 +200,25 @@ const Ops& ops_for(Backend b) {
       return reference;
     case Backend::cpu:
       return cpu;
-    case Backend::cuda:
-    case Backend::simt:
+    case Backend::simt: {
+      static const Ops simt = with_checks(detail::simt_ops());
+      return simt;
+    }
+    case Backend::cuda: {
+#if defined(MEMLAYERS_HAVE_CUDA)
+      const std::string why = usable(Backend::cuda);
+      MEMLAYERS_CHECK(why.empty(), "harness ops: backend cuda is not usable here: {}", why);
+      static const Ops cuda = with_checks(detail::cuda_ops());
+      return cuda;
+#else
       break;
+#endif
+    }
   }
-  fail("harness ops: backend {} is not built yet: built are reference, cpu", to_string(b));
+  fail(
+      "harness ops: backend {} is not built (no nvcc when configured): built are reference, cpu, "
+      "simt",
+      to_string(b));
 }
 
 }  // namespace memlayers::harness

@@ -189,8 +189,8 @@ struct Ops {
   Op<CrossEntropyBwd> cross_entropy_bwd;
 };
 
-// The table of a backend: reference and cpu today; any other throws memlayers::Error naming the
-// backends that are built. Every entry validates its params before it runs.
+// The table of a backend: reference, cpu, simt, and cuda where built (harness/cuda/*.cu) and a
+// GPU is usable; otherwise memlayers::Error says why. Every entry validates its params first.
 const Ops& ops_for(Backend b);
 
 // Size and pointer checks, the same for every backend: throw memlayers::Error on bad params.

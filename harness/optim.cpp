@@ -4,10 +4,12 @@
 
 #include <cmath>
 #include <numbers>
+#include <string>
 #include <string_view>
 
 #include "common/error.h"
 #include "common/parallel.h"
+#include "harness/cuda/tables.h"
 
 namespace memlayers::harness {
 
@@ -51,15 +53,7 @@ void host_adamw(const AdamWStep& s) {
 }
 
 void host_sparse_adam(const SparseAdamStep& s) {
-  for (int64_t j = 0; j < s.n_rows; ++j) {
-    const int64_t r = s.row_ids[j];
-    MEMLAYERS_CHECK(r >= 0 && r < s.rows, "sparse adam: row id {} out of range [0, {}) at {}", r,
-                    s.rows, j);
-    MEMLAYERS_CHECK(j == 0 || r > s.row_ids[j - 1],
-                    "sparse adam: row id {} at {} follows {} at {}: accepted are strictly "
-                    "ascending (unique) row ids",
-                    r, j, s.row_ids[j - 1], j - 1);
-  }
+  detail::check_sparse_row_ids(s.row_ids, s.n_rows, s.rows);
   const AdamConstants k(s.h);
   const int64_t dim = s.dim;
   parallel_rows(s.n_rows, dim, [&](int64_t j) {
@@ -114,6 +108,18 @@ void finite_in(double v, double lo, double hi, std::string_view what, std::strin
 
 // ---- checks ----
 
+void detail::check_sparse_row_ids(const int64_t* row_ids, int64_t n_rows, int64_t rows) {
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const int64_t r = row_ids[j];
+    MEMLAYERS_CHECK(r >= 0 && r < rows, "sparse adam: row id {} out of range [0, {}) at {}", r,
+                    rows, j);
+    MEMLAYERS_CHECK(j == 0 || r > row_ids[j - 1],
+                    "sparse adam: row id {} at {} follows {} at {}: accepted are strictly "
+                    "ascending (unique) row ids",
+                    r, j, row_ids[j - 1], j - 1);
+  }
+}
+
 void validate(const AdamHyper& h) {
   finite_in(h.lr, 0, INFINITY, "lr", "finite lr ≥ 0");
   finite_in(h.beta1, 0, 1, "beta1", "0 ≤ beta1 < 1");
@@ -158,7 +164,21 @@ const OptimOps& optim_ops_for(Backend b) {
   static const OptimOps cpu = host_table(Backend::cpu);
   if (b == Backend::reference) return reference;
   if (b == Backend::cpu) return cpu;
-  fail("optimiser: backend {} is not built yet: built are reference, cpu", to_string(b));
+  if (b == Backend::simt) {
+    static const OptimOps simt = detail::simt_optim_ops();
+    return simt;
+  }
+#if defined(MEMLAYERS_HAVE_CUDA)
+  const std::string why = usable(Backend::cuda);
+  MEMLAYERS_CHECK(why.empty(), "optimiser: backend cuda is not usable here: {}", why);
+  static const OptimOps cuda = detail::cuda_optim_ops();
+  return cuda;
+#else
+  fail(
+      "optimiser: backend {} is not built (no nvcc when configured): built are reference, cpu, "
+      "simt",
+      to_string(b));
+#endif
 }
 
 // ---- clipping and schedule ----

@@ -88,8 +88,9 @@ struct OptimOps {
   OptimOp<SumSquares> sum_squares;
 };
 
-// reference and cpu (the same host code); any other backend throws memlayers::Error naming the
-// built ones. Every entry validates its params first.
+// reference and cpu (the same host code); simt, and cuda where built and a GPU is usable
+// (harness/cuda/optim.cu); otherwise memlayers::Error says why. Every entry validates its params
+// first.
 const OptimOps& optim_ops_for(Backend b);
 
 void validate(const AdamHyper& h);
