@@ -1,9 +1,9 @@
 // The harness's cuda/simt backends (harness/cuda/*.cu) run on CPU threads under simt, against the
-// cpu backend: every Ops entry on the same seeded inputs (DESIGN.md §4: fp32 policy, outputs
-// poisoned first, accumulating outputs starting from non-zero values, packed and separate
-// layouts, padding rows of the cross-entropy), the optimiser's entries (AdamW and the sparse step
-// bitwise, the sum of squares in fp64), the errors of bad params, the dense model's loss and
-// gradients for one batch, and the bitwise determinism of the backward.
+// cpu backend: every Ops entry on the same seeded inputs (on the GPU too where one is usable)
+// (DESIGN.md §4: fp32 policy, outputs poisoned first, accumulating outputs starting from non-zero
+// values, packed and separate layouts, padding rows of the cross-entropy), the optimiser's entries
+// (AdamW and the sparse step bitwise, the sum of squares in fp64), the errors of bad params, the
+// dense model's loss and gradients for one batch, and the bitwise determinism of the backward.
 // Build and run: cmake --build build --target harness_ops_simt_test && ctest --test-dir build -R
 // OpsSimt
 #include <gtest/gtest.h>
@@ -100,8 +100,15 @@ class BackendRun {
   std::vector<std::pair<std::string, DeviceBuffer*>> outputs_;
 };
 
-// Runs `body` on the cpu and the simt backend from the same seeded inputs and compares every
-// output it declared at the fp32 policy.
+// The backends of harness/cuda/*.cu runnable here: simt, and cuda where a GPU is usable.
+std::vector<Backend> kernel_backends() {
+  std::vector<Backend> b = {Backend::simt};
+  if (usable(Backend::cuda).empty()) b.push_back(Backend::cuda);
+  return b;
+}
+
+// Runs `body` on the cpu backend and on each kernel backend from the same seeded inputs and
+// compares every output it declared at the fp32 policy.
 void expect_simt_matches_cpu(const std::function<void(BackendRun&, Rng&)>& body) {
   auto run_on = [&](Backend b) {
     Rng rng(current_test());
@@ -109,11 +116,15 @@ void expect_simt_matches_cpu(const std::function<void(BackendRun&, Rng&)>& body)
     body(run, rng);
     return run.results();
   };
-  const Outputs want = run_on(Backend::cpu), got = run_on(Backend::simt);
-  ASSERT_EQ(want.size(), got.size());
+  const Outputs want = run_on(Backend::cpu);
   ASSERT_FALSE(want.empty());
-  for (std::size_t i = 0; i < want.size(); ++i)
-    expect_close(want[i].first, got[i].second, want[i].second);
+  for (Backend b : kernel_backends()) {
+    SCOPED_TRACE(fmt::format("backend {}", to_string(b)));
+    const Outputs got = run_on(b);
+    ASSERT_EQ(want.size(), got.size());
+    for (std::size_t i = 0; i < want.size(); ++i)
+      expect_close(want[i].first, got[i].second, want[i].second);
+  }
 }
 
 struct Shape {
