@@ -1,8 +1,9 @@
-// The dense transformer over harness::Ops (harness/model.h): the forward keeps every activation
-// the backward reads; the backward walks the layers in reverse, adding each block's input
-// gradient onto the residual stream's (accumulate_dx) instead of through extra adds.
+// The transformer over harness::Ops and the memory layer (harness/model.h): the forward keeps
+// every activation the backward reads; the backward walks the layers in reverse, adding each
+// block's input gradient onto the residual stream's (accumulate_dx) instead of through extra adds.
 #include "harness/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "harness/memory_block.h"
 
 namespace memlayers::harness {
 
@@ -26,10 +28,61 @@ void Config::validate() const {
                   "model config: d_model {} is not divisible by heads {}: accepted are d_model = "
                   "heads·head_dim",
                   d_model, heads);
-  MEMLAYERS_CHECK(memory_layers.empty(),
-                  "model config: {} memory layer(s) requested: the dense model has none yet "
-                  "(accepted: an empty memory_layers)",
-                  memory_layers.size());
+  if (memory_layers.empty()) return;
+  for (std::size_t i = 0; i < memory_layers.size(); ++i) {
+    const int64_t l = memory_layers[i];
+    MEMLAYERS_CHECK(
+        l >= 0, "model config: memory layer {} is negative: accepted are 0 ≤ index < layers", l);
+    MEMLAYERS_CHECK(l < layers,
+                    "model config: memory layer {} is past the model's depth {}: accepted are 0 ≤ "
+                    "index < layers",
+                    l, layers);
+    for (std::size_t j = 0; j < i; ++j)
+      MEMLAYERS_CHECK(memory_layers[j] != l,
+                      "model config: memory layer {} is listed twice: accepted are distinct "
+                      "indices",
+                      l);
+  }
+  const MemoryConfig& m = memory;
+  MEMLAYERS_CHECK(m.k <= m.n_keys,
+                  "model config: memory.k {} exceeds memory.n_keys {}: accepted are 1 ≤ k ≤ n_keys "
+                  "(each half's top-k is taken over n_keys sub-keys)",
+                  m.k, m.n_keys);
+  MEMLAYERS_CHECK(m.k_dim % 2 == 0,
+                  "model config: memory.k_dim {} is odd: accepted are even k_dim (the query's two "
+                  "halves of k_dim/2)",
+                  m.k_dim);
+  MEMLAYERS_CHECK(m.kind != memory_layer::Kind::memory || m.value_dim == d_model,
+                  "model config: memory.value_dim {} with kind memory differs from d_model {}: "
+                  "the plain memory layer's output is the bag itself, so accepted is value_dim = "
+                  "d_model (memory_plus takes any value_dim)",
+                  m.value_dim, d_model);
+  if (std::string why = memory_layer::validate(layer_config()); !why.empty())
+    fail("model config: memory layer: {}", why);
+}
+
+bool Config::is_memory_layer(int64_t layer) const {
+  return std::find(memory_layers.begin(), memory_layers.end(), layer) != memory_layers.end();
+}
+
+memory_layer::Config Config::layer_config() const {
+  memory_layer::Config c;
+  c.kind = memory.kind, c.d_model = d_model, c.heads = memory.heads, c.n_keys = memory.n_keys;
+  c.k_dim = memory.k_dim, c.k = memory.k;
+  c.value_dim = memory.kind == memory_layer::Kind::peer ? d_model : memory.value_dim;
+  c.qk_norm = memory.qk_norm, c.scalar_gate = false, c.values_dtype = DType::f32;
+  return c;
+}
+
+int64_t Config::table_rows() const {
+  if (memory_layers.empty()) return 0;
+  const int64_t n = memory.n_keys * memory.n_keys;
+  return memory.kind == memory_layer::Kind::peer ? 2 * n : n;
+}
+
+int64_t Config::table_dim() const {
+  if (memory_layers.empty()) return 0;
+  return memory.kind == memory_layer::Kind::peer ? d_model : memory.value_dim;
 }
 
 // ---- kinds ----
@@ -61,7 +114,83 @@ ModelKind parse_model_kind(std::string_view name) {
   throw Error(fmt::format("unknown model '{}': accepted are {}", name, names));
 }
 
+std::vector<int64_t> memory_plus_layers(int64_t layers) {
+  MEMLAYERS_CHECK(layers >= 1, "memory+ layers: layers is {}: accepted are layers ≥ 1", layers);
+  std::vector<int64_t> out;
+  if (layers < 4) {
+    for (int64_t l = 0; l < layers; ++l) out.push_back(l);
+    return out;
+  }
+  // round((2i+1)·layers/6), halves up, in integers.
+  for (int64_t i = 0; i < 3; ++i) out.push_back(((2 * i + 1) * layers + 3) / 6);
+  return out;
+}
+
+namespace {
+
+memory_layer::Kind layer_kind(ModelKind kind) {
+  switch (kind) {
+    case ModelKind::memory:
+      return memory_layer::Kind::memory;
+    case ModelKind::memory_plus:
+      return memory_layer::Kind::memory_plus;
+    case ModelKind::peer:
+      return memory_layer::Kind::peer;
+    default:
+      fail("model '{}' has no memory layer: accepted are peer, memory, memory+", to_string(kind));
+  }
+}
+
+// Forward FLOPs per token of one memory layer: the op's own declaration at batch 1.
+double memory_layer_flops(const memory_layer::Config& mc) {
+  memory_layer::FwdParams p;
+  p.config = mc, p.batch = 1;
+  return memory_layer::Fwd::flops(p);
+}
+
+}  // namespace
+
+MemoryConfig memory_settings(ModelKind kind, const Config& base) {
+  const memory_layer::Kind lk = layer_kind(kind);
+  Config dense = base;
+  dense.memory_layers.clear();
+  dense.validate();
+  const int64_t d = base.d_model;
+  const double budget = 6.0 * double(d) * double(base.ffn_hidden);  // SwiGLU: w13 and w2
+  MemoryConfig m;
+  m.kind = lk, m.qk_norm = false;
+  m.n_keys = std::min<int64_t>(2 * d, 1024);
+  const int64_t widest = std::max<int64_t>(2, (d / 2) / 2 * 2);  // even n ≤ d/2 (at least 2)
+  auto cost = [&](const MemoryConfig& s) {
+    Config c = dense;
+    c.memory = s, c.memory_layers = {0};
+    return memory_layer_flops(c.layer_config());
+  };
+  std::vector<int64_t> values{d};
+  if (lk == memory_layer::Kind::memory_plus)
+    for (int64_t v = d / 2; v >= 1; v /= 2) values.push_back(v);
+  for (int64_t v : values) {
+    for (int64_t h : {4, 2, 1}) {
+      for (int64_t k = std::min<int64_t>(32, m.n_keys); k >= 1; k /= 2) {
+        m.value_dim = v, m.heads = h, m.k = k;
+        for (int64_t n = widest; n >= 2; n -= 2) {
+          m.k_dim = n;
+          if (cost(m) <= budget) return m;
+        }
+      }
+    }
+  }
+  fail(
+      "model '{}' on d_model {}, ffn_hidden {}: no memory layer fits the SwiGLU block's {} FLOPs "
+      "per token (the smallest, h 1, k 1, k_dim 2, n_keys {}, costs {}): accepted are bases with "
+      "a wider ffn_hidden",
+      to_string(kind), d, base.ffn_hidden, budget, m.n_keys, cost(m));
+}
+
 Config model_config(ModelKind kind, const Config& base) {
+  MEMLAYERS_CHECK(base.memory_layers.empty(),
+                  "model '{}': the base has {} memory layer(s): accepted is a dense base",
+                  to_string(kind), base.memory_layers.size());
   base.validate();
   Config c = base;
   switch (kind) {
@@ -70,23 +199,42 @@ Config model_config(ModelKind kind, const Config& base) {
     case ModelKind::dense4x:
       c.ffn_hidden = 4 * base.ffn_hidden;
       return c;
-    default:
-      throw Error(
-          fmt::format("model '{}' is not built yet: built are dense, dense4x", to_string(kind)));
+    case ModelKind::memory:
+    case ModelKind::peer:
+      c.memory = memory_settings(kind, base);
+      c.memory_layers = {base.layers / 2};
+      c.validate();
+      return c;
+    case ModelKind::memory_plus:
+      c.memory = memory_settings(kind, base);
+      c.memory_layers = memory_plus_layers(base.layers);
+      c.validate();
+      return c;
+    case ModelKind::moe:
+      break;
   }
+  throw Error(
+      fmt::format("model '{}' is not built yet: built are dense, dense4x, peer, memory, memory+",
+                  to_string(kind)));
 }
 
 double active_flops_per_token(const Config& c, int64_t seq) {
   c.validate();
   const double d = static_cast<double>(c.d_model), f = static_cast<double>(c.ffn_hidden);
-  const double per_layer = 2 * d * 3 * d                           // wqkv
-                           + 2 * d * d                             // wo
-                           + 2 * 2 * static_cast<double>(seq) * d  // QKᵀ and PV, at seq
-                           + 2 * d * 2 * f + 2 * f * d;            // w13, w2
-  return static_cast<double>(c.layers) * per_layer + 2 * d * static_cast<double>(c.vocab);
+  const double attention = 2 * d * 3 * d                            // wqkv
+                           + 2 * d * d                              // wo
+                           + 2 * 2 * static_cast<double>(seq) * d;  // QKᵀ and PV, at seq
+  const double swiglu = 2 * d * 2 * f + 2 * f * d;                  // w13, w2
+  const double memory = c.memory_layers.empty() ? 0 : memory_layer_flops(c.layer_config());
+  double total = 2 * d * static_cast<double>(c.vocab);
+  for (int64_t l = 0; l < c.layers; ++l)
+    total += attention + (c.is_memory_layer(l) ? memory : swiglu);
+  return total;
 }
 
-int64_t parameter_count(const Config& c) { return ParamLayout(c).total(); }
+int64_t parameter_count(const Config& c) {
+  return ParamLayout(c).total() + c.table_rows() * c.table_dim();
+}
 
 int64_t ParamTensor::size() const {
   int64_t n = 1;
@@ -104,14 +252,29 @@ ParamLayout::ParamLayout(const Config& c) {
   };
   add("wte", {c.vocab, d});
   add("wpe", {c.ctx, d});
+  const MemoryConfig& m = c.memory;
+  const int64_t hn = m.heads * m.k_dim, v = m.value_dim;
   for (int64_t l = 0; l < c.layers; ++l) {
     const std::string p = "layer" + std::to_string(l) + ".";
     add(p + "ln1", {d});
     add(p + "wqkv", {d, 3 * d});
     add(p + "wo", {d, d});
     add(p + "ln2", {d});
-    add(p + "w13", {d, 2 * f});
-    add(p + "w2", {f, d});
+    if (!c.is_memory_layer(l)) {
+      add(p + "w13", {d, 2 * f});
+      add(p + "w2", {f, d});
+      continue;
+    }
+    add(p + "mem.wq", {d, hn});
+    add(p + "mem.bq", {hn});
+    add(p + "mem.keys1", {m.heads, m.n_keys, m.k_dim / 2});
+    add(p + "mem.keys2", {m.heads, m.n_keys, m.k_dim / 2});
+    if (m.kind == memory_layer::Kind::memory_plus) {
+      add(p + "mem.w1", {d, v});
+      add(p + "mem.b1", {v});
+      add(p + "mem.w2", {v, d});
+      add(p + "mem.b2", {d});
+    }
   }
   add("lnf", {d});
 }
@@ -120,7 +283,8 @@ const ParamTensor& ParamLayout::at(const std::string& name) const {
   for (const ParamTensor& t : tensors_)
     if (t.name == name) return t;
   fail(
-      "no parameter tensor named '{}' (the layout has wte, wpe, layer<i>.ln1/wqkv/wo/ln2/w13/w2, "
+      "no parameter tensor named '{}' (the layout has wte, wpe, layer<i>.ln1/wqkv/wo/ln2, then "
+      "w13/w2 or, in a memory layer, mem.wq/bq/keys1/keys2 and for memory+ mem.w1/b1/w2/b2, "
       "lnf)",
       name);
 }
@@ -130,14 +294,35 @@ std::vector<float> init_params(const Config& c, uint64_t seed) {
   std::vector<float> p(static_cast<std::size_t>(layout.total()));
   std::mt19937_64 gen(seed);
   const float residual_scale = 1.0f / std::sqrt(2.0f * float(c.layers));
+  const float key_bound = 1.0f / std::sqrt(0.5f * float(c.memory.k_dim));
   for (const ParamTensor& t : layout.tensors()) {
     float* v = p.data() + t.offset;
-    const bool norm = t.shape.size() == 1;
-    const bool into_residual = t.name.ends_with(".wo") || t.name.ends_with(".w2");
-    std::normal_distribution<float> normal(0.0f, 0.02f * (into_residual ? residual_scale : 1.0f));
-    for (int64_t i = 0; i < t.size(); ++i) v[i] = norm ? 1.0f : normal(gen);
+    const bool norm = t.name == "lnf" || t.name.ends_with(".ln1") || t.name.ends_with(".ln2");
+    const bool bias =
+        t.name.ends_with(".mem.bq") || t.name.ends_with(".mem.b1") || t.name.ends_with(".mem.b2");
+    const bool keys = t.name.ends_with(".mem.keys1") || t.name.ends_with(".mem.keys2");
+    if (norm || bias) {
+      std::fill(v, v + t.size(), norm ? 1.0f : 0.0f);
+    } else if (keys) {
+      std::uniform_real_distribution<float> uniform(-key_bound, key_bound);
+      for (int64_t i = 0; i < t.size(); ++i) v[i] = uniform(gen);
+    } else {
+      const bool into_residual = t.name.ends_with(".wo") || t.name.ends_with(".w2");
+      std::normal_distribution<float> normal(0.0f, 0.02f * (into_residual ? residual_scale : 1.0f));
+      for (int64_t i = 0; i < t.size(); ++i) v[i] = normal(gen);
+    }
   }
   return p;
+}
+
+std::vector<float> init_values(const Config& c, uint64_t seed) {
+  c.validate();
+  std::vector<float> v(static_cast<std::size_t>(c.table_rows() * c.table_dim()));
+  if (v.empty()) return v;
+  std::mt19937_64 gen(seed ^ 0x76616c756573ull);  // "values"
+  std::normal_distribution<float> normal(0.0f, 1.0f / std::sqrt(float(c.table_dim())));
+  for (float& e : v) e = normal(gen);
+  return v;
 }
 
 // ---- activations ----
@@ -187,7 +372,9 @@ struct Model::Activations {
       inv1.push_back(floats(rows)), qkv.push_back(floats(rows * 3 * d));
       att.push_back(floats(rows * d)), lse.push_back(floats(b * c.heads * t));
       ln2.push_back(floats(rows * d)), inv2.push_back(floats(rows));
-      h13.push_back(floats(rows * 2 * f)), sw.push_back(floats(rows * f));
+      const bool memory = c.is_memory_layer(l);  // its activations are MemoryBlocks'
+      h13.push_back(memory ? nullptr : floats(rows * 2 * f));
+      sw.push_back(memory ? nullptr : floats(rows * f));
     }
     lnf = floats(rows * d), invf = floats(rows), logits = floats(rows * c.vocab);
     loss = floats(1), tmp = floats(rows * d);
@@ -204,12 +391,19 @@ struct Model::Activations {
 
 // ---- the model ----
 
-Model::Model(const Config& c, const Ops& ops) : config_(c), layout_(c), ops_(ops) {}
+Model::Model(const Config& c, const Ops& ops)
+    : config_(c), layout_(c), ops_(ops), value_rows_(c.table_rows()), value_dim_(c.table_dim()) {
+  if (!c.memory_layers.empty()) mem_ = std::make_unique<MemoryBlocks>(config_, layout_, ops_);
+}
 Model::~Model() = default;
 
-std::vector<float> init_values(const Config& c, uint64_t /*seed*/) {
-  c.validate();
-  return {};  // no model has a value table yet: memory layers are refused by validate()
+std::vector<int64_t> Model::selection(int64_t layer) const {
+  MEMLAYERS_CHECK(mem_ != nullptr, "model selection: the model has no memory layer");
+  return mem_->selection(layer);
+}
+
+std::string Model::memory_variants() const {
+  return mem_ ? mem_->variants() : "the model has no memory layer";
 }
 
 const float* Model::logits() const {
@@ -232,6 +426,7 @@ double Model::loss(const float* params, const float* values, const Batch& bt, fl
     acts_.reset();  // release the old buffers first
     acts_ = std::make_unique<Activations>(c, *ops_.memory, bt.batch, bt.seq);
   }
+  if (mem_) mem_->resize(bt.batch * bt.seq);
   Activations& a = *acts_;
   const int64_t B = bt.batch, T = bt.seq, rows = B * T, d = c.d_model, f = c.ffn_hidden,
                 V = c.vocab, L = c.layers;
@@ -251,9 +446,13 @@ double Model::loss(const float* params, const float* values, const Batch& bt, fl
     ops_.linear_fwd({a.att[l], P(p + "wo"), nullptr, a.tmp, rows, d, d});
     ops_.add({a.xs[l], a.tmp, a.mid[l], rows * d});
     ops_.rmsnorm_fwd({a.mid[l], P(p + "ln2"), a.ln2[l], a.inv2[l], rows, d});
-    ops_.linear_fwd({a.ln2[l], P(p + "w13"), nullptr, a.h13[l], rows, d, 2 * f});
-    ops_.swiglu_fwd({a.h13[l], a.h13[l] + f, 2 * f, a.sw[l], rows, f});
-    ops_.linear_fwd({a.sw[l], P(p + "w2"), nullptr, a.tmp, rows, f, d});
+    if (c.is_memory_layer(l)) {
+      mem_->forward(l, params, values, a.ln2[l], a.tmp);
+    } else {
+      ops_.linear_fwd({a.ln2[l], P(p + "w13"), nullptr, a.h13[l], rows, d, 2 * f});
+      ops_.swiglu_fwd({a.h13[l], a.h13[l] + f, 2 * f, a.sw[l], rows, f});
+      ops_.linear_fwd({a.sw[l], P(p + "w2"), nullptr, a.tmp, rows, f, d});
+    }
     ops_.add({a.mid[l], a.tmp, a.xs[l + 1], rows * d});
   }
   ops_.rmsnorm_fwd({a.xs[L], P("lnf"), a.lnf, a.invf, rows, d});
@@ -271,11 +470,18 @@ double Model::loss(const float* params, const float* values, const Batch& bt, fl
       {a.lnf, P("wte"), a.dlogits, a.dln, G("wte"), nullptr, rows, d, V, /*transposed_w=*/true});
   ops_.rmsnorm_bwd({a.xs[L], P("lnf"), a.invf, a.dln, a.dx, G("lnf"), rows, d});
   // a.dx holds d(loss)/d(stream) below the current block throughout.
+  const bool table_grad = mem_ && vgrad;
+  if (mem_) mem_->begin_backward();
   for (int64_t l = L - 1; l >= 0; --l) {
     const std::string p = layer(l);
-    ops_.linear_bwd({a.sw[l], P(p + "w2"), a.dx, a.dsw, G(p + "w2"), nullptr, rows, f, d});
-    ops_.swiglu_bwd({a.h13[l], a.h13[l] + f, 2 * f, a.dsw, a.dh13, a.dh13 + f, rows, f});
-    ops_.linear_bwd({a.ln2[l], P(p + "w13"), a.dh13, a.dln, G(p + "w13"), nullptr, rows, d, 2 * f});
+    if (c.is_memory_layer(l)) {
+      mem_->backward(l, params, values, a.ln2[l], a.dx, a.dln, grads, table_grad);
+    } else {
+      ops_.linear_bwd({a.sw[l], P(p + "w2"), a.dx, a.dsw, G(p + "w2"), nullptr, rows, f, d});
+      ops_.swiglu_bwd({a.h13[l], a.h13[l] + f, 2 * f, a.dsw, a.dh13, a.dh13 + f, rows, f});
+      ops_.linear_bwd(
+          {a.ln2[l], P(p + "w13"), a.dh13, a.dln, G(p + "w13"), nullptr, rows, d, 2 * f});
+    }
     ops_.rmsnorm_bwd({a.mid[l], P(p + "ln2"), a.inv2[l], a.dln, a.dx, G(p + "ln2"), rows, d,
                       /*accumulate_dx=*/true});
     ops_.linear_bwd({a.att[l], P(p + "wo"), a.dx, a.datt, G(p + "wo"), nullptr, rows, d, d});
@@ -289,6 +495,7 @@ double Model::loss(const float* params, const float* values, const Batch& bt, fl
   }
   ops_.embedding_bwd({bt.tokens, a.dx, G("wte"), rows, V, d});
   ops_.embedding_bwd({a.positions, a.dx, G("wpe"), rows, c.ctx, d});
+  if (table_grad) *vgrad = mem_->finish_backward();  // synchronizes: it copies to the host
   ops_.memory->synchronize();
   return loss;
 }

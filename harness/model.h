@@ -1,12 +1,18 @@
-// The dense decoder-only transformer of the harness, forward and backward, composed from
-// harness::Ops (harness/ops.h) so that one model source runs on every backend:
+// The decoder-only transformer of the harness, forward and backward, composed from harness::Ops
+// (harness/ops.h) and the memory layer's registered variants, so that one model source runs on
+// every backend:
 //   x   = wte[tokens] + wpe[positions]
 //   per layer:  x += attention(rmsnorm(x; ln1) · wqkv) · wo        causal, `heads` heads
 //               x += swiglu(rmsnorm(x; ln2) · w13) · w2            w13 = [w1 | w3] (d,
-//               2·ffn_hidden)
+//                                                                  2·ffn_hidden)
+//      or, in a layer of memory_layers:
+//               x += memory_layer(rmsnorm(x; ln2))                 kernels/memory_layer
 //   logits = rmsnorm(x; lnf) · wteᵀ                                the output tied to wte
 //   loss   = cross-entropy(logits, targets), weighted mean over the counted positions
-// No biases. Every parameter lives in one contiguous fp32 buffer; `ParamLayout` names the views.
+// The dense parts have no biases (the memory layer's query and Memory+ projections do). Every
+// dense parameter lives in one contiguous fp32 buffer; `ParamLayout` names the views. The memory
+// layers' value table is a second buffer (value_rows() × value_dim()), shared by all of them and
+// trained by the sparse optimiser from a compact gradient.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -15,8 +21,24 @@
 #include <vector>
 
 #include "harness/ops.h"
+#include "memory_layer/memory_layer.h"
 
 namespace memlayers::harness {
+
+// The settings every memory layer of a model shares (they share one value table too): those of
+// memory_layer::Config that the model does not fix. d_model is the model's; the scalar gate is
+// off; the table is fp32.
+struct MemoryConfig {
+  memory_layer::Kind kind = memory_layer::Kind::memory;
+  int64_t heads = 4;     // h
+  int64_t n_keys = 128;  // sub-keys per half; the table has N = n_keys² rows (PEER: 2N)
+  int64_t k_dim = 32;    // n, the query width: two halves of n/2, even
+  int64_t k = 32;        // selected rows per head, ≤ n_keys; a token reads h·k rows
+  // v: memory requires v = d_model (the output is the bag itself); memory_plus takes any v ≥ 1;
+  // peer ignores it (its experts are d_model wide).
+  int64_t value_dim = 128;
+  bool qk_norm = false;
+};
 
 struct Config {
   int64_t vocab = 256;
@@ -25,11 +47,21 @@ struct Config {
   int64_t layers = 4;
   int64_t heads = 4;
   int64_t ffn_hidden = 344;
-  // Layers whose feed-forward block is a memory layer (kernels/memory_layer). The dense model
-  // takes none yet: a non-empty list is refused by validate().
+  // Layers whose feed-forward block is a memory layer (kernels/memory_layer) instead of SwiGLU:
+  // distinct indices in [0, layers), any order; empty for a dense model. `memory` is read only
+  // when the list is not empty.
   std::vector<int64_t> memory_layers;
+  MemoryConfig memory;
 
   int64_t head_dim() const { return d_model / heads; }
+  bool is_memory_layer(int64_t layer) const;
+  // The memory layers' op config (kernels/memory_layer/memory_layer.h).
+  memory_layer::Config layer_config() const;
+  // The value table: memory and memory+ N rows of value_dim; peer 2N rows of d_model, rows
+  // [0, N) the up experts (memory_layer::Weights::values) and [N, 2N) the down experts
+  // (Weights::down). 0 × 0 without memory layers.
+  int64_t table_rows() const;
+  int64_t table_dim() const;
   // Throws memlayers::Error naming the first bad field and what is accepted.
   void validate() const;
 };
@@ -48,15 +80,32 @@ std::string to_string(ModelKind k);  // "dense", "dense4x", "moe", "peer", "memo
 ModelKind parse_model_kind(std::string_view name);
 
 // The config of `kind` built on the dense `base` (its vocab, ctx, d_model, layers, heads and
-// ffn_hidden), with the kind's feed-forward blocks sized as documented in harness/README.md.
+// ffn_hidden), with the kind's feed-forward blocks sized as documented in harness/README.md:
+// `memory` and `peer` in the middle layer (layers/2), `memory+` in memory_plus_layers(layers).
+// moe is not built yet (throws).
 Config model_config(ModelKind kind, const Config& base);
+
+// The layers of memory+'s three Memory+ layers: round((2i+1)·layers/6) for i = 0, 1, 2 (the
+// paper's 4, 12, 20 of 24; 1, 2, 3 of 4), never layer 0 from 4 layers on; all layers when
+// layers < 4 (fewer than three then).
+std::vector<int64_t> memory_plus_layers(int64_t layers);
+
+// The memory layer's settings for `kind` (peer, memory or memory+) on the dense `base`, the
+// FLOP-matching rule: the layer's forward FLOPs per token (memory_layer::Fwd::flops at batch 1)
+// must not exceed those of the SwiGLU block it replaces, 6·d·ffn_hidden. n_keys = min(2·d, 1024)
+// (the paper's 1024 at d ≥ 512; N = n_keys² rows), v = d; then the paper's h = 4 and k = min(32,
+// n_keys), and the query width n the widest even n ≤ max(2, d/2) that fits the budget. When not
+// even n = 2 fits: k is halved (down to 1), then h (4, 2, 1), then, for memory+ only, v (its
+// gating costs 4·d·v); a base where nothing fits throws naming its budget.
+MemoryConfig memory_settings(ModelKind kind, const Config& base);
 
 // Forward FLOPs per token of the model's matrix products (2 per multiply-add), counting only the
 // active parameters (a MoE's chosen experts, a memory layer's selected rows): the quantity the
 // comparison matches across kinds. Attention's score and value products are counted at `seq`.
 double active_flops_per_token(const Config& c, int64_t seq);
 
-// Trainable parameters: the dense buffer plus the value table.
+// Trainable parameters: the dense buffer plus the value table (its rows count in full, though a
+// token reads only h·k of them per memory layer).
 int64_t parameter_count(const Config& c);
 
 // One named parameter tensor: elements [offset, offset + size) of the buffer, row-major `shape`.
@@ -79,8 +128,13 @@ class ParamLayout {
   int64_t total_ = 0;
 };
 
-// Initial values (host): linear weights and embeddings normal with std 0.02 (the projections
-// into the residual stream, wo and w2, scaled by 1/sqrt(2·layers)), RMSNorm scales 1.
+// Initial values (host), drawn in layout order from one std::mt19937_64 seeded with `seed`:
+// linear weights and embeddings normal with std 0.02 (the projections into the residual
+// stream, wo, w2 and Memory+'s mem.w2, scaled by 1/sqrt(2·layers)), RMSNorm scales 1, biases
+// (mem.bq, mem.b1, mem.b2) 0; the memory layer's sub-keys uniform in ±1/sqrt(k_dim/2) (the
+// product-key reference implementation's bound, so a sub-key's norm is about 1/sqrt(3)), its
+// query projection mem.wq normal 0.02 like the other linear weights. Norms and biases draw
+// nothing, so a dense model's values do not depend on the memory settings.
 std::vector<float> init_params(const Config& c, uint64_t seed);
 
 // A batch of `batch` sequences of `seq` ≤ ctx tokens, device memory of the model's backend.
@@ -99,9 +153,16 @@ struct SparseRows {
   int64_t n_rows = 0;
 };
 
-// Initial values of the value table (host), value_rows() × value_dim() floats; empty when the
-// model has no table.
+// Initial values of the value table (host), table_rows() × table_dim() floats, row-major; empty
+// when the model has no table. Normal with std 1/sqrt(table_dim()) (memory and memory+: a read
+// row has unit expected square norm, the reference implementation's scale; peer: U[i]·x of a
+// normalised x is then about unit variance, in gelu's curved part), drawn in order by
+// std::normal_distribution<float> from one std::mt19937_64 seeded with seed ⊕ 0x7661'6c75'6573
+// ("values"), so it differs from init_params' stream at the same seed. Deterministic per seed
+// and standard library.
 std::vector<float> init_values(const Config& c, uint64_t seed);
+
+class MemoryBlocks;
 
 class Model {
  public:
@@ -119,15 +180,26 @@ class Model {
   int64_t value_dim() const { return value_dim_; }
 
   // The batch's loss. With `grads` set (a buffer shaped like params), also its gradient with
-  // respect to every dense parameter, written (not accumulated), and, with a value table, the
-  // table's compact gradient in *vgrad (buffers the model owns, valid until the next call).
-  // Device pointers; activations are kept in buffers the model owns, sized by the largest batch
-  // seen. `values` may be null only when the model has no table.
+  // respect to every dense parameter, written (not accumulated), and, with a value table and
+  // `vgrad` set, the table's compact gradient in *vgrad (buffers the model owns, valid until the
+  // next call): the memory layers' compact rows merged into one strictly ascending list, rows
+  // that several layers touch summed (the merge runs on the host: each layer's rows are copied
+  // there, merged in fp64 in a fixed order, and the result copied back; at most batch·seq·h·k
+  // rows per layer). Without `vgrad` the table's gradient is not computed.
+  // Device pointers; activations are kept in buffers the model owns, sized by the last batch.
+  // `values` may be null only when the model has no table.
   double loss(const float* params, const float* values, const Batch& b, float* grads = nullptr,
               SparseRows* vgrad = nullptr);
 
   // The logits of the last loss() call: (batch·seq, vocab), device memory.
   const float* logits() const;
+
+  // The rows of the value table the memory layer in `layer` (an entry of memory_layers) read in
+  // the last loss() call: (batch·seq, h, k) row ids in [0, N), in score order per head, copied
+  // to the host. For checks that the selection did not change between two calls.
+  std::vector<int64_t> selection(int64_t layer) const;
+  // Which registered memory-layer variants the last calls ran (harness/memory_block.h).
+  std::string memory_variants() const;
 
  private:
   struct Activations;
@@ -136,6 +208,7 @@ class Model {
   const Ops& ops_;
   int64_t value_rows_ = 0, value_dim_ = 0;
   std::unique_ptr<Activations> acts_;
+  std::unique_ptr<MemoryBlocks> mem_;
 };
 
 }  // namespace memlayers::harness

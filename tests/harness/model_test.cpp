@@ -1,19 +1,26 @@
-// The dense model (harness/model.h) against its definition: on the reference backend, the loss
-// gradient with respect to every parameter tensor against central finite differences of the
-// loss; the cpu backend's loss and gradients against the reference's; the initial loss of
+// The model (harness/model.h) against its definition: on the reference backend, the loss
+// gradient with respect to every parameter tensor (and, with memory layers, the value table's
+// merged compact gradient) against central finite differences of the loss; the cpu backend's
+// loss and gradients against the reference's, and simt's against cpu's when the harness has a
+// simt Ops table; the merge of the layers' compact rows; the memory kinds' configs (FLOP
+// matching, layers, table) at the training's default base and a tiny one; the initial loss of
 // init_params near ln(vocab); the layout; errors for bad configs and batches.
 // Build and run: cmake --build build --target harness_model_test && ctest --test-dir build -L
 // harness
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
+#include "harness/memory_block.h"
 #include "harness/model.h"
 #include "tests/common/check.h"
 #include "tests/common/random.h"
@@ -31,14 +38,15 @@ Config tiny_config() {
   return c;
 }
 
-// Parameters large enough that every path carries gradient: weights ±[0.05, 0.5], norm scales
-// in [0.6, 1.4].
+// Parameters large enough that every path carries gradient: weights and biases ±[0.025, 0.5],
+// norm scales in [0.6, 1.4].
 std::vector<float> random_params(const ParamLayout& layout, Rng& rng) {
   std::vector<float> p(static_cast<std::size_t>(layout.total()));
-  for (const ParamTensor& t : layout.tensors())
+  for (const ParamTensor& t : layout.tensors()) {
+    const bool norm = t.name == "lnf" || t.name.ends_with(".ln1") || t.name.ends_with(".ln2");
     for (int64_t i = 0; i < t.size(); ++i)
-      p[t.offset + i] =
-          t.shape.size() == 1 ? 1.0f + 0.4f * rng.signed_unit() : 0.5f * rng.signed_unit();
+      p[t.offset + i] = norm ? 1.0f + 0.4f * rng.signed_unit() : 0.5f * rng.signed_unit();
+  }
   return p;
 }
 
@@ -46,7 +54,7 @@ std::vector<float> random_params(const ParamLayout& layout, Rng& rng) {
 struct HostBatch {
   std::vector<int32_t> tokens, targets;
   std::vector<float> weights;
-  int64_t batch, seq;
+  int64_t batch = 0, seq = 0;
   Batch view() const { return {tokens.data(), targets.data(), weights.data(), batch, seq}; }
 };
 
@@ -181,9 +189,6 @@ TEST(DenseModel, BadConfigsAndBatchesAreRefused) {
   c.heads = 5;
   expect_error([&] { c.validate(); }, "d_model 12 is not divisible by heads 5");
   c = tiny_config();
-  c.memory_layers = {1};
-  expect_error([&] { Model m(c, ops_for(Backend::reference)); }, "the dense model has none yet");
-  c = tiny_config();
   c.layers = 0;
   expect_error([&] { c.validate(); }, "layers is 0: accepted are layers ≥ 1");
 
@@ -198,6 +203,483 @@ TEST(DenseModel, BadConfigsAndBatchesAreRefused) {
   b.tokens[3] = 11;
   expect_error([&] { model.loss(params.data(), nullptr, b.view()); },
                "id 11 out of range [0, 11) at row 3");
+}
+
+// ---- memory layers ----
+
+using memory_layer::Kind;
+
+std::string kind_name(Kind k) { return memory_layer::to_string(k); }
+
+// A tiny model with memory layers: N = 25 rows, so a batch of 10 tokens reading 6 rows each per
+// layer touches most rows several times, within a layer and across layers. memory+ has two
+// Memory+ layers (0 and 2, listed out of order) on one table and a SwiGLU layer between them.
+Config tiny_memory_config(Kind kind) {
+  Config c = tiny_config();
+  c.memory.kind = kind;
+  c.memory.heads = 2, c.memory.n_keys = 5, c.memory.k_dim = 8, c.memory.k = 3;
+  c.memory.value_dim = kind == Kind::memory_plus ? 10 : c.d_model;
+  if (kind == Kind::memory_plus)
+    c.layers = 3, c.memory_layers = {2, 0};
+  else
+    c.memory_layers = {1};
+  return c;
+}
+
+std::vector<float> random_values(const Model& m, Rng& rng) {
+  std::vector<float> v(static_cast<std::size_t>(m.value_rows() * m.value_dim()));
+  for (float& e : v) e = 0.5f * rng.signed_unit();
+  return v;
+}
+
+// The dense (rows, dim) form of a compact gradient, checking its ids are strictly ascending and
+// in range.
+std::vector<float> dense_table(const SparseRows& g, int64_t rows, int64_t dim) {
+  std::vector<float> out(static_cast<std::size_t>(rows * dim), 0.0f);
+  for (int64_t i = 0; i < g.n_rows; ++i) {
+    const int64_t id = g.row_ids[i];
+    EXPECT_TRUE(id >= 0 && id < rows) << "row id " << id << " out of [0, " << rows << ")";
+    if (i > 0) {
+      EXPECT_LT(g.row_ids[i - 1], id) << "row ids not strictly ascending at " << i;
+    }
+    if (id < 0 || id >= rows) continue;
+    std::copy(g.rows + i * dim, g.rows + (i + 1) * dim, out.begin() + id * dim);
+  }
+  return out;
+}
+
+// A token's h·k rows as one sorted set per (token, head): the selection the loss depends on
+// (the order within a head's top-k does not change the bag's value).
+std::vector<int64_t> selected_sets(const Model& m) {
+  std::vector<int64_t> all;
+  const int64_t k = m.config().memory.k;
+  for (int64_t l : m.config().memory_layers) {
+    std::vector<int64_t> s = m.selection(l);
+    for (std::size_t i = 0; i < s.size(); i += static_cast<std::size_t>(k))
+      std::sort(s.begin() + i, s.begin() + i + k);
+    all.insert(all.end(), s.begin(), s.end());
+  }
+  return all;
+}
+
+// The table rows every memory layer read (PEER: each read row r also touches down row N + r).
+std::vector<int64_t> touched_rows(const Model& m) {
+  std::set<int64_t> rows;
+  const int64_t n = m.config().memory.n_keys * m.config().memory.n_keys;
+  for (int64_t l : m.config().memory_layers)
+    for (int64_t r : m.selection(l)) {
+      rows.insert(r);
+      if (m.config().memory.kind == Kind::peer) rows.insert(n + r);
+    }
+  return {rows.begin(), rows.end()};
+}
+
+// Up to `most` indices of [0, n), evenly spread.
+std::vector<int64_t> sample(int64_t n, int64_t most) {
+  std::vector<int64_t> out;
+  for (int64_t j = 0; j < std::min(n, most); ++j) out.push_back(j * n / std::min(n, most));
+  return out;
+}
+
+class MemoryModel : public ::testing::TestWithParam<Kind> {};
+
+// Every dense tensor's gradient and the value table's (from the merged compact rows) against
+// central finite differences on the reference backend. The loss is smooth only while the
+// selection holds: an entry whose ±h step changes any layer's selected set is skipped (counted;
+// at most a quarter of a tensor's entries may be). Entries are sampled (up to 40 per tensor, 160
+// of the table, touched and untouched rows) to keep the test fast.
+TEST_P(MemoryModel, ReferenceGradientsMatchFiniteDifferences) {
+  const Config c = tiny_memory_config(GetParam());
+  Model model(c, ops_for(Backend::reference));
+  std::vector<float> params, values;
+  HostBatch b;
+  // A draw with a near-tie at some token's k-th place (the selection moves under a ±1e-3 step
+  // of a query bias entry: scores move by ~1e-4) would make most entries' steps move it; such a
+  // draw is replaced by the next one (each attempt seeded by its own name).
+  for (int attempt = 0;; ++attempt) {
+    ASSERT_LT(attempt, 8) << "every draw had a near-tie in its selection";
+    Rng rng(fmt::format("MemoryModel.ReferenceGradientsMatchFiniteDifferences.{}.{}",
+                        kind_name(GetParam()), attempt));
+    params = random_params(model.layout(), rng);
+    values = random_values(model, rng);
+    b = random_batch(c, rng, 2, 5);
+    model.loss(params.data(), values.data(), b.view());
+    const std::vector<int64_t> sel = selected_sets(model);
+    bool robust = true;
+    for (int64_t l : c.memory_layers) {
+      const ParamTensor& bq = model.layout().at(fmt::format("layer{}.mem.bq", l));
+      for (int64_t i = 0; i < bq.size() && robust; ++i)
+        for (const float h : {1e-3f, -1e-3f}) {
+          const float x0 = params[bq.offset + i];
+          params[bq.offset + i] = x0 + h;
+          model.loss(params.data(), values.data(), b.view());
+          params[bq.offset + i] = x0;
+          robust = robust && selected_sets(model) == sel;
+        }
+    }
+    if (robust) break;
+  }
+  std::vector<float> grads(params.size());
+  SparseRows vgrad;
+  const double l0 = model.loss(params.data(), values.data(), b.view(), grads.data(), &vgrad);
+  ASSERT_TRUE(std::isfinite(l0));
+  ASSERT_GT(vgrad.n_rows, 0);
+  const std::vector<float> vdense = dense_table(vgrad, model.value_rows(), model.value_dim());
+  const std::vector<int64_t> sel0 = selected_sets(model);
+  const std::vector<int64_t> touched = touched_rows(model);
+  EXPECT_EQ(vgrad.n_rows, static_cast<int64_t>(touched.size()));
+
+  // d(loss)/d(x) by central differences with the dense test's step h = 1e-2; where that moves
+  // the selection, h = 1e-3; NaN when both do. The loss comes back in fp32, so a difference is
+  // known only to its rounding: `noise` is two ulps of the loss over the step, the bound on
+  // that error each entry is allowed on top of the relative 2e-3 (the query path's gradients,
+  // through the softmax, are ~1e-4 to 1e-3, where the rounding alone is a few percent).
+  const double ulp = std::nextafter(float(l0), INFINITY) - float(l0);
+  int64_t small_steps = 0;
+  struct Fd {
+    double value, noise;
+  };
+  auto fd = [&](float& x) {
+    const float x0 = x;
+    for (const float h : {1e-2f, 1e-3f}) {
+      x = x0 + h;
+      const double up = model.loss(params.data(), values.data(), b.view()),
+                   step_up = double{x} - x0;
+      const bool same_up = selected_sets(model) == sel0;
+      x = x0 - h;
+      const double down = model.loss(params.data(), values.data(), b.view()),
+                   step = step_up + (x0 - double{x});
+      const bool same_down = selected_sets(model) == sel0;
+      x = x0;
+      if (same_up && same_down) {
+        small_steps += h < 1e-2f;
+        return Fd{(up - down) / step, 2 * ulp / step};
+      }
+    }
+    return Fd{std::nan(""), 0};
+  };
+  // ‖analytic − fd‖ ≤ 2e-3·‖fd‖ + ‖noise‖ over the entries whose selection held, and the noise
+  // small enough (≤ 0.1·‖fd‖) that the check would see a 10% error.
+  auto check = [&](const std::string& name, const std::vector<double>& an,
+                   const std::vector<Fd>& num) {
+    std::vector<double> a, f, n;
+    for (std::size_t i = 0; i < num.size(); ++i)
+      if (!std::isnan(num[i].value))
+        a.push_back(an[i]), f.push_back(num[i].value), n.push_back(num[i].noise);
+    const std::size_t skipped = num.size() - f.size();
+    EXPECT_LE(4 * skipped, num.size())
+        << name << ": the selection moved for " << skipped << " of " << num.size() << " entries";
+    EXPECT_GT(test::norm(a), 0) << name << ": the gradient is all zeros at the checked entries";
+    std::vector<double> diff(a.size());
+    for (std::size_t i = 0; i < a.size(); ++i) diff[i] = a[i] - f[i];
+    const double err = test::norm(diff), ref = test::norm(f), noise = test::norm(n);
+    EXPECT_LE(noise, 0.1 * ref) << name << ": the loss's rounding (" << noise
+                                << ") hides the gradient (" << ref << ")";
+    EXPECT_LE(err, 2e-3 * ref + noise)
+        << name << ": ‖analytic − fd‖ = " << err << ", ‖fd‖ = " << ref << ", noise " << noise;
+    return std::pair{err / ref, skipped};
+  };
+  double worst = 0;
+  std::size_t skipped = 0, checked = 0;
+  for (const ParamTensor& t : model.layout().tensors()) {
+    std::vector<Fd> num;
+    std::vector<double> an;
+    for (int64_t i : sample(t.size(), 40)) {
+      num.push_back(fd(params[t.offset + i]));
+      an.push_back(grads[t.offset + i]);
+    }
+    const auto [err, skip] = check(t.name, an, num);
+    worst = std::max(worst, err), skipped += skip, checked += num.size();
+  }
+  // The table: entries of touched rows, and of untouched rows, whose loss must not move at all
+  // (values never move the selection, so every step counts).
+  const int64_t dim = model.value_dim();
+  std::vector<int64_t> entries;
+  for (int64_t i : sample(static_cast<int64_t>(touched.size()) * dim, 120))
+    entries.push_back(touched[i / dim] * dim + i % dim);
+  for (int64_t r = 0, added = 0; r < model.value_rows() && added < 40; ++r)
+    if (!std::binary_search(touched.begin(), touched.end(), r))
+      entries.push_back(r * dim + (added++ % dim));
+  std::vector<Fd> num;
+  std::vector<double> an;
+  for (int64_t e : entries) {
+    num.push_back(fd(values[e]));
+    an.push_back(vdense[e]);
+    if (!std::binary_search(touched.begin(), touched.end(), e / dim)) {
+      EXPECT_EQ(num.back().value, 0.0) << "untouched row " << e / dim << " moved the loss";
+      EXPECT_EQ(an.back(), 0.0) << "untouched row " << e / dim << " has a gradient";
+    }
+  }
+  const auto [err, skip] = check("values", an, num);
+  EXPECT_EQ(skip, 0u) << "a value moved the selection";
+  worst = std::max(worst, err), checked += num.size();
+  std::cout << kind_name(GetParam()) << ": " << checked << " entries, " << small_steps
+            << " at h = 1e-3, " << skipped << " skipped (selection moved), worst ‖analytic − fd‖ "
+            << "/ ‖fd‖ " << worst << "\n";
+}
+
+// Selected sets, loss, every dense gradient and the merged table rows: cpu against reference.
+TEST_P(MemoryModel, CpuMatchesReference) {
+  const Config c = tiny_memory_config(GetParam());
+  Rng rng("MemoryModel.CpuMatchesReference." + kind_name(GetParam()));
+  Model ref(c, ops_for(Backend::reference)), cpu(c, ops_for(Backend::cpu));
+  const std::vector<float> params = random_params(ref.layout(), rng);
+  const std::vector<float> values = random_values(ref, rng);
+  const HostBatch b = random_batch(c, rng, 3, 6);
+  std::vector<float> g_ref(params.size()), g_cpu(params.size(), std::nanf(""));
+  SparseRows v_ref, v_cpu;
+  const double l_ref = ref.loss(params.data(), values.data(), b.view(), g_ref.data(), &v_ref);
+  const double l_cpu = cpu.loss(params.data(), values.data(), b.view(), g_cpu.data(), &v_cpu);
+  EXPECT_NE(ref.memory_variants().find("memory_layer_bwd reference/reference"), std::string::npos)
+      << ref.memory_variants();
+  EXPECT_NE(cpu.memory_variants().find("memory_layer_bwd cpu/v1_compose"), std::string::npos)
+      << cpu.memory_variants();
+  ASSERT_EQ(selected_sets(cpu), selected_sets(ref)) << "the backends selected different rows";
+  EXPECT_NEAR(l_cpu, l_ref, 1e-5 * std::abs(l_ref));
+  for (const ParamTensor& t : ref.layout().tensors()) {
+    const auto want = test::to_doubles(g_ref.data() + t.offset, DType::f32, t.size());
+    const auto got = test::to_doubles(g_cpu.data() + t.offset, DType::f32, t.size());
+    ASSERT_GT(test::norm(want), 0) << t.name;
+    const test::CheckResult r =
+        test::compare(t.name, got, want, test::tolerance_for(DType::f32, want));
+    EXPECT_TRUE(r.ok) << r.message;
+  }
+  ASSERT_EQ(std::vector<int64_t>(v_cpu.row_ids, v_cpu.row_ids + v_cpu.n_rows),
+            std::vector<int64_t>(v_ref.row_ids, v_ref.row_ids + v_ref.n_rows));
+  EXPECT_EQ(std::vector<int64_t>(v_ref.row_ids, v_ref.row_ids + v_ref.n_rows), touched_rows(ref));
+  const std::size_t n = static_cast<std::size_t>(v_ref.n_rows * ref.value_dim());
+  const auto want = test::to_doubles(v_ref.rows, DType::f32, n);
+  const auto got = test::to_doubles(v_cpu.rows, DType::f32, n);
+  ASSERT_GT(test::norm(want), 0);
+  const test::CheckResult r =
+      test::compare("table rows", got, want, test::tolerance_for(DType::f32, want));
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, MemoryModel,
+                         ::testing::Values(Kind::memory, Kind::memory_plus, Kind::peer),
+                         [](const auto& p) { return kind_name(p.param); });
+
+// The memory layer's CUDA composition under simt (the harness's simt Ops around it) against the
+// cpu backend: a one-layer memory+ model at a tiny shape.
+TEST(MemoryModelSimt, MatchesCpu) {
+  const Ops* simt = nullptr;
+  try {
+    simt = &ops_for(Backend::simt);
+  } catch (const Error& e) {
+    GTEST_SKIP() << "the harness has no simt Ops table in this build: " << e.what();
+  }
+  // One layer: the simt Ops run a tiny model's step in ~0.5 s of thread hand-offs (and far more
+  // under ThreadSanitizer); the composition's cases are tests/memory_layer's.
+  Config c = tiny_memory_config(Kind::memory_plus);
+  c.layers = 1, c.memory_layers = {0};
+  Rng rng("MemoryModelSimt.MatchesCpu");
+  Model cpu(c, ops_for(Backend::cpu)), sim(c, *simt);
+  const std::vector<float> params = random_params(cpu.layout(), rng);
+  const std::vector<float> values = random_values(cpu, rng);
+  const HostBatch b = random_batch(c, rng, 1, 4);
+  // simt keeps host memory, so host buffers serve both.
+  std::vector<float> g_cpu(params.size()), g_sim(params.size(), std::nanf(""));
+  SparseRows v_cpu, v_sim;
+  const double l_cpu = cpu.loss(params.data(), values.data(), b.view(), g_cpu.data(), &v_cpu);
+  const double l_sim = sim.loss(params.data(), values.data(), b.view(), g_sim.data(), &v_sim);
+  EXPECT_NE(sim.memory_variants().find("memory_layer_bwd simt/v1_compose"), std::string::npos)
+      << sim.memory_variants();
+  ASSERT_EQ(selected_sets(sim), selected_sets(cpu));
+  EXPECT_NEAR(l_sim, l_cpu, 1e-5 * std::abs(l_cpu));
+  const auto want = test::to_doubles(g_cpu.data(), DType::f32, g_cpu.size());
+  const auto got = test::to_doubles(g_sim.data(), DType::f32, g_sim.size());
+  for (const ParamTensor& t : cpu.layout().tensors()) {
+    const std::span<const double> w(want.data() + t.offset, t.size()),
+        g(got.data() + t.offset, t.size());
+    const test::CheckResult r = test::compare(t.name, g, w, test::tolerance_for(DType::f32, w));
+    EXPECT_TRUE(r.ok) << r.message;
+  }
+  ASSERT_EQ(std::vector<int64_t>(v_sim.row_ids, v_sim.row_ids + v_sim.n_rows),
+            std::vector<int64_t>(v_cpu.row_ids, v_cpu.row_ids + v_cpu.n_rows));
+  const std::size_t n = static_cast<std::size_t>(v_cpu.n_rows * cpu.value_dim());
+  const auto vw = test::to_doubles(v_cpu.rows, DType::f32, n);
+  const auto vg = test::to_doubles(v_sim.rows, DType::f32, n);
+  const test::CheckResult r =
+      test::compare("table rows", vg, vw, test::tolerance_for(DType::f32, vw));
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+TEST(MemoryMerge, OverlappingRowsAreSummedInOneAscendingList) {
+  const HostRows a{{1, 4, 7}, {1, 2, 4, 5, 7, 8}};
+  const HostRows b{{0, 4, 7, 9}, {10, 20, 40, 50, 70, 80, 90, 100}};
+  const HostRows c{{4}, {0.5f, 0.25f}};
+  const HostRows m = merge_rows({a, b, c}, 2);
+  EXPECT_EQ(m.ids, (std::vector<int64_t>{0, 1, 4, 7, 9}));
+  EXPECT_EQ(m.rows, (std::vector<float>{10, 20, 1, 2, 44.5f, 55.25f, 77, 88, 90, 100}));
+  EXPECT_TRUE(merge_rows({}, 3).ids.empty());
+  expect_error(
+      [] {
+        merge_rows({HostRows{{3, 3}, {1, 2}}}, 1);
+      },
+      "list 0 is not strictly ascending at 1 (3 after 3)");
+  expect_error(
+      [] {
+        merge_rows({HostRows{{1}, {1, 2}}}, 1);
+      },
+      "list 0 has 1 ids but 2 floats: accepted are ids × width 1 floats");
+}
+
+// Two Memory+ layers reading overlapping rows: one merged list, the union of their rows.
+TEST(MemoryMerge, LayersSharingTheTableGiveTheUnionOfTheirRows) {
+  const Config c = tiny_memory_config(Kind::memory_plus);
+  Rng rng("MemoryMerge.LayersSharingTheTableGiveTheUnionOfTheirRows");
+  Model model(c, ops_for(Backend::cpu));
+  const std::vector<float> params = random_params(model.layout(), rng);
+  const std::vector<float> values = random_values(model, rng);
+  const HostBatch b = random_batch(c, rng, 2, 5);
+  std::vector<float> grads(params.size());
+  SparseRows g;
+  model.loss(params.data(), values.data(), b.view(), grads.data(), &g);
+  const std::vector<int64_t> s0 = model.selection(0), s2 = model.selection(2);
+  const std::set<int64_t> r0(s0.begin(), s0.end()), r2(s2.begin(), s2.end());
+  std::vector<int64_t> both;
+  std::set_intersection(r0.begin(), r0.end(), r2.begin(), r2.end(), std::back_inserter(both));
+  ASSERT_FALSE(both.empty()) << "the layers share no row: the case does not test the sum";
+  std::set<int64_t> all = r0;
+  all.insert(r2.begin(), r2.end());
+  EXPECT_EQ(std::vector<int64_t>(g.row_ids, g.row_ids + g.n_rows),
+            std::vector<int64_t>(all.begin(), all.end()));
+  // Without vgrad no table gradient is computed, and the dense gradients are the same.
+  std::vector<float> again(params.size());
+  model.loss(params.data(), values.data(), b.view(), again.data());
+  EXPECT_EQ(0, std::memcmp(grads.data(), again.data(), grads.size() * sizeof(float)));
+}
+
+// The training's default base (the knowledge base's vocab 393) and a tiny one: every memory kind
+// builds, stays within the SwiGLU block's FLOPs, and runs a step from init_params/init_values.
+TEST(ModelKinds, MemoryKindsAtTheDefaultAndATinyBase) {
+  Config base;
+  base.vocab = 393, base.ctx = 4, base.d_model = 64, base.layers = 4, base.heads = 4;
+  base.ffn_hidden = 172;
+  const Config mem = model_config(ModelKind::memory, base);
+  EXPECT_EQ(mem.memory_layers, (std::vector<int64_t>{2}));
+  EXPECT_EQ(mem.memory.heads, 4);
+  EXPECT_EQ(mem.memory.n_keys, 128);
+  EXPECT_EQ(mem.memory.k, 32);
+  EXPECT_EQ(mem.memory.k_dim, 32);
+  EXPECT_EQ(mem.memory.value_dim, 64);
+  EXPECT_EQ(mem.table_rows(), 128 * 128);
+  EXPECT_EQ(mem.table_dim(), 64);
+  const Config plus = model_config(ModelKind::memory_plus, base);
+  EXPECT_EQ(plus.memory_layers, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(plus.memory.k_dim, 20);
+  EXPECT_EQ(plus.memory.value_dim, 64);
+  const Config peer = model_config(ModelKind::peer, base);
+  EXPECT_EQ(peer.memory_layers, (std::vector<int64_t>{2}));
+  EXPECT_EQ(peer.memory.k_dim, 20);
+  EXPECT_EQ(peer.table_rows(), 2 * 128 * 128);
+  EXPECT_EQ(memory_plus_layers(24), (std::vector<int64_t>{4, 12, 20}));
+  EXPECT_EQ(memory_plus_layers(2), (std::vector<int64_t>{0, 1}));
+
+  Config tiny = tiny_config();
+  tiny.ffn_hidden = 24;
+  for (const bool at_base : {true, false}) {
+    const Config& b = at_base ? base : tiny;
+    const double dense = active_flops_per_token(b, b.ctx);
+    const double budget = 6.0 * double(b.d_model) * double(b.ffn_hidden);
+    for (ModelKind k : {ModelKind::memory, ModelKind::memory_plus, ModelKind::peer}) {
+      const Config c = model_config(k, b);
+      const double flops = active_flops_per_token(c, b.ctx);
+      const double per_layer = (flops - dense) / double(c.memory_layers.size()) + budget;
+      EXPECT_LE(per_layer, budget) << to_string(k) << " at d " << b.d_model;
+      EXPECT_GT(per_layer, 0.5 * budget) << to_string(k) << " at d " << b.d_model;
+      EXPECT_EQ(parameter_count(c), ParamLayout(c).total() + c.table_rows() * c.table_dim());
+      if (at_base) {
+        EXPECT_NEAR(flops / dense, 1.0, 0.05) << to_string(k);
+      }
+      Model model(c, ops_for(Backend::cpu));
+      const std::vector<float> params = init_params(c, 3), values = init_values(c, 3);
+      Rng rng("ModelKinds.MemoryKindsAtTheDefaultAndATinyBase." + to_string(k));
+      const HostBatch hb = random_batch(c, rng, 8, b.ctx);
+      std::vector<float> grads(params.size());
+      SparseRows g;
+      const double l = model.loss(params.data(), values.data(), hb.view(), grads.data(), &g);
+      // 24 counted positions: the mean's spread is ~0.03 at the default base.
+      EXPECT_NEAR(l, std::log(double(c.vocab)), 0.15) << to_string(k);
+      EXPECT_GT(g.n_rows, 0) << to_string(k);
+    }
+  }
+  expect_error([&] { model_config(ModelKind::moe, base); }, "model 'moe' is not built yet");
+}
+
+TEST(MemoryModel, LayoutAndInitialValues) {
+  const Config c = tiny_memory_config(Kind::memory_plus);
+  const ParamLayout layout(c);
+  const int64_t d = c.d_model, hn = 2 * 8;
+  EXPECT_EQ(layout.at("layer0.mem.wq").shape, (std::vector<int64_t>{d, hn}));
+  EXPECT_EQ(layout.at("layer2.mem.keys2").shape, (std::vector<int64_t>{2, 5, 4}));
+  EXPECT_EQ(layout.at("layer2.mem.w2").shape, (std::vector<int64_t>{10, d}));
+  EXPECT_EQ(layout.at("layer1.w13").shape, (std::vector<int64_t>{d, 2 * c.ffn_hidden}));
+  EXPECT_THROW(layout.at("layer0.w13"), Error);
+  EXPECT_THROW(layout.at("layer1.mem.wq"), Error);
+  EXPECT_EQ(parameter_count(c), layout.total() + 25 * 10);
+
+  // A dense model's initial values do not depend on memory settings it does not use.
+  Config dense = tiny_config();
+  Config other = dense;
+  other.memory.k_dim = 4, other.memory.value_dim = 3;
+  EXPECT_EQ(init_params(dense, 5), init_params(other, 5));
+  const std::vector<float> p = init_params(c, 5);
+  const ParamTensor& bq = layout.at("layer0.mem.bq");
+  const ParamTensor& keys = layout.at("layer0.mem.keys1");
+  EXPECT_TRUE(std::all_of(p.begin() + bq.offset, p.begin() + bq.offset + bq.size(),
+                          [](float v) { return v == 0.0f; }));
+  const float bound = 1.0f / std::sqrt(4.0f);
+  EXPECT_TRUE(std::all_of(p.begin() + keys.offset, p.begin() + keys.offset + keys.size(),
+                          [&](float v) { return std::abs(v) <= bound && v != 0.0f; }));
+
+  const std::vector<float> v = init_values(c, 5);
+  ASSERT_EQ(v.size(), 25u * 10u);
+  EXPECT_EQ(v, init_values(c, 5));
+  EXPECT_NE(v, init_values(c, 6));
+  double sq = 0;
+  for (float e : v) sq += double(e) * e;
+  EXPECT_NEAR(std::sqrt(sq / double(v.size())), 1 / std::sqrt(10.0), 0.02);
+  EXPECT_TRUE(init_values(tiny_config(), 5).empty());
+}
+
+TEST(MemoryModel, BadConfigsAreRefused) {
+  auto refused = [](const std::function<void(Config&)>& edit, const std::string& message) {
+    Config c = tiny_memory_config(Kind::memory);
+    edit(c);
+    expect_error([&] { c.validate(); }, message);
+  };
+  refused([](Config& c) { c.memory_layers = {2}; },
+          "memory layer 2 is past the model's depth 2: accepted are 0 ≤ index < layers");
+  refused([](Config& c) { c.memory_layers = {-1}; },
+          "memory layer -1 is negative: accepted are 0 ≤ index < layers");
+  refused(
+      [](Config& c) {
+        c.memory_layers = {1, 0, 1};
+      },
+      "memory layer 1 is listed twice: accepted are distinct indices");
+  refused([](Config& c) { c.memory.k = 6; },
+          "memory.k 6 exceeds memory.n_keys 5: accepted are 1 ≤ k ≤ n_keys");
+  refused([](Config& c) { c.memory.k_dim = 7; }, "memory.k_dim 7 is odd: accepted are even k_dim");
+  refused([](Config& c) { c.memory.value_dim = 10; },
+          "memory.value_dim 10 with kind memory differs from d_model 12");
+  refused([](Config& c) { c.memory.heads = 0; },
+          "model config: memory layer: heads = 0: accepted heads >= 1");
+  refused([](Config& c) { c.memory.kind = Kind::memory_plus, c.memory.value_dim = 0; },
+          "model config: memory layer: value_dim = 0: accepted value_dim >= 1");
+
+  const Config c = tiny_memory_config(Kind::peer);
+  Model model(c, ops_for(Backend::reference));
+  const std::vector<float> params = init_params(c, 1);
+  Rng rng("MemoryModel.BadConfigsAreRefused");
+  const HostBatch b = random_batch(c, rng, 1, 3);
+  expect_error([&] { model.loss(params.data(), nullptr, b.view()); },
+               "values is null but the model has a value table");
+  expect_error([&] { model.selection(0); }, "layer 0 has no memory layer (memory_layers: 1)");
+  Config deep = tiny_config();
+  deep.memory_layers = {0};
+  expect_error([&] { model_config(ModelKind::memory, deep); }, "accepted is a dense base");
 }
 
 }  // namespace
