@@ -63,8 +63,8 @@ struct EmbeddingGather {
 };
 
 // dtable[t, c] += Σ_{r: ids[r] = t} dout[r, c], one thread per element of the table walking the
-// ids in row order: the cpu backend's sums, no atomics. The 32 lanes of a warp share t for any
-// dim ≥ 32, so the branch on ids[r] is uniform and ids[r] one broadcast load.
+// ids in row order: the cpu backend's sums, no atomics. For dim ≥ 32 a warp's lanes span at most
+// two rows t, so the branch on ids[r] barely diverges and ids[r] is a broadcast load.
 struct EmbeddingScatter {
   const int32_t* ids;
   const float* dout;
