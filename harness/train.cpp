@@ -4,8 +4,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
-#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
