@@ -28,6 +28,22 @@ void Config::validate() const {
                   "model config: d_model {} is not divisible by heads {}: accepted are d_model = "
                   "heads·head_dim",
                   d_model, heads);
+  for (std::size_t i = 0; i < moe_layers.size(); ++i) {
+    const int64_t l = moe_layers[i];
+    MEMLAYERS_CHECK(l >= 0 && l < layers,
+                    "model config: moe layer {} is outside the model's depth {}: accepted are 0 ≤ "
+                    "index < layers",
+                    l, layers);
+    for (std::size_t j = 0; j < i; ++j)
+      MEMLAYERS_CHECK(moe_layers[j] != l,
+                      "model config: moe layer {} is listed twice: accepted are distinct indices",
+                      l);
+    MEMLAYERS_CHECK(!is_memory_layer(l),
+                    "model config: layer {} is both a memory layer and a moe layer: accepted is "
+                    "one feed-forward block per layer",
+                    l);
+  }
+  if (!moe_layers.empty()) moe.validate();
   if (memory_layers.empty()) return;
   for (std::size_t i = 0; i < memory_layers.size(); ++i) {
     const int64_t l = memory_layers[i];
@@ -63,6 +79,10 @@ void Config::validate() const {
 
 bool Config::is_memory_layer(int64_t layer) const {
   return std::find(memory_layers.begin(), memory_layers.end(), layer) != memory_layers.end();
+}
+
+bool Config::is_moe_layer(int64_t layer) const {
+  return std::find(moe_layers.begin(), moe_layers.end(), layer) != moe_layers.end();
 }
 
 memory_layer::Config Config::layer_config() const {
@@ -188,9 +208,10 @@ MemoryConfig memory_settings(ModelKind kind, const Config& base) {
 }
 
 Config model_config(ModelKind kind, const Config& base) {
-  MEMLAYERS_CHECK(base.memory_layers.empty(),
-                  "model '{}': the base has {} memory layer(s): accepted is a dense base",
-                  to_string(kind), base.memory_layers.size());
+  MEMLAYERS_CHECK(base.memory_layers.empty() && base.moe_layers.empty(),
+                  "model '{}': the base has {} memory and {} moe layer(s): accepted is a dense "
+                  "base",
+                  to_string(kind), base.memory_layers.size(), base.moe_layers.size());
   base.validate();
   Config c = base;
   switch (kind) {
@@ -211,11 +232,15 @@ Config model_config(ModelKind kind, const Config& base) {
       c.validate();
       return c;
     case ModelKind::moe:
-      break;
+      // Top-2 of experts half as wide as the dense block: the same active FLOPs (plus the
+      // router's 2·d·E), twice its feed-forward parameters.
+      c.moe.experts = 4, c.moe.top = 2, c.moe.balance = 0.01;
+      c.moe.expert_hidden = std::max<int64_t>(1, base.ffn_hidden / 2);
+      for (int64_t l = 0; l < base.layers; ++l) c.moe_layers.push_back(l);
+      c.validate();
+      return c;
   }
-  throw Error(
-      fmt::format("model '{}' is not built yet: built are dense, dense4x, peer, memory, memory+",
-                  to_string(kind)));
+  throw Error(fmt::format("model kind {} has no config", static_cast<int>(kind)));
 }
 
 double active_flops_per_token(const Config& c, int64_t seq) {
@@ -226,9 +251,10 @@ double active_flops_per_token(const Config& c, int64_t seq) {
                            + 2 * 2 * static_cast<double>(seq) * d;  // QKᵀ and PV, at seq
   const double swiglu = 2 * d * 2 * f + 2 * f * d;                  // w13, w2
   const double memory = c.memory_layers.empty() ? 0 : memory_layer_flops(c.layer_config());
+  const double moe = c.moe_layers.empty() ? 0 : MoeBlock::active_flops_per_token(c.moe, c.d_model);
   double total = 2 * d * static_cast<double>(c.vocab);
   for (int64_t l = 0; l < c.layers; ++l)
-    total += attention + (c.is_memory_layer(l) ? memory : swiglu);
+    total += attention + (c.is_memory_layer(l) ? memory : c.is_moe_layer(l) ? moe : swiglu);
   return total;
 }
 
@@ -260,6 +286,13 @@ ParamLayout::ParamLayout(const Config& c) {
     add(p + "wqkv", {d, 3 * d});
     add(p + "wo", {d, d});
     add(p + "ln2", {d});
+    if (c.is_moe_layer(l)) {
+      const int64_t e = c.moe.experts, he = c.moe.expert_hidden;
+      add(p + "moe.router", {d, e});
+      add(p + "moe.w13", {e, d, 2 * he});
+      add(p + "moe.w2", {e, he, d});
+      continue;
+    }
     if (!c.is_memory_layer(l)) {
       add(p + "w13", {d, 2 * f});
       add(p + "w2", {f, d});
@@ -285,7 +318,7 @@ const ParamTensor& ParamLayout::at(const std::string& name) const {
   fail(
       "no parameter tensor named '{}' (the layout has wte, wpe, layer<i>.ln1/wqkv/wo/ln2, then "
       "w13/w2 or, in a memory layer, mem.wq/bq/keys1/keys2 and for memory+ mem.w1/b1/w2/b2, "
-      "lnf)",
+      "or, in a moe layer, moe.router/w13/w2, lnf)",
       name);
 }
 
@@ -372,9 +405,10 @@ struct Model::Activations {
       inv1.push_back(floats(rows)), qkv.push_back(floats(rows * 3 * d));
       att.push_back(floats(rows * d)), lse.push_back(floats(b * c.heads * t));
       ln2.push_back(floats(rows * d)), inv2.push_back(floats(rows));
-      const bool memory = c.is_memory_layer(l);  // its activations are MemoryBlocks'
-      h13.push_back(memory ? nullptr : floats(rows * 2 * f));
-      sw.push_back(memory ? nullptr : floats(rows * f));
+      // A memory or moe layer's activations are its block's (MemoryBlocks, MoeBlock).
+      const bool swiglu = !c.is_memory_layer(l) && !c.is_moe_layer(l);
+      h13.push_back(swiglu ? floats(rows * 2 * f) : nullptr);
+      sw.push_back(swiglu ? floats(rows * f) : nullptr);
     }
     lnf = floats(rows * d), invf = floats(rows), logits = floats(rows * c.vocab);
     loss = floats(1), tmp = floats(rows * d);
@@ -394,6 +428,14 @@ struct Model::Activations {
 Model::Model(const Config& c, const Ops& ops)
     : config_(c), layout_(c), ops_(ops), value_rows_(c.table_rows()), value_dim_(c.table_dim()) {
   if (!c.memory_layers.empty()) mem_ = std::make_unique<MemoryBlocks>(config_, layout_, ops_);
+  moe_.resize(static_cast<std::size_t>(c.layers));
+  for (int64_t l : c.moe_layers) moe_[l] = std::make_unique<MoeBlock>(c.moe, c.d_model, ops_);
+}
+
+const MoeRouting& Model::moe_routing(int64_t layer) const {
+  MEMLAYERS_CHECK(layer >= 0 && layer < config_.layers && moe_[layer],
+                  "model moe_routing: layer {} is not a moe layer", layer);
+  return moe_[layer]->routing();
 }
 Model::~Model() = default;
 
@@ -433,8 +475,12 @@ double Model::loss(const float* params, const float* values, const Batch& bt, fl
   auto P = [&](const std::string& name) { return params + layout_.at(name).offset; };
   auto G = [&](const std::string& name) { return grads + layout_.at(name).offset; };
   auto layer = [](int64_t l) { return "layer" + std::to_string(l) + "."; };
+  auto moe_weights = [&](const std::string& p) {
+    return MoeWeights{P(p + "moe.router"), P(p + "moe.w13"), P(p + "moe.w2")};
+  };
 
   // ---- forward ----
+  balance_loss_ = 0;
   ops_.embedding_fwd({bt.tokens, P("wte"), a.xs[0], rows, V, d});
   ops_.embedding_fwd({a.positions, P("wpe"), a.xs[0], rows, c.ctx, d, /*accumulate=*/true});
   for (int64_t l = 0; l < L; ++l) {
@@ -448,6 +494,8 @@ double Model::loss(const float* params, const float* values, const Batch& bt, fl
     ops_.rmsnorm_fwd({a.mid[l], P(p + "ln2"), a.ln2[l], a.inv2[l], rows, d});
     if (c.is_memory_layer(l)) {
       mem_->forward(l, params, values, a.ln2[l], a.tmp);
+    } else if (moe_[l]) {
+      balance_loss_ += moe_[l]->forward(moe_weights(p), a.ln2[l], a.tmp, rows);
     } else {
       ops_.linear_fwd({a.ln2[l], P(p + "w13"), nullptr, a.h13[l], rows, d, 2 * f});
       ops_.swiglu_fwd({a.h13[l], a.h13[l] + f, 2 * f, a.sw[l], rows, f});
@@ -461,7 +509,8 @@ double Model::loss(const float* params, const float* values, const Batch& bt, fl
   float loss = 0;
   ops_.memory->synchronize();
   ops_.memory->to_host(&loss, a.loss, sizeof(float));
-  if (!grads) return loss;
+  const double objective = double{loss} + balance_loss_;
+  if (!grads) return objective;
 
   // ---- backward ----
   ops_.memory->fill_bytes(grads, 0, static_cast<std::size_t>(layout_.total()) * sizeof(float));
@@ -476,6 +525,9 @@ double Model::loss(const float* params, const float* values, const Batch& bt, fl
     const std::string p = layer(l);
     if (c.is_memory_layer(l)) {
       mem_->backward(l, params, values, a.ln2[l], a.dx, a.dln, grads, table_grad);
+    } else if (moe_[l]) {
+      const MoeGrads g{G(p + "moe.router"), G(p + "moe.w13"), G(p + "moe.w2")};
+      moe_[l]->backward(moe_weights(p), a.ln2[l], a.dx, a.dln, g, rows, /*accumulate_dx=*/false);
     } else {
       ops_.linear_bwd({a.sw[l], P(p + "w2"), a.dx, a.dsw, G(p + "w2"), nullptr, rows, f, d});
       ops_.swiglu_bwd({a.h13[l], a.h13[l] + f, 2 * f, a.dsw, a.dh13, a.dh13 + f, rows, f});
@@ -497,7 +549,7 @@ double Model::loss(const float* params, const float* values, const Batch& bt, fl
   ops_.embedding_bwd({a.positions, a.dx, G("wpe"), rows, c.ctx, d});
   if (table_grad) *vgrad = mem_->finish_backward();  // synchronizes: it copies to the host
   ops_.memory->synchronize();
-  return loss;
+  return objective;
 }
 
 }  // namespace memlayers::harness

@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "harness/moe.h"
 #include "harness/ops.h"
 #include "memory_layer/memory_layer.h"
 
@@ -52,9 +53,14 @@ struct Config {
   // when the list is not empty.
   std::vector<int64_t> memory_layers;
   MemoryConfig memory;
+  // Layers whose feed-forward block is a mixture of SwiGLU experts (harness/moe.h): distinct
+  // indices in [0, layers), none of them a memory layer; `moe` is read only when not empty.
+  std::vector<int64_t> moe_layers;
+  MoeConfig moe;
 
   int64_t head_dim() const { return d_model / heads; }
   bool is_memory_layer(int64_t layer) const;
+  bool is_moe_layer(int64_t layer) const;
   // The memory layers' op config (kernels/memory_layer/memory_layer.h).
   memory_layer::Config layer_config() const;
   // The value table: memory and memory+ N rows of value_dim; peer 2N rows of d_model, rows
@@ -81,8 +87,9 @@ ModelKind parse_model_kind(std::string_view name);
 
 // The config of `kind` built on the dense `base` (its vocab, ctx, d_model, layers, heads and
 // ffn_hidden), with the kind's feed-forward blocks sized as documented in harness/README.md:
-// `memory` and `peer` in the middle layer (layers/2), `memory+` in memory_plus_layers(layers).
-// moe is not built yet (throws).
+// `memory` and `peer` in the middle layer (layers/2), `memory+` in memory_plus_layers(layers),
+// `moe` in every layer: 4 experts of ffn_hidden/2, top 2 (the dense block's active FLOPs), the
+// balancing loss at α 0.01.
 Config model_config(ModelKind kind, const Config& base);
 
 // The layers of memory+'s three Memory+ layers: round((2i+1)·layers/6) for i = 0, 1, 2 (the
@@ -179,7 +186,8 @@ class Model {
   int64_t value_rows() const { return value_rows_; }
   int64_t value_dim() const { return value_dim_; }
 
-  // The batch's loss. With `grads` set (a buffer shaped like params), also its gradient with
+  // The batch's objective: its cross-entropy plus, with MoE layers, their balancing losses
+  // (balance_loss()). With `grads` set (a buffer shaped like params), also its gradient with
   // respect to every dense parameter, written (not accumulated), and, with a value table and
   // `vgrad` set, the table's compact gradient in *vgrad (buffers the model owns, valid until the
   // next call): the memory layers' compact rows merged into one strictly ascending list, rows
@@ -193,6 +201,12 @@ class Model {
 
   // The logits of the last loss() call: (batch·seq, vocab), device memory.
   const float* logits() const;
+  // The MoE layers' balancing losses summed, of the last loss() call: loss() returns the
+  // objective, cross-entropy + this (0 without MoE layers), so the cross-entropy alone is
+  // loss() − balance_loss().
+  double balance_loss() const { return balance_loss_; }
+  // The routing of the MoE block in `layer` (an entry of moe_layers) in the last loss() call.
+  const MoeRouting& moe_routing(int64_t layer) const;
 
   // The rows of the value table the memory layer in `layer` (an entry of memory_layers) read in
   // the last loss() call: (batch·seq, h, k) row ids in [0, N), in score order per head, copied
@@ -209,6 +223,8 @@ class Model {
   int64_t value_rows_ = 0, value_dim_ = 0;
   std::unique_ptr<Activations> acts_;
   std::unique_ptr<MemoryBlocks> mem_;
+  std::vector<std::unique_ptr<MoeBlock>> moe_;  // per layer; null where the block is not MoE
+  double balance_loss_ = 0;
 };
 
 }  // namespace memlayers::harness

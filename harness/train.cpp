@@ -217,7 +217,10 @@ EvalResult Trainer::evaluate() {
     FactBatch b = make_batch(kb_, indices, seq());
     std::fill(b.weights.begin() + n * seq(), b.weights.end(), 0.0f);  // the padding rows
     upload(b);
-    const double loss = model_->loss(params_, values_, {tokens_, targets_, weights_, batch, seq()});
+    // The cross-entropy alone: a MoE model's objective adds its balancing loss.
+    const double loss =
+        model_->loss(params_, values_, {tokens_, targets_, weights_, batch, seq()}) -
+        model_->balance_loss();
     mem_.to_host(logits.data(), model_->logits(), logits.size() * sizeof(float));
     e.correct += count_exact_matches(logits, b, vocab);
     loss_sum += loss * double(n);
