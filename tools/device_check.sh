@@ -67,6 +67,8 @@ benches=()
 for b in embbag pk_topk memory_layer; do declares "bench/$b" "bench_$b" && benches+=("bench_$b"); done
 tests=()
 for t in embbag pk_topk memory_layer; do declares "tests/$t" "${t}_test" && tests+=("${t}_test"); done
+# The training harness's cuda backend (its entry-by-entry test runs cuda where a GPU is usable).
+[ -f tests/harness/ops_simt_test.cpp ] && tests+=(harness_ops_simt_test)
 needed=(memlayers "${benches[@]}" "${tests[@]}")
 
 if [ -n "$prebuilt" ]; then
@@ -276,10 +278,12 @@ gtest_run() {
   return 0
 }
 for t in "${tests[@]}"; do
+  [ "$t" = harness_ops_simt_test ] && continue  # below, whole
   run_step "test_${t%_test}" 60 gtest_run "${bin[$t]}" --gtest_filter='*cuda_*' --gtest_brief=1
 done
 for tool in memcheck racecheck; do
   for t in "${tests[@]}"; do
+    [ "$t" = harness_ops_simt_test ] && continue
     if ! command -v compute-sanitizer >/dev/null && [ "$dry_run" = no ]; then
       skip_step "${tool}_${t%_test}" "compute-sanitizer is not on PATH"
       continue
@@ -358,10 +362,18 @@ else
   skip_step bench_memory_layer "bench/memory_layer is not in this checkout yet"
 fi
 
-if [ -d harness ] && [ -n "$(find_bin memlayers_train)" ]; then
-  run_step train 60 "$(find_bin memlayers_train)" --device cuda --steps 20 --out "$out_dir/train"
+if [[ " ${tests[*]} " == *" harness_ops_simt_test "* ]]; then
+  # Every harness Ops entry on cuda against cpu, then the same short training run of a memory+
+  # model on cpu and on cuda: the loss curves in the two JSON files should agree to the fp32
+  # policy (cuBLAS and our kernels against OpenBLAS and loops).
+  run_step harness_ops_cuda 90 gtest_run "${bin[harness_ops_simt_test]}" --gtest_brief=1
+  train_args=(--model memory+ --names 48 --subjects 512 --relations 4 --objects 64 --facts 1024
+         --d-model 32 --layers 2 --heads 2 --ffn-hidden 86 --steps 300 --batch 64 --eval-every 100
+         --lr 0.003 --quiet)
+  run_step train_cpu 60 "${bin[memlayers]}" train --backend cpu "${train_args[@]}" --json "$out_dir/train_cpu.json"
+  run_step train_cuda 120 "${bin[memlayers]}" train --backend cuda "${train_args[@]}" --json "$out_dir/train_cuda.json"
 else
-  skip_step train "no training harness in this checkout yet (harness/ and memlayers_train)"
+  skip_step harness_ops_cuda "no harness cuda backend in this checkout (tests/harness/ops_simt_test.cpp)"
 fi
 
 report_cmd() {  # OUT_DIR ROOT INVOCATION (a child bash runs it: no globals)
