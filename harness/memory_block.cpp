@@ -11,6 +11,7 @@
 #include <fmt/ranges.h>
 
 #include "common/error.h"
+#include "harness/arena.h"
 #include "memory_layer/parts.h"
 
 namespace memlayers::harness {
@@ -62,31 +63,8 @@ HostRows merge_rows(const std::vector<HostRows>& lists, int64_t width) {
   return out;
 }
 
-// ---- buffers ----
-
-namespace {
-
-// A buffer in a backend's memory, released with it.
-class Buffer {
- public:
-  Buffer(const Memory& mem, std::size_t bytes) : mem_(&mem), ptr_(mem.alloc(bytes ? bytes : 1)) {}
-  ~Buffer() { mem_->release(ptr_); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  const Memory* mem_;
-  void* ptr_;
-};
-
-}  // namespace
-
 struct MemoryBlocks::Buffers {
-  std::vector<std::unique_ptr<Buffer>> held;
+  Arena arena;
   std::vector<memory_layer::Saved> saved;  // one per memory layer, in memory_layers order
   // The compact gradients of one backward call (values, and PEER's down experts), then the
   // merged list of the pass.
@@ -97,13 +75,10 @@ struct MemoryBlocks::Buffers {
   int64_t merged_capacity = 0;
 
   Buffers(const memory_layer::Config& mc, int64_t layers, int64_t table_rows, const Memory& mem,
-          int64_t tokens) {
-    auto alloc = [&](int64_t n, std::size_t size) {
-      held.push_back(std::make_unique<Buffer>(mem, static_cast<std::size_t>(n) * size));
-      return held.back().get();
-    };
-    auto floats = [&](int64_t n) { return alloc(n, sizeof(float))->as<float>(); };
-    auto ints = [&](int64_t n) { return alloc(n, sizeof(int64_t))->as<int64_t>(); };
+          int64_t tokens)
+      : arena(mem) {
+    auto floats = [&](int64_t n) { return arena.floats(n); };
+    auto ints = [&](int64_t n) { return arena.alloc<int64_t>(n); };
     const int64_t hk = tokens * mc.heads * mc.k, width = mc.value_width();
     const bool peer = mc.kind == memory_layer::Kind::peer,
                plus = mc.kind == memory_layer::Kind::memory_plus;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "harness/arena.h"
 #include "harness/memory_block.h"
 
 namespace memlayers::harness {
@@ -360,30 +361,9 @@ std::vector<float> init_values(const Config& c, uint64_t seed) {
 
 // ---- activations ----
 
-namespace {
-
-// A buffer in a backend's memory, released with it.
-class Buffer {
- public:
-  Buffer(const Memory& mem, std::size_t bytes) : mem_(&mem), ptr_(mem.alloc(bytes ? bytes : 1)) {}
-  ~Buffer() { mem_->release(ptr_); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  const Memory* mem_;
-  void* ptr_;
-};
-
-}  // namespace
-
 struct Model::Activations {
   int64_t batch = 0, seq = 0;
-  std::vector<std::unique_ptr<Buffer>> held;
+  Arena arena;
   // Forward, per layer l: xs[l] is the residual stream entering layer l (xs[layers]: leaving
   // the last one), mid[l] the stream after layer l's attention block.
   std::vector<float*> xs, mid, ln1, inv1, qkv, att, lse, ln2, inv2, h13, sw;
@@ -393,12 +373,10 @@ struct Model::Activations {
   float *dx = nullptr, *dln = nullptr, *datt = nullptr, *dqkv = nullptr, *dh13 = nullptr,
         *dsw = nullptr, *dlogits = nullptr;
 
-  Activations(const Config& c, const Memory& mem, int64_t b, int64_t t) : batch(b), seq(t) {
+  Activations(const Config& c, const Memory& mem, int64_t b, int64_t t)
+      : batch(b), seq(t), arena(mem) {
     const int64_t rows = b * t, d = c.d_model, f = c.ffn_hidden;
-    auto floats = [&](int64_t n) {
-      held.push_back(std::make_unique<Buffer>(mem, static_cast<std::size_t>(n) * sizeof(float)));
-      return held.back()->as<float>();
-    };
+    auto floats = [&](int64_t n) { return arena.floats(n); };
     for (int64_t l = 0; l <= c.layers; ++l) xs.push_back(floats(rows * d));
     for (int64_t l = 0; l < c.layers; ++l) {
       mid.push_back(floats(rows * d)), ln1.push_back(floats(rows * d));
@@ -417,8 +395,7 @@ struct Model::Activations {
     dlogits = floats(rows * c.vocab);
     std::vector<int32_t> pos(static_cast<std::size_t>(rows));
     for (int64_t r = 0; r < rows; ++r) pos[r] = static_cast<int32_t>(r % t);
-    held.push_back(std::make_unique<Buffer>(mem, pos.size() * sizeof(int32_t)));
-    positions = held.back()->as<int32_t>();
+    positions = arena.alloc<int32_t>(rows);
     mem.to_device(positions, pos.data(), pos.size() * sizeof(int32_t));
   }
 };

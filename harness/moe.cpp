@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "common/registry.h"
 #include "embbag/embbag.h"
+#include "harness/arena.h"
 #include "memory_layer/parts.h"
 
 namespace memlayers::harness {
@@ -51,23 +52,6 @@ double MoeBlock::active_flops_per_token(const MoeConfig& c, int64_t d) {
 
 namespace {
 
-// A buffer in a backend's memory, released with it.
-class Buffer {
- public:
-  Buffer(const Memory& mem, std::size_t bytes) : mem_(&mem), ptr_(mem.alloc(bytes ? bytes : 1)) {}
-  ~Buffer() { mem_->release(ptr_); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  const Memory* mem_;
-  void* ptr_;
-};
-
 // The deterministic EmbeddingBag variant of the ops' backend: the reference on `reference`, else
 // the highest-numbered deterministic one that supports the bag (the block's runs are then
 // bitwise repeatable on every backend).
@@ -85,23 +69,19 @@ const Variant<typename Op::Params>& bag_variant(Backend b, const typename Op::Pa
 // Sized for `rows` tokens (A = top·rows gathered rows).
 struct MoeBlock::Buffers {
   int64_t rows = 0;
-  std::vector<std::unique_ptr<Buffer>> held;
+  Arena arena;
   float *logits, *dlogits, *gates, *dgates;  // (rows, E), (rows, E), (rows, top) twice
   int32_t* gather_ids;                       // (A)
   int64_t* slots;                            // (rows, top)
   float *xg, *h13, *sw, *y;                  // (A, d), (A, 2h), (A, h), (A, d)
   float *dy, *dsw, *dh13, *dxg;              // (A, d), (A, h), (A, 2h), (A, d)
 
-  Buffers(const MoeConfig& c, int64_t d, const Memory& mem, int64_t r) : rows(r) {
+  Buffers(const MoeConfig& c, int64_t d, const Memory& mem, int64_t r) : rows(r), arena(mem) {
     const int64_t E = c.experts, h = c.expert_hidden, K = c.top, A = K * r;
-    auto bytes = [&](int64_t n, std::size_t size) {
-      held.push_back(std::make_unique<Buffer>(mem, static_cast<std::size_t>(n) * size));
-      return held.back().get();
-    };
-    auto floats = [&](int64_t n) { return bytes(n, sizeof(float))->as<float>(); };
+    auto floats = [&](int64_t n) { return arena.floats(n); };
     logits = floats(r * E), dlogits = floats(r * E), gates = floats(r * K), dgates = floats(r * K);
-    gather_ids = bytes(A, sizeof(int32_t))->as<int32_t>();
-    slots = bytes(r * K, sizeof(int64_t))->as<int64_t>();
+    gather_ids = arena.alloc<int32_t>(A);
+    slots = arena.alloc<int64_t>(r * K);
     xg = floats(A * d), h13 = floats(A * 2 * h), sw = floats(A * h), y = floats(A * d);
     dy = floats(A * d), dsw = floats(A * h), dh13 = floats(A * 2 * h), dxg = floats(A * d);
   }
