@@ -75,6 +75,41 @@ double rel_norm(const std::vector<double>& got, const std::vector<double>& want)
   return std::sqrt(diff / ref);
 }
 
+// Every entry of every dense tensor: `grads` against central differences of the model's loss with
+// step h, relative norm ≤ 2e-3 per tensor. With `held`, an entry whose perturbation makes it false
+// (a MoE routing changed) is skipped and counted, at most a quarter of a tensor.
+void expect_gradients_match_fd(Model& model, std::vector<float>& params, const HostBatch& b,
+                               const std::vector<float>& grads, float h,
+                               const std::function<bool()>& held = {}) {
+  for (const ParamTensor& t : model.layout().tensors()) {
+    std::vector<double> fd, an;
+    int64_t skipped = 0;
+    for (int64_t i = 0; i < t.size(); ++i) {
+      float& x = params[t.offset + i];
+      const float x0 = x;
+      x = x0 + h;
+      const double up = model.loss(params.data(), nullptr, b.view());
+      const bool held_up = !held || held();
+      const double step_up = double{x} - x0;
+      x = x0 - h;
+      const double down = model.loss(params.data(), nullptr, b.view());
+      const bool held_down = !held || held();
+      const double step = step_up + (x0 - double{x});
+      x = x0;
+      if (!held_up || !held_down) {
+        ++skipped;
+        continue;
+      }
+      fd.push_back((up - down) / step);
+      an.push_back(grads[t.offset + i]);
+    }
+    EXPECT_LE(skipped * 4, t.size()) << t.name << ": " << skipped << " entries skipped";
+    ASSERT_GT(test::norm(an), 0) << t.name << ": the gradient is all zeros";
+    const double err = rel_norm(an, fd);
+    EXPECT_LE(err, 2e-3) << t.name << ": ‖analytic − fd‖ / ‖fd‖ = " << err;
+  }
+}
+
 TEST(DenseModel, ReferenceGradientsMatchFiniteDifferences) {
   const Config c = tiny_config();
   Rng rng("DenseModel.ReferenceGradientsMatchFiniteDifferences");
@@ -86,25 +121,7 @@ TEST(DenseModel, ReferenceGradientsMatchFiniteDifferences) {
   ASSERT_TRUE(std::isfinite(l0));
   // The forward runs in fp32 between ops, so the loss carries ~1e-7 relative rounding: the step
   // is large (h = 1e-2) to keep that below the gradient, the truncation O(h²) stays ~1e-4.
-  const float h = 1e-2f;
-  for (const ParamTensor& t : model.layout().tensors()) {
-    std::vector<double> fd(static_cast<std::size_t>(t.size())), an(fd.size());
-    for (int64_t i = 0; i < t.size(); ++i) {
-      float& x = params[t.offset + i];
-      const float x0 = x;
-      x = x0 + h;
-      const double up = model.loss(params.data(), nullptr, b.view()), step_up = double{x} - x0;
-      x = x0 - h;
-      const double down = model.loss(params.data(), nullptr, b.view()),
-                   step = step_up + (x0 - double{x});
-      x = x0;
-      fd[i] = (up - down) / step;
-      an[i] = grads[t.offset + i];
-    }
-    ASSERT_GT(test::norm(an), 0) << t.name << ": the gradient is all zeros";
-    const double err = rel_norm(an, fd);
-    EXPECT_LE(err, 2e-3) << t.name << ": ‖analytic − fd‖ / ‖fd‖ = " << err;
-  }
+  expect_gradients_match_fd(model, params, b, grads, 1e-2f);
 }
 
 TEST(DenseModel, CpuMatchesReference) {
@@ -660,34 +677,8 @@ TEST(MoeModel, ReferenceGradientsMatchFiniteDifferences) {
   ASSERT_TRUE(std::isfinite(l0));
   ASSERT_GT(model.balance_loss(), 0);
   const auto picks0 = moe_picks(model);
-  const float h = 5e-3f;
-  for (const ParamTensor& t : model.layout().tensors()) {
-    std::vector<double> fd, an;
-    int64_t skipped = 0;
-    for (int64_t i = 0; i < t.size(); ++i) {
-      float& x = params[t.offset + i];
-      const float x0 = x;
-      x = x0 + h;
-      const double up = model.loss(params.data(), nullptr, b.view());
-      const bool same_up = moe_picks(model) == picks0;
-      const double step_up = double{x} - x0;
-      x = x0 - h;
-      const double down = model.loss(params.data(), nullptr, b.view());
-      const bool same_down = moe_picks(model) == picks0;
-      const double step = step_up + (x0 - double{x});
-      x = x0;
-      if (!same_up || !same_down) {
-        ++skipped;
-        continue;
-      }
-      fd.push_back((up - down) / step);
-      an.push_back(grads[t.offset + i]);
-    }
-    EXPECT_LE(skipped * 4, t.size()) << t.name << ": the routing changed for " << skipped;
-    ASSERT_GT(test::norm(an), 0) << t.name << ": the gradient is all zeros";
-    const double err = rel_norm(an, fd);
-    EXPECT_LE(err, 2e-3) << t.name << ": ‖analytic − fd‖ / ‖fd‖ = " << err;
-  }
+  expect_gradients_match_fd(model, params, b, grads, 5e-3f,
+                            [&] { return moe_picks(model) == picks0; });
 }
 
 TEST(MoeModel, CpuMatchesReference) {
