@@ -221,6 +221,40 @@ TEST_F(TrainTest, ReferenceLossCurveMatchesCpu) {
   EXPECT_GT(std::sqrt(moved / norm), 0.1) << "the parameters should have moved";
 }
 
+// The CUDA backend's source run under simt (harness/cuda/*.cu, the memory layer's CUDA
+// composition, the optimiser's kernels) against the cpu backend over a few training steps of a
+// memory+ model (one Memory+ layer in each of its 2 layers, one shared table): each step's loss,
+// then the parameters and the table, at the fp32 policy. One step under the sanitizers, where
+// simt is slow (every launch hands its blocks to a pool of threads).
+TEST_F(TrainTest, SimtLossCurveMatchesCpu) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  const int64_t steps = 1;
+#else
+  const int64_t steps = 3;
+#endif
+  TrainConfig c = tiny(ModelKind::memory_plus, Backend::simt);
+  c.steps = steps, c.batch = 8;
+  Trainer simt(c);
+  c.backend = Backend::cpu;
+  Trainer cpu(c);
+  for (int64_t s = 0; s < steps; ++s) {
+    const double a = cpu.step().loss, b = simt.step().loss;
+    ASSERT_TRUE(std::isfinite(a) && std::isfinite(b));
+    EXPECT_LE(std::abs(a - b), 1e-5 * std::abs(a))
+        << "step " << s << ": cpu " << a << ", simt " << b;
+  }
+  const TrainState a = cpu.state(), b = simt.state();
+  auto rel = [](const std::vector<float>& x, const std::vector<float>& y) {
+    double diff = 0, norm = 0;
+    for (std::size_t i = 0; i < x.size(); ++i)
+      diff += (double(x[i]) - y[i]) * (double(x[i]) - y[i]), norm += double(x[i]) * x[i];
+    return std::sqrt(diff / norm);
+  };
+  ASSERT_FALSE(a.values.empty());
+  EXPECT_LE(rel(a.params, b.params), 1e-5) << "parameters after " << steps << " steps";
+  EXPECT_LE(rel(a.values, b.values), 1e-5) << "value table after " << steps << " steps";
+}
+
 // ---- learning ----
 
 // 64 facts of 8 objects (chance 1/8) and a model of 5600 parameters, which can hold them (64 · 3
