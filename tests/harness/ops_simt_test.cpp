@@ -291,6 +291,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, OpsSimt, ::testing::ValuesIn(kShapes),
 
 // The attention backward and the embedding's scatter twice on simt: the same bytes.
 TEST(OpsSimtDeterminism, BackwardTwiceIsBitwiseEqual) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "arithmetic order, checked in the release build (simt is slow under sanitizers)";
+#endif
   Rng rng(current_test());
   const Shape s{2, 5, 3, 12, 7, 11};
   const int64_t rows = s.batch * s.seq;
