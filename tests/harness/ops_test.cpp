@@ -12,48 +12,32 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <memory>
-#include <ostream>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "common/error.h"
 #include "harness/ops.h"
 #include "harness/ops_reference.h"
-#include "tests/common/buffer.h"
-#include "tests/common/check.h"
 #include "tests/common/random.h"
 #include "tests/harness/expect_error.h"
+#include "tests/harness/ops_cases.h"
 
 namespace memlayers::harness {
 namespace {
 
-using test::DeviceBuffer;
+using ops_cases::BackendRun;
+using ops_cases::current_test;
+using ops_cases::OpsShape;
+using ops_cases::Outputs;
+using ops_cases::random_floats;
+using ops_cases::random_ids;
 using test::expect_error;
 using test::Rng;
-
-std::vector<float> random_floats(Rng& rng, int64_t n, float scale = 1.0f) {
-  std::vector<float> v(static_cast<std::size_t>(n));
-  for (float& x : v) x = scale * rng.signed_unit();
-  return v;
-}
-
-std::vector<int32_t> random_ids(Rng& rng, int64_t n, int64_t range) {
-  std::vector<int32_t> v(static_cast<std::size_t>(n));
-  for (int32_t& x : v) x = static_cast<int32_t>(rng.index(range));
-  return v;
-}
 
 double dot(const std::vector<double>& a, const std::vector<float>& b) {
   double s = 0;
   for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
   return s;
-}
-
-std::string current_test() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  return std::string(info->test_suite_name()) + "." + info->name();
 }
 
 // ---- finite differences ----
@@ -294,47 +278,9 @@ TEST(OpsGradCheck, RejectsPlantedWrongBackward) {
 
 // ---- cpu against the reference ----
 
-using Outputs = std::vector<std::pair<std::string, std::vector<float>>>;
-
-// The buffers of one run in a backend's memory: inputs uploaded, outputs poisoned (or set to
-// given values where the entry accumulates), every output read back by results().
-class BackendRun {
- public:
-  explicit BackendRun(const Ops& ops) : ops_(ops) {}
-  const Ops& ops() const { return ops_; }
-
-  template <class T>
-  T* input(const std::vector<T>& host) {
-    held_.push_back(std::make_unique<DeviceBuffer>(*ops_.memory, host));
-    return held_.back()->as<T>();
-  }
-  float* output(const std::string& name, int64_t n) {
-    held_.push_back(std::make_unique<DeviceBuffer>(*ops_.memory, n * sizeof(float)));
-    held_.back()->poison();
-    outputs_.emplace_back(name, held_.back().get());
-    return held_.back()->as<float>();
-  }
-  // An output the entry adds to: starts from `initial`.
-  float* accumulated(const std::string& name, const std::vector<float>& initial) {
-    float* p = input(initial);
-    outputs_.emplace_back(name, held_.back().get());
-    return p;
-  }
-  Outputs results() const {
-    Outputs out;
-    for (const auto& [name, buf] : outputs_) out.emplace_back(name, buf->to_host<float>());
-    return out;
-  }
-
- private:
-  const Ops& ops_;
-  std::vector<std::unique_ptr<DeviceBuffer>> held_;
-  std::vector<std::pair<std::string, DeviceBuffer*>> outputs_;
-};
-
 // Runs `body` on the reference and on the cpu backend from the same seeded inputs (`body` draws
 // them from the Rng it is given) and compares every output it declared.
-void expect_cpu_matches_reference(const std::function<void(BackendRun&, Rng&)>& body) {
+void expect_cpu_matches_reference(const ops_cases::Case& body) {
   auto run_on = [&](Backend b) {
     Rng rng(current_test());
     BackendRun run(ops_for(b));
@@ -344,158 +290,58 @@ void expect_cpu_matches_reference(const std::function<void(BackendRun&, Rng&)>& 
   const Outputs want = run_on(Backend::reference), got = run_on(Backend::cpu);
   ASSERT_EQ(want.size(), got.size());
   ASSERT_FALSE(want.empty());
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const auto& name = want[i].first;
-    const std::vector<double> r =
-        test::to_doubles(want[i].second.data(), DType::f32, want[i].second.size());
-    const std::vector<double> o =
-        test::to_doubles(got[i].second.data(), DType::f32, got[i].second.size());
-    ASSERT_GT(test::norm(r), 0) << name << ": the reference output is all zeros";
-    const test::CheckResult c = test::compare(name, o, r, test::tolerance_for(DType::f32, r));
-    EXPECT_TRUE(c.ok) << c.message;
-  }
+  for (std::size_t i = 0; i < want.size(); ++i)
+    ops_cases::expect_close(want[i].first, got[i].second, want[i].second, "reference");
 }
 
 // Tiny odd shapes and one large enough to split over threads and column blocks.
-struct CpuShape {
-  int64_t batch, seq, heads, d, hidden, vocab;
-};
-const CpuShape kCpuShapes[] = {{1, 2, 1, 2, 1, 2}, {2, 5, 3, 12, 7, 11}, {3, 37, 6, 96, 130, 257}};
+const OpsShape kCpuShapes[] = {{1, 2, 1, 2, 1, 2}, {2, 5, 3, 12, 7, 11}, {3, 37, 6, 96, 130, 257}};
 
-std::string shape_name(const CpuShape& s) {
-  return fmt::format("b{}_t{}_h{}_d{}_f{}_v{}", s.batch, s.seq, s.heads, s.d, s.hidden, s.vocab);
-}
-
-void PrintTo(const CpuShape& s, std::ostream* os) { *os << shape_name(s); }
-
-class CpuVsReference : public ::testing::TestWithParam<CpuShape> {};
+class CpuVsReference : public ::testing::TestWithParam<OpsShape> {};
 
 TEST_P(CpuVsReference, Embedding) {
-  const CpuShape s = GetParam();
-  const int64_t rows = s.batch * s.seq;
   for (bool accumulate : {false, true})
-    expect_cpu_matches_reference([&](BackendRun& run, Rng& rng) {
-      const int32_t* ids = run.input(random_ids(rng, rows, s.vocab));
-      const float* table = run.input(random_floats(rng, s.vocab * s.d));
-      const std::vector<float> base = random_floats(rng, rows * s.d);
-      float* out = accumulate ? run.accumulated("out", base) : run.output("out", rows * s.d);
-      run.ops().embedding_fwd({ids, table, out, rows, s.vocab, s.d, accumulate});
-      float* dtable = run.accumulated("dtable", random_floats(rng, s.vocab * s.d));
-      run.ops().embedding_bwd(
-          {ids, run.input(random_floats(rng, rows * s.d)), dtable, rows, s.vocab, s.d});
-    });
+    expect_cpu_matches_reference(ops_cases::embedding(GetParam(), accumulate));
 }
 
 TEST_P(CpuVsReference, RmsNorm) {
-  const CpuShape s = GetParam();
-  const int64_t rows = s.batch * s.seq;
   for (bool accumulate : {false, true})
-    expect_cpu_matches_reference([&](BackendRun& run, Rng& rng) {
-      const float* x = run.input(random_floats(rng, rows * s.d));
-      const float* scale = run.input(random_floats(rng, s.d));
-      float* y = run.output("y", rows * s.d);
-      float* inv = run.output("inv_rms", rows);
-      run.ops().rmsnorm_fwd({x, scale, y, inv, rows, s.d});
-      const float* dy = run.input(random_floats(rng, rows * s.d));
-      const std::vector<float> dx0 = random_floats(rng, rows * s.d);
-      float* dx = accumulate ? run.accumulated("dx", dx0) : run.output("dx", rows * s.d);
-      float* dscale = run.accumulated("dscale", random_floats(rng, s.d));
-      run.ops().rmsnorm_bwd({x, scale, inv, dy, dx, dscale, rows, s.d, accumulate});
-    });
+    expect_cpu_matches_reference(ops_cases::rmsnorm(GetParam(), accumulate));
 }
 
 TEST_P(CpuVsReference, Linear) {
-  const CpuShape s = GetParam();
-  const int64_t rows = s.batch * s.seq, in = s.d, out = s.hidden;
   for (bool transposed : {false, true})
     for (bool bias : {false, true})
       for (bool accumulate : {false, true}) {
         SCOPED_TRACE(
             fmt::format("transposed_w {} bias {} accumulate_dx {}", transposed, bias, accumulate));
-        expect_cpu_matches_reference([&](BackendRun& run, Rng& rng) {
-          const float* x = run.input(random_floats(rng, rows * in));
-          const float* w = run.input(random_floats(rng, in * out));
-          const float* b = bias ? run.input(random_floats(rng, out)) : nullptr;
-          float* y = run.output("y", rows * out);
-          run.ops().linear_fwd({x, w, b, y, rows, in, out, transposed});
-          const float* dy = run.input(random_floats(rng, rows * out));
-          const std::vector<float> dx0 = random_floats(rng, rows * in);
-          float* dx = accumulate ? run.accumulated("dx", dx0) : run.output("dx", rows * in);
-          float* dw = run.accumulated("dw", random_floats(rng, in * out));
-          float* db = bias ? run.accumulated("db", random_floats(rng, out)) : nullptr;
-          run.ops().linear_bwd({x, w, dy, dx, dw, db, rows, in, out, transposed, accumulate});
-        });
+        expect_cpu_matches_reference(ops_cases::linear(GetParam(), transposed, bias, accumulate));
       }
 }
 
 TEST_P(CpuVsReference, Attention) {
-  const CpuShape s = GetParam();
-  const int64_t rows = s.batch * s.seq;
   for (bool packed : {true, false}) {
     SCOPED_TRACE(packed ? "packed qkv" : "separate q, k, v");
-    expect_cpu_matches_reference([&](BackendRun& run, Rng& rng) {
-      const int64_t ld = packed ? 3 * s.d : s.d;
-      PackedQkv in{}, g{};
-      if (packed) {
-        in = packed_qkv(run.input(random_floats(rng, rows * 3 * s.d)), s.d);
-        g = packed_qkv(run.output("dqkv", rows * 3 * s.d), s.d);
-      } else {
-        in = {run.input(random_floats(rng, rows * s.d)), run.input(random_floats(rng, rows * s.d)),
-              run.input(random_floats(rng, rows * s.d)), s.d};
-        g = {run.output("dq", rows * s.d), run.output("dk", rows * s.d),
-             run.output("dv", rows * s.d), s.d};
-      }
-      float* out = run.output("out", rows * s.d);
-      float* lse = run.output("lse", s.batch * s.heads * s.seq);
-      run.ops().attention_fwd({in.q, in.k, in.v, ld, out, lse, s.batch, s.seq, s.heads, s.d});
-      const float* dout = run.input(random_floats(rng, rows * s.d));
-      run.ops().attention_bwd(
-          {in.q, in.k, in.v, ld, out, lse, dout, g.q, g.k, g.v, s.batch, s.seq, s.heads, s.d});
-    });
+    expect_cpu_matches_reference(ops_cases::attention(GetParam(), packed));
   }
 }
 
 TEST_P(CpuVsReference, Swiglu) {
-  const CpuShape s = GetParam();
-  const int64_t rows = s.batch * s.seq, H = s.hidden;
-  expect_cpu_matches_reference([&](BackendRun& run, Rng& rng) {
-    float* ab = run.input(random_floats(rng, rows * 2 * H, 3.0f));
-    float* out = run.output("out", rows * H);
-    run.ops().swiglu_fwd({ab, ab + H, 2 * H, out, rows, H});
-    float* dab = run.output("dab", rows * 2 * H);
-    run.ops().swiglu_bwd(
-        {ab, ab + H, 2 * H, run.input(random_floats(rng, rows * H)), dab, dab + H, rows, H});
-  });
+  expect_cpu_matches_reference(ops_cases::swiglu(GetParam(), /*packed=*/true));
 }
 
 TEST_P(CpuVsReference, AddInPlace) {
-  const CpuShape s = GetParam();
-  const int64_t n = s.batch * s.seq * s.d;
-  expect_cpu_matches_reference([&](BackendRun& run, Rng& rng) {
-    float* x = run.accumulated("x", random_floats(rng, n));
-    run.ops().add({x, run.input(random_floats(rng, n)), x, n});
-  });
+  expect_cpu_matches_reference(ops_cases::add(GetParam(), /*out_of_place=*/false));
 }
 
 TEST_P(CpuVsReference, CrossEntropy) {
-  const CpuShape s = GetParam();
-  const int64_t rows = s.batch * s.seq;
   for (bool weighted : {false, true})
-    expect_cpu_matches_reference([&](BackendRun& run, Rng& rng) {
-      const float* logits = run.input(random_floats(rng, rows * s.vocab, 4.0f));
-      const int32_t* targets = run.input(random_ids(rng, rows, s.vocab));
-      std::vector<float> w(static_cast<std::size_t>(rows));
-      for (std::size_t r = 0; r < w.size(); ++r) w[r] = r % 3 == 1 ? 0.0f : 0.5f + float(r % 4);
-      const float* weights = weighted ? run.input(w) : nullptr;
-      float* loss = run.output("loss", 1);
-      run.ops().cross_entropy_fwd({logits, targets, weights, loss, rows, s.vocab});
-      float* dlogits = run.output("dlogits", rows * s.vocab);
-      run.ops().cross_entropy_bwd({logits, targets, weights, 0.5f, dlogits, rows, s.vocab});
-    });
+    expect_cpu_matches_reference(
+        ops_cases::cross_entropy(GetParam(), weighted, /*padding_target=*/false));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CpuVsReference, ::testing::ValuesIn(kCpuShapes),
-                         [](const auto& i) { return shape_name(i.param); });
+                         [](const auto& i) { return ops_cases::shape_name(i.param); });
 
 // The cpu backend is bitwise deterministic: the attention backward twice, same bytes.
 TEST(CpuOps, AttentionBackwardIsDeterministic) {
