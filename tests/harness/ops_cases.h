@@ -243,4 +243,41 @@ inline Case cross_entropy(const OpsShape& s, bool weighted, bool padding_target)
   };
 }
 
+// ---- the variants both drivers run ----
+// (SwiGLU's layouts, the out-of-place add and the padding target are chosen by each test.)
+
+// A driver: runs a case on its backends and compares them.
+using Driver = std::function<void(const Case&)>;
+
+inline void embedding_variants(const OpsShape& s, const Driver& expect) {
+  for (bool accumulate : {false, true}) {
+    SCOPED_TRACE(fmt::format("accumulate {}", accumulate));
+    expect(embedding(s, accumulate));
+  }
+}
+
+inline void rmsnorm_variants(const OpsShape& s, const Driver& expect) {
+  for (bool accumulate : {false, true}) {
+    SCOPED_TRACE(fmt::format("accumulate_dx {}", accumulate));
+    expect(rmsnorm(s, accumulate));
+  }
+}
+
+inline void linear_variants(const OpsShape& s, const Driver& expect) {
+  for (bool transposed : {false, true})
+    for (bool bias : {false, true})
+      for (bool accumulate : {false, true}) {
+        SCOPED_TRACE(
+            fmt::format("transposed_w {} bias {} accumulate_dx {}", transposed, bias, accumulate));
+        expect(linear(s, transposed, bias, accumulate));
+      }
+}
+
+inline void attention_variants(const OpsShape& s, const Driver& expect) {
+  for (bool packed : {true, false}) {
+    SCOPED_TRACE(packed ? "packed qkv" : "separate q, k, v");
+    expect(attention(s, packed));
+  }
+}
+
 }  // namespace memlayers::harness::ops_cases

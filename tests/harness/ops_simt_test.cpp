@@ -81,32 +81,13 @@ const OpsShape kShapes[] = {{1, 2, 1, 2, 1, 2}, {2, 5, 3, 12, 7, 11}, {1, 3, 1, 
 
 class OpsSimt : public ::testing::TestWithParam<OpsShape> {};
 
-TEST_P(OpsSimt, Embedding) {
-  for (bool accumulate : {false, true})
-    expect_simt_matches_cpu(ops_cases::embedding(GetParam(), accumulate));
-}
+TEST_P(OpsSimt, Embedding) { ops_cases::embedding_variants(GetParam(), expect_simt_matches_cpu); }
 
-TEST_P(OpsSimt, RmsNorm) {
-  for (bool accumulate : {false, true})
-    expect_simt_matches_cpu(ops_cases::rmsnorm(GetParam(), accumulate));
-}
+TEST_P(OpsSimt, RmsNorm) { ops_cases::rmsnorm_variants(GetParam(), expect_simt_matches_cpu); }
 
-TEST_P(OpsSimt, Linear) {
-  for (bool transposed : {false, true})
-    for (bool bias : {false, true})
-      for (bool accumulate : {false, true}) {
-        SCOPED_TRACE(
-            fmt::format("transposed_w {} bias {} accumulate_dx {}", transposed, bias, accumulate));
-        expect_simt_matches_cpu(ops_cases::linear(GetParam(), transposed, bias, accumulate));
-      }
-}
+TEST_P(OpsSimt, Linear) { ops_cases::linear_variants(GetParam(), expect_simt_matches_cpu); }
 
-TEST_P(OpsSimt, Attention) {
-  for (bool packed : {true, false}) {
-    SCOPED_TRACE(packed ? "packed qkv" : "separate q, k, v");
-    expect_simt_matches_cpu(ops_cases::attention(GetParam(), packed));
-  }
-}
+TEST_P(OpsSimt, Attention) { ops_cases::attention_variants(GetParam(), expect_simt_matches_cpu); }
 
 TEST_P(OpsSimt, Swiglu) {
   for (bool packed : {true, false}) {

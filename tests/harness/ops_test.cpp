@@ -300,30 +300,19 @@ const OpsShape kCpuShapes[] = {{1, 2, 1, 2, 1, 2}, {2, 5, 3, 12, 7, 11}, {3, 37,
 class CpuVsReference : public ::testing::TestWithParam<OpsShape> {};
 
 TEST_P(CpuVsReference, Embedding) {
-  for (bool accumulate : {false, true})
-    expect_cpu_matches_reference(ops_cases::embedding(GetParam(), accumulate));
+  ops_cases::embedding_variants(GetParam(), expect_cpu_matches_reference);
 }
 
 TEST_P(CpuVsReference, RmsNorm) {
-  for (bool accumulate : {false, true})
-    expect_cpu_matches_reference(ops_cases::rmsnorm(GetParam(), accumulate));
+  ops_cases::rmsnorm_variants(GetParam(), expect_cpu_matches_reference);
 }
 
 TEST_P(CpuVsReference, Linear) {
-  for (bool transposed : {false, true})
-    for (bool bias : {false, true})
-      for (bool accumulate : {false, true}) {
-        SCOPED_TRACE(
-            fmt::format("transposed_w {} bias {} accumulate_dx {}", transposed, bias, accumulate));
-        expect_cpu_matches_reference(ops_cases::linear(GetParam(), transposed, bias, accumulate));
-      }
+  ops_cases::linear_variants(GetParam(), expect_cpu_matches_reference);
 }
 
 TEST_P(CpuVsReference, Attention) {
-  for (bool packed : {true, false}) {
-    SCOPED_TRACE(packed ? "packed qkv" : "separate q, k, v");
-    expect_cpu_matches_reference(ops_cases::attention(GetParam(), packed));
-  }
+  ops_cases::attention_variants(GetParam(), expect_cpu_matches_reference);
 }
 
 TEST_P(CpuVsReference, Swiglu) {
