@@ -147,9 +147,9 @@ TEST_P(ResumeTest, SplitRunEqualsStraightRunBitwise) {
 }
 
 // Every kind in the release build; under the sanitizers (whose job here is memory and threads,
-// not arithmetic) the dense model and one with a shared table, to keep the CI gate in time.
+// not arithmetic) the dense model and one with a value table, to keep the CI gate in time.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-const ModelKind kResumeKinds[] = {ModelKind::dense, ModelKind::memory_plus};
+const ModelKind kResumeKinds[] = {ModelKind::dense, ModelKind::memory};
 #else
 const auto& kResumeKinds = kModelKinds;
 #endif
@@ -231,14 +231,14 @@ TEST_F(TrainTest, ReferenceLossCurveMatchesCpu) {
 // The CUDA backend's source run under simt (harness/cuda/*.cu, the memory layer's CUDA
 // composition, the optimiser's kernels) against the cpu backend over a few training steps of a
 // memory+ model (one Memory+ layer in each of its 2 layers, one shared table): each step's loss,
-// then the parameters and the table, at the fp32 policy. One step under the sanitizers, where
-// simt is slow (every launch hands its blocks to a pool of threads).
+// then the parameters and the table, at the fp32 policy.
 TEST_F(TrainTest, SimtLossCurveMatchesCpu) {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  const int64_t steps = 1;
-#else
-  const int64_t steps = 3;
+  // A step takes over a minute under TSan; the simt kernels it runs are checked under the
+  // sanitizers one by one (ops_simt_test) and through the models (model_test).
+  GTEST_SKIP() << "release build only: simt training steps are slow under the sanitizers";
 #endif
+  const int64_t steps = 3;
   TrainConfig c = tiny(ModelKind::memory_plus, Backend::simt);
   c.steps = steps, c.batch = 8;
   Trainer simt(c);
