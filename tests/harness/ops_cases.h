@@ -3,7 +3,8 @@
 // a GPU is usable, against cpu). A case draws its inputs from the Rng it is given, uploads them,
 // declares its outputs on a BackendRun (poisoned, or starting from non-zero values where the entry
 // accumulates) and calls the entry's forward and backward; the test's driver runs it on each
-// backend from the same seed and compares every output it declared (DESIGN.md §4).
+// backend from the same seed and compares every output it declared (DESIGN.md §4). The errors bad
+// params get are checked here once too, for every backend whose memory is the host's.
 // A header, not a *_test.cpp: every tests/harness/*_test.cpp is an executable of its own.
 #pragma once
 #include <gtest/gtest.h>
@@ -21,6 +22,7 @@
 #include "tests/common/buffer.h"
 #include "tests/common/check.h"
 #include "tests/common/random.h"
+#include "tests/harness/expect_error.h"
 
 namespace memlayers::harness::ops_cases {
 
@@ -278,6 +280,84 @@ inline void attention_variants(const OpsShape& s, const Driver& expect) {
     SCOPED_TRACE(packed ? "packed qkv" : "separate q, k, v");
     expect(attention(s, packed));
   }
+}
+
+// ---- errors ----
+
+// Bad params to each entry of `ops` (host pointers: a backend whose memory is the host's) are
+// refused with a message saying what is wrong, before anything is written.
+inline void expect_bad_params_refused(const Ops& ops) {
+  std::vector<float> buf(64, 1.0f), out(64);
+  std::vector<int32_t> ids = {0, 4, 5, 1};
+  float* f = buf.data();
+  test::expect_error(
+      [&] {
+        ops.attention_fwd({f, f, f, 12, out.data(), nullptr, 1, 2, 5, 12});
+      },
+      "d 12 is not divisible by heads 5");
+  test::expect_error(
+      [&] {
+        ops.attention_fwd({f, f, f, 8, out.data(), nullptr, 1, 2, 3, 12});
+      },
+      "ld_qkv 8 is narrower than d 12");
+  test::expect_error(
+      [&] {
+        ops.attention_bwd({f, f, f, 12, f, nullptr, f, f, f, f, 1, 2, 3, 12});
+      },
+      "attention_bwd: lse is null");
+  test::expect_error(
+      [&] {
+        ops.rmsnorm_fwd({f, f, out.data(), nullptr, 0, 4});
+      },
+      "rmsnorm_fwd: rows is 0: accepted are rows ≥ 1");
+  test::expect_error(
+      [&] {
+        ops.embedding_fwd({ids.data(), f, out.data(), 4, 5, 2});
+      },
+      "id 5 out of range [0, 5) at row 2");
+  test::expect_error(
+      [&] {
+        ops.embedding_bwd({ids.data(), f, out.data(), 4, 5, 2});
+      },
+      "id 5 out of range [0, 5) at row 2");
+  test::expect_error(
+      [&] {
+        ops.linear_fwd({f, nullptr, nullptr, out.data(), 2, 3, 4});
+      },
+      "linear_fwd: w is null");
+  test::expect_error(
+      [&] {
+        ops.linear_bwd({f, f, f, nullptr, nullptr, nullptr, 2, 3, 4});
+      },
+      "dx, dw and db are all null");
+  test::expect_error(
+      [&] {
+        ops.swiglu_fwd({f, f, 3, out.data(), 2, 4});
+      },
+      "ld_ab 3 is narrower than hidden 4");
+  test::expect_error([&] { ops.add({f, f, out.data(), -1}); }, "add: n is -1");
+  float loss = 0;
+  test::expect_error(
+      [&] {
+        ops.cross_entropy_fwd({f, ids.data(), nullptr, &loss, 4, 5});
+      },
+      "target 5 out of range [0, 5) at row 2");
+  std::vector<float> zeros(4, 0.0f), negative = {1.0f, -0.5f, 1.0f, 1.0f};
+  test::expect_error(
+      [&] {
+        ops.cross_entropy_fwd({f, ids.data(), zeros.data(), &loss, 4, 6});
+      },
+      "the weights of all 4 rows are 0");
+  test::expect_error(
+      [&] {
+        ops.cross_entropy_bwd({f, ids.data(), negative.data(), 1.0f, out.data(), 4, 6});
+      },
+      "weight -0.5 at row 1: accepted are finite weights ≥ 0");
+  // Nothing was written by the refused calls: out still holds what it held.
+  EXPECT_EQ(out, std::vector<float>(64, 0.0f));
+  // A padding row (weight 0) may hold any target.
+  std::vector<float> pad = {1.0f, 1.0f, 0.0f, 1.0f};
+  EXPECT_NO_THROW(ops.cross_entropy_fwd({f, ids.data(), pad.data(), &loss, 4, 5}));
 }
 
 }  // namespace memlayers::harness::ops_cases

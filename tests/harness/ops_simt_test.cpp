@@ -141,65 +141,7 @@ TEST(OpsSimtDeterminism, BackwardTwiceIsBitwiseEqual) {
 // ---- errors and the table ----
 
 TEST(OpsSimtErrors, BadParamsAreRefused) {
-  const Ops& ops = ops_for(Backend::simt);
-  std::vector<float> buf(64, 1.0f), out(64);
-  std::vector<int32_t> ids = {0, 4, 5, 1};
-  float* f = buf.data();
-  expect_error(
-      [&] {
-        ops.attention_fwd({f, f, f, 12, out.data(), nullptr, 1, 2, 5, 12});
-      },
-      "d 12 is not divisible by heads 5");
-  expect_error(
-      [&] {
-        ops.attention_bwd({f, f, f, 12, f, nullptr, f, f, f, f, 1, 2, 3, 12});
-      },
-      "attention_bwd: lse is null");
-  expect_error(
-      [&] {
-        ops.rmsnorm_fwd({f, f, out.data(), nullptr, 0, 4});
-      },
-      "rmsnorm_fwd: rows is 0: accepted are rows ≥ 1");
-  expect_error(
-      [&] {
-        ops.embedding_fwd({ids.data(), f, out.data(), 4, 5, 2});
-      },
-      "id 5 out of range [0, 5) at row 2");
-  expect_error(
-      [&] {
-        ops.embedding_bwd({ids.data(), f, out.data(), 4, 5, 2});
-      },
-      "id 5 out of range [0, 5) at row 2");
-  expect_error(
-      [&] {
-        ops.linear_bwd({f, f, f, nullptr, nullptr, nullptr, 2, 3, 4});
-      },
-      "dx, dw and db are all null");
-  expect_error(
-      [&] {
-        ops.swiglu_fwd({f, f, 3, out.data(), 2, 4});
-      },
-      "ld_ab 3 is narrower than hidden 4");
-  expect_error([&] { ops.add({f, f, out.data(), -1}); }, "add: n is -1");
-  float loss = 0;
-  expect_error(
-      [&] {
-        ops.cross_entropy_fwd({f, ids.data(), nullptr, &loss, 4, 5});
-      },
-      "target 5 out of range [0, 5) at row 2");
-  std::vector<float> zeros(4, 0.0f), negative = {1.0f, -0.5f, 1.0f, 1.0f};
-  expect_error(
-      [&] {
-        ops.cross_entropy_fwd({f, ids.data(), zeros.data(), &loss, 4, 6});
-      },
-      "the weights of all 4 rows are 0");
-  expect_error(
-      [&] {
-        ops.cross_entropy_bwd({f, ids.data(), negative.data(), 1.0f, out.data(), 4, 6});
-      },
-      "weight -0.5 at row 1: accepted are finite weights ≥ 0");
-  // Nothing was written by the refused calls: out still holds what it held.
-  EXPECT_EQ(out, std::vector<float>(64, 0.0f));
+  ops_cases::expect_bad_params_refused(ops_for(Backend::simt));
 }
 
 TEST(OpsSimtTable, BackendAndMemory) {
