@@ -123,13 +123,15 @@ int64_t MemoryBlocks::slot(int64_t layer) const {
 }
 
 memory_layer::Weights MemoryBlocks::weights(int64_t layer, const float* params,
-                                            const float* values) const {
+                                            const void* values) const {
   const std::string p = "layer" + std::to_string(layer) + ".mem.";
   auto P = [&](const char* name) { return params + layout_.at(p + name).offset; };
   memory_layer::Weights w;
   w.wq = P("wq"), w.bq = P("bq"), w.keys1 = P("keys1"), w.keys2 = P("keys2");
   w.values = values;
-  if (mc_.kind == memory_layer::Kind::peer) w.down = values + mc_.num_values() * mc_.d_model;
+  if (mc_.kind == memory_layer::Kind::peer)  // rows [N, 2N) of the table, in its dtype
+    w.down = static_cast<const unsigned char*>(values) +
+             mc_.num_values() * mc_.d_model * static_cast<int64_t>(dtype_size(mc_.values_dtype));
   if (mc_.kind == memory_layer::Kind::memory_plus)
     w.w1 = P("w1"), w.b1 = P("b1"), w.w2 = P("w2"), w.b2 = P("b2");
   return w;
@@ -149,7 +151,7 @@ const Variant<typename Op::Params>& variant_for(Backend b, const typename Op::Pa
 
 }  // namespace
 
-void MemoryBlocks::forward(int64_t layer, const float* params, const float* values, const float* x,
+void MemoryBlocks::forward(int64_t layer, const float* params, const void* values, const float* x,
                            float* out) {
   MEMLAYERS_CHECK(buf_ != nullptr, "model: memory layer forward before resize()");
   memory_layer::FwdParams p;
@@ -164,7 +166,7 @@ void MemoryBlocks::forward(int64_t layer, const float* params, const float* valu
 
 void MemoryBlocks::begin_backward() { pending_.clear(); }
 
-void MemoryBlocks::backward(int64_t layer, const float* params, const float* values, const float* x,
+void MemoryBlocks::backward(int64_t layer, const float* params, const void* values, const float* x,
                             const float* dout, float* dx, float* grads, bool table_grad) {
   MEMLAYERS_CHECK(buf_ != nullptr, "model: memory layer backward before resize()");
   const std::string p = "layer" + std::to_string(layer) + ".mem.";

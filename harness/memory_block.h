@@ -40,16 +40,17 @@ class MemoryBlocks {
   // Sizes every buffer for `tokens` rows (reallocates only when the count changes).
   void resize(int64_t tokens);
 
-  // out = memory_layer(x) of the memory layer in model layer `layer`; x and out (tokens, d).
-  // Keeps the layer's activations for its backward.
-  void forward(int64_t layer, const float* params, const float* values, const float* x, float* out);
+  // out = memory_layer(x) of the memory layer in model layer `layer`; x and out (tokens, d),
+  // `values` the table in the config's memory.values_dtype. Keeps the layer's activations for
+  // its backward.
+  void forward(int64_t layer, const float* params, const void* values, const float* x, float* out);
 
   // Starts a backward pass: forgets the table rows of the previous one.
   void begin_backward();
   // The backward of layer `layer`'s forward from dout: dx written (not accumulated), the dense
   // parameter gradients written at their offsets in `grads`, and, with `table_grad`, the layer's
   // compact value (and PEER's down, ids offset by N) gradient kept on the host for the merge.
-  void backward(int64_t layer, const float* params, const float* values, const float* x,
+  void backward(int64_t layer, const float* params, const void* values, const float* x,
                 const float* dout, float* dx, float* grads, bool table_grad);
   // The merged table gradient of the layers' backward calls since begin_backward(), in buffers
   // this object owns (the backend's memory), valid until the next call.
@@ -64,7 +65,7 @@ class MemoryBlocks {
  private:
   struct Buffers;
   int64_t slot(int64_t layer) const;  // the index of `layer` in memory_layers
-  memory_layer::Weights weights(int64_t layer, const float* params, const float* values) const;
+  memory_layer::Weights weights(int64_t layer, const float* params, const void* values) const;
 
   const Config& config_;
   const ParamLayout& layout_;

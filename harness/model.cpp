@@ -74,6 +74,9 @@ void Config::validate() const {
                   "the plain memory layer's output is the bag itself, so accepted is value_dim = "
                   "d_model (memory_plus takes any value_dim)",
                   m.value_dim, d_model);
+  MEMLAYERS_CHECK(m.values_dtype == DType::f32 || m.values_dtype == DType::bf16,
+                  "model config: memory.values_dtype is {}: accepted are fp32 and bf16",
+                  to_string(m.values_dtype));
   if (std::string why = memory_layer::validate(layer_config()); !why.empty())
     fail("model config: memory layer: {}", why);
 }
@@ -91,7 +94,7 @@ memory_layer::Config Config::layer_config() const {
   c.kind = memory.kind, c.d_model = d_model, c.heads = memory.heads, c.n_keys = memory.n_keys;
   c.k_dim = memory.k_dim, c.k = memory.k;
   c.value_dim = memory.kind == memory_layer::Kind::peer ? d_model : memory.value_dim;
-  c.qk_norm = memory.qk_norm, c.scalar_gate = false, c.values_dtype = DType::f32;
+  c.qk_norm = memory.qk_norm, c.scalar_gate = false, c.values_dtype = memory.values_dtype;
   return c;
 }
 
@@ -180,6 +183,7 @@ MemoryConfig memory_settings(ModelKind kind, const Config& base) {
   const double budget = 6.0 * double(d) * double(base.ffn_hidden);  // SwiGLU: w13 and w2
   MemoryConfig m;
   m.kind = lk, m.qk_norm = false;
+  m.values_dtype = base.memory.values_dtype;  // storage only: the FLOPs do not depend on it
   m.n_keys = std::min<int64_t>(2 * d, 1024);
   const int64_t widest = std::max<int64_t>(2, (d / 2) / 2 * 2);  // even n ≤ d/2 (at least 2)
   auto cost = [&](const MemoryConfig& s) {
@@ -430,7 +434,7 @@ const float* Model::logits() const {
   return acts_->logits;
 }
 
-double Model::loss(const float* params, const float* values, const Batch& bt, float* grads,
+double Model::loss(const float* params, const void* values, const Batch& bt, float* grads,
                    SparseRows* vgrad) {
   const Config& c = config_;
   MEMLAYERS_CHECK(params != nullptr, "model loss: params is null");

@@ -28,7 +28,7 @@ namespace memlayers::harness {
 
 // The settings every memory layer of a model shares (they share one value table too): those of
 // memory_layer::Config that the model does not fix. d_model is the model's; the scalar gate is
-// off; the table is fp32.
+// off.
 struct MemoryConfig {
   memory_layer::Kind kind = memory_layer::Kind::memory;
   int64_t heads = 4;     // h
@@ -39,6 +39,10 @@ struct MemoryConfig {
   // peer ignores it (its experts are d_model wide).
   int64_t value_dim = 128;
   bool qk_norm = false;
+  // The storage of the value table the layers read: f32 or bf16 (the layer accumulates in fp32
+  // either way). A bf16 table halves the bytes the bag gathers; its training keeps an fp32
+  // master copy (harness/train.h).
+  DType values_dtype = DType::f32;
 };
 
 struct Config {
@@ -89,7 +93,7 @@ ModelKind parse_model_kind(std::string_view name);
 // ffn_hidden), with the kind's feed-forward blocks sized as documented in harness/README.md:
 // `memory` and `peer` in the middle layer (layers/2), `memory+` in memory_plus_layers(layers),
 // `moe` in every layer: 4 experts of ffn_hidden/2, top 2 (the dense block's active FLOPs), the
-// balancing loss at α 0.01.
+// balancing loss at α 0.01. A memory kind's table keeps the base's memory.values_dtype.
 Config model_config(ModelKind kind, const Config& base);
 
 // The layers of memory+'s three Memory+ layers: round((2i+1)·layers/6) for i = 0, 1, 2 (the
@@ -103,7 +107,9 @@ std::vector<int64_t> memory_plus_layers(int64_t layers);
 // (the paper's 1024 at d ≥ 512; N = n_keys² rows), v = d; then the paper's h = 4 and k = min(32,
 // n_keys), and the query width n the widest even n ≤ max(2, d/2) that fits the budget. When not
 // even n = 2 fits: k is halved (down to 1), then h (4, 2, 1), then, for memory+ only, v (its
-// gating costs 4·d·v); a base where nothing fits throws naming its budget.
+// gating costs 4·d·v); a base where nothing fits throws naming its budget. The table's storage
+// is the base's memory.values_dtype (the one field of base.memory read: the FLOPs do not depend
+// on it).
 MemoryConfig memory_settings(ModelKind kind, const Config& base);
 
 // Forward FLOPs per token of the model's matrix products (2 per multiply-add), counting only the
@@ -182,9 +188,11 @@ class Model {
   const ParamLayout& layout() const { return layout_; }  // the dense parameters
   const Ops& ops() const { return ops_; }
   // The value table shared by the model's memory layers, a separate buffer trained by the sparse
-  // optimiser: value_rows() × value_dim() floats; 0 × 0 when the model has no memory layer.
+  // optimiser: value_rows() × value_dim() elements of values_dtype() (memory.values_dtype); 0 × 0
+  // when the model has no memory layer.
   int64_t value_rows() const { return value_rows_; }
   int64_t value_dim() const { return value_dim_; }
+  DType values_dtype() const { return config_.memory.values_dtype; }
 
   // The batch's objective: its cross-entropy plus, with MoE layers, their balancing losses
   // (balance_loss()). With `grads` set (a buffer shaped like params), also its gradient with
@@ -195,8 +203,9 @@ class Model {
   // there, merged in fp64 in a fixed order, and the result copied back; at most batch·seq·h·k
   // rows per layer). Without `vgrad` the table's gradient is not computed.
   // Device pointers; activations are kept in buffers the model owns, sized by the last batch.
-  // `values` may be null only when the model has no table.
-  double loss(const float* params, const float* values, const Batch& b, float* grads = nullptr,
+  // `values` is the table in values_dtype() (float or bf16 bits, uint16_t); it may be null only
+  // when the model has no table. The gradient rows are fp32 whatever the table's dtype.
+  double loss(const float* params, const void* values, const Batch& b, float* grads = nullptr,
               SparseRows* vgrad = nullptr);
 
   // The logits of the last loss() call: (batch·seq, vocab), device memory.

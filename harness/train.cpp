@@ -8,7 +8,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/bf16.h"
 #include "common/error.h"
+#include "common/parallel.h"
 
 namespace memlayers::harness {
 namespace {
@@ -46,6 +48,9 @@ void TrainConfig::validate() const {
   MEMLAYERS_CHECK(base.vocab >= 0,
                   "train: vocab {}: accepted are 0 (the knowledge base's) or ≥ its vocabulary",
                   base.vocab);
+  MEMLAYERS_CHECK(base.memory.values_dtype == DType::f32 || base.memory.values_dtype == DType::bf16,
+                  "train: values_dtype is {}: accepted are fp32 and bf16",
+                  to_string(base.memory.values_dtype));
   MEMLAYERS_CHECK(base.ctx >= kFactTokens - 1,
                   "train: ctx {}: accepted are ctx ≥ {} (the tokens a fact's model input holds)",
                   base.ctx, kFactTokens - 1);
@@ -66,6 +71,8 @@ std::string to_json(const TrainConfig& c) {
                {"heads", b.heads},
                {"ffn_hidden", b.ffn_hidden},
                {"memory_layers", b.memory_layers}};
+  if (b.memory.values_dtype != DType::f32)
+    j["base"]["values_dtype"] = std::string(to_string(b.memory.values_dtype));
   j["data"] = {{"seed", d.seed},           {"names", d.names},     {"subjects", d.subjects},
                {"relations", d.relations}, {"objects", d.objects}, {"facts", d.facts}};
   j["steps"] = c.steps;
@@ -135,6 +142,10 @@ Trainer::Trainer(const TrainConfig& c)
     if (rows > 0) {
       values_ = static_cast<float*>(alloc(values.size() * sizeof(float)));
       mem_.to_device(values_, values.data(), values.size() * sizeof(float));
+      if (model_->values_dtype() == DType::bf16) {
+        table_bf16_ = static_cast<uint16_t*>(alloc(values.size() * sizeof(uint16_t)));
+        round_table();
+      }
     }
     const auto cells = static_cast<std::size_t>(config_.batch * seq());
     tokens_ = static_cast<int32_t*>(alloc(cells * sizeof(int32_t)));
@@ -143,7 +154,8 @@ Trainer::Trainer(const TrainConfig& c)
   } catch (...) {
     for (void* p :
          {static_cast<void*>(params_), static_cast<void*>(grads_), static_cast<void*>(values_),
-          static_cast<void*>(tokens_), static_cast<void*>(targets_), static_cast<void*>(weights_)})
+          static_cast<void*>(table_bf16_), static_cast<void*>(tokens_),
+          static_cast<void*>(targets_), static_cast<void*>(weights_)})
       if (p) mem_.release(p);
     throw;
   }
@@ -152,8 +164,80 @@ Trainer::Trainer(const TrainConfig& c)
 Trainer::~Trainer() {
   for (void* p :
        {static_cast<void*>(params_), static_cast<void*>(grads_), static_cast<void*>(values_),
-        static_cast<void*>(tokens_), static_cast<void*>(targets_), static_cast<void*>(weights_)})
+        static_cast<void*>(table_bf16_), static_cast<void*>(tokens_), static_cast<void*>(targets_),
+        static_cast<void*>(weights_)})
     if (p) mem_.release(p);
+}
+
+const void* Trainer::table() const {
+  return table_bf16_ ? static_cast<const void*>(table_bf16_) : static_cast<const void*>(values_);
+}
+
+std::vector<float> Trainer::read_table() const {
+  const auto n = static_cast<std::size_t>(model_->value_rows() * model_->value_dim());
+  std::vector<float> out(n);
+  if (n == 0) return out;
+  mem_.synchronize();
+  if (!table_bf16_) {
+    mem_.to_host(out.data(), values_, n * sizeof(float));
+    return out;
+  }
+  std::vector<uint16_t> bits(n);
+  mem_.to_host(bits.data(), table_bf16_, n * sizeof(uint16_t));
+  for (std::size_t i = 0; i < n; ++i) out[i] = bf16_bits_to_float(bits[i]);
+  return out;
+}
+
+// ---- the bf16 copy of the table ----
+
+void Trainer::round_table() {
+  if (!table_bf16_) return;
+  const int64_t rows = model_->value_rows(), dim = model_->value_dim(), n = rows * dim;
+  if (config_.backend == Backend::reference || config_.backend == Backend::cpu) {
+    parallel_for(n, balanced_grain(n, 4096), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) table_bf16_[i] = float_to_bf16_bits(values_[i]);
+    });
+    return;
+  }
+  std::vector<float> master(static_cast<std::size_t>(n));
+  mem_.synchronize();
+  mem_.to_host(master.data(), values_, master.size() * sizeof(float));
+  table_mirror_.resize(master.size());
+  for (std::size_t i = 0; i < master.size(); ++i) table_mirror_[i] = float_to_bf16_bits(master[i]);
+  mem_.to_device(table_bf16_, table_mirror_.data(), table_mirror_.size() * sizeof(uint16_t));
+}
+
+void Trainer::round_table(const SparseRows& g) {
+  if (!table_bf16_ || g.n_rows == 0) return;
+  const int64_t rows = model_->value_rows(), dim = model_->value_dim(), n = g.n_rows;
+  if (config_.backend == Backend::reference || config_.backend == Backend::cpu) {
+    // Host memory: the ids are readable here, and the sparse step has checked them.
+    parallel_for(n, balanced_grain(n, std::max<int64_t>(1, 4096 / dim)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t off = g.row_ids[r] * dim;
+        for (int64_t j = 0; j < dim; ++j)
+          table_bf16_[off + j] = float_to_bf16_bits(values_[off + j]);
+      }
+    });
+    return;
+  }
+  // Device memory: the ids and the master's rows from the first touched row to the last come to
+  // the host, the touched rows are rounded into the mirror, and that span of the mirror goes
+  // back. At the harness's sizes (16384 × 64 rows at the default base) this is a few MB a step.
+  std::vector<int64_t> ids(static_cast<std::size_t>(n));
+  mem_.synchronize();
+  mem_.to_host(ids.data(), g.row_ids, ids.size() * sizeof(int64_t));
+  MEMLAYERS_CHECK(ids.front() >= 0 && ids.back() < rows,
+                  "train: table gradient rows {} to {}: accepted are rows in [0, {})", ids.front(),
+                  ids.back(), rows);
+  const int64_t first = ids.front() * dim, span = (ids.back() + 1) * dim - first;
+  std::vector<float> master(static_cast<std::size_t>(span));
+  mem_.to_host(master.data(), values_ + first, master.size() * sizeof(float));
+  for (int64_t id : ids)
+    for (int64_t j = 0; j < dim; ++j)
+      table_mirror_[id * dim + j] = float_to_bf16_bits(master[id * dim + j - first]);
+  mem_.to_device(table_bf16_ + first, table_mirror_.data() + first,
+                 static_cast<std::size_t>(span) * sizeof(uint16_t));
 }
 
 int64_t Trainer::parameters() const { return parameter_count(model_->config()); }
@@ -195,8 +279,9 @@ StepResult Trainer::step() {
   SparseRows vgrad;
   StepResult r;
   r.loss =
-      model_->loss(params_, values_, {tokens_, targets_, weights_, b.batch, b.seq}, grads_, &vgrad);
+      model_->loss(params_, table(), {tokens_, targets_, weights_, b.batch, b.seq}, grads_, &vgrad);
   r.stats = optimizer_->step(params_, grads_, values_, vgrad);
+  round_table(vgrad);  // the rows the sparse step updated
   mem_.synchronize();
   train_seconds_ += seconds_since(t0);
   tokens_trained_ += tokens_per_step();
@@ -219,7 +304,7 @@ EvalResult Trainer::evaluate() {
     upload(b);
     // The cross-entropy alone: a MoE model's objective adds its balancing loss.
     const double loss =
-        model_->loss(params_, values_, {tokens_, targets_, weights_, batch, seq()}) -
+        model_->loss(params_, table(), {tokens_, targets_, weights_, batch, seq()}) -
         model_->balance_loss();
     mem_.to_host(logits.data(), model_->logits(), logits.size() * sizeof(float));
     e.correct += count_exact_matches(logits, b, vocab);
@@ -286,6 +371,7 @@ void Trainer::restore(const TrainState& s) {
     mem_.to_device(values_, s.values.data(), table * sizeof(float));
     mem_.to_device(optimizer_->values_m(), s.values_m.data(), table * sizeof(float));
     mem_.to_device(optimizer_->values_v(), s.values_v.data(), table * sizeof(float));
+    round_table();  // the bf16 copy is not saved: it follows from the master
   }
   mem_.synchronize();
   optimizer_->set_steps_taken(s.step);

@@ -8,6 +8,12 @@
 // gradients and one optimiser step. The state that decides every later step is the parameters,
 // the value table, the optimiser's moments and step count, and the data position (epoch, index):
 // exactly what a checkpoint holds.
+//
+// A bf16 value table (base.memory.values_dtype bf16) is trained mixed-precision: the optimiser
+// updates an fp32 master table with fp32 moments, and the layers read a bf16 copy, rounded to
+// nearest even from the master (kernels/common/bf16.h) — whole at the start and after a restore,
+// then after each step only the rows the step's compact gradient names (the sparse step changes
+// no other row). The copy is a function of the master, so a checkpoint holds only the master.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -44,12 +50,17 @@ struct TrainConfig {
   int64_t eval_every = 0;  // evaluate after every eval_every steps; 0: steps/5 (at least 1)
   uint64_t seed = 1;       // the initial parameters and the epoch order (data.seed: the facts)
   Backend backend = Backend::cpu;
+  // base.memory.values_dtype (f32 or bf16) is the storage of the value table the memory layers
+  // read (model_config keeps it; the rest of base.memory is the kind's own). A model without a
+  // table ignores it.
 
   // Throws memlayers::Error naming the first bad field and what is accepted.
   void validate() const;
 };
 
-// The config as JSON text: every field, the model kind by name, floats exactly (round-trip).
+// The config as JSON text: every field, the model kind by name, floats exactly (round-trip);
+// base.values_dtype only when it is not fp32, so that fp32 runs keep the JSON (and resume the
+// checkpoints) they had before the option existed.
 std::string to_json(const TrainConfig& c);
 // The fields of to_json a resumed run may change: where it runs and how often it evaluates.
 const std::vector<std::string>& resume_may_differ();
@@ -82,6 +93,11 @@ class Trainer {
   const TrainConfig& config() const { return config_; }
   const KnowledgeBase& knowledge_base() const { return kb_; }
   const Model& model() const { return *model_; }
+  // The value table the memory layers read, in model().values_dtype(), device memory: the fp32
+  // master itself, or its bf16 copy; null without a table.
+  const void* table() const;
+  // That table copied to the host and widened to fp32 (exactly: every bf16 is an fp32).
+  std::vector<float> read_table() const;
   int64_t parameters() const;      // parameter_count of the model
   double flops_per_token() const;  // active_flops_per_token at the facts' length
   int64_t seq() const { return kFactTokens - 1; }
@@ -120,6 +136,10 @@ class Trainer {
  private:
   std::vector<int64_t> next_indices();
   void upload(const FactBatch& b);
+  // The bf16 copy rounded from the master: every row, or the `rows.n_rows` rows named by the
+  // (strictly ascending, device) ids of `rows`. Nothing without a bf16 table.
+  void round_table();
+  void round_table(const SparseRows& rows);
 
   TrainConfig config_;
   KnowledgeBase kb_;
@@ -128,7 +148,11 @@ class Trainer {
   std::unique_ptr<Model> model_;
   std::unique_ptr<Optimizer> optimizer_;
   std::string config_json_;
-  float *params_ = nullptr, *grads_ = nullptr, *values_ = nullptr;
+  float *params_ = nullptr, *grads_ = nullptr, *values_ = nullptr;  // values_: the fp32 master
+  uint16_t* table_bf16_ = nullptr;  // the bf16 copy the layers read, with a bf16 table
+  // On cuda, and on simt (which stands in for it, so the tests run this path), the rows are
+  // rounded on the host, through this mirror of the bf16 copy; reference and cpu round in place.
+  std::vector<uint16_t> table_mirror_;
   int32_t *tokens_ = nullptr, *targets_ = nullptr;
   float* weights_ = nullptr;
   DataPosition position_;
