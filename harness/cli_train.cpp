@@ -3,7 +3,8 @@
 // run resumes bit-identically, and a final JSON and markdown summary.
 //   memlayers train --model dense --steps 200 [--facts N --names N --subjects N --relations N
 //       --objects N --data-seed X] [--seed X] [--backend reference|cpu|cuda|simt] [--batch B]
-//       [--lr LR --values-lr LR] [--eval-every K] [--d-model D --layers L --heads H
+//       [--lr LR --values-lr LR] [--values-dtype fp32|bf16] [--eval-every K] [--d-model D --layers
+//       L --heads H
 //       --ffn-hidden F] [--checkpoint-dir DIR [--checkpoint-every K] [--resume]]
 //       [--json FILE] [--markdown FILE] [--quiet]
 // Build and run:
@@ -24,6 +25,7 @@
 #include <fmt/format.h>
 
 #include "common/backend.h"
+#include "common/dtype.h"
 #include "common/error.h"
 #include "harness/train.h"
 #include "subcommand.h"
@@ -37,6 +39,7 @@ namespace h = harness;
 struct Options {
   std::string model = "dense";
   std::string backend = "cpu";
+  std::string values_dtype = "fp32";
   h::TrainConfig config;  // defaults of harness/train.h; the flags below overwrite them
   bool batch_given = false;
   std::string checkpoint_dir;
@@ -98,6 +101,10 @@ void run(const Options& o) {
   MEMLAYERS_CHECK(backend.has_value(),
                   "unknown backend '{}': accepted are reference, cpu, cuda, simt", o.backend);
   c.backend = *backend;
+  const std::optional<DType> values_dtype = parse_dtype(o.values_dtype);
+  MEMLAYERS_CHECK(values_dtype == DType::f32 || values_dtype == DType::bf16,
+                  "unknown --values-dtype '{}': accepted are fp32, bf16", o.values_dtype);
+  c.base.memory.values_dtype = *values_dtype;
   if (!o.batch_given) c.batch = std::min(c.batch, c.data.facts);  // a small knowledge base
   check_output("--json", o.json);
   check_output("--markdown", o.markdown);
@@ -108,10 +115,12 @@ void run(const Options& o) {
   };
   const h::Config& mc = t.model().config();
   say(fmt::format(
-      "train: {} on {}: d_model {}, {} layers, {} heads, ffn_hidden {}, vocab {}; {} parameters, "
-      "{:.0f} active FLOPs/token; {} steps × {} facts",
-      o.model, o.backend, mc.d_model, mc.layers, mc.heads, mc.ffn_hidden, mc.vocab, t.parameters(),
-      t.flops_per_token(), c.steps, t.config().batch));
+      "train: {} on {}: d_model {}, {} layers, {} heads, ffn_hidden {}, vocab {}{}; {} "
+      "parameters, {:.0f} active FLOPs/token; {} steps × {} facts",
+      o.model, o.backend, mc.d_model, mc.layers, mc.heads, mc.ffn_hidden, mc.vocab,
+      mc.memory_layers.empty() ? std::string()
+                               : fmt::format(", {} value table", to_string(mc.memory.values_dtype)),
+      t.parameters(), t.flops_per_token(), c.steps, t.config().batch));
   say("capacity: " + h::capacity_statement(t.knowledge_base(), t.parameters()));
   if (o.resume) {
     const std::optional<h::Resumed> r = t.resume(o.checkpoint_dir);
@@ -183,6 +192,11 @@ Action setup(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--values-lr", c.optim.values_lr,
                   "peak learning rate of the value table (sparse Adam)")
+      ->capture_default_str();
+  sub->add_option("--values-dtype", o->values_dtype,
+                  "storage of the value table the memory layers read: fp32, or bf16 (an fp32 "
+                  "master copy and fp32 moments train it; the touched rows are rounded to bf16 "
+                  "after each step)")
       ->capture_default_str();
   sub->add_option("--warmup", c.warmup_fraction,
                   "warm-up as a fraction of the steps; then a cosine to 0.1 × lr at the end")
