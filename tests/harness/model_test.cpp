@@ -2,9 +2,10 @@
 // gradient with respect to every parameter tensor (and, with memory layers, the value table's
 // merged compact gradient) against central finite differences of the loss; the cpu backend's
 // loss and gradients against the reference's, and simt's against cpu's when the harness has a
-// simt Ops table; the merge of the layers' compact rows; the memory kinds' configs (FLOP
-// matching, layers, table) at the training's default base and a tiny one; the initial loss of
-// init_params near ln(vocab); the layout; errors for bad configs and batches.
+// simt Ops table; a bf16 value table read on reference and cpu; the merge of the layers' compact
+// rows; the memory kinds' configs (FLOP matching, layers, table) at the training's default base
+// and a tiny one; the initial loss of init_params near ln(vocab); the layout; errors for bad
+// configs and batches.
 // Build and run: cmake --build build --target harness_model_test && ctest --test-dir build -L
 // harness
 #include <gtest/gtest.h>

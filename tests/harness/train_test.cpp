@@ -2,7 +2,8 @@
 // checkpoint and a resume equals the straight run bitwise (every model kind that builds); the
 // reference backend's loss curve against the cpu backend's over 20 steps; a tiny model learns the
 // facts; corrupt, truncated and foreign checkpoints are refused with the reason and the previous
-// checkpoint loads; bad configs are refused.
+// checkpoint loads; a bf16 value table stays the rounded fp32 master, resumes bitwise and learns
+// like the fp32 one; bad configs are refused.
 // Build and run: cmake --build build --target harness_train_test && ctest --test-dir build -L
 // harness
 #include <gtest/gtest.h>
