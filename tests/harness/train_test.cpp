@@ -392,8 +392,12 @@ TEST_F(TrainTest, Bf16ResumeIsBitwise) {
 }
 
 // A bf16-table memory+ model learns like the fp32 one: over 40 steps on the tiny knowledge base
-// both losses fall by far more than their difference. Measured (cpu): see the printed numbers.
+// both losses fall by far more than their difference (measured on cpu: 3.608 → 2.707 for both).
 TEST_F(TrainTest, Bf16TableLearnsLikeFp32) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // Arithmetic, not memory or threads: the cases above run the same code under the sanitizers.
+  GTEST_SKIP() << "release only, for the CI gate's time";
+#endif
   TrainConfig c = tiny(ModelKind::memory_plus);
   c.steps = 40, c.eval_every = 40;
   Trainer f32(c);
