@@ -37,14 +37,16 @@ SIZES = {
         "model": ["--d-model", "32", "--layers", "2", "--heads", "2", "--ffn-hidden", "86"],
         "steps": 1000, "batch": 64, "eval_every": 250,
     },
-    # The facts need 2× the dense model's parameters at 2 bits per parameter (Allen-Zhu & Li's
-    # capacity), so the dense model cannot hold them all; a memory model's table can. Small
-    # enough for ~125 epochs in at most 10 minutes per model on 2 CPU cores.
+    # The facts need more than the dense model's parameters at 2 bits per parameter (Allen-Zhu &
+    # Li's capacity), so the dense model cannot hold them all; a memory model's table can. Four
+    # layers, so that memory+ replaces three feed-forward blocks and keeps one, as in the paper
+    # (with two layers it replaced both: reports/cpu-amd-epyc/harness_2layers/). Small enough
+    # for ~94 epochs in at most 10 minutes per model on 2 CPU cores.
     "default": {
         "kb": ["--names", "64", "--subjects", "4096", "--relations", "4", "--objects", "256",
                "--facts", "16384"],
-        "model": ["--d-model", "32", "--layers", "2", "--heads", "2", "--ffn-hidden", "86"],
-        "steps": 8000, "batch": 256, "eval_every": 500,
+        "model": ["--d-model", "32", "--layers", "4", "--heads", "2", "--ffn-hidden", "86"],
+        "steps": 6000, "batch": 256, "eval_every": 500,
     },
 }
 LR_GRID = [1e-3, 3e-3, 1e-2]
