@@ -126,6 +126,20 @@ TEST(DenseModel, ReferenceGradientsMatchFiniteDifferences) {
   expect_gradients_match_fd(model, params, b, grads, 1e-2f);
 }
 
+// Every tensor of `got` against `want` (gradients over one layout) at the fp32 policy; none of
+// `want` all zeros.
+void expect_grads_match(const ParamLayout& layout, const std::vector<float>& got_all,
+                        const std::vector<float>& want_all) {
+  for (const ParamTensor& t : layout.tensors()) {
+    const auto want = test::to_doubles(want_all.data() + t.offset, DType::f32, t.size());
+    const auto got = test::to_doubles(got_all.data() + t.offset, DType::f32, t.size());
+    ASSERT_GT(test::norm(want), 0) << t.name;
+    const test::CheckResult r =
+        test::compare(t.name, got, want, test::tolerance_for(DType::f32, want));
+    EXPECT_TRUE(r.ok) << r.message;
+  }
+}
+
 TEST(DenseModel, CpuMatchesReference) {
   const Config c = tiny_config();
   Rng rng("DenseModel.CpuMatchesReference");
@@ -136,14 +150,7 @@ TEST(DenseModel, CpuMatchesReference) {
   const double l_ref = ref.loss(params.data(), nullptr, b.view(), g_ref.data());
   const double l_cpu = cpu.loss(params.data(), nullptr, b.view(), g_cpu.data());
   EXPECT_NEAR(l_cpu, l_ref, 1e-5 * std::abs(l_ref));
-  for (const ParamTensor& t : ref.layout().tensors()) {
-    const auto want = test::to_doubles(g_ref.data() + t.offset, DType::f32, t.size());
-    const auto got = test::to_doubles(g_cpu.data() + t.offset, DType::f32, t.size());
-    ASSERT_GT(test::norm(want), 0) << t.name;
-    const test::CheckResult r =
-        test::compare(t.name, got, want, test::tolerance_for(DType::f32, want));
-    EXPECT_TRUE(r.ok) << r.message;
-  }
+  expect_grads_match(ref.layout(), g_cpu, g_ref);
 }
 
 // Twice the same step on the cpu backend, at a size that splits over threads: the same bytes.
@@ -795,14 +802,7 @@ TEST(MoeModel, CpuMatchesReference) {
   ASSERT_EQ(moe_picks(cpu), moe_picks(ref));
   EXPECT_NEAR(l_cpu, l_ref, 1e-5 * std::abs(l_ref));
   EXPECT_NEAR(cpu.balance_loss(), ref.balance_loss(), 1e-6 * ref.balance_loss());
-  for (const ParamTensor& t : ref.layout().tensors()) {
-    const auto want = test::to_doubles(g_ref.data() + t.offset, DType::f32, t.size());
-    const auto got = test::to_doubles(g_cpu.data() + t.offset, DType::f32, t.size());
-    ASSERT_GT(test::norm(want), 0) << t.name;
-    const test::CheckResult r =
-        test::compare(t.name, got, want, test::tolerance_for(DType::f32, want));
-    EXPECT_TRUE(r.ok) << r.message;
-  }
+  expect_grads_match(ref.layout(), g_cpu, g_ref);
 }
 
 TEST(MemoryModel, LayoutAndInitialValues) {
