@@ -240,9 +240,12 @@ TEST_F(TrainTest, SimtLossCurveMatchesCpu) {
   // sanitizers one by one (ops_simt_test) and through the models (model_test).
   GTEST_SKIP() << "release build only: simt training steps are slow under the sanitizers";
 #endif
-  const int64_t steps = 3;
+  // Two steps (the second's Adam moments carry the first's) of 4 facts: a simt step runs every
+  // kernel of the model, its memory layers and the optimiser on CPU threads, seconds on a loaded
+  // machine (120 s for 3 steps of 8 facts at load average 190).
+  const int64_t steps = 2;
   TrainConfig c = tiny(ModelKind::memory_plus, Backend::simt);
-  c.steps = steps, c.batch = 8;
+  c.steps = steps, c.batch = 4;
   Trainer simt(c);
   c.backend = Backend::cpu;
   Trainer cpu(c);
