@@ -62,7 +62,7 @@ def find_memlayers(build_dir):
     return exe
 
 
-def train(exe, model, size, lr, out_json, args):
+def command(exe, model, size, lr, out_json, args):
     s = SIZES[size]
     steps = args.steps or s["steps"]
     cmd = [str(exe), "train", "--model", model, "--steps", str(steps), "--batch",
@@ -72,6 +72,11 @@ def train(exe, model, size, lr, out_json, args):
     if args.facts:
         i = cmd.index("--facts")
         cmd[i + 1] = str(args.facts)
+    return cmd
+
+
+def train(exe, model, size, lr, out_json, args):
+    cmd = command(exe, model, size, lr, out_json, args)
     if not args.verbose:
         cmd.append("--quiet")
     t0 = time.time()
@@ -126,12 +131,42 @@ def check_learns(summaries, objects):
     return bad
 
 
+def load_runs(runs, models, args):
+    """The summaries, chosen learning rates and sweep rows of a finished comparison."""
+    summaries, chosen, sweep_rows = {}, {}, []
+    for m in models:
+        path = runs / f"{slug(m)}.json"
+        if not path.exists():
+            raise SystemExit(f"harness_compare --report-only: {path} is missing")
+        s = json.loads(path.read_text())
+        lr = float(f"{s['config']['optim']['lr']:.3g}")
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        c, b, d = s["config"], s["config"]["base"], s["config"]["data"]
+        s.setdefault("_command", (
+            f"memlayers train --model {m} --steps {c['steps']} --batch {c['batch']} "
+            f"--eval-every {c['eval_every']} --seed {c['seed']} --backend {c['backend']} "
+            f"--lr {lr:g} --json {shown} --names {d['names']} --subjects {d['subjects']} "
+            f"--relations {d['relations']} --objects {d['objects']} --facts {d['facts']} "
+            f"--d-model {b['d_model']} --layers {b['layers']} --heads {b['heads']} "
+            f"--ffn-hidden {b['ffn_hidden']}"))
+        s.setdefault("_wall_s", s.get("wall_seconds", 0))
+        summaries[m] = s
+        chosen[m] = lr
+        for lr in LR_GRID:
+            sw = runs / f"sweep_{slug(m)}_lr{lr:g}.json"
+            if sw.exists():
+                d = json.loads(sw.read_text())
+                sweep_rows.append((m, lr, final(d, "accuracy"), final(d, "loss")))
+    return summaries, chosen, sweep_rows
+
+
 def write_report(out_dir, summaries, chosen, sweep_rows, args, started):
     lines = ["# Training harness: memory layers against dense, MoE and PEER at matched compute",
              ""]
     any_s = next(iter(summaries.values()))
-    lines += [f"Machine: {os.uname().nodename if args.machine_name is None else args.machine_name}"
-              f"; backend {args.backend}; written {time.strftime('%Y-%m-%d %H:%M', started)}.",
+    machine = args.machine_name or f"{cpu_model()}, {os.cpu_count()} cores"
+    lines += [f"Machine: {machine}; backend {args.backend}; written "
+              f"{time.strftime('%Y-%m-%d %H:%M', started)}.",
               "", "Command: `tools/harness_compare.py" + (" " + " ".join(args.argv) if args.argv
                                                           else "") + "`", ""]
     if "capacity" in any_s:
@@ -193,15 +228,18 @@ def plot(out_dir, summaries, models):
     plt.close(fig)
 
 
-def machine_dir():
-    model = "unknown"
+def cpu_model():
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown"
+
+
+def machine_dir():
+    model = cpu_model()
     import re
     s = model.lower()
     s = re.sub(r"\(r\)|\(tm\)|cpu|processor|[0-9]+-core", "", s)
@@ -231,6 +269,9 @@ def main():
                    help="one learning rate for every model instead of the sweep")
     p.add_argument("--machine-name", default=None)
     p.add_argument("--verbose", action="store_true", help="show each run's progress")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite harness.md and the plot from the runs saved in the output "
+                        "folder's harness_runs/ (after editing harness_notes.md), training nothing")
     args = p.parse_args()
     args.argv = sys.argv[1:]
     args.models = [m for m in args.models.split(",") if m]
@@ -255,6 +296,11 @@ def main():
 
     out_dir = Path(args.out_dir) if args.out_dir else machine_dir()
     runs = out_dir / "harness_runs"
+    if args.report_only:
+        summaries, chosen, sweep_rows = load_runs(runs, args.models, args)
+        plot(out_dir, summaries, args.models)
+        write_report(out_dir, summaries, chosen, sweep_rows, args, time.localtime())
+        return
     runs.mkdir(parents=True, exist_ok=True)
     if args.lr:
         chosen, sweep_rows = {m: args.lr for m in args.models}, []
