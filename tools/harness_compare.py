@@ -167,8 +167,11 @@ def write_report(out_dir, summaries, chosen, sweep_rows, args, started):
     machine = args.machine_name or f"{cpu_model()}, {os.cpu_count()} cores"
     lines += [f"Machine: {machine}; backend {args.backend}; written "
               f"{time.strftime('%Y-%m-%d %H:%M', started)}.",
-              "", "Command: `tools/harness_compare.py" + (" " + " ".join(args.argv) if args.argv
-                                                          else "") + "`", ""]
+              ""]
+    argv = [a for a in args.argv if a != "--report-only"]
+    lines += ["Command: `tools/harness_compare.py" + "".join(" " + a for a in argv) + "`" +
+              (" (this page rewritten from its saved runs by --report-only)"
+               if args.report_only else ""), ""]
     if "capacity" in any_s:
         lines += [f"Knowledge base: {any_s['capacity']}", ""]
     lines += ["| model | parameters | active FLOPs/token | learning rate | final loss | "
