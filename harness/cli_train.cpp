@@ -179,7 +179,7 @@ Action setup(CLI::App& app) {
   h::TrainConfig& c = o->config;
   sub->add_option("--model", o->model,
                   "the model: dense, dense4x, moe, peer, memory, memory+ (harness/README.md, "
-                  "Models; those not built yet are refused)")
+                  "Models)")
       ->capture_default_str();
   sub->add_option("--backend", o->backend, "where to run: reference, cpu, cuda, simt")
       ->capture_default_str();
