@@ -35,7 +35,9 @@ namespace {
 
 constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
 
-std::string check_weights(const Config& c, const Weights& w) {
+// With a bag override (memory_layer.h, BagOverride) the value table may be null: the override
+// reads its own.
+std::string check_weights(const Config& c, const Weights& w, bool bag_override) {
   std::string e;
   const std::size_t sv = dtype_size(c.values_dtype);
   auto need = [&](const char* name, const void* p, std::size_t align, const char* what) {
@@ -45,7 +47,8 @@ std::string check_weights(const Config& c, const Weights& w) {
   need("weights.bq", w.bq, 4, "the (heads·k_dim) fp32 query bias");
   need("weights.keys1", w.keys1, 4, "the (heads, n_keys, k_dim/2) fp32 sub-keys");
   need("weights.keys2", w.keys2, 4, "the (heads, n_keys, k_dim/2) fp32 sub-keys");
-  need("weights.values", w.values, sv, "the (n_keys², value_width) value table");
+  if (!bag_override || w.values)
+    need("weights.values", w.values, sv, "the (n_keys², value_width) value table");
   if (c.kind == Kind::peer)
     need("weights.down", w.down, sv, "peer's (n_keys², d_model) down experts");
   if (c.kind == Kind::memory_plus) {
@@ -136,14 +139,22 @@ std::string validate(const Config& c) {
   return {};
 }
 
+std::string check_override(const Config& c, const BagOverride* bag) {
+  if (bag && c.kind == Kind::peer)
+    return "a bag override (BagOverride) is set with kind = peer: accepted for memory and "
+           "memory_plus only (peer reads two tables)";
+  return {};
+}
+
 std::string validate(const FwdParams& p) {
   std::string e;
   if (!(e = validate(p.config)).empty()) return e;
+  if (!(e = check_override(p.config, p.bag)).empty()) return e;
   if (!(e = check_batch(p.config, p.batch)).empty()) return e;
   if (!(e = check_pointer("x", p.x, 4, true, "the (batch, d_model) fp32 input")).empty()) return e;
   if (!(e = check_pointer("out", p.out, 4, true, "the (batch, d_model) fp32 output")).empty())
     return e;
-  if (!(e = check_weights(p.config, p.weights)).empty()) return e;
+  if (!(e = check_weights(p.config, p.weights, p.bag != nullptr)).empty()) return e;
   return check_saved_alignment(p.saved);
 }
 
@@ -156,7 +167,8 @@ std::string validate(const BwdParams& p) {
   if (!(e = check_pointer("grad_out", p.grad_out, 4, true, "the (batch, d_model) fp32 dout"))
            .empty())
     return e;
-  if (!(e = check_weights(c, p.weights)).empty()) return e;
+  if (!(e = check_override(c, p.bag)).empty()) return e;
+  if (!(e = check_weights(c, p.weights, p.bag != nullptr)).empty()) return e;
   if (!(e = check_saved_alignment(p.saved)).empty()) return e;
 
   // What the forward must have kept (memory_layer.h, Saved).
@@ -320,11 +332,18 @@ double Bwd::flops(const Params& p) {
 
 // ---- the reference as a variant ----
 namespace {
+std::string refuse_override(const BagOverride* bag) {
+  return bag ? "the fp64 reference reads the whole value table: no bag override (BagOverride); "
+               "the cpu, cuda and simt compositions accept one"
+             : "";
+}
+
 MEMLAYERS_REGISTER(Fwd,
                    Variant<FwdParams>{
                        .name = "reference",
                        .backend = Backend::reference,
                        .launch = [](const FwdParams& p, Stream) { reference::memory_layer_fwd(p); },
+                       .supports = [](const FwdParams& p) { return refuse_override(p.bag); },
                        .summary = "fp64 loops end to end (projection, search, softmax, bag, "
                                   "gating): the truth",
                        .deterministic = true,
@@ -334,6 +353,7 @@ MEMLAYERS_REGISTER(Bwd,
                        .name = "reference",
                        .backend = Backend::reference,
                        .launch = [](const BwdParams& p, Stream) { reference::memory_layer_bwd(p); },
+                       .supports = [](const BwdParams& p) { return refuse_override(p.bag); },
                        .summary = "fp64 backward from the forward's selection, everything "
                                   "else recomputed: the truth",
                        .deterministic = true,

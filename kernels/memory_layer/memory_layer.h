@@ -32,6 +32,11 @@
 #include "common/dtype.h"
 #include "common/registry.h"
 
+namespace memlayers::embbag {
+struct FwdParams;
+struct BwdParams;
+}  // namespace memlayers::embbag
+
 namespace memlayers::memory_layer {
 
 enum class Kind { memory, memory_plus, peer };
@@ -91,6 +96,22 @@ struct Saved {
   float* gate = nullptr;       // scalar gate: (B) x·wg, before the sigmoid
 };
 
+// An optional replacement of the value read of kinds memory and memory_plus (not peer, which
+// reads two tables): a caller that keeps the value table elsewhere — split along its columns
+// across the ranks of a memory-parallel group (dist/sharded_memory.h) — runs the bag itself. A
+// composition given one calls forward() where it would run embbag_fwd over weights.values, and
+// backward() where it would run that bag's backward, each with the EmbeddingBag params it would
+// have run (their `values` is weights.values, which may then be null: the override knows its
+// table). backward() must write grad_weights (the softmax backward reads it) and whatever value
+// gradient the params ask for; an override that keeps the table's gradient itself receives the
+// Grads' value pointers null. The fp64 reference variant reads the whole table and refuses an
+// override; the compositions (cpu, cuda, simt) accept one.
+struct BagOverride {
+  virtual ~BagOverride() = default;
+  virtual void forward(const embbag::FwdParams& p) = 0;
+  virtual void backward(const embbag::BwdParams& p) = 0;
+};
+
 struct FwdParams {
   Config config;
   Weights weights;
@@ -98,6 +119,7 @@ struct FwdParams {
   float* out = nullptr;      // (B, d)
   int64_t batch = 0;
   Saved saved;
+  BagOverride* bag = nullptr;  // optional: the value read runs there (BagOverride)
 };
 
 // Gradients, device memory, fp32; null = not computed. Dense gradients are written in full (not
@@ -143,6 +165,7 @@ struct BwdParams {
   int64_t batch = 0;
   Saved saved;  // what the forward kept (every field the config uses must be set)
   Grads grads;
+  BagOverride* bag = nullptr;  // optional: the value read's backward runs there (BagOverride)
 };
 
 std::string validate(const Config& c);

@@ -23,6 +23,7 @@
 #include "embbag/embbag.h"
 #include "memory_layer/cpu/v1_compose.h"
 #include "memory_layer/memory_layer.h"
+#include "memory_layer/parts.h"
 #include "memory_layer/weights_io.h"
 #include "pk_topk/pk_topk.h"
 #include "reference/embbag.h"
@@ -1078,6 +1079,111 @@ TEST(MemoryLayerDeclared, BytesAndFlops) {
   BwdParams q;
   q.config = c, q.batch = 1000;
   EXPECT_DOUBLE_EQ(Bwd::flops(q), 2 * (2 * B * d * hn) + 4 * B * hk * 512 + 2 * (2 * B * hk * d));
+}
+
+// ---- the bag override (memory_layer.h, BagOverride) ----
+
+// An override that runs the value read itself, through the EmbeddingBag variant the composition
+// of `backend` prefers, over a table only it holds (the composition is given weights.values
+// null), and counts its calls.
+class TableBag final : public BagOverride {
+ public:
+  TableBag(Backend b, const void* table) : backend_(b), table_(table) {}
+  void forward(const embbag::FwdParams& p) override {
+    ++forwards;
+    embbag::FwdParams q = p;
+    q.values = table_;
+    run<embbag::Fwd>(q, backend_ == Backend::cpu ? "v2_hwy_threads" : "v4_persistent_stream");
+  }
+  void backward(const embbag::BwdParams& p) override {
+    ++backwards;
+    embbag::BwdParams q = p;
+    q.values = table_;
+    run<embbag::Bwd>(q, backend_ == Backend::cpu ? "v2_bwd_sorted" : "v3_bwd_sorted_fused");
+  }
+  int forwards = 0, backwards = 0;
+
+ private:
+  template <class Op>
+  void run(const typename Op::Params& p, const char* preferred) {
+    std::string why;
+    const auto* v = parts::find_part<Op>(backend_, p, preferred, why);
+    if (!v) throw Error(why);
+    Registry<Op>::run(*v, p);
+  }
+  Backend backend_;
+  const void* table_;
+};
+
+// A composition with the override gives the same bytes as without it: the override sees the
+// EmbeddingBag problems the composition would have run, and the softmax backward reads its dw.
+TEST(MemoryLayerBagOverride, CompositionsGiveTheSameBytes) {
+  for (Backend b : {Backend::cpu, Backend::simt}) {
+    if (!usable(b).empty()) continue;
+    const Variant<FwdParams>& f = Registry<Fwd>::find(b, "v1_compose");
+    const Variant<BwdParams>& v = Registry<Bwd>::find(b, "v1_compose");
+    for (Kind kind : {Kind::memory, Kind::memory_plus}) {
+      // simt (seconds per search) runs memory+, whose path has both the bag and the gating.
+      if (b == Backend::simt && kind == Kind::memory) continue;
+      SCOPED_TRACE(fmt::format("{} {}", to_string(b), to_string(kind)));
+      const Config c = make_config(kind, {7, 12, 2, 5, 6, 3, 10}, false, false, DType::f32);
+      const Problem pr = make_problem("override" + to_string(kind), c, 7);
+      GradOut plain, over;
+      std::vector<FwdOut> outs;
+      for (bool use : {false, true}) {
+        Session s(b, pr);
+        FwdParams fp = s.fwd(true);
+        TableBag bag(b, fp.weights.values);
+        if (use) fp.weights.values = nullptr, fp.bag = &bag;
+        Registry<Fwd>::run(f, fp);
+        outs.push_back(s.read());
+        GradBuffers gb = make_grads(s, c, pr.batch, Outputs::all);
+        BwdParams bp = s.bwd(gb.g);
+        if (use) bp.weights.values = nullptr, bp.bag = &bag;
+        Registry<Bwd>::run(v, bp);
+        (use ? over : plain) = gb.read(s, c, pr.batch);
+        if (use) {
+          EXPECT_EQ(bag.forwards, 1);
+          EXPECT_EQ(bag.backwards, 1);
+        }
+      }
+      EXPECT_TRUE(
+          std::any_of(outs[0].out.begin(), outs[0].out.end(), [](float x) { return x != 0; }));
+      EXPECT_TRUE(test::same_bytes(outs[0].out, outs[1].out)) << "the output differs";
+      EXPECT_TRUE(test::same_bytes(outs[0].y, outs[1].y)) << "the bag sum differs";
+      for (auto [x, y] : {std::pair{&plain.x, &over.x}, std::pair{&plain.wq, &over.wq},
+                          std::pair{&plain.keys1, &over.keys1}, std::pair{&plain.w1, &over.w1},
+                          std::pair{&plain.values_dense, &over.values_dense},
+                          std::pair{&plain.values_compact, &over.values_compact}})
+        if (!x->empty() || !y->empty()) {
+          EXPECT_TRUE(test::same_bytes(*x, *y)) << "a gradient differs";
+        }
+      EXPECT_TRUE(test::same_bytes(plain.value_rows, over.value_rows));
+    }
+  }
+}
+
+TEST(MemoryLayerBagOverride, PeerAndTheReferenceRefuseIt) {
+  Valid v;
+  TableBag bag(Backend::reference, v.pr.w.values.data());
+  auto p = v.fwd();
+  p.bag = &bag;
+  EXPECT_EQ(validate(p), "");  // memory+ with its table: valid
+  p.weights.values = nullptr;
+  EXPECT_EQ(validate(p), "");  // the override holds the table
+  EXPECT_NE(Registry<Fwd>::find(Backend::reference, "reference")
+                .supports(p)
+                .find("the fp64 reference reads the whole value table: no bag override"),
+            std::string::npos);
+  auto q = v.bwd();
+  q.bag = &bag;
+  EXPECT_NE(
+      Registry<Bwd>::find(Backend::reference, "reference").supports(q).find("no bag override"),
+      std::string::npos);
+  p.config.kind = Kind::peer, p.config.value_dim = p.config.d_model;
+  EXPECT_NE(validate(p).find("a bag override (BagOverride) is set with kind = peer"),
+            std::string::npos)
+      << validate(p);
 }
 
 TEST(MemoryLayerKind, Names) {

@@ -28,6 +28,7 @@
 #include <mutex>
 #include <numbers>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/blas.h"
@@ -73,6 +74,19 @@ void run_part(const typename Op::Params& p, const char* preferred, std::string& 
   const auto& v = pick<Op>(p, preferred, why);
   parts += (parts.empty() ? "" : "; ") + label(Op::name, v.backend, v.name) + why;
   Registry<Op>::run(v, p);
+}
+
+// The value read of memory and memory+: the caller's bag override (memory_layer.h) when it gave
+// one, else the registered part.
+template <class Op>
+void run_bag(BagOverride* bag, const typename Op::Params& p, const char* preferred,
+             std::string& parts) {
+  if (!bag) return run_part<Op>(p, preferred, parts);
+  parts += (parts.empty() ? "" : "; ") + std::string(Op::name) + " by the caller's bag override";
+  if constexpr (std::is_same_v<Op, embbag::Fwd>)
+    bag->forward(p);
+  else
+    bag->backward(p);
 }
 
 // ---- small helpers ----
@@ -174,12 +188,12 @@ void forward(const FwdParams& p, Stream stream) {
 
   stage.to("bag");
   if (c.kind == Kind::memory) {
-    run_part<embbag::Fwd>(bag_fwd(c, W.values, d, idx, w, pre, B), "v2_hwy_threads", parts);
+    run_bag<embbag::Fwd>(p.bag, bag_fwd(c, W.values, d, idx, w, pre, B), "v2_hwy_threads", parts);
   } else if (c.kind == Kind::memory_plus) {
     std::vector<float> bag_;
     float* y = keep_or_scratch(s.y, bag_, B * v);
     float* hid = keep_or_scratch(s.hidden, hid_, B * v);
-    run_part<embbag::Fwd>(bag_fwd(c, W.values, v, idx, w, y, B), "v2_hwy_threads", parts);
+    run_bag<embbag::Fwd>(p.bag, bag_fwd(c, W.values, v, idx, w, y, B), "v2_hwy_threads", parts);
     stage.to("gating");
     broadcast_rows(hid, W.b1, B, v);
     gemm(false, false, B, v, d, p.x, d, W.w1, v, 1.0f, hid, v);
@@ -354,7 +368,7 @@ void backward(const BwdParams& p, Stream stream) {
     bag.unique_rows = G.value_rows, bag.grad_values_compact = G.values_compact;
     bag.num_unique = G.num_value_rows;
     stage.to("bag_bwd");
-    if (any_output(bag)) run_part<embbag::Bwd>(bag, "v2_bwd_sorted", parts);
+    if (any_output(bag) || p.bag) run_bag<embbag::Bwd>(p.bag, bag, "v2_bwd_sorted", parts);
   }
   if (!need_ds) {
     stage.done();

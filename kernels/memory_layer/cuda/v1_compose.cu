@@ -23,6 +23,7 @@
 // Measured: not yet on a GPU (simt-correct).
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/blas.cuh"
@@ -53,6 +54,18 @@ void run_part(const typename Op::Params& p, const char* preferred, Stream stream
   const auto* v = find_part<Op>(p, preferred, why);
   if (!v) fail("memory_layer v1_compose: {}", why);
   Registry<Op>::run(*v, p, stream);
+}
+
+// The value read of memory and memory+: the caller's bag override (memory_layer.h) when it gave
+// one, else the registered part. The override runs its work on the default stream, ordered after
+// `stream`'s by CUDA's legacy default-stream rule (the harness passes the default stream itself).
+template <class Op>
+void run_bag(BagOverride* bag, const typename Op::Params& p, const char* preferred, Stream stream) {
+  if (!bag) return run_part<Op>(p, preferred, stream);
+  if constexpr (std::is_same_v<Op, embbag::Fwd>)
+    bag->forward(p);
+  else
+    bag->backward(p);
 }
 
 constexpr const char* kSearchFwd = "v3_fused";
@@ -311,11 +324,13 @@ void forward(const FwdParams& p, Stream stream) {
 
   stage.to("bag");
   if (c.kind == Kind::memory) {
-    run_part<embbag::Fwd>(bag_fwd(c, W.values, d, idx.get(), w.get(), pre, B), kBagFwd, stream);
+    run_bag<embbag::Fwd>(p.bag, bag_fwd(c, W.values, d, idx.get(), w.get(), pre, B), kBagFwd,
+                         stream);
   } else if (c.kind == Kind::memory_plus) {
     KeptOrScratch<float> y(s.y, B * v, stream), hid(s.hidden, B * v, stream);
     dev::Buffer<float> m(static_cast<std::size_t>(B * v), stream);
-    run_part<embbag::Fwd>(bag_fwd(c, W.values, v, idx.get(), w.get(), y.get(), B), kBagFwd, stream);
+    run_bag<embbag::Fwd>(p.bag, bag_fwd(c, W.values, v, idx.get(), w.get(), y.get(), B), kBagFwd,
+                         stream);
     stage.to("gating");
     affine(p.x, W.w1, W.b1, hid.get(), B, d, v, stream);
     for_each("memory_layer_silu_gate", B * v, SiluGate{y.get(), hid.get(), m.get()}, stream);
@@ -440,7 +455,7 @@ void backward(const BwdParams& p, Stream stream) {
     bag.unique_rows = G.value_rows, bag.grad_values_compact = G.values_compact;
     bag.num_unique = G.num_value_rows;
     stage.to("bag_bwd");
-    if (any_output(bag)) run_part<embbag::Bwd>(bag, kBagBwd, stream);
+    if (any_output(bag) || p.bag) run_bag<embbag::Bwd>(p.bag, bag, kBagBwd, stream);
   }
   if (!need_ds) {
     stage.done();
