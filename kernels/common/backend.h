@@ -47,6 +47,11 @@ struct Memory {
   void (*fill_bytes)(void* dst, int value, std::size_t bytes);
   void (*synchronize)();
   void (*copy_within)(void* dst, const void* src, std::size_t bytes);  // device to device
+  // Device to device, 2-D: `rows` rows of `row_bytes` each, row i from src + i·src_pitch to
+  // dst + i·dst_pitch (pitches in bytes, >= row_bytes): a column slice of a row-major matrix in
+  // one call (cudaMemcpy2D on the GPU) rather than one copy per row.
+  void (*copy_2d)(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                  std::size_t row_bytes, std::size_t rows);
 };
 
 // Timing of a backend: CUDA events on the GPU, a steady clock on the host. An event is opaque.

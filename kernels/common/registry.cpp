@@ -53,11 +53,19 @@ void host_copy(void* dst, const void* src, std::size_t bytes) {
 void host_fill(void* dst, int value, std::size_t bytes) {
   if (bytes) std::memset(dst, value, bytes);
 }
+void host_copy_2d(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                  std::size_t row_bytes, std::size_t rows) {
+  if (row_bytes == 0) return;
+  for (std::size_t i = 0; i < rows; ++i)
+    std::memcpy(static_cast<char*>(dst) + i * dst_pitch,
+                static_cast<const char*>(src) + i * src_pitch, row_bytes);
+}
 }  // namespace
 
 const Memory& host_memory() {
   static const Memory m{
-      host_alloc, [](void* p) { std::free(p); }, host_copy, host_copy, host_fill, [] {}, host_copy};
+      host_alloc,  [](void* p) { std::free(p); }, host_copy, host_copy, host_fill, [] {}, host_copy,
+      host_copy_2d};
   return m;
 }
 

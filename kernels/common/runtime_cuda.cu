@@ -25,8 +25,15 @@ void gpu_copy_within(void* dst, const void* src, std::size_t bytes) {
   MEMLAYERS_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
 }
 
-const Memory kGpuMemory{gpu_alloc, gpu_release, gpu_to_device,  gpu_to_host,
-                        gpu_fill,  gpu_sync,    gpu_copy_within};
+void gpu_copy_2d(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                 std::size_t row_bytes, std::size_t rows) {
+  if (row_bytes == 0 || rows == 0) return;
+  MEMLAYERS_CUDA_CHECK(
+      cudaMemcpy2D(dst, dst_pitch, src, src_pitch, row_bytes, rows, cudaMemcpyDeviceToDevice));
+}
+
+const Memory kGpuMemory{gpu_alloc, gpu_release, gpu_to_device,   gpu_to_host,
+                        gpu_fill,  gpu_sync,    gpu_copy_within, gpu_copy_2d};
 
 void* event_create() {
   cudaEvent_t e;
