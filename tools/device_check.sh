@@ -69,7 +69,10 @@ tests=()
 for t in embbag pk_topk memory_layer; do declares "tests/$t" "${t}_test" && tests+=("${t}_test"); done
 # The training harness's cuda backend (its entry-by-entry test runs cuda where a GPU is usable).
 [ -f tests/harness/ops_simt_test.cpp ] && tests+=(harness_ops_simt_test)
-needed=(memlayers "${benches[@]}" "${tests[@]}")
+# The NCCL communicator's check (tests/dist/gpu): a plain executable, run under mpirun.
+checks=()
+declares tests/dist/gpu dist_nccl_comm_check && checks+=(dist_nccl_comm_check)
+needed=(memlayers "${benches[@]}" "${tests[@]}" "${checks[@]}")
 
 if [ -n "$prebuilt" ]; then
   bin_root="$(cd "$prebuilt" 2>/dev/null && pwd)" || { echo "device_check: --prebuilt $prebuilt: no such folder" >&2; exit 2; }
@@ -254,7 +257,7 @@ PY
 if [ -n "$prebuilt" ]; then
   skip_step build "--prebuilt $prebuilt"
 else
-  targets=(memlayers "${benches[@]}" "${tests[@]}")
+  targets=(memlayers "${benches[@]}" "${tests[@]}" "${checks[@]}")
   run_step build 300 bash -c "cmake -S . -B '$bin_root' -G Ninja -DCMAKE_BUILD_TYPE=Release -DMEMLAYERS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DMEMLAYERS_WERROR=ON && cmake --build '$bin_root' -j\$(nproc) --target ${targets[*]}"
   if [ "$dry_run" = no ]; then
     for b in "${needed[@]}"; do p=$(find_bin "$b"); [ -n "$p" ] && bin[$b]="$p"; done
@@ -294,6 +297,28 @@ for tool in memcheck racecheck; do
       "${bin[$t]}" --gtest_filter="$filter" --gtest_brief=1
   done
 done
+
+# Every collective of the nccl communicator on device buffers (dist/cuda/comm_nccl.cu). One rank:
+# NCCL refuses two ranks on one GPU and one GPU is lent, so no byte goes to a peer here (set-up,
+# own-block copies, the rank-order sum kernel, host sums and refusals are what -np 1 checks).
+nccl_comm_check() {  # BIN
+  if ! ldd "$1" | grep -q 'libnccl.*=> /'; then  # the toolkit's libnccl missing: PyTorch's wheel has one
+    local pip_nccl
+    pip_nccl=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null)
+    [ -n "$pip_nccl" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$pip_nccl" && echo "libnccl from $pip_nccl"
+  fi
+  if command -v mpirun >/dev/null; then
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 1 "$1"
+  else
+    echo "mpirun is not on PATH: one rank started alone (MPI's singleton start)"
+    "$1"
+  fi
+}
+if [ -n "${bin[dist_nccl_comm_check]:-}" ]; then
+  run_step nccl_comm 60 nccl_comm_check "${bin[dist_nccl_comm_check]}"
+else
+  skip_step nccl_comm "tests/dist/gpu is not in this checkout"
+fi
 
 json_args() { echo "--benchmark_out=$out_dir/$1.json" --benchmark_out_format=json; }
 # bench_NAME SHAPE: the benchmark and its peer at one shape (default | paper).
