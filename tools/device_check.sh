@@ -105,13 +105,14 @@ if [ -n "$bundle" ]; then
   done
   lib=$(find "$bin_root" -maxdepth 3 -name libmemlayers.so -not -path '*/CMakeFiles/*' | head -n 1)
   [ -n "$lib" ] && cp "$lib" "$bundle/" || { echo "device_check: libmemlayers.so not found under $bin_root" >&2; missing=1; }
-  # Libraries a GPU image may lack; glibc, libstdc++ and the CUDA toolkit's own are left to it.
+  # Libraries a GPU image may lack; glibc, libstdc++ and the CUDA toolkit's own are left to it
+  # (libnccl too, some 200 MB: the toolkit's or PyTorch's wheel's is used there, step nccl_comm).
   for f in "$bundle"/*; do
     ldd "$f" 2>/dev/null | awk '$3 ~ /^\// {print $3}'
   done | sort -u | while read -r so; do
     case "$(basename "$so")" in
       libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libgcc_s.so*|libstdc++.so*) ;;
-      libcuda.so*|libcudart.so*|libcublas*.so*|libnvidia*|libnvrtc*|libnvJitLink*) ;;
+      libcuda.so*|libcudart.so*|libcublas*.so*|libnvidia*|libnvrtc*|libnvJitLink*|libnccl.so*) ;;
       libmemlayers.so) ;;
       *) cp -L "$so" "$bundle/" ;;
     esac
