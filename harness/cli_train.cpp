@@ -7,6 +7,9 @@
 //       L --heads H
 //       --ffn-hidden F] [--checkpoint-dir DIR [--checkpoint-every K] [--resume]]
 //       [--json FILE] [--markdown FILE] [--quiet]
+//   mpirun -np P memlayers train --memory-parallel P ...   (memory parallelism, issue 8: every
+//       rank trains on its share of each batch, the value table split along its columns; rank 0
+//       prints and writes the summaries; a rank that fails ends every rank)
 // Build and run:
 //   cmake --build build --target memlayers && build/tools/cli/memlayers train --help
 #include <unistd.h>
@@ -27,6 +30,7 @@
 #include "common/backend.h"
 #include "common/dtype.h"
 #include "common/error.h"
+#include "dist/comm.h"
 #include "harness/train.h"
 #include "subcommand.h"
 
@@ -92,7 +96,33 @@ std::string progress_line(const h::Progress& p) {
                      p.steps, p.loss, acc, p.tokens_per_second, duration(p.eta_seconds));
 }
 
+void train_on(const Options& o, dist::Comm* comm);
+
+// The group of a memory-parallel run (null for one process); a failure on any rank ends every
+// rank with its message rather than leaving the others waiting in a collective.
 void run(const Options& o) {
+  std::unique_ptr<dist::Comm> comm;
+  MEMLAYERS_CHECK(o.config.memory_parallel == 1 || o.checkpoint_dir.empty(),
+                  "--checkpoint-dir with --memory-parallel {}: checkpoints of a memory-parallel "
+                  "run are not supported yet (accepted: one of the two)",
+                  o.config.memory_parallel);
+  if (o.config.memory_parallel > 1) {
+    MEMLAYERS_CHECK(dist::launched_by_mpi(),
+                    "--memory-parallel {} needs {} ranks: run it as mpirun -np {} memlayers train "
+                    "--memory-parallel {} ...",
+                    o.config.memory_parallel, o.config.memory_parallel, o.config.memory_parallel,
+                    o.config.memory_parallel);
+    comm = dist::make_mpi_comm();
+  }
+  if (!comm || comm->size() == 1) return train_on(o, comm.get());
+  try {
+    train_on(o, comm.get());
+  } catch (const std::exception& e) {
+    comm->abort_group(e.what());
+  }
+}
+
+void train_on(const Options& o, dist::Comm* comm) {
   using Clock = std::chrono::steady_clock;
   const Clock::time_point t0 = Clock::now();
   h::TrainConfig c = o.config;
@@ -109,9 +139,10 @@ void run(const Options& o) {
   check_output("--json", o.json);
   check_output("--markdown", o.markdown);
 
-  h::Trainer t(c);
+  h::Trainer t(c, comm);
+  const bool rank0 = !comm || comm->rank() == 0;  // the one that prints and writes
   const auto say = [&](const std::string& line) {
-    if (!o.quiet) std::cerr << line << "\n";
+    if (!o.quiet && rank0) std::cerr << line << "\n";
   };
   const h::Config& mc = t.model().config();
   say(fmt::format(
@@ -121,6 +152,11 @@ void run(const Options& o) {
       mc.memory_layers.empty() ? std::string()
                                : fmt::format(", {} value table", to_string(mc.memory.values_dtype)),
       t.parameters(), t.flops_per_token(), c.steps, t.config().batch));
+  if (comm)
+    say(fmt::format(
+        "memory parallel: {} ranks, each {} facts of a batch and {} of the table's {} "
+        "columns (rank 0's)",
+        comm->size(), t.config().batch / comm->size(), t.model().value_dim(), mc.table_dim()));
   say("capacity: " + h::capacity_statement(t.knowledge_base(), t.parameters()));
   if (o.resume) {
     const std::optional<h::Resumed> r = t.resume(o.checkpoint_dir);
@@ -139,7 +175,7 @@ void run(const Options& o) {
   lo.checkpoint_dir = o.checkpoint_dir;
   lo.checkpoint_every = o.checkpoint_every;
   lo.on_step = [&](const h::Progress& p) {
-    if (o.quiet) return;
+    if (o.quiet || !rank0) return;
     const bool last = p.step == p.steps;
     if (tty) {
       // Rewritten in place, at most 10 times a second.
@@ -154,8 +190,8 @@ void run(const Options& o) {
   h::train(t, lo);
 
   const h::Summary s = h::summarize(t, std::chrono::duration<double>(Clock::now() - t0).count());
-  if (!o.json.empty()) write_file(o.json, h::summary_json(s));
-  if (!o.markdown.empty()) write_file(o.markdown, h::summary_markdown(s));
+  if (rank0 && !o.json.empty()) write_file(o.json, h::summary_json(s));
+  if (rank0 && !o.markdown.empty()) write_file(o.markdown, h::summary_markdown(s));
   const h::EvalPoint& e = t.history().back();
   say(fmt::format(
       "done: step {}, loss over all facts {:.4f}, accuracy {:.4f} ({} of {} facts), {:.0f} "
@@ -234,6 +270,12 @@ Action setup(CLI::App& app) {
                 "continue from the newest checkpoint in --checkpoint-dir that verifies (checksum, "
                 "same config but for --backend and --eval-every); none there: start at step 0")
       ->needs(dir);
+  sub->add_option("--memory-parallel", c.memory_parallel,
+                  "ranks of a memory-parallel group, run as mpirun -np P memlayers train "
+                  "--memory-parallel P: each trains on its share of every batch, the value table "
+                  "split along its columns (memory, memory+, dense; no checkpoints yet)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
   sub->add_option("--json", o->json, "write the final summary as JSON to FILE");
   sub->add_option("--markdown", o->markdown, "write the final summary as markdown to FILE");
   sub->add_flag("--quiet", o->quiet, "no progress or summary on stderr (errors still)");

@@ -11,6 +11,8 @@
 #include <fmt/ranges.h>
 
 #include "common/error.h"
+#include "dist/sharded_embbag.h"
+#include "embbag/embbag.h"
 #include "harness/arena.h"
 #include "memory_layer/parts.h"
 
@@ -74,12 +76,14 @@ struct MemoryBlocks::Buffers {
   float* merged_rows = nullptr;
   int64_t merged_capacity = 0;
 
+  // `tokens` this rank's; the compact gradients hold rows of the `group_tokens` whose bags the
+  // layers read (the group's with a communicator, else tokens), `width` columns each.
   Buffers(const memory_layer::Config& mc, int64_t layers, int64_t table_rows, const Memory& mem,
-          int64_t tokens)
+          int64_t tokens, int64_t group_tokens, int64_t width)
       : arena(mem) {
     auto floats = [&](int64_t n) { return arena.floats(n); };
     auto ints = [&](int64_t n) { return arena.alloc<int64_t>(n); };
-    const int64_t hk = tokens * mc.heads * mc.k, width = mc.value_width();
+    const int64_t hk = tokens * mc.heads * mc.k;
     const bool peer = mc.kind == memory_layer::Kind::peer,
                plus = mc.kind == memory_layer::Kind::memory_plus;
     for (int64_t s = 0; s < layers; ++s) {
@@ -91,7 +95,7 @@ struct MemoryBlocks::Buffers {
       if (peer) v.peer_pre = floats(hk);
       saved.push_back(v);
     }
-    const int64_t cap = memory_layer::compact_capacity(mc, tokens);
+    const int64_t cap = memory_layer::compact_capacity(mc, group_tokens);
     rows = ints(cap), count = ints(1), compact = floats(cap * width);
     if (peer) down_rows = ints(cap), down_count = ints(1), down_compact = floats(cap * width);
     merged_capacity = std::min(table_rows, layers * cap * (peer ? 2 : 1));
@@ -99,19 +103,68 @@ struct MemoryBlocks::Buffers {
   }
 };
 
+// ---- the sharded value read ----
+
+// The memory layer's bag override (memory_layer.h) with a communicator: the composition's
+// EmbeddingBag problems run on this rank's column shard through dist::ShardedEmbBag; the
+// backward's compact gradient goes to the buffers set before it (null: dw only).
+class MemoryBlocks::ShardBag final : public memory_layer::BagOverride {
+ public:
+  ShardBag(dist::Comm& comm, Backend backend, int64_t width) : op_(comm, backend), width_(width) {}
+  void forward(const embbag::FwdParams& p) override {
+    embbag::FwdParams q = p;
+    q.values_stride = width_;  // the shard's rows; q.dim stays the table's full width
+    op_.forward(q);
+  }
+  void backward(const embbag::BwdParams& p) override {
+    embbag::BwdParams q = p;
+    q.values_stride = width_;
+    q.grad_values_dense = nullptr;
+    q.unique_rows = rows, q.grad_values_compact = compact, q.num_unique = count;
+    op_.backward(q);
+  }
+  int64_t* rows = nullptr;
+  float* compact = nullptr;
+  int64_t* count = nullptr;
+
+ private:
+  dist::ShardedEmbBag op_;
+  int64_t width_;
+};
+
 // ---- the layers ----
 
-MemoryBlocks::MemoryBlocks(const Config& c, const ParamLayout& layout, const Ops& ops)
-    : config_(c), layout_(layout), ops_(ops), mc_(c.layer_config()) {}
+MemoryBlocks::MemoryBlocks(const Config& c, const ParamLayout& layout, const Ops& ops,
+                           dist::Comm* comm)
+    : config_(c), layout_(layout), ops_(ops), mc_(c.layer_config()), comm_(comm) {
+  width_ = mc_.value_width();
+  if (!comm_) return;
+  MEMLAYERS_CHECK(mc_.kind != memory_layer::Kind::peer,
+                  "model: memory parallelism splits the value table of memory and memory+ "
+                  "layers; peer reads two tables (accepted: --model memory, memory+)");
+  const dist::ColumnSplit split{mc_.value_width(), comm_->size()};
+  width_ = split.width(comm_->rank());
+  MEMLAYERS_CHECK(width_ >= 1,
+                  "model: a value table of {} columns cannot be split over {} ranks: accepted "
+                  "are at most as many ranks as columns",
+                  mc_.value_width(), comm_->size());
+  shard_ = std::make_unique<ShardBag>(*comm_, ops_.backend, width_);
+}
 
 MemoryBlocks::~MemoryBlocks() = default;
 
 void MemoryBlocks::resize(int64_t tokens) {
-  if (buf_ && tokens_ == tokens) return;
+  int64_t group = tokens;
+  if (comm_) {  // collective on every call: another rank's count may change when this one's not
+    double n = static_cast<double>(tokens);
+    comm_->all_reduce_sum_host(&n, 1);
+    group = static_cast<int64_t>(n);
+  }
+  if (buf_ && tokens_ == tokens && group_tokens_ == group) return;
   buf_.reset();  // release the old buffers first
   buf_ = std::make_unique<Buffers>(mc_, static_cast<int64_t>(config_.memory_layers.size()),
-                                   config_.table_rows(), *ops_.memory, tokens);
-  tokens_ = tokens;
+                                   config_.table_rows(), *ops_.memory, tokens, group, width_);
+  tokens_ = tokens, group_tokens_ = group;
 }
 
 int64_t MemoryBlocks::slot(int64_t layer) const {
@@ -159,6 +212,7 @@ void MemoryBlocks::forward(int64_t layer, const float* params, const void* value
   p.weights = weights(layer, params, values);
   p.x = x, p.out = out, p.batch = tokens_;
   p.saved = buf_->saved[slot(layer)];
+  p.bag = shard_.get();
   const auto& v = variant_for<memory_layer::Fwd>(ops_.backend, p);
   Registry<memory_layer::Fwd>::run(v, p);
   fwd_variant_ = fmt::format("{}/{}", to_string(v.backend), v.name);
@@ -181,7 +235,12 @@ void MemoryBlocks::backward(int64_t layer, const float* params, const void* valu
   memory_layer::Grads& g = b.grads;
   g.x = dx, g.wq = G("wq"), g.bq = G("bq"), g.keys1 = G("keys1"), g.keys2 = G("keys2");
   if (plus) g.w1 = G("w1"), g.b1 = G("b1"), g.w2 = G("w2"), g.b2 = G("b2");
-  if (table_grad) {
+  b.bag = shard_.get();
+  if (shard_) {  // the shard's compact gradient comes from the override, not the layer's Grads
+    shard_->rows = table_grad ? buf_->rows : nullptr;
+    shard_->compact = table_grad ? buf_->compact : nullptr;
+    shard_->count = table_grad ? buf_->count : nullptr;
+  } else if (table_grad) {
     g.value_rows = buf_->rows, g.values_compact = buf_->compact, g.num_value_rows = buf_->count;
     if (peer)
       g.down_rows = buf_->down_rows, g.down_compact = buf_->down_compact,
@@ -195,7 +254,7 @@ void MemoryBlocks::backward(int64_t layer, const float* params, const void* valu
   // The compact lists to the host; PEER's down experts are rows [N, 2N) of the table.
   const Memory& mem = *ops_.memory;
   mem.synchronize();
-  const int64_t width = mc_.value_width(), cap = memory_layer::compact_capacity(mc_, tokens_);
+  const int64_t width = width_, cap = memory_layer::compact_capacity(mc_, group_tokens_);
   auto fetch = [&](const int64_t* rows, const float* compact, const int64_t* count,
                    int64_t offset) {
     int64_t n = 0;
@@ -217,7 +276,7 @@ void MemoryBlocks::backward(int64_t layer, const float* params, const void* valu
 
 SparseRows MemoryBlocks::finish_backward() {
   MEMLAYERS_CHECK(buf_ != nullptr, "model: memory layer backward before resize()");
-  const int64_t width = mc_.value_width();
+  const int64_t width = width_;
   const HostRows merged = merge_rows(pending_, width);
   pending_.clear();
   const auto n = static_cast<int64_t>(merged.ids.size());

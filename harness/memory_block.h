@@ -8,12 +8,22 @@
 // that supports the layer — `reference` on the reference backend, the cpu composition
 // (cpu/v1_compose) on cpu, the CUDA composition (v1_compose) on cuda and, run on CPU threads,
 // simt. A backend with none throws, naming what each variant refused.
+//
+// Memory parallelism (issue 8): given a communicator, the layers read a table split along its
+// columns across the group (dist/sharded_embbag.h): this rank holds columns
+// dist::ColumnSplit{value_dim, P}.begin(rank) to end(rank) of every row, and the memory layer's
+// value read runs through the sharded EmbeddingBag (memory_layer::BagOverride) — the search stays
+// local to the rank's tokens, the bags are all-gathered, each rank sums its columns for the
+// group's tokens, and an all-to-all returns the outputs. The compact table gradient is then the
+// shard's: the rows every token of the group touched, this rank's columns. memory and memory+
+// only (peer reads two tables).
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "dist/comm.h"
 #include "harness/model.h"
 
 namespace memlayers::harness {
@@ -32,17 +42,25 @@ HostRows merge_rows(const std::vector<HostRows>& lists, int64_t width);
 
 class MemoryBlocks {
  public:
-  MemoryBlocks(const Config& c, const ParamLayout& layout, const Ops& ops);
+  // `comm` (optional, outliving this object): the memory-parallel group whose ranks each hold a
+  // column shard of the table; null: the whole table here.
+  MemoryBlocks(const Config& c, const ParamLayout& layout, const Ops& ops,
+               dist::Comm* comm = nullptr);
   ~MemoryBlocks();
   MemoryBlocks(const MemoryBlocks&) = delete;
   MemoryBlocks& operator=(const MemoryBlocks&) = delete;
 
-  // Sizes every buffer for `tokens` rows (reallocates only when the count changes).
+  // Sizes every buffer for `tokens` rows (reallocates only when the count changes). With a
+  // communicator it is collective (the group's token count sizes the compact gradient).
   void resize(int64_t tokens);
 
+  // The columns of the table this object's layers read: value_width, or the shard's.
+  int64_t table_width() const { return width_; }
+
   // out = memory_layer(x) of the memory layer in model layer `layer`; x and out (tokens, d),
-  // `values` the table in the config's memory.values_dtype. Keeps the layer's activations for
-  // its backward.
+  // `values` the table (this rank's shard, table_width() columns) in the config's
+  // memory.values_dtype. Keeps the layer's activations for its backward. Collective with a
+  // communicator.
   void forward(int64_t layer, const float* params, const void* values, const float* x, float* out);
 
   // Starts a backward pass: forgets the table rows of the previous one.
@@ -64,6 +82,7 @@ class MemoryBlocks {
 
  private:
   struct Buffers;
+  class ShardBag;
   int64_t slot(int64_t layer) const;  // the index of `layer` in memory_layers
   memory_layer::Weights weights(int64_t layer, const float* params, const void* values) const;
 
@@ -71,7 +90,9 @@ class MemoryBlocks {
   const ParamLayout& layout_;
   const Ops& ops_;
   memory_layer::Config mc_;
-  int64_t tokens_ = 0;
+  int64_t tokens_ = 0, group_tokens_ = 0, width_ = 0;
+  dist::Comm* comm_ = nullptr;
+  std::unique_ptr<ShardBag> shard_;  // with a communicator: the sharded value read
   std::unique_ptr<Buffers> buf_;
   std::vector<HostRows> pending_;  // compact rows of this backward pass, in call order
   std::string fwd_variant_ = "not run yet", bwd_variant_ = "not run yet";

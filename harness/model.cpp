@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "dist/sharded_embbag.h"
 #include "harness/arena.h"
 #include "harness/memory_block.h"
 
@@ -406,9 +407,20 @@ struct Model::Activations {
 
 // ---- the model ----
 
-Model::Model(const Config& c, const Ops& ops)
-    : config_(c), layout_(c), ops_(ops), value_rows_(c.table_rows()), value_dim_(c.table_dim()) {
-  if (!c.memory_layers.empty()) mem_ = std::make_unique<MemoryBlocks>(config_, layout_, ops_);
+Model::Model(const Config& c, const Ops& ops, dist::Comm* comm)
+    : config_(c),
+      layout_(c),
+      ops_(ops),
+      comm_(comm),
+      value_rows_(c.table_rows()),
+      value_dim_(c.table_dim()) {
+  MEMLAYERS_CHECK(!comm || c.moe_layers.empty(),
+                  "model: memory parallelism with MoE layers: their balancing loss is over the "
+                  "whole batch, which no rank holds (accepted: a model without moe layers)");
+  if (!c.memory_layers.empty()) {
+    mem_ = std::make_unique<MemoryBlocks>(config_, layout_, ops_, comm_);
+    value_dim_ = mem_->table_width();
+  }
   moe_.resize(static_cast<std::size_t>(c.layers));
   for (int64_t l : c.moe_layers) moe_[l] = std::make_unique<MoeBlock>(c.moe, c.d_model, ops_);
 }
@@ -486,16 +498,26 @@ double Model::loss(const float* params, const void* values, const Batch& bt, flo
   }
   ops_.rmsnorm_fwd({a.xs[L], P("lnf"), a.lnf, a.invf, rows, d});
   ops_.linear_fwd({a.lnf, P("wte"), nullptr, a.logits, rows, d, V, /*transposed_w=*/true});
-  ops_.cross_entropy_fwd({a.logits, bt.targets, bt.weights, a.loss, rows, V});
+  // With a group, this rank's share of the group's weight scales its mean (a rank whose rows all
+  // weigh 0, the padding of an evaluation, contributes nothing).
+  const double share = comm_ ? weight_share(bt) : 1.0;
   float loss = 0;
-  ops_.memory->synchronize();
-  ops_.memory->to_host(&loss, a.loss, sizeof(float));
-  const double objective = double{loss} + balance_loss_;
+  if (share > 0) {
+    ops_.cross_entropy_fwd({a.logits, bt.targets, bt.weights, a.loss, rows, V});
+    ops_.memory->synchronize();
+    ops_.memory->to_host(&loss, a.loss, sizeof(float));
+  }
+  double objective = double{loss} * share + balance_loss_;
+  if (comm_) comm_->all_reduce_sum_host(&objective, 1);
   if (!grads) return objective;
 
   // ---- backward ----
   ops_.memory->fill_bytes(grads, 0, static_cast<std::size_t>(layout_.total()) * sizeof(float));
-  ops_.cross_entropy_bwd({a.logits, bt.targets, bt.weights, 1.0f, a.dlogits, rows, V});
+  if (share > 0)
+    ops_.cross_entropy_bwd(
+        {a.logits, bt.targets, bt.weights, static_cast<float>(share), a.dlogits, rows, V});
+  else
+    ops_.memory->fill_bytes(a.dlogits, 0, static_cast<std::size_t>(rows * V) * sizeof(float));
   ops_.linear_bwd(
       {a.lnf, P("wte"), a.dlogits, a.dln, G("wte"), nullptr, rows, d, V, /*transposed_w=*/true});
   ops_.rmsnorm_bwd({a.xs[L], P("lnf"), a.invf, a.dln, a.dx, G("lnf"), rows, d});
@@ -530,7 +552,30 @@ double Model::loss(const float* params, const void* values, const Batch& bt, flo
   ops_.embedding_bwd({a.positions, a.dx, G("wpe"), rows, c.ctx, d});
   if (table_grad) *vgrad = mem_->finish_backward();  // synchronizes: it copies to the host
   ops_.memory->synchronize();
+  // The group's dense gradient: every rank's share summed (the table's stays the shard's own).
+  if (comm_) comm_->all_reduce_sum(grads, layout_.total());
   return objective;
+}
+
+int64_t Model::value_column() const {
+  if (!comm_ || !mem_) return 0;
+  return dist::ColumnSplit{config_.table_dim(), comm_->size()}.begin(comm_->rank());
+}
+
+double Model::weight_share(const Batch& bt) const {
+  const int64_t rows = bt.batch * bt.seq;
+  double mine = static_cast<double>(rows);
+  if (bt.weights) {
+    std::vector<float> w(static_cast<std::size_t>(rows));
+    ops_.memory->synchronize();
+    ops_.memory->to_host(w.data(), bt.weights, w.size() * sizeof(float));
+    mine = 0;
+    for (float x : w) mine += x;
+  }
+  double total = mine;
+  comm_->all_reduce_sum_host(&total, 1);
+  MEMLAYERS_CHECK(total > 0, "model loss: every row of the group's batch weighs 0");
+  return mine / total;
 }
 
 }  // namespace memlayers::harness

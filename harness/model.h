@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "dist/comm.h"
 #include "harness/moe.h"
 #include "harness/ops.h"
 #include "memory_layer/memory_layer.h"
@@ -179,7 +180,15 @@ class MemoryBlocks;
 
 class Model {
  public:
-  Model(const Config& c, const Ops& ops);
+  // `comm` (optional, outliving the model): a memory-parallel group (issue 8). Every rank runs
+  // the model on its own rows of the group's batch: the dense parameters are replicated, the
+  // value table is split along its columns (value_dim() is this rank's shard width,
+  // harness/memory_block.h), and loss() returns the group's objective and dense gradient — each
+  // rank's mean weighted by its share of the group's total weight, summed over the ranks (so the
+  // group's objective is the weighted mean over all its rows, as one process would compute it).
+  // loss() is then collective. Not with MoE layers (their balancing loss is over the batch) nor
+  // PEER (two tables).
+  Model(const Config& c, const Ops& ops, dist::Comm* comm = nullptr);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -189,10 +198,13 @@ class Model {
   const Ops& ops() const { return ops_; }
   // The value table shared by the model's memory layers, a separate buffer trained by the sparse
   // optimiser: value_rows() × value_dim() elements of values_dtype() (memory.values_dtype); 0 × 0
-  // when the model has no memory layer.
+  // when the model has no memory layer. With a communicator, this rank's column shard: columns
+  // value_column() to value_column() + value_dim() of the config's table_dim().
   int64_t value_rows() const { return value_rows_; }
   int64_t value_dim() const { return value_dim_; }
   DType values_dtype() const { return config_.memory.values_dtype; }
+  int64_t value_column() const;
+  dist::Comm* comm() const { return comm_; }
 
   // The batch's objective: its cross-entropy plus, with MoE layers, their balancing losses
   // (balance_loss()). With `grads` set (a buffer shaped like params), also its gradient with
@@ -226,9 +238,12 @@ class Model {
 
  private:
   struct Activations;
+  // This rank's share of the group's total row weight (collective).
+  double weight_share(const Batch& bt) const;
   Config config_;
   ParamLayout layout_;
   const Ops& ops_;
+  dist::Comm* comm_ = nullptr;
   int64_t value_rows_ = 0, value_dim_ = 0;
   std::unique_ptr<Activations> acts_;
   std::unique_ptr<MemoryBlocks> mem_;

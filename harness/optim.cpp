@@ -282,6 +282,7 @@ StepStats Optimizer::step(float* params, const float* grads, float* values,
   double sq = 0, vsq = 0;
   ops_.sum_squares({grads, dense_, &sq});
   if (vgrad.n_rows > 0) ops_.sum_squares({vgrad.rows, vgrad.n_rows * values_dim_, &vsq});
+  if (table_norm_sum_) vsq = table_norm_sum_(vsq);
   st.grad_norm = std::sqrt(sq + vsq);
   st.clip = clip_scale(st.grad_norm, config_.max_grad_norm);
   st.lr_scale = config_.schedule.at(t_);

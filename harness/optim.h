@@ -165,6 +165,12 @@ class Optimizer {
   StepStats step(float* params, const float* grads, float* values = nullptr,
                  const SparseRows& vgrad = {});
 
+  // A table that is one column shard of a memory-parallel group's (harness/model.h): `sum` maps
+  // this rank's squared norm of the table's gradient rows to the group's, so that every rank
+  // clips by the same global norm (the dense gradient is the group's already). Called on every
+  // step (collective).
+  void set_table_norm_sum(std::function<double(double)> sum) { table_norm_sum_ = std::move(sum); }
+
   int64_t steps_taken() const { return t_; }
   // Resuming from a checkpoint: the steps already taken, from which the schedule and the bias
   // corrections continue (the moments are restored through the pointers below).
@@ -181,6 +187,7 @@ class Optimizer {
   std::vector<ParamGroup> groups_;
   int64_t dense_ = 0, values_rows_ = 0, values_dim_ = 0, t_ = 0;
   float *m_ = nullptr, *v_ = nullptr, *vm_ = nullptr, *vv_ = nullptr;
+  std::function<double(double)> table_norm_sum_;
 };
 
 }  // namespace memlayers::harness

@@ -51,6 +51,10 @@ void TrainConfig::validate() const {
   MEMLAYERS_CHECK(base.memory.values_dtype == DType::f32 || base.memory.values_dtype == DType::bf16,
                   "train: values_dtype is {}: accepted are fp32 and bf16",
                   to_string(base.memory.values_dtype));
+  MEMLAYERS_CHECK(memory_parallel >= 1 && memory_parallel <= batch,
+                  "train: memory_parallel {} with batch {}: accepted are 1 ≤ memory_parallel ≤ "
+                  "batch (every rank trains on at least one fact of each batch)",
+                  memory_parallel, batch);
   MEMLAYERS_CHECK(base.ctx >= kFactTokens - 1,
                   "train: ctx {}: accepted are ctx ≥ {} (the tokens a fact's model input holds)",
                   base.ctx, kFactTokens - 1);
@@ -93,6 +97,8 @@ std::string to_json(const TrainConfig& c) {
        {{"warmup", o.schedule.warmup}, {"total", o.schedule.total}, {"floor", o.schedule.floor}}}};
   j["eval_every"] = c.eval_every;
   j["backend"] = std::string(to_string(c.backend));
+  // Only when set, so that one-process runs keep the JSON (and resume the checkpoints) they had.
+  if (c.memory_parallel != 1) j["memory_parallel"] = c.memory_parallel;
   return j.dump();
 }
 
@@ -103,9 +109,18 @@ const std::vector<std::string>& resume_may_differ() {
 
 // ---- the trainer ----
 
-Trainer::Trainer(const TrainConfig& c)
-    : config_(c), ops_(ops_for(c.backend)), mem_(*ops_for(c.backend).memory) {
+Trainer::Trainer(const TrainConfig& c, dist::Comm* comm)
+    : config_(c), comm_(comm), ops_(ops_for(c.backend)), mem_(*ops_for(c.backend).memory) {
   config_.validate();
+  MEMLAYERS_CHECK(comm_ || config_.memory_parallel == 1,
+                  "train: memory_parallel {} without a communicator: run the ranks under mpirun "
+                  "(mpirun -np {} memlayers train --memory-parallel {} ...)",
+                  config_.memory_parallel, config_.memory_parallel, config_.memory_parallel);
+  MEMLAYERS_CHECK(!comm_ || comm_->size() == config_.memory_parallel,
+                  "train: memory_parallel {} but the group has {} ranks: accepted is "
+                  "memory_parallel = the number of ranks (mpirun -np)",
+                  config_.memory_parallel, comm_ ? comm_->size() : 0);
+  if (comm_) dist::check_agreement(*comm_, "the training config", to_json(config_));
   kb_ = make_knowledge_base(config_.data);
   Config& base = config_.base;
   if (base.vocab == 0) base.vocab = kb_.vocab();
@@ -119,13 +134,22 @@ Trainer::Trainer(const TrainConfig& c)
   config_.optim.validate();
   config_json_ = to_json(config_);
 
-  model_ = std::make_unique<Model>(model_config(config_.model, base), ops_);
+  model_ = std::make_unique<Model>(model_config(config_.model, base), ops_, comm_);
   const Config& mc = model_->config();
   const int64_t n = model_->layout().total(), rows = model_->value_rows(),
                 dim = model_->value_dim();
   const std::vector<float> params = init_params(mc, config_.seed);
-  // The table's own stream, so adding a table does not change the dense initialisation.
-  const std::vector<float> values = init_values(mc, splitmix64(config_.seed));
+  // The table's own stream, so adding a table does not change the dense initialisation; with a
+  // group, this rank's columns of it (every rank draws the whole table: the same values as one
+  // process).
+  std::vector<float> values = init_values(mc, splitmix64(config_.seed));
+  if (dim != mc.table_dim() && rows > 0) {
+    const int64_t full = mc.table_dim(), first = model_->value_column();
+    std::vector<float> shard(static_cast<std::size_t>(rows * dim));
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(values.begin() + r * full + first, dim, shard.begin() + r * dim);
+    values = std::move(shard);
+  }
   MEMLAYERS_CHECK(
       static_cast<int64_t>(params.size()) == n && static_cast<int64_t>(values.size()) == rows * dim,
       "train: the model's initial values have {} parameters and {} table elements but "
@@ -133,6 +157,11 @@ Trainer::Trainer(const TrainConfig& c)
       params.size(), values.size(), n, rows, dim);
   optimizer_ = std::make_unique<Optimizer>(config_.optim, optim_ops_for(config_.backend),
                                            param_groups(model_->layout()), n, rows, dim);
+  if (comm_ && rows > 0)
+    optimizer_->set_table_norm_sum([this](double sq) {
+      comm_->all_reduce_sum_host(&sq, 1);
+      return sq;
+    });
 
   const auto alloc = [&](std::size_t bytes) { return mem_.alloc(bytes); };
   try {
@@ -264,6 +293,19 @@ std::vector<int64_t> Trainer::next_indices() {
   return indices;
 }
 
+std::pair<int64_t, int64_t> Trainer::my_rows(int64_t n) const {
+  if (!comm_) return {0, n};
+  const int64_t P = comm_->size(), r = comm_->rank();
+  return {n * r / P, n * (r + 1) / P};
+}
+
+void Trainer::refuse_group_checkpoint(const char* what) const {
+  MEMLAYERS_CHECK(!comm_ || comm_->size() == 1,
+                  "train: {} of a memory-parallel run ({} ranks) is not supported yet: run "
+                  "without --checkpoint-dir and --resume, or with --memory-parallel 1",
+                  what, comm_ ? comm_->size() : 1);
+}
+
 void Trainer::upload(const FactBatch& b) {
   const auto cells = static_cast<std::size_t>(b.batch * b.seq);
   mem_.to_device(tokens_, b.tokens.data(), cells * sizeof(int32_t));
@@ -274,7 +316,10 @@ void Trainer::upload(const FactBatch& b) {
 StepResult Trainer::step() {
   MEMLAYERS_CHECK(!done(), "train: all {} steps are taken", config_.steps);
   const Clock::time_point t0 = Clock::now();
-  const FactBatch b = make_batch(kb_, next_indices(), seq());
+  std::vector<int64_t> indices = next_indices();  // the group's batch; every rank draws it
+  const auto [first, last] = my_rows(static_cast<int64_t>(indices.size()));
+  indices = std::vector<int64_t>(indices.begin() + first, indices.begin() + last);
+  const FactBatch b = make_batch(kb_, indices, seq());
   upload(b);
   SparseRows vgrad;
   StepResult r;
@@ -296,19 +341,35 @@ EvalResult Trainer::evaluate() {
   EvalResult e;
   e.facts = facts;
   double loss_sum = 0;
+  // With a group, each rank runs its rows of every batch (the padding included, so every rank
+  // has rows); the model's loss is the group's, the exact matches are summed at the end.
+  const auto [first, last] = my_rows(batch);
+  const int64_t mine = last - first;
+  logits.resize(static_cast<std::size_t>(mine * seq() * vocab));
   for (int64_t start = 0; start < facts; start += batch) {
     const int64_t n = std::min(batch, facts - start);
     for (int64_t i = 0; i < batch; ++i) indices[i] = i < n ? start + i : 0;
     FactBatch b = make_batch(kb_, indices, seq());
     std::fill(b.weights.begin() + n * seq(), b.weights.end(), 0.0f);  // the padding rows
+    if (comm_) {
+      std::vector<int64_t> rows(indices.begin() + first, indices.begin() + last);
+      const std::vector<float> w(b.weights.begin() + first * seq(),
+                                 b.weights.begin() + last * seq());
+      b = make_batch(kb_, rows, seq());
+      b.weights = w;
+    }
     upload(b);
     // The cross-entropy alone: a MoE model's objective adds its balancing loss.
-    const double loss =
-        model_->loss(params_, table(), {tokens_, targets_, weights_, batch, seq()}) -
-        model_->balance_loss();
+    const double loss = model_->loss(params_, table(), {tokens_, targets_, weights_, mine, seq()}) -
+                        model_->balance_loss();
     mem_.to_host(logits.data(), model_->logits(), logits.size() * sizeof(float));
     e.correct += count_exact_matches(logits, b, vocab);
     loss_sum += loss * double(n);
+  }
+  if (comm_) {
+    double correct = static_cast<double>(e.correct);
+    comm_->all_reduce_sum_host(&correct, 1);
+    e.correct = static_cast<int64_t>(correct);
   }
   e.loss = loss_sum / double(facts);
   return e;
@@ -345,6 +406,7 @@ TrainState Trainer::state() const {
 }
 
 void Trainer::restore(const TrainState& s) {
+  refuse_group_checkpoint("a restore");
   const int64_t n = model_->layout().total();
   MEMLAYERS_CHECK(static_cast<int64_t>(s.params.size()) == n && s.m.size() == s.params.size() &&
                       s.v.size() == s.params.size(),
@@ -382,12 +444,14 @@ void Trainer::restore(const TrainState& s) {
 }
 
 std::string Trainer::save_checkpoint(const std::string& dir) {
+  refuse_group_checkpoint("a checkpoint");
   std::string path = save_checkpoint_in(dir, config_json_, state(), rotate_);
   rotate_ = true;
   return path;
 }
 
 std::optional<Resumed> Trainer::resume(const std::string& dir) {
+  refuse_group_checkpoint("a resume");
   std::optional<Resumed> r = load_newest_checkpoint(dir, config_json_, resume_may_differ());
   if (!r) return r;
   try {

@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/backend.h"
@@ -50,6 +51,11 @@ struct TrainConfig {
   int64_t eval_every = 0;  // evaluate after every eval_every steps; 0: steps/5 (at least 1)
   uint64_t seed = 1;       // the initial parameters and the epoch order (data.seed: the facts)
   Backend backend = Backend::cpu;
+  // Memory parallelism (issue 8): the ranks of a group of this size (mpirun -np P) each train on
+  // their share of every batch (rows [batch·r/P, batch·(r+1)/P)) with the dense parameters
+  // replicated and the value table split along its columns (harness/model.h); 1: one process.
+  // The Trainer is then given the group's communicator. 1 ≤ memory_parallel ≤ batch.
+  int64_t memory_parallel = 1;
   // base.memory.values_dtype (f32 or bf16) is the storage of the value table the memory layers
   // read (model_config keeps it; the rest of base.memory is the kind's own). A model without a
   // table ignores it.
@@ -83,8 +89,11 @@ struct StepResult {
 class Trainer {
  public:
   // Builds the knowledge base, the model (model_config(kind, base): a kind that is not built
-  // throws), the parameters (init_params, init_values from seed) and the optimiser.
-  explicit Trainer(const TrainConfig& c);
+  // throws), the parameters (init_params, init_values from seed) and the optimiser. With `comm`
+  // (outliving the trainer; its size must be memory_parallel), the memory-parallel group: every
+  // rank makes the same calls (steps, evaluations) in the same order; the config must agree
+  // across ranks (checked). Without it, memory_parallel must be 1.
+  explicit Trainer(const TrainConfig& c, dist::Comm* comm = nullptr);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -96,7 +105,8 @@ class Trainer {
   // The value table the memory layers read, in model().values_dtype(), device memory: the fp32
   // master itself, or its bf16 copy; null without a table.
   const void* table() const;
-  // That table copied to the host and widened to fp32 (exactly: every bf16 is an fp32).
+  // That table copied to the host and widened to fp32 (exactly: every bf16 is an fp32). With a
+  // group, this rank's column shard (model().value_column(), model().value_dim() columns).
   std::vector<float> read_table() const;
   int64_t parameters() const;      // parameter_count of the model
   double flops_per_token() const;  // active_flops_per_token at the facts' length
@@ -123,6 +133,8 @@ class Trainer {
   int64_t tokens_trained() const { return tokens_trained_; }
 
   // The state (host copies) and its restoration, which checks every size against the model.
+  // With a group, this rank's state (its column shard of the table and its moments); saving and
+  // restoring a group's checkpoints is refused (not supported yet).
   TrainState state() const;
   void restore(const TrainState& s);
 
@@ -135,6 +147,9 @@ class Trainer {
 
  private:
   std::vector<int64_t> next_indices();
+  // This rank's rows [first, last) of a batch of n rows: all of them without a group.
+  std::pair<int64_t, int64_t> my_rows(int64_t n) const;
+  void refuse_group_checkpoint(const char* what) const;
   void upload(const FactBatch& b);
   // The bf16 copy rounded from the master: every row, or the `rows.n_rows` rows named by the
   // (strictly ascending, device) ids of `rows`. Nothing without a bf16 table.
@@ -142,6 +157,7 @@ class Trainer {
   void round_table(const SparseRows& rows);
 
   TrainConfig config_;
+  dist::Comm* comm_ = nullptr;
   KnowledgeBase kb_;
   const Ops& ops_;
   const Memory& mem_;
