@@ -27,6 +27,11 @@
 //               the run fails when they differ. The control header (ShardedEmbBag::kHeaderValues
 //               fp64 per rank per call) is counted apart.
 // Every rank owns --batch tokens, so the declared averages are exact.
+//
+// Default shapes: dim 1024 and k 32 (the op's reference shape, DESIGN.md §5), 512 tokens per
+// rank, a table of 512k rows — 2 GiB of fp32 in all, 8x the largest last-level cache this VM
+// reports (sysconf 256 MiB; sysfs 32 MiB), so the gathered rows come from memory at every P,
+// and with 4 ranks 512 MiB each plus ~70 MiB of buffers per rank: well inside 24 GiB.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -128,7 +133,7 @@ class CountingComm final : public Comm {
 // ---- configuration ----
 
 struct Config {
-  int64_t dim = 1024, k = 32, batch = 512, rows = 262144, reps = 10, sets = 2, seed = 1;
+  int64_t dim = 1024, k = 32, batch = 512, rows = 524288, reps = 10, sets = 2, seed = 1;
   std::string dtype = "fp32", index = "int64", direction = "both", backend = "cpu", json;
 };
 
@@ -373,6 +378,13 @@ int run(const Config& c, Comm& world) {
                     {"control_bytes_per_call_group", control},
                     {"this_rank_median_ms", t * 1e3},
                     {"this_rank_comm_median_ms", cm * 1e3}};
+    record[name]["declared_by_collective"] =
+        dir == 0 ? nlohmann::json{{"all_gather", declared.fwd_all_gather},
+                                  {"all_to_all", declared.fwd_all_to_all}}
+                 : nlohmann::json{{"all_gather", declared.bwd_all_gather},
+                                  {"all_to_all", declared.bwd_all_to_all},
+                                  {"reduce_scatter", declared.bwd_reduce_scatter}};
+    record[name]["seen_by_collective"] = seen_by;
   }
   if (me == 0 && !c.json.empty()) {
     std::ofstream f(c.json);
