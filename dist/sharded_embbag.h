@@ -24,8 +24,9 @@
 // Summed over the group and divided by B_total, with every rank owning the same number of
 // tokens, that is exactly, per token:
 //   all-gather k·(s_idx + 4)·(P−1), all-to-all dim·4·(P−1)/P, reduce-scatter k·4·(P−1).
-// With uneven batches the all-gather terms stay exact and the others are averages. Besides
-// these, each call exchanges a small control header (kHeaderValues fp64 per rank through
+// The all-gather and reduce-scatter terms are exact for any batches; the all-to-all terms are
+// exact when the batches are equal or the widths are (dim % P == 0), averages otherwise. Besides
+// these, each call exchanges a small control header (P·kHeaderValues fp64 per rank through
 // all_reduce_sum_host: every rank's batch, the shape and an error flag), whatever the batch.
 //
 // The local work runs the registered EmbeddingBag variants of the backend (embbag.h); the
