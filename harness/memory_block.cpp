@@ -11,8 +11,7 @@
 #include <fmt/ranges.h>
 
 #include "common/error.h"
-#include "dist/sharded_embbag.h"
-#include "embbag/embbag.h"
+#include "dist/sharded_memory_layer.h"
 #include "harness/arena.h"
 #include "memory_layer/parts.h"
 
@@ -103,35 +102,6 @@ struct MemoryBlocks::Buffers {
   }
 };
 
-// ---- the sharded value read ----
-
-// The memory layer's bag override (memory_layer.h) with a communicator: the composition's
-// EmbeddingBag problems run on this rank's column shard through dist::ShardedEmbBag; the
-// backward's compact gradient goes to the buffers set before it (null: dw only).
-class MemoryBlocks::ShardBag final : public memory_layer::BagOverride {
- public:
-  ShardBag(dist::Comm& comm, Backend backend, int64_t width) : op_(comm, backend), width_(width) {}
-  void forward(const embbag::FwdParams& p) override {
-    embbag::FwdParams q = p;
-    q.values_stride = width_;  // the shard's rows; q.dim stays the table's full width
-    op_.forward(q);
-  }
-  void backward(const embbag::BwdParams& p) override {
-    embbag::BwdParams q = p;
-    q.values_stride = width_;
-    q.grad_values_dense = nullptr;
-    q.unique_rows = rows, q.grad_values_compact = compact, q.num_unique = count;
-    op_.backward(q);
-  }
-  int64_t* rows = nullptr;
-  float* compact = nullptr;
-  int64_t* count = nullptr;
-
- private:
-  dist::ShardedEmbBag op_;
-  int64_t width_;
-};
-
 // ---- the layers ----
 
 MemoryBlocks::MemoryBlocks(const Config& c, const ParamLayout& layout, const Ops& ops,
@@ -148,7 +118,7 @@ MemoryBlocks::MemoryBlocks(const Config& c, const ParamLayout& layout, const Ops
                   "model: a value table of {} columns cannot be split over {} ranks: accepted "
                   "are at most as many ranks as columns",
                   mc_.value_width(), comm_->size());
-  shard_ = std::make_unique<ShardBag>(*comm_, ops_.backend, width_);
+  shard_ = std::make_unique<dist::ShardBag>(*comm_, ops_.backend, width_);
 }
 
 MemoryBlocks::~MemoryBlocks() = default;
@@ -237,9 +207,10 @@ void MemoryBlocks::backward(int64_t layer, const float* params, const void* valu
   if (plus) g.w1 = G("w1"), g.b1 = G("b1"), g.w2 = G("w2"), g.b2 = G("b2");
   b.bag = shard_.get();
   if (shard_) {  // the shard's compact gradient comes from the override, not the layer's Grads
-    shard_->rows = table_grad ? buf_->rows : nullptr;
-    shard_->compact = table_grad ? buf_->compact : nullptr;
-    shard_->count = table_grad ? buf_->count : nullptr;
+    if (table_grad)
+      shard_->set_table_grads(buf_->rows, buf_->compact, buf_->count);
+    else
+      shard_->set_table_grads(nullptr, nullptr, nullptr);
   } else if (table_grad) {
     g.value_rows = buf_->rows, g.values_compact = buf_->compact, g.num_value_rows = buf_->count;
     if (peer)

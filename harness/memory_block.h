@@ -26,6 +26,10 @@
 #include "dist/comm.h"
 #include "harness/model.h"
 
+namespace memlayers::dist {
+class ShardBag;  // dist/sharded_memory_layer.h
+}  // namespace memlayers::dist
+
 namespace memlayers::harness {
 
 // A compact gradient in host memory: strictly ascending row ids, `width` floats per row.
@@ -82,7 +86,6 @@ class MemoryBlocks {
 
  private:
   struct Buffers;
-  class ShardBag;
   int64_t slot(int64_t layer) const;  // the index of `layer` in memory_layers
   memory_layer::Weights weights(int64_t layer, const float* params, const void* values) const;
 
@@ -92,7 +95,7 @@ class MemoryBlocks {
   memory_layer::Config mc_;
   int64_t tokens_ = 0, group_tokens_ = 0, width_ = 0;
   dist::Comm* comm_ = nullptr;
-  std::unique_ptr<ShardBag> shard_;  // with a communicator: the sharded value read
+  std::unique_ptr<dist::ShardBag> shard_;  // with a communicator: the sharded value read
   std::unique_ptr<Buffers> buf_;
   std::vector<HostRows> pending_;  // compact rows of this backward pass, in call order
   std::string fwd_variant_ = "not run yet", bwd_variant_ = "not run yet";
