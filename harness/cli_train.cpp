@@ -112,7 +112,8 @@ void run(const Options& o) {
                     "--memory-parallel {} ...",
                     o.config.memory_parallel, o.config.memory_parallel, o.config.memory_parallel,
                     o.config.memory_parallel);
-    comm = dist::make_mpi_comm();
+    // GPU ranks exchange device buffers over NCCL; the host backends over MPI.
+    comm = o.backend == "cuda" ? dist::make_nccl_comm() : dist::make_mpi_comm();
   }
   if (!comm || comm->size() == 1) return train_on(o, comm.get());
   try {
