@@ -16,20 +16,47 @@
 
 #include "common/error.h"
 #include "dist/comm.h"
+#include "dist/mpi_detail.h"
 
 namespace memlayers::dist {
 
 bool mpi_built() { return true; }
 
-namespace {
+namespace detail {
 
-void check(int rc, const char* call) {
+void check_mpi(int rc, const char* call) {
   if (rc == MPI_SUCCESS) return;
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(rc, msg, &len);
   fail("{} failed: {}", call, std::string(msg, static_cast<std::size_t>(len)));
 }
+
+void init_mpi_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    int initialised = 0;
+    MPI_Initialized(&initialised);
+    if (!initialised) {
+      int provided = 0;
+      // Only the main thread calls MPI; the cpu backend's worker threads never do.
+      check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided),
+                "MPI_Init_thread");
+      std::atexit([] {
+        int finalised = 0;
+        MPI_Finalized(&finalised);
+        if (!finalised) MPI_Finalize();
+      });
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  });
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::check_mpi;
 
 // MPI counts are int: a larger message is refused with its size rather than truncated.
 int as_count(int64_t n, const char* call) {
@@ -56,31 +83,12 @@ struct Displacements {
   }
 };
 
-void init_once() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    int initialised = 0;
-    MPI_Initialized(&initialised);
-    if (!initialised) {
-      int provided = 0;
-      // Only the main thread calls MPI; the cpu backend's worker threads never do.
-      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
-      std::atexit([] {
-        int finalised = 0;
-        MPI_Finalized(&finalised);
-        if (!finalised) MPI_Finalize();
-      });
-    }
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  });
-}
-
 class MpiComm final : public Comm {
  public:
   MpiComm() {
-    init_once();
-    check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
-    check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
+    detail::init_mpi_once();
+    check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
+    check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -88,17 +96,17 @@ class MpiComm final : public Comm {
 
   void all_gather(const void* send, void* recv, const std::vector<int64_t>& bytes) override {
     const Displacements d(bytes, size_, "all_gather");
-    check(MPI_Allgatherv(send, d.counts[rank_], MPI_BYTE, recv, d.counts.data(), d.displs.data(),
-                         MPI_BYTE, MPI_COMM_WORLD),
-          "MPI_Allgatherv");
+    check_mpi(MPI_Allgatherv(send, d.counts[rank_], MPI_BYTE, recv, d.counts.data(),
+                             d.displs.data(), MPI_BYTE, MPI_COMM_WORLD),
+              "MPI_Allgatherv");
   }
 
   void all_to_all(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
                   const std::vector<int64_t>& recv_bytes) override {
     const Displacements s(send_bytes, size_, "all_to_all"), r(recv_bytes, size_, "all_to_all");
-    check(MPI_Alltoallv(send, s.counts.data(), s.displs.data(), MPI_BYTE, recv, r.counts.data(),
-                        r.displs.data(), MPI_BYTE, MPI_COMM_WORLD),
-          "MPI_Alltoallv");
+    check_mpi(MPI_Alltoallv(send, s.counts.data(), s.displs.data(), MPI_BYTE, recv, r.counts.data(),
+                            r.displs.data(), MPI_BYTE, MPI_COMM_WORLD),
+              "MPI_Alltoallv");
   }
 
   void reduce_scatter_sum(const float* send, float* recv,
@@ -138,9 +146,9 @@ class MpiComm final : public Comm {
     // Few values (losses, counts, norms): gathered whole and summed in rank order.
     MEMLAYERS_CHECK(count >= 0, "all_reduce_sum_host: count = {}: accepted count >= 0", count);
     std::vector<double> all(static_cast<std::size_t>(count * size_));
-    check(MPI_Allgather(data, as_count(count, "all_reduce_sum_host"), MPI_DOUBLE, all.data(),
-                        static_cast<int>(count), MPI_DOUBLE, MPI_COMM_WORLD),
-          "MPI_Allgather");
+    check_mpi(MPI_Allgather(data, as_count(count, "all_reduce_sum_host"), MPI_DOUBLE, all.data(),
+                            static_cast<int>(count), MPI_DOUBLE, MPI_COMM_WORLD),
+              "MPI_Allgather");
     for (int64_t i = 0; i < count; ++i) {
       double sum = all[i];
       for (int r = 1; r < size_; ++r) sum += all[r * count + i];
@@ -148,7 +156,7 @@ class MpiComm final : public Comm {
     }
   }
 
-  void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  void barrier() override { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
 
   [[noreturn]] void abort_group(const std::string& why, int code) override {
     std::fprintf(stderr, "memlayers: rank %d of %d: %s\n", rank_, size_, why.c_str());

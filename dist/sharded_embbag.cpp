@@ -22,6 +22,7 @@
 
 #include "common/error.h"
 #include "common/registry.h"
+#include "memory_layer/parts.h"
 
 namespace memlayers::dist {
 
@@ -106,19 +107,7 @@ const Variant<typename Op::Params>* choose(Backend b, const std::string& name,
     }
     return v;
   }
-  auto mine = Registry<Op>::of(b);
-  std::stable_sort(mine.begin(), mine.end(),
-                   [](const auto* x, const auto* y) { return x->name > y->name; });
-  std::string reasons;
-  for (const auto* v : mine) {
-    if (!v->deterministic) continue;
-    const std::string r = v->supports(p);
-    if (r.empty()) return v;
-    reasons += (reasons.empty() ? "" : "; ") + v->name + ": " + r;
-  }
-  why = fmt::format("no deterministic {} variant on backend {} supports the shard ({})", Op::name,
-                    to_string(b), reasons.empty() ? "none registered" : reasons);
-  return nullptr;
+  return memory_layer::parts::find_part<Op>(b, p, nullptr, why);
 }
 
 // Every rank's text, in rank order (the error path only: fp64 host values serve every engine).

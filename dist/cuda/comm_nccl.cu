@@ -25,6 +25,7 @@
 
 #include "common/cuda.cuh"
 #include "dist/comm.h"
+#include "dist/mpi_detail.h"
 
 namespace memlayers::dist {
 
@@ -32,39 +33,14 @@ bool nccl_built() { return true; }
 
 namespace {
 
-void check_mpi(int rc, const char* call) {
-  if (rc == MPI_SUCCESS) return;
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, msg, &len);
-  fail("{} failed: {}", call, std::string(msg, static_cast<std::size_t>(len)));
-}
+using detail::check_mpi;
+using detail::init_mpi_once;
 
 void check_nccl(ncclResult_t rc, const char* call, ncclComm_t comm) {
   if (rc == ncclSuccess) return;
   const char* last = ncclGetLastError(comm);
   fail("{} failed: {} ({})", call, ncclGetErrorString(rc),
        last != nullptr && *last != '\0' ? last : "NCCL gave no further detail");
-}
-
-// MPI as comm_mpi.cpp starts it: once, funneled, finalised at exit unless the program did.
-void init_mpi_once() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    int initialised = 0;
-    MPI_Initialized(&initialised);
-    if (!initialised) {
-      int provided = 0;
-      check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided),
-                "MPI_Init_thread");
-      std::atexit([] {
-        int finalised = 0;
-        MPI_Finalized(&finalised);
-        if (!finalised) MPI_Finalize();
-      });
-    }
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  });
 }
 
 // recv[i] = blocks[i] + blocks[n + i] + ... + blocks[(ranks-1)·n + i], added left to right in
@@ -118,7 +94,7 @@ struct DeviceBuffer {
 
 class NcclComm final : public Comm {
  public:
-  NcclComm() {
+  NcclComm() : host_(make_mpi_comm()) {
     init_mpi_once();
     check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
@@ -208,24 +184,12 @@ class NcclComm final : public Comm {
   }
 
   void all_reduce_sum_host(double* data, int64_t count) override {
-    // Few values (losses, counts, norms): gathered whole over MPI and summed in rank order.
-    MEMLAYERS_CHECK(count >= 0 && count <= INT_MAX / size_,
-                    "all_reduce_sum_host: count = {}: accepted 0 <= count <= {}", count,
-                    INT_MAX / size_);
-    std::vector<double> all(static_cast<std::size_t>(count * size_));
-    check_mpi(MPI_Allgather(data, static_cast<int>(count), MPI_DOUBLE, all.data(),
-                            static_cast<int>(count), MPI_DOUBLE, MPI_COMM_WORLD),
-              "MPI_Allgather");
-    for (int64_t i = 0; i < count; ++i) {
-      double sum = all[i];
-      for (int r = 1; r < size_; ++r) sum += all[r * count + i];
-      data[i] = sum;
-    }
+    host_->all_reduce_sum_host(data, count);  // few host values: over MPI
   }
 
   void barrier() override {
     sync("barrier");
-    check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+    host_->barrier();
   }
 
   [[noreturn]] void abort_group(const std::string& why, int code) override {
@@ -238,6 +202,8 @@ class NcclComm final : public Comm {
   }
 
  private:
+  std::unique_ptr<Comm> host_;  // the same group over MPI, for host values and the barrier
+
   // The GPU of this rank: its rank among the ranks of its node, modulo the node's device count.
   // Every rank learns whether every rank found one before any NCCL call, so a rank without a GPU
   // ends the construction with an error on every rank instead of leaving the others in

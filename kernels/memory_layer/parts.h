@@ -80,7 +80,7 @@ const Variant<typename Op::Params>* find_part(Backend backend, const typename Op
     if (r.empty()) return v;
     reasons += (reasons.empty() ? "" : "; ") + v->name + ": " + r;
   }
-  why = fmt::format("no deterministic {} variant on backend {} supports this layer ({})", Op::name,
+  why = fmt::format("no deterministic {} variant on backend {} supports the problem ({})", Op::name,
                     to_string(backend), reasons.empty() ? "none registered" : reasons);
   return nullptr;
 }

@@ -11,22 +11,14 @@
 
 #include "common/error.h"
 #include "group.h"
+#include "tests/dist/comm_data.h"
 
 namespace memlayers::dist {
 namespace {
 
 using testing::group;
 
-// Rank r's `n` floats of stream `salt`: mixed signs and magnitudes, so the order of a sum shows.
-std::vector<float> data_of(int r, int64_t n, uint64_t salt) {
-  std::mt19937_64 rng(1000 * salt + static_cast<uint64_t>(r));
-  std::uniform_real_distribution<float> mag(-8.0f, 8.0f);
-  std::vector<float> v(static_cast<std::size_t>(n));
-  for (auto& x : v)
-    x = std::ldexp(1.0f + mag(rng) / 16.0f, static_cast<int>(mag(rng))) *
-        (rng() % 2 ? 1.0f : -1.0f);
-  return v;
-}
+using memlayers::dist::testing::data_of;
 
 TEST(Comm, RankAndSize) {
   Comm& g = group();
