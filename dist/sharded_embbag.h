@@ -31,8 +31,11 @@
 //
 // The local work runs the registered EmbeddingBag variants of the backend (embbag.h); the
 // kernels see a (num_rows, width) table and bag counts of B_total. With deterministic variants
-// the results are bitwise those of one process except dw, whose shard sums change the order of
-// the dot product's additions (fp tolerance).
+// whose arithmetic per column does not depend on the column's place in a row (simt, reference;
+// cpu on AVX-512, which masks a row's tail) y and dV are bitwise those of one process; a SIMD
+// target with a scalar tail (AVX2) rounds a row's last columns differently (within 1e-6), and a
+// shard moves columns into the tail. dw's shard sums change the order of the dot product's
+// additions (fp tolerance).
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -10,11 +10,13 @@
 // tables); the backends whose composition accepts an override: cpu and simt with an mpi (or
 // single) communicator, cuda with nccl.
 //
-// Results (tests/dist/sharded_memory_layer_test.cpp): the output is bitwise that of the unsharded
-// layer on the rank's tokens; the shard's table gradient has the rows of the unsharded layer's on
-// the group's tokens, and its values within rounding (each rank projects only its own tokens, and
-// a GEMM may round a row differently at another height); dx and the dense parameter gradients
-// differ from the unsharded layer's only in dw's order of addition (summed over shards).
+// Results (tests/dist/sharded_memory_layer_test.cpp): the output is that of the unsharded layer
+// on the rank's tokens, bitwise where the bag's arithmetic per column does not depend on the
+// column's place in the row (simt; cpu with AVX-512), else within 1e-6; the shard's table gradient
+// has the rows of the unsharded layer's on the group's tokens, and its values within rounding (each
+// rank projects only its own tokens, and a GEMM may round a row differently at another height); dx
+// and the dense parameter gradients differ from the unsharded layer's only in dw's order of
+// addition (summed over shards).
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -7,6 +7,10 @@
 // unsharded variant on all the group's bags, and compares:
 //   y of its bags   bitwise (the same deterministic variant sums each column in the same order);
 //   dV of its shard bitwise, dense and compact (the same row ids, the shard's columns of rows);
+//                   on the cpu backend within 1e-6 of each element instead: a SIMD target that
+//                   handles a row's last columns in a scalar tail (AVX2; the sanitizer builds'
+//                   Highway targets) rounds them without FMA, and a shard moves columns from a
+//                   row's middle to its tail (bitwise where the target masks the tail: AVX-512);
 //   dw of its bags  relative norm <= 1e-5 (DESIGN.md §4): the shards split each dot product into
 //                   partial sums, which changes the order of its additions.
 // Small tables (61 rows) make duplicate indices within and across bags and ranks; weights take
@@ -125,14 +129,19 @@ double norm(const std::vector<float>& v) {
   return std::sqrt(s);
 }
 
-// Counts elements whose bits differ (NaN-poisoned ones included), with the first five.
+// Counts elements whose bits differ (NaN-poisoned ones included), with the first five; and, of
+// those, the ones beyond 1e-6 (relative, absolute near 0) and NaNs.
 struct Diff {
-  int64_t mismatches = 0;
+  int64_t mismatches = 0, beyond = 0;
   std::string first;
   void add(const std::string& where, float got, float want) {
     if (std::memcmp(&got, &want, 4) == 0) return;
     if (++mismatches <= 5) first += fmt::format(" {}: {} vs {};", where, got, want);
+    if (!(std::abs(double(got) - want) <= 1e-6 * std::max(1.0, std::abs(double(want))))) ++beyond;
   }
+  // Bitwise where the backend sums each column in the same order whatever its position; on the
+  // cpu backend within 1e-6 (the file's header says why).
+  int64_t failures(Backend b) const { return b == Backend::cpu ? beyond : mismatches; }
 };
 
 const Variant<FwdParams>& unsharded_fwd(Backend b, const std::string& shard_variant,
@@ -285,7 +294,8 @@ TEST_P(Sharded, EqualsUnsharded) {
       y_bits.add(fmt::format("y[{},{}]", b, d), got, y_full[(off + b) * dim + d]);
       again_bits.add(fmt::format("y[{},{}]", b, d), y_again[b * os + d], got);
     }
-  EXPECT_EQ(y_bits.mismatches, 0) << "forward differs from the unsharded op:" << y_bits.first;
+  EXPECT_EQ(y_bits.failures(c.backend), 0)
+      << "forward differs from the unsharded op:" << y_bits.first;
   EXPECT_EQ(again_bits.mismatches, 0) << "forward not bitwise repeatable:" << again_bits.first;
 
   Diff dense, compact;
@@ -293,7 +303,7 @@ TEST_P(Sharded, EqualsUnsharded) {
     for (int64_t d = 0; d < width; ++d)
       dense.add(fmt::format("dV[{},{}]", r, begin + d), dv_dense[r * width + d],
                 dv_full[r * dim + begin + d]);
-  EXPECT_EQ(dense.mismatches, 0) << "dense dV shard differs:" << dense.first;
+  EXPECT_EQ(dense.failures(c.backend), 0) << "dense dV shard differs:" << dense.first;
   ASSERT_EQ(n_unique, n_full) << "compact dV: a different number of touched rows";
   ASSERT_GT(n_full, 1);
   for (int64_t i = 0; i < n_full; ++i) {
@@ -302,7 +312,7 @@ TEST_P(Sharded, EqualsUnsharded) {
       compact.add(fmt::format("compact[{},{}]", i, begin + d), dv_compact[i * width + d],
                   dvc_full[i * dim + begin + d]);
   }
-  EXPECT_EQ(compact.mismatches, 0) << "compact dV shard differs:" << compact.first;
+  EXPECT_EQ(compact.failures(c.backend), 0) << "compact dV shard differs:" << compact.first;
 
   double err = 0, ref = 0;
   int64_t nan = 0;

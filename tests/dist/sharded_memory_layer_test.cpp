@@ -3,7 +3,8 @@
 // composition run by each rank itself on the whole table: every rank builds the same full problem
 // from one seed (rank r owns 3 + 2r tokens), runs the sharded layer on its tokens and its columns,
 // and compares
-//   - its output with the unsharded layer on its own tokens: bitwise;
+//   - its output with the unsharded layer on its own tokens: bitwise (cpu: within 1e-6, see
+//     the test);
 //   - its shard's table gradient (compact and dense) with the unsharded layer's on the group's
 //     tokens, restricted to its columns: the same rows, values within 1e-6 (bitwise with one
 //     rank; see the test for why not with more);
@@ -190,8 +191,17 @@ TEST_P(ShardedMemoryLayerTest, EqualsTheUnshardedLayer) {
   const Result mine = run(k.backend, pr, t0, t1, pr.values.data(), c.value_dim, nullptr, t1 - t0);
   const Result all = run(k.backend, pr, 0, total, pr.values.data(), c.value_dim, nullptr, total);
 
-  EXPECT_TRUE(same_bytes(got.out, mine.out))
-      << "the output differs (relative " << rel_diff(got.out, mine.out) << ")";
+  // Bitwise on simt; on cpu within 1e-6 (tests/dist/sharded_embbag_test.cpp says why: a SIMD
+  // tail rounds a row's last columns without FMA, and a shard moves columns into the tail).
+  if (k.backend == Backend::cpu) {
+    EXPECT_LT(rel_diff(got.out, mine.out), 1e-6) << "the output differs";
+  } else {
+    EXPECT_TRUE(same_bytes(got.out, mine.out))
+        << "the output differs (relative " << rel_diff(got.out, mine.out) << ")";
+  }
+  if (P == 1) {
+    EXPECT_TRUE(same_bytes(got.out, mine.out));
+  }
   // The table gradient against the group's tokens run unsharded: the same rows, and values
   // within rounding (each rank projects its own tokens, and OpenBLAS's GEMM rounds a row
   // differently in a GEMM of another height, so the weights of the bags may differ in the last
