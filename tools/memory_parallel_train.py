@@ -54,7 +54,8 @@ def run(exe, model, ranks, steps, lr, out_json, eval_every=None):
     if r.returncode != 0:
         raise SystemExit(f"memory_parallel_train: {model} at P = {ranks} failed (exit {r.returncode})")
     summary = json.loads(Path(out_json).read_text())
-    summary["_command"] = " ".join("memlayers" if c == str(exe) else c for c in cmd)
+    summary["_command"] = " ".join(
+        "memlayers" if c == str(exe) else c.replace(str(ROOT) + "/", "") for c in cmd)
     summary["_wall_s"] = time.time() - t0
     summary["_load"] = [load0, load_average()]
     return summary
@@ -136,8 +137,19 @@ def main():
               "training they stay at rounding level; a near-tie in a top-k selection or in an "
               "argmax can then flip and the runs drift apart slowly, as any two fp32 runs that "
               "differ in rounding do. The test that holds them to 1e-5 over six steps is "
-              "tests/dist/harness_test.cpp (bitwise with one rank and across repeated runs).", "",
-              ""]
+              "tests/dist/harness_test.cpp (bitwise with one rank and across repeated runs).", ""]
+    more = [P for P in ranks if P > 1 and all((m, P) in results for m in models)]
+    if len(more) >= 2:
+        lines += ["The group sizes differ from each other as much as from one process (the "
+                  "largest difference of the evaluation losses between two group sizes, P > 1):",
+                  ""]
+        for m in models:
+            pairs = [(x, y) for i, x in enumerate(more) for y in more[i + 1:]]
+            worst = max((max(abs(u["loss"] - v["loss"]) for u, v in
+                             zip(results[(m, x)]["history"], results[(m, y)]["history"])), x, y)
+                        for x, y in pairs)
+            lines.append(f"- {m}: {worst[0]:.2e} (P = {worst[1]} against P = {worst[2]})")
+        lines.append("")
     if early:
         P = max(early)
         lines += [f"## The first {a.early_steps} steps of {models[0]}, evaluated every 10", "",
