@@ -102,24 +102,14 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int
 }
 
 void linear_fwd(const LinearFwd& p) {
-  const int64_t I = p.in, O = p.out;
+  const int64_t O = p.out;
   if (p.b) parallel_rows(p.rows, O, [&](int64_t r) { std::copy(p.b, p.b + O, p.y + r * O); });
-  // W (in, out): ldb = out, no transpose; Wᵀ stored (out, in): ldb = in, transposed.
-  gemm(false, p.transposed_w, p.rows, O, I, p.x, I, p.w, p.transposed_w ? I : O, p.b ? 1.0f : 0.0f,
-       p.y, O);
+  detail::linear_fwd_gemm(p, gemm);
 }
 
 void linear_bwd(const LinearBwd& p) {
-  const int64_t I = p.in, O = p.out;
-  if (p.dx)  // dx (rows, in) = dy · Wᵀ
-    gemm(false, !p.transposed_w, p.rows, I, O, p.dy, O, p.w, p.transposed_w ? I : O,
-         p.accumulate_dx ? 1.0f : 0.0f, p.dx, I);
-  if (p.dw) {
-    if (p.transposed_w)  // dW (out, in) += dyᵀ · x
-      gemm(true, false, O, I, p.rows, p.dy, O, p.x, I, 1.0f, p.dw, I);
-    else  // dW (in, out) += xᵀ · dy
-      gemm(true, false, I, O, p.rows, p.x, I, p.dy, O, 1.0f, p.dw, O);
-  }
+  const int64_t O = p.out;
+  detail::linear_bwd_gemms(p, gemm);
   if (p.db)
     each_column_block(O, [&](int64_t c0, int64_t c1) {
       for (int64_t r = 0; r < p.rows; ++r)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/cuda.cuh"
+#include "common/for_each.cuh"
 
 namespace memlayers::harness {
 inline namespace MEMLAYERS_TARGET_NS {
@@ -23,19 +24,10 @@ inline constexpr Stream kStream = nullptr;
 
 // ---- a thread per element ----
 
-template <class F>
-__global__ void __launch_bounds__(kThreads) for_each_kernel(int64_t n, F f) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * kThreads)
-    f(i);
-}
-
-// f(i) for i in [0, n), grid-stride.
+// f(i) for i in [0, n), grid-stride (common/for_each.cuh), on the default stream.
 template <class F>
 void for_each(const char* name, int64_t n, const F& f) {
-  if (n <= 0) return;
-  launch_kernel(name, for_each_kernel<F>, dim3(grid_cap(ceil_div(n, int64_t{kThreads}))),
-                dim3(kThreads), 0, kStream, n, f);
+  ::memlayers::for_each<kThreads>(name, n, f, kStream);
 }
 
 // ---- a warp per row ----

@@ -187,24 +187,14 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int
 }
 
 void linear_fwd(const LinearFwd& p) {
-  const int64_t I = p.in, O = p.out;
+  const int64_t O = p.out;
   if (p.b) for_each("harness_linear_bias", p.rows * O, BroadcastRows{p.b, p.y, O});
-  // W (in, out): ldb = out, no transpose; Wᵀ stored (out, in): ldb = in, transposed.
-  gemm(false, p.transposed_w, p.rows, O, I, p.x, I, p.w, p.transposed_w ? I : O, p.b ? 1.0f : 0.0f,
-       p.y, O);
+  ::memlayers::harness::detail::linear_fwd_gemm(p, gemm);
 }
 
 void linear_bwd(const LinearBwd& p) {
-  const int64_t I = p.in, O = p.out;
-  if (p.dx)  // dx (rows, in) = dy · Wᵀ
-    gemm(false, !p.transposed_w, p.rows, I, O, p.dy, O, p.w, p.transposed_w ? I : O,
-         p.accumulate_dx ? 1.0f : 0.0f, p.dx, I);
-  if (p.dw) {
-    if (p.transposed_w)  // dW (out, in) += dyᵀ · x
-      gemm(true, false, O, I, p.rows, p.dy, O, p.x, I, 1.0f, p.dw, I);
-    else  // dW (in, out) += xᵀ · dy
-      gemm(true, false, I, O, p.rows, p.x, I, p.dy, O, 1.0f, p.dw, O);
-  }
+  const int64_t O = p.out;
+  ::memlayers::harness::detail::linear_bwd_gemms(p, gemm);
   if (p.db) for_each("harness_linear_db", O, ColumnSumsInto{p.dy, p.db, p.rows, O});
 }
 

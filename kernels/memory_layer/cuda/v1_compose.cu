@@ -28,6 +28,7 @@
 
 #include "common/blas.cuh"
 #include "common/cuda.cuh"
+#include "common/for_each.cuh"
 #include "common/stages.h"
 #include "embbag/embbag.h"
 #include "memory_layer/memory_layer.h"
@@ -116,21 +117,7 @@ __device__ __forceinline__ float gelu_grad(float z) {
   return normal_cdf(z) + z * expf(-0.5f * z * z) * 0.39894228040143268f;  // 1/√(2π)
 }
 
-// ---- elementwise kernels: a functor applied to every index, grid-stride ----
-
-template <class F>
-__global__ void __launch_bounds__(kThreads) for_each_kernel(int64_t n, F f) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * kThreads)
-    f(i);
-}
-
-template <class F>
-void for_each(const char* name, int64_t n, const F& f, Stream stream) {
-  if (n == 0) return;
-  launch_kernel(name, for_each_kernel<F>, dim3(grid_cap(ceil_div(n, int64_t{kThreads}))),
-                dim3(kThreads), 0, stream, n, f);
-}
+// ---- elementwise kernels: a functor applied to every index (common/for_each.cuh) ----
 
 // Every row of the (rows, cols) c = bias; i runs over all rows·cols elements.
 struct BroadcastRows {
@@ -287,12 +274,13 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, con
 // c (rows, cols) = bias broadcast + x (rows, inner)·w (inner, cols).
 void affine(const float* x, const float* w, const float* bias, float* c, int64_t rows,
             int64_t inner, int64_t cols, Stream stream) {
-  for_each("memory_layer_broadcast_rows", rows * cols, BroadcastRows{c, bias, cols}, stream);
+  for_each<kThreads>("memory_layer_broadcast_rows", rows * cols, BroadcastRows{c, bias, cols},
+                     stream);
   gemm(false, false, rows, cols, inner, x, w, 1.0f, c, stream);
 }
 
 void column_sums(const float* a, int64_t rows, int64_t cols, float* out, Stream stream) {
-  for_each("memory_layer_column_sums", cols, ColumnSums{a, out, rows, cols}, stream);
+  for_each<kThreads>("memory_layer_column_sums", cols, ColumnSums{a, out, rows, cols}, stream);
 }
 
 // ---- forward ----
@@ -315,7 +303,8 @@ void forward(const FwdParams& p, Stream stream) {
   run_part<pk_topk::Fwd>(search_fwd(c, W, q.get(), scores.get(), idx.get(), B), kSearchFwd, stream);
 
   stage.to("softmax");
-  for_each("memory_layer_softmax", B * c.heads, Softmax{scores.get(), w.get(), c.k}, stream);
+  for_each<kThreads>("memory_layer_softmax", B * c.heads, Softmax{scores.get(), w.get(), c.k},
+                     stream);
 
   // The output before the gate: straight into out without a gate, unless y is kept.
   const bool pre_is_y = c.kind != Kind::memory_plus && s.y;
@@ -333,7 +322,8 @@ void forward(const FwdParams& p, Stream stream) {
                          stream);
     stage.to("gating");
     affine(p.x, W.w1, W.b1, hid.get(), B, d, v, stream);
-    for_each("memory_layer_silu_gate", B * v, SiluGate{y.get(), hid.get(), m.get()}, stream);
+    for_each<kThreads>("memory_layer_silu_gate", B * v, SiluGate{y.get(), hid.get(), m.get()},
+                       stream);
     affine(m.get(), W.w2, W.b2, pre, B, v, d, stream);
   } else {  // peer
     KeptOrScratch<float> z(s.peer_pre, B * hk, stream);
@@ -342,8 +332,8 @@ void forward(const FwdParams& p, Stream stream) {
     dots.grad_weights = z.get();  // U[I]·x
     run_part<embbag::Bwd>(dots, kBagBwd, stream);
     stage.to("gating");
-    for_each("memory_layer_peer_coef", B * hk, PeerCoef{w.get(), z.get(), nullptr, coef.get()},
-             stream);
+    for_each<kThreads>("memory_layer_peer_coef", B * hk,
+                       PeerCoef{w.get(), z.get(), nullptr, coef.get()}, stream);
     stage.to("bag");
     run_part<embbag::Fwd>(bag_fwd(c, W.values, d, idx.get(), coef.get(), pre, B), kBagFwd, stream);
   }
@@ -352,7 +342,7 @@ void forward(const FwdParams& p, Stream stream) {
     stage.to("gating");
     KeptOrScratch<float> g(s.gate, B, stream);
     gemm(false, false, B, 1, d, p.x, W.wg, 0.0f, g.get(), stream);  // x·wg
-    for_each("memory_layer_gate", B * d, Gate{pre, g.get(), p.out, d}, stream);
+    for_each<kThreads>("memory_layer_gate", B * d, Gate{pre, g.get(), p.out, d}, stream);
   } else if (pre != p.out) {
     dev::copy(p.out, pre, static_cast<std::size_t>(B * d) * sizeof(float), stream);
   }
@@ -403,8 +393,8 @@ void backward(const BwdParams& p, Stream stream) {
         coef(static_cast<std::size_t>(B * hk), stream),
         dc = scratch_if<float>(need_ds || need_dz, B * hk, stream),
         dz = scratch_if<float>(need_dz, B * hk, stream);
-    for_each("memory_layer_peer_coef", B * hk, PeerCoef{s.weights, s.peer_pre, a.get(), coef.get()},
-             stream);
+    for_each<kThreads>("memory_layer_peer_coef", B * hk,
+                       PeerCoef{s.weights, s.peer_pre, a.get(), coef.get()}, stream);
     embbag::BwdParams up = bag_bwd(c, W.values, d, s.indices, coef.get(), dpre, B);
     up.grad_weights = dc.get();
     up.grad_values_dense = G.values_dense;
@@ -414,8 +404,9 @@ void backward(const BwdParams& p, Stream stream) {
     if (any_output(up)) run_part<embbag::Bwd>(up, kBagBwd, stream);
     stage.to("gating_bwd");
     if (need_ds || need_dz)
-      for_each("memory_layer_peer_bwd", B * hk,
-               PeerBwd{s.weights, s.peer_pre, a.get(), dc.get(), dw.get(), dz.get()}, stream);
+      for_each<kThreads>("memory_layer_peer_bwd", B * hk,
+                         PeerBwd{s.weights, s.peer_pre, a.get(), dc.get(), dw.get(), dz.get()},
+                         stream);
     stage.to("bag_bwd");
     if (G.down_dense || G.down_rows) {
       embbag::BwdParams down = bag_bwd(c, W.down, d, s.indices, dz.get(), p.x, B);
@@ -428,7 +419,7 @@ void backward(const BwdParams& p, Stream stream) {
       dev::Buffer<float> ux(static_cast<std::size_t>(B * d), stream);
       run_part<embbag::Fwd>(bag_fwd(c, W.down, d, s.indices, dz.get(), ux.get(), B), kBagFwd,
                             stream);
-      for_each("memory_layer_add", B * d, AddTo{G.x, ux.get()}, stream);
+      for_each<kThreads>("memory_layer_add", B * d, AddTo{G.x, ux.get()}, stream);
     }
   } else {
     const float* dy = dpre;
@@ -438,12 +429,13 @@ void backward(const BwdParams& p, Stream stream) {
       // dm = dpre·W2ᵀ (already in u with the gate), dy = dm ⊙ silu(h), dh = dm ⊙ y ⊙ silu'(h).
       if (!c.scalar_gate) {
         gemm(false, true, B, v, d, dpre, W.w2, 0.0f, u.get(), stream);
-        for_each("memory_layer_silu_gate", B * v, SiluGate{s.y, s.hidden, m.get()}, stream);
+        for_each<kThreads>("memory_layer_silu_gate", B * v, SiluGate{s.y, s.hidden, m.get()},
+                           stream);
       }
       if (G.w2) gemm(true, false, v, d, B, m.get(), dpre, 0.0f, G.w2, stream);
       if (G.b2) column_sums(dpre, B, d, G.b2, stream);
-      for_each("memory_layer_silu_gate_bwd", B * v,
-               SiluGateBwd{u.get(), s.y, s.hidden, dy_.get(), dh.get()}, stream);
+      for_each<kThreads>("memory_layer_silu_gate_bwd", B * v,
+                         SiluGateBwd{u.get(), s.y, s.hidden, dy_.get(), dh.get()}, stream);
       dy = dy_.get();
       if (G.w1) gemm(true, false, d, v, B, p.x, dh.get(), 0.0f, G.w1, stream);
       if (G.b1) column_sums(dh.get(), B, v, G.b1, stream);
@@ -463,7 +455,8 @@ void backward(const BwdParams& p, Stream stream) {
   }
 
   stage.to("softmax_bwd");  // ds = w ⊙ (dw − Σ_head w·dw), in place
-  for_each("memory_layer_softmax_bwd", B * c.heads, SoftmaxBwd{s.weights, dw.get(), c.k}, stream);
+  for_each<kThreads>("memory_layer_softmax_bwd", B * c.heads, SoftmaxBwd{s.weights, dw.get(), c.k},
+                     stream);
 
   // ---- the search backward, then the projection's ----
   dev::Buffer<float> dq = scratch_if<float>(need_dq, B * hn, stream);
