@@ -336,28 +336,23 @@ StepResult Trainer::step() {
 
 EvalResult Trainer::evaluate() {
   const int64_t facts = config_.data.facts, batch = config_.batch, vocab = model_->config().vocab;
-  std::vector<float> logits(static_cast<std::size_t>(batch * seq() * vocab));
-  std::vector<int64_t> indices(static_cast<std::size_t>(batch));
+  // With a group, each rank runs its rows [first, last) of every batch (the padding included, so
+  // every rank has rows); the model's loss is the group's, the exact matches are summed at the
+  // end. One process runs them all.
+  const auto [first, last] = my_rows(batch);
+  const int64_t mine = last - first;
+  std::vector<float> logits(static_cast<std::size_t>(mine * seq() * vocab));
+  std::vector<int64_t> indices(static_cast<std::size_t>(mine));
   EvalResult e;
   e.facts = facts;
   double loss_sum = 0;
-  // With a group, each rank runs its rows of every batch (the padding included, so every rank
-  // has rows); the model's loss is the group's, the exact matches are summed at the end.
-  const auto [first, last] = my_rows(batch);
-  const int64_t mine = last - first;
-  logits.resize(static_cast<std::size_t>(mine * seq() * vocab));
   for (int64_t start = 0; start < facts; start += batch) {
     const int64_t n = std::min(batch, facts - start);
-    for (int64_t i = 0; i < batch; ++i) indices[i] = i < n ? start + i : 0;
+    for (int64_t i = first; i < last; ++i) indices[i - first] = i < n ? start + i : 0;
     FactBatch b = make_batch(kb_, indices, seq());
-    std::fill(b.weights.begin() + n * seq(), b.weights.end(), 0.0f);  // the padding rows
-    if (comm_) {
-      std::vector<int64_t> rows(indices.begin() + first, indices.begin() + last);
-      const std::vector<float> w(b.weights.begin() + first * seq(),
-                                 b.weights.begin() + last * seq());
-      b = make_batch(kb_, rows, seq());
-      b.weights = w;
-    }
+    // The padding rows, the batch's rows from n on.
+    std::fill(b.weights.begin() + (std::clamp(n, first, last) - first) * seq(), b.weights.end(),
+              0.0f);
     upload(b);
     // The cross-entropy alone: a MoE model's objective adds its balancing loss.
     const double loss = model_->loss(params_, table(), {tokens_, targets_, weights_, mine, seq()}) -
