@@ -436,6 +436,56 @@ void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpVie
   out.lane = lane;
 }
 
+void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
+  struct Fragments {
+    uint32_t a[4], b[2];
+    float c[4];
+  };
+  const Fragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, {d[0], d[1], d[2], d[3]}};
+  // Each lane publishes the address of its fragments; a second rendezvous keeps them alive
+  // until every lane has read what it needs.
+  WarpView view;
+  warp_collective(0xffffffffu, to_bits(&mine), 0, site, view);
+  if (view.arrived != 0xffffffffu) {
+    Block& blk = *ctx.block;
+    std::lock_guard lock(blk.mu);
+    std::string missing;
+    for (unsigned l = 0; l < 32; ++l)
+      if (!((view.arrived >> l) & 1u)) missing += (missing.empty() ? "" : ",") + std::to_string(l);
+    blk.fail(blk.header() + ": " + where(site) + " called by thread " + where(threadIdx) +
+             " while lanes " + missing +
+             " of its warp have returned or do not exist; mma.sync needs all 32 lanes");
+    throw Abort{};
+  }
+  const auto lo = [](uint32_t w) { return std::bit_cast<float>(w << 16); };
+  const auto hi = [](uint32_t w) { return std::bit_cast<float>(w & 0xffff0000u); };
+  float A[16][16], B[16][8], C[16][8];
+  for (unsigned l = 0; l < 32; ++l) {
+    const auto& f = *from_bits<const Fragments*>(view.value[l]);
+    const unsigned g = l / 4, t = l % 4;
+    for (unsigned r = 0; r < 4; ++r) {
+      const unsigned row = g + 8 * (r % 2), col = 2 * (t + 4 * (r / 2));
+      A[row][col] = lo(f.a[r]);
+      A[row][col + 1] = hi(f.a[r]);
+      C[g + 8 * (r / 2)][2 * t + r % 2] = f.c[r];
+    }
+    for (unsigned r = 0; r < 2; ++r) {
+      const unsigned row = 2 * (t + 4 * r);
+      B[row][g] = lo(f.b[r]);
+      B[row + 1][g] = hi(f.b[r]);
+    }
+  }
+  WarpView done;
+  warp_collective(0xffffffffu, 0, 0, site, done);
+  const unsigned g = view.lane / 4, t = view.lane % 4;
+  for (unsigned r = 0; r < 4; ++r) {
+    const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float acc = C[row][col];
+    for (unsigned k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+    d[r] = acc;
+  }
+}
+
 unsigned active_lanes() {
   Block& b = *ctx.block;
   std::lock_guard lock(b.mu);

@@ -84,6 +84,9 @@ unsigned active_lanes();
 unsigned char* dynamic_shared_memory();
 [[noreturn]] void trap(Site site);
 
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 for the calling lane (see mma_bf16 below).
+void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site);
+
 using KernelBody = std::function<void()>;
 void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
               const KernelBody& body);
@@ -200,6 +203,22 @@ inline unsigned __reduce_add_sync(unsigned mask, unsigned v) {
   for (int l = 0; l < 32; ++l)
     if ((view.arrived >> l) & 1u) s += static_cast<unsigned>(view.value[l]);
   return s;
+}
+
+// ---- tensor cores ----
+// One warp-wide matrix multiply-accumulate, D = A·B + D, with the register fragments of PTX's
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"). Lane l, g = l / 4, t = l % 4; a 32-bit word holds two
+// bf16, the lower column (A) or row (B) in the low 16 bits:
+//   a[r]: A (16×16, row-major) row g + 8·(r % 2), columns 2·(t + 4·(r / 2)) + {0, 1}
+//   b[r]: B (16×8) column g, rows 2·(t + 4·r) + {0, 1}
+//   d[r]: D (16×8 fp32) row g + 8·(r / 2), column 2·t + r % 2
+// Every lane of the warp must call it (mma.sync is .aligned); a lane that has returned makes it a
+// KernelError. The products of two bf16 are exact in fp32; each output adds them to D in k order,
+// in fp32: the hardware's order and internal rounding are not specified, so results agree with a
+// GPU's to fp32 rounding of the sum, and exactly when every partial sum is representable.
+inline void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  ::simt::detail::mma_m16n8k16_bf16(d, a, b, {"mma.sync.m16n8k16", 0});
 }
 
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }

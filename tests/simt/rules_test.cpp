@@ -1,10 +1,12 @@
 // The rules simt enforces: a barrier that cannot complete, a warp collective whose mask leaves out
-// its caller, and an invalid launch each fail fast with a message naming the kernel, instead of
-// hanging or running on. Compiled for simt only: on a GPU these are undefined behaviour.
+// its caller, an mma.sync without its whole warp, and an invalid launch each fail fast with a
+// message naming the kernel, instead of hanging or running on. Compiled for simt only: on a GPU
+// these are undefined behaviour.
 // Run: ctest -R SimtRules
 #include <gtest/gtest.h>
 
 #include "common/cuda.cuh"
+#include "common/mma.cuh"
 
 namespace {
 
@@ -47,6 +49,13 @@ __global__ void partial_barrier_kernel(int* out) {
   out[threadIdx.x] = s[threadIdx.x + 1 < 64 ? threadIdx.x + 1 : 0];
 }
 
+__global__ void partial_warp_mma_kernel(int* out) {
+  float d[4] = {};
+  const uint32_t a[4] = {}, b[2] = {};
+  mma_bf16_m16n8k16(d, a, b);  // a block of 16 threads: half a warp
+  out[threadIdx.x] = static_cast<int>(d[0]);
+}
+
 std::string launch_error(void (*kernel)(int*), const char* name, dim3 grid, dim3 block,
                          std::size_t smem = 0) {
   std::vector<int> out(4096, 0);
@@ -80,6 +89,13 @@ TEST(SimtRules, TrapStopsTheKernelWithItsLocation) {
   std::string msg = launch_error(trap_kernel, "trap_kernel", 1, 8);
   EXPECT_NE(msg.find("__trap"), std::string::npos) << msg;
   EXPECT_NE(msg.find("trap_kernel"), std::string::npos) << msg;
+}
+
+TEST(SimtRules, MmaNeedsTheWholeWarp) {
+  std::string msg = launch_error(partial_warp_mma_kernel, "partial_warp_mma_kernel", 1, 16);
+  EXPECT_NE(msg.find("partial_warp_mma_kernel"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("mma.sync needs all 32 lanes"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("16,17"), std::string::npos) << msg;
 }
 
 TEST(SimtRules, InvalidLaunchesAreRejected) {

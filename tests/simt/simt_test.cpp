@@ -309,5 +309,36 @@ TEST(SimtTranspose, EqualsCpuTranspose) {
   }
 }
 
+// mma.sync m16n8k16 (bf16 in, fp32 accumulators): simt's emulation must use PTX's fragment
+// layout, which the kernel's loads follow; on a GPU the same kernel checks that layout against
+// the hardware. Small integers: every product and sum is exact in any order.
+TEST(SimtMma, Bf16M16n8k16EqualsCpuProduct) {
+  for (Backend b : targets()) {
+    if (!memlayers::usable(b).empty()) continue;
+    for (int tiles : {1, 3}) {
+      std::mt19937 rng(tiles);
+      std::uniform_int_distribution<int> small(-4, 4), acc(-8, 8);
+      std::vector<__nv_bfloat16> a(tiles * 256), bm(tiles * 128);
+      std::vector<float> af(a.size()), bf(bm.size()), c(tiles * 128);
+      for (std::size_t i = 0; i < a.size(); ++i) a[i] = __float2bfloat16(af[i] = small(rng));
+      for (std::size_t i = 0; i < bm.size(); ++i) bm[i] = __float2bfloat16(bf[i] = small(rng));
+      for (auto& x : c) x = static_cast<float>(acc(rng));
+      Target t{b, &kernels_for(b), memlayers::backend_info(b).memory, {}};
+      float* d = t.poisoned<float>(tiles * 128);
+      t.k->mma_bf16(t.upload(a), t.upload(bm), t.upload(c), d, tiles, nullptr);
+      const auto got = t.download(d, tiles * 128);
+      for (int tile = 0; tile < tiles; ++tile)
+        for (int row = 0; row < 16; ++row)
+          for (int col = 0; col < 8; ++col) {
+            float want = c[tile * 128 + row * 8 + col];
+            for (int k = 0; k < 16; ++k)
+              want += af[tile * 256 + row * 16 + k] * bf[tile * 128 + col * 16 + k];
+            ASSERT_EQ(got[tile * 128 + row * 8 + col], want)
+                << memlayers::to_string(b) << " tile " << tile << " row " << row << " col " << col;
+          }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace simt_tests

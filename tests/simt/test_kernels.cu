@@ -1,6 +1,7 @@
 // Kernels for simt's own tests (see test_kernels.h). Written as ordinary CUDA: nothing here knows
 // whether it runs on a GPU or on simt's CPU threads.
 #include "common/cuda.cuh"
+#include "common/mma.cuh"
 #include "tests/simt/test_kernels.h"
 
 namespace simt_tests {
@@ -197,6 +198,28 @@ __global__ void reverse_dynamic_kernel(const float* x, float* out, int n, int ea
   if (base + t < n) out[base + t] = s[src];
 }
 
+__global__ void mma_bf16_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, const float* c,
+                                float* d, int tiles) {
+  const int tile = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (tile >= tiles) return;  // the whole warp
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const __nv_bfloat16* A = a + tile * 256;  // A[row][col] at row·16 + col
+  const __nv_bfloat16* B = b + tile * 128;  // B[k][n] at n·16 + k
+  uint32_t fa[4], fb[2];
+  float fd[4];
+  for (int r = 0; r < 4; ++r) {
+    const __nv_bfloat16* p = A + (g + 8 * (r % 2)) * 16 + 2 * t + 8 * (r / 2);
+    fa[r] = memlayers::pack_bf16(p[0], p[1]);
+    fd[r] = c[tile * 128 + (g + 8 * (r / 2)) * 8 + 2 * t + r % 2];
+  }
+  for (int r = 0; r < 2; ++r) {
+    const __nv_bfloat16* p = B + g * 16 + 2 * t + 8 * r;
+    fb[r] = memlayers::pack_bf16(p[0], p[1]);
+  }
+  mma_bf16_m16n8k16(fd, fa, fb);
+  for (int r = 0; r < 4; ++r) d[tile * 128 + (g + 8 * (r / 2)) * 8 + 2 * t + r % 2] = fd[r];
+}
+
 // ---- host launchers ----
 void block_reduce(const float* x, float* out, int n, int threads, Stream s) {
   launch_kernel("block_reduce", block_reduce_kernel, dim3(ceil_div(n, 2 * threads)), dim3(threads),
@@ -235,12 +258,18 @@ void reverse_dynamic(const float* x, float* out, int n, int threads, int early, 
                 dim3(threads), threads * sizeof(float), s, x, out, n, early);
 }
 
+void mma_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, const float* c, float* d, int tiles,
+              Stream s) {
+  launch_kernel("mma_bf16", mma_bf16_kernel, dim3(ceil_div(tiles, 2)), dim3(64), 0, s, a, b, c, d,
+                tiles);
+}
+
 }  // namespace
 
 namespace MEMLAYERS_TARGET_NS {
 const KernelSet& kernels() {
-  static const KernelSet set{block_reduce, warp_reduce, block_scan, transpose,      histogram,
-                             shuffles,     votes,       atomics,    reverse_dynamic};
+  static const KernelSet set{block_reduce, warp_reduce, block_scan, transpose,       histogram,
+                             shuffles,     votes,       atomics,    reverse_dynamic, mma_bf16};
   return set;
 }
 }  // namespace MEMLAYERS_TARGET_NS

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include <cuda_bf16.h>
+
 #include "common/backend.h"
 
 namespace simt_tests {
@@ -37,6 +39,11 @@ struct KernelSet {
   // out = reverse of x within each block, through dynamic shared memory of `threads` floats,
   // with the first `early` threads returning before the barrier (they drop out of it).
   void (*reverse_dynamic)(const float* x, float* out, int n, int threads, int early, Stream s);
+  // Per 16×8×16 tile (a warp each, two warps per block): d = c + a·b through mma.sync m16n8k16,
+  // the fragments loaded with PTX's documented layout. a: 16×16 bf16 row-major; b: 8 columns of
+  // 16 bf16 each (b[n·16 + k]); c, d: 16×8 fp32 row-major; `tiles` of each, back to back.
+  void (*mma_bf16)(const __nv_bfloat16* a, const __nv_bfloat16* b, const float* c, float* d,
+                   int tiles, Stream s);
 };
 
 namespace simt {

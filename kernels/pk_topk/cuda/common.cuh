@@ -337,6 +337,22 @@ __device__ __forceinline__ void pair_step(const RowLists& R, const RowSpace& s, 
 }
 
 // ---- RMS norm ----
+// 1 / sqrt(mean(x²) + kNormEps) of one row x[0, width), for a whole warp (every lane calls it and
+// gets it); the sum of squares in fp32, the scale in fp64, as the fused variants apply it. A row
+// that is not `valid` (past the batch) is never read.
+template <class T>
+__device__ __forceinline__ double warp_inv_rms(const T* __restrict__ x, int64_t width, bool valid) {
+  float ss = 0.f;
+  if (valid)
+    for (int64_t e = threadIdx.x % 32; e < width; e += 32) {
+      const float v = to_f32(x[e]);
+      ss += v * v;
+    }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  return 1.0 / sqrt(static_cast<double>(ss) * (1.0 / static_cast<double>(width)) + kNormEps);
+}
+
 // out row = in row · (1 / sqrt(mean(in²) + kNormEps)), a warp per row of `width` elements.
 // Rows r of the input start at r·in_stride (+ in_offset); outputs at r·out_stride (+ out_offset).
 // Fixed-order reduction: deterministic.

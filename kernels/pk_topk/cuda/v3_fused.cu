@@ -86,15 +86,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
       if (norm)
 #pragma unroll
         for (int qq = 0; qq < kQueriesPerWarp; ++qq) {
-          float ss = 0.f;
-          if (bw + qq < batch)
-            for (int64_t e = lane; e < half; e += 32) {
-              const float v = to_f32(q[((bw + qq) * heads + h) * k_dim + qoff + e]);
-              ss += v * v;
-            }
-#pragma unroll
-          for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-          qinv[qq] = 1.0 / sqrt(static_cast<double>(ss) * inv_half + kNormEps);
+          const bool valid = bw + qq < batch;
+          qinv[qq] =
+              warp_inv_rms(valid ? q + ((bw + qq) * heads + h) * k_dim + qoff : q, half, valid);
         }
       const TopList L0 = c == 0 ? R0.half[0] : R0.half[1];
       const TopList L1 = c == 0 ? R1.half[0] : R1.half[1];
