@@ -21,6 +21,7 @@
 
 #include "common/dtype.h"
 #include "npy/npy.h"
+#include "tests/common/temp_dir.h"
 
 namespace memlayers::cli_test {
 
@@ -59,21 +60,10 @@ inline Result run(const std::string& args) {
 
 // ---- a temp dir per test ----
 
-// A fixture whose temp dir, <tmp>/<prefix><pid>_<test name>, is made empty before each test and
-// removed after it.
-class TempDirTest : public ::testing::Test {
+// The temp-dir fixture (tests/common/temp_dir.h), with running the binary on its files.
+class TempDirTest : public test::TempDirTest {
  protected:
-  explicit TempDirTest(std::string prefix) : prefix_(std::move(prefix)) {}
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           (prefix_ + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  fs::path file(const std::string& name) const { return dir_ / name; }
+  using test::TempDirTest::TempDirTest;
   std::string arg(const std::string& name) const { return quoted(file(name)); }
 
   // A run that must succeed: exit 0, nothing on stdout (the summary goes to stderr), each of
@@ -98,9 +88,6 @@ class TempDirTest : public ::testing::Test {
     for (const auto& o : outputs) EXPECT_FALSE(fs::exists(file(o))) << "a failed run wrote " << o;
     return r;
   }
-
-  std::string prefix_;
-  fs::path dir_;
 };
 
 // ---- comparing outputs ----

@@ -489,7 +489,7 @@ for name, ref in want.items():
     worst = max(worst, err)
 sys.exit(0 if worst <= 1e-5 else 1)
 )";
-  ASSERT_EQ(std::system(("python3 " + quoted(make) + " " + quoted(dir_)).c_str()), 0);
+  ASSERT_EQ(std::system(("python3 " + quoted(make) + " " + quoted(fs::path(dir()))).c_str()), 0);
   for (const char* backend : {"cpu", "simt"}) {
     SCOPED_TRACE(backend);
     ok(inputs() + " --backend " + backend + " --out " + arg("y.npy"), {"y.npy"});
@@ -498,7 +498,8 @@ sys.exit(0 if worst <= 1e-5 else 1)
        {"dV.npy", "dw.npy"});
     const std::string log = file("check.log").string();
     const int rc = std::system(
-        ("python3 " + quoted(check) + " " + quoted(dir_) + " >'" + log + "' 2>&1").c_str());
+        ("python3 " + quoted(check) + " " + quoted(fs::path(dir())) + " >'" + log + "' 2>&1")
+            .c_str());
     EXPECT_EQ(rc, 0) << "numpy disagrees:\n" << slurp(log);
   }
 }

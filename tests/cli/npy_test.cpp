@@ -1,6 +1,5 @@
 // .npy reading and writing: round trips per dtype and shape, files laid out as NumPy writes them,
 // every refused input with its message, and (when python3 has numpy) files exchanged with NumPy.
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -13,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "npy/npy.h"
+#include "tests/common/temp_dir.h"
 
 namespace memlayers::npy {
 namespace {
@@ -20,19 +20,9 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-class NpyFile : public ::testing::Test {
+class NpyFile : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = std::string(info->test_suite_name()) + "_" + info->name();
-    std::replace(name.begin(), name.end(), '/', '_');
-    dir_ = fs::temp_directory_path() / ("memlayers_npy_" + std::to_string(::getpid()) + "_" + name);
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  fs::path file(const std::string& name) const { return dir_ / name; }
+  NpyFile() : TempDirTest("memlayers_npy_") {}
 
   void write_raw(const fs::path& p, const std::string& bytes) const {
     std::ofstream out(p, std::ios::binary);
@@ -53,8 +43,6 @@ class NpyFile : public ::testing::Test {
     ADD_FAILURE() << "reading " << p << " did not throw";
     return "";
   }
-
-  fs::path dir_;
 };
 
 // A .npy file laid out by hand from the format's specification (not by our writer), with a header
@@ -213,7 +201,7 @@ TEST_F(NpyFile, MissingFile) {
   EXPECT_THAT(msg, HasSubstr("No such file"));
 }
 
-TEST_F(NpyFile, Directory) { EXPECT_THAT(read_error(dir_), HasSubstr("is a directory")); }
+TEST_F(NpyFile, Directory) { EXPECT_THAT(read_error(dir()), HasSubstr("is a directory")); }
 
 TEST_F(NpyFile, BadMagic) {
   write_raw(file("x.npy"), "PK\x03\x04 this is a zip (an .npz), not an .npy file");
@@ -367,7 +355,7 @@ TEST_F(NpyFile, WriteReplacesAndLeavesNoTemporary) {
   write(p, Array::from<std::int32_t>({3}, std::vector<std::int32_t>{7, 8, 9}));
   EXPECT_EQ(read(p).to_vector<std::int32_t>(), (std::vector<std::int32_t>{7, 8, 9}));
   int entries = 0;
-  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir_)) ++entries;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir())) ++entries;
   EXPECT_EQ(entries, 1) << "a temporary file was left beside the output";
 }
 
@@ -410,7 +398,7 @@ np.save(d + '/f64.npy', np.zeros(3))
 np.save(d + '/fortran.npy', np.asfortranarray(np.ones((2, 3), dtype=np.float32)))
 np.save(d + '/big.npy', np.ones(3, dtype='>f4'))
 )";
-  ASSERT_EQ(std::system(("python3 " + file("write.py").string() + " " + dir_.string()).c_str()), 0);
+  ASSERT_EQ(std::system(("python3 " + file("write.py").string() + " " + dir()).c_str()), 0);
 
   const Array f = read(file("f32.npy"));
   ASSERT_EQ(f.shape, (std::vector<std::int64_t>{2, 3, 4}));
@@ -441,7 +429,7 @@ assert b.dtype == np.int64 and b.shape == () and b == 2**50, b
 c = np.load(d + '/ours_i32.npy')
 assert c.dtype == np.int32 and c.shape == (0, 4), c
 )";
-  EXPECT_EQ(std::system(("python3 " + file("check.py").string() + " " + dir_.string()).c_str()), 0);
+  EXPECT_EQ(std::system(("python3 " + file("check.py").string() + " " + dir()).c_str()), 0);
 }
 
 }  // namespace

@@ -43,6 +43,23 @@ bool same_bytes(const std::vector<T>& a, const std::vector<T>& b, std::size_t co
   return count == 0 || std::memcmp(a.data(), b.data(), count * sizeof(T)) == 0;
 }
 
+// Sanitizer builds (tools/test.sh) run thinner simt sweeps where a test says so: simt runs each
+// CUDA thread as an OS thread, and the sanitizers multiply its cost.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
+// Whether a determinism test runs its variant a second time to compare the bytes. Not under
+// ThreadSanitizer: determinism is checked by the release and ASan runs of the same test, and one
+// run shows TSan any race (the simt runs there are minutes, CI time is bounded).
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool kRunTwice = false;
+#else
+inline constexpr bool kRunTwice = true;
+#endif
+
 // The deterministic ones among `variants`, with their labels (determinism test parameters).
 template <class V>
 std::vector<std::pair<const V*, std::string>> deterministic_variants(

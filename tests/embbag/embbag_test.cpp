@@ -370,6 +370,12 @@ std::vector<BwdCase> bwd_cases() {
           for (Outputs o : {Outputs::all, Outputs::dw, Outputs::dense, Outputs::compact}) {
             const Shape& s = shapes[si];
             if (!in_sweep(v->backend, si, vt, it)) continue;
+            // simt under a sanitizer: the widest rows with the big bags are the slowest cases by
+            // far (a warp reduction per entry per column pass, every shuffle a rendezvous of OS
+            // threads, minutes under TSan) and take no path that dims 1000 and 1024 with the
+            // same k do not; the release build runs them.
+            if (test::kSanitized && v->backend == Backend::simt && s.dim > 1024 && s.k >= 32)
+              continue;
             // Each output alone on a few shapes: a variant may take another path for it.
             if (o != Outputs::all && !((s.dim == 3 || s.dim == 1024) && s.k == 7 && s.batch > 1))
               continue;
@@ -412,9 +418,11 @@ TEST_P(EmbbagFwdDeterminism, IdenticalBytes) {
     const Problem pr = make_problem(GetParam().second + shape_label(s), s, vt, DType::i32);
     FwdOut a, b;
     if (std::string why = launch_fwd(v, pr, ot, a); !why.empty()) GTEST_SKIP() << why;
-    ASSERT_EQ(launch_fwd(v, pr, ot, b), "");
-    EXPECT_TRUE(same_bytes(a.y, b.y))
-        << shape_label(s) << " " << short_name(vt) << ": two runs differ";
+    if (test::kRunTwice) {
+      ASSERT_EQ(launch_fwd(v, pr, ot, b), "");
+      EXPECT_TRUE(same_bytes(a.y, b.y))
+          << shape_label(s) << " " << short_name(vt) << ": two runs differ";
+    }
     const CheckResult r = check_fwd(pr, ot, a);
     EXPECT_TRUE(r.ok) << r.message;
   }
@@ -433,15 +441,18 @@ TEST_P(EmbbagBwdDeterminism, IdenticalBytes) {
     const Problem pr = make_problem(GetParam().second + shape_label(s), s, vt, DType::i64);
     BwdOut a, b;
     if (std::string why = launch_bwd(v, pr, Outputs::all, a); !why.empty()) GTEST_SKIP() << why;
-    ASSERT_EQ(launch_bwd(v, pr, Outputs::all, b), "");
-    EXPECT_TRUE(same_bytes(a.dw, b.dw)) << shape_label(s) << ": dw differs between runs";
-    EXPECT_TRUE(same_bytes(a.dense, b.dense)) << shape_label(s) << ": dense dV differs";
-    ASSERT_TRUE(same_bytes(a.num_unique, b.num_unique)) << shape_label(s) << ": num_unique differs";
-    // Only the first num_unique rows of the compact outputs are written.
-    const auto u = static_cast<std::size_t>(a.num_unique[0]);
-    EXPECT_TRUE(same_bytes(a.rows, b.rows, u)) << shape_label(s) << ": unique_rows differ";
-    EXPECT_TRUE(same_bytes(a.compact, b.compact, u * static_cast<std::size_t>(s.dim)))
-        << shape_label(s) << ": compact dV differs between runs";
+    if (test::kRunTwice) {
+      ASSERT_EQ(launch_bwd(v, pr, Outputs::all, b), "");
+      EXPECT_TRUE(same_bytes(a.dw, b.dw)) << shape_label(s) << ": dw differs between runs";
+      EXPECT_TRUE(same_bytes(a.dense, b.dense)) << shape_label(s) << ": dense dV differs";
+      ASSERT_TRUE(same_bytes(a.num_unique, b.num_unique))
+          << shape_label(s) << ": num_unique differs";
+      // Only the first num_unique rows of the compact outputs are written.
+      const auto u = static_cast<std::size_t>(a.num_unique[0]);
+      EXPECT_TRUE(same_bytes(a.rows, b.rows, u)) << shape_label(s) << ": unique_rows differ";
+      EXPECT_TRUE(same_bytes(a.compact, b.compact, u * static_cast<std::size_t>(s.dim)))
+          << shape_label(s) << ": compact dV differs between runs";
+    }
     const CheckResult r = check_bwd(pr, Outputs::all, a);
     EXPECT_TRUE(r.ok) << r.message;
   }

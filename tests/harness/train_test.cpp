@@ -7,7 +7,6 @@
 // Build and run: cmake --build build --target harness_train_test && ctest --test-dir build -L
 // harness
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -25,6 +24,7 @@
 #include "common/error.h"
 #include "harness/checkpoint.h"
 #include "harness/train.h"
+#include "tests/common/temp_dir.h"
 #include "tests/harness/expect_error.h"
 
 namespace memlayers::harness {
@@ -48,20 +48,9 @@ TrainConfig tiny(ModelKind kind = ModelKind::dense, Backend backend = Backend::c
 }
 
 // A temp dir per test, emptied before and removed after.
-class TrainTest : public ::testing::Test {
+class TrainTest : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("memlayers_train_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string dir() const { return dir_.string(); }
-
- private:
-  fs::path dir_;
+  TrainTest() : TempDirTest("memlayers_train_test_") {}
 };
 
 // `n` steps with the evaluations the loop makes, the step losses appended to `losses`.
