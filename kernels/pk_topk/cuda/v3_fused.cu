@@ -11,11 +11,8 @@
 // Over v2: removes the score matrices' 2·B·h·n_keys·4·2 bytes (Fwd::score_matrix_bytes) and the
 // separate GEMM launch; each key tile loaded into shared memory serves 2·W queries.
 // Bottleneck left: FFMA throughput (2·B·h·n_keys·n flops on CUDA cores) and the per-tile offer
-// rounds. Tensor cores are the next step and not done here: bf16 (and fp32 via 3×bf16 or tf32
-// with a correction) through mma.sync m16n8k16 with the query tile as A (16 rows) and key tiles
-// as B, accumulating fp32 fragments; the selection would read the accumulator fragment layout
-// (each lane holds 2 rows × 2 columns per n8 tile). It needs a fragment-exact mma emulation
-// under simt to be testable here, which simt does not provide yet.
+// rounds. v4_fused_mma moves the bf16 scoring onto tensor cores (mma.sync m16n8k16); fp32 inputs
+// stay here (3×bf16 splitting or tf32 with a correction would be the way to put them there).
 // Measured: not yet on a GPU (simt-correct).
 #include "pk_topk/cuda/common.cuh"
 
@@ -81,15 +78,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
     for (int c = 0; c < 2; ++c) {
       const T* keys = c == 0 ? k1 : k2;
       const int64_t qoff = c * half;
-      // Norm scales in fp64: the score is rounded once from (q·k)·qinv·kinv (see v1's norm).
-      double qinv[kQueriesPerWarp] = {1.0, 1.0};
-      if (norm)
-#pragma unroll
-        for (int qq = 0; qq < kQueriesPerWarp; ++qq) {
-          const bool valid = bw + qq < batch;
-          qinv[qq] =
-              warp_inv_rms(valid ? q + ((bw + qq) * heads + h) * k_dim + qoff : q, half, valid);
-        }
+      double qinv[kQueriesPerWarp];
+      pair_query_scales(q, bw, batch, heads, h, k_dim, qoff, norm, qinv);
       const TopList L0 = c == 0 ? R0.half[0] : R0.half[1];
       const TopList L1 = c == 0 ? R1.half[0] : R1.half[1];
       list_init(L0, g);
@@ -142,12 +132,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
       list_finish(L0, g);
       list_finish(L1, g);
     }
-    if (bw < batch)
-      pair_step(R0, sp, off, n_keys, scores + (bw * heads + h) * sp.k,
-                indices + (bw * heads + h) * sp.k, g);
-    if (bw + 1 < batch)
-      pair_step(R1, sp, off, n_keys, scores + ((bw + 1) * heads + h) * sp.k,
-                indices + ((bw + 1) * heads + h) * sp.k, g);
+    pair_steps(R0, R1, sp, off, n_keys, scores, indices, bw, batch, heads, h, g);
   }
 }
 

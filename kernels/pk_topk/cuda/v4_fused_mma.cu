@@ -123,14 +123,8 @@ __global__ void __launch_bounds__(W * 32, 1)
     for (int c = 0; c < 2; ++c) {
       const __nv_bfloat16* keys = c == 0 ? k1 : k2;
       const int64_t qoff = c * half;
-      double qinv[kQueriesPerWarp] = {1.0, 1.0};
-      if (norm)
-#pragma unroll
-        for (int qq = 0; qq < kQueriesPerWarp; ++qq) {
-          const bool valid = bw + qq < batch;
-          qinv[qq] =
-              warp_inv_rms(valid ? q + ((bw + qq) * heads + h) * k_dim + qoff : q, half, valid);
-        }
+      double qinv[kQueriesPerWarp];
+      pair_query_scales(q, bw, batch, heads, h, k_dim, qoff, norm, qinv);
       const TopList L0 = c == 0 ? R0.half[0] : R0.half[1];
       const TopList L1 = c == 0 ? R1.half[0] : R1.half[1];
       list_init(L0, grp);
@@ -210,12 +204,7 @@ __global__ void __launch_bounds__(W * 32, 1)
       list_finish(L0, grp);
       list_finish(L1, grp);
     }
-    if (bw < batch)
-      pair_step(R0, sp, off, n_keys, scores + (bw * heads + h) * sp.k,
-                indices + (bw * heads + h) * sp.k, grp);
-    if (bw + 1 < batch)
-      pair_step(R1, sp, off, n_keys, scores + ((bw + 1) * heads + h) * sp.k,
-                indices + ((bw + 1) * heads + h) * sp.k, grp);
+    pair_steps(R0, R1, sp, off, n_keys, scores, indices, bw, batch, heads, h, grp);
   }
 }
 
