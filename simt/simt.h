@@ -2,8 +2,9 @@
 //
 // One OS thread per CUDA thread (a persistent pool), one block at a time. __syncthreads is a block
 // barrier that records its call site, warp collectives (__shfl*_sync, __ballot_sync, __syncwarp)
-// are rendezvous of the lanes in their mask, atomics are std::atomic_ref, __shared__ is `static`
-// and dynamic shared memory an exact-size heap buffer filled with garbage, so ThreadSanitizer sees
+// are rendezvous of the lanes in their mask, mma.sync (mma_bf16_m16n8k16) is a whole-warp
+// rendezvous on PTX's fragment layout, atomics are std::atomic_ref, __shared__ is `static` and
+// dynamic shared memory an exact-size heap buffer filled with garbage, so ThreadSanitizer sees
 // a missing barrier as a data race at the kernel's own lines and AddressSanitizer sees a shared
 // memory overflow. A thread that returns drops out of every barrier. A barrier that cannot
 // complete (divergent __syncthreads, all threads waiting) throws simt::KernelError naming the

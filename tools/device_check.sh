@@ -72,6 +72,9 @@ for t in embbag pk_topk memory_layer; do declares "tests/$t" "${t}_test" && test
 # The NCCL communicator's check (tests/dist/gpu): a plain executable, run under mpirun.
 checks=()
 declares tests/dist/gpu dist_nccl_comm_check && checks+=(dist_nccl_comm_check)
+# simt's own test kernels on the GPU: what simt emulates (shuffles, votes, atomics, barriers, the
+# mma.sync fragment layout) against the hardware.
+declares tests/simt simt_test && checks+=(simt_test)
 needed=(memlayers "${benches[@]}" "${tests[@]}" "${checks[@]}")
 
 if [ -n "$prebuilt" ]; then
@@ -192,7 +195,8 @@ else
   torch_emb_paper=(--rows 1048576 --dim 2048 --k 128 --batch 4096 --dtype bf16)
   ml=(--direction all)  # memory+ at the paper's shape (d 1024, h 4, n_keys 1024, k 32, n 512)
 fi
-sanitizer_filter="${SANITIZER_FILTER:-Sweep/*cuda_*f32_i32*k7*}"
+# fp32 int32 cases at k 7, and the bf16 ones of the bf16-only tensor-core variant (pk_topk v4).
+sanitizer_filter="${SANITIZER_FILTER:-Sweep/*cuda_*f32_i32*k7*:Sweep/*cuda_v4_fused_mma_bf16_i32*k7*}"
 # The memory layer's cases carry no index type: its fp32 cases of the first (odd-width) shape.
 sanitizer_filter_memory_layer="${SANITIZER_FILTER_MEMORY_LAYER:-Sweep/*cuda_*_f32_*b5_d24*}"
 
@@ -285,6 +289,12 @@ for t in "${tests[@]}"; do
   [ "$t" = harness_ops_simt_test ] && continue  # below, whole
   run_step "test_${t%_test}" 60 gtest_run "${bin[$t]}" --gtest_filter='*cuda_*' --gtest_brief=1
 done
+if [ -n "${bin[simt_test]:-}" ]; then
+  run_step simt_on_gpu 60 gtest_run "${bin[simt_test]}" \
+    --gtest_filter='*cuda_*:SimtMma.*:SimtTranspose.*' --gtest_brief=1
+else
+  skip_step simt_on_gpu "tests/simt is not in this checkout"
+fi
 for tool in memcheck racecheck; do
   for t in "${tests[@]}"; do
     [ "$t" = harness_ops_simt_test ] && continue
