@@ -51,14 +51,16 @@ inline constexpr bool kSanitized = true;
 inline constexpr bool kSanitized = false;
 #endif
 
-// Whether a determinism test runs its variant a second time to compare the bytes. Not under
-// ThreadSanitizer: determinism is checked by the release and ASan runs of the same test, and one
-// run shows TSan any race (the simt runs there are minutes, CI time is bounded).
+// The ThreadSanitizer build (tools/test.sh runs its simt- and threads-labelled tests) looks for
+// races: the sweeps there leave out what runs on one thread (the reference backend), and a
+// determinism test runs its variant once, not twice to compare the bytes (one run shows TSan any
+// race; the release and ASan runs of the same tests check determinism and the reference).
 #if defined(__SANITIZE_THREAD__)
-inline constexpr bool kRunTwice = false;
+inline constexpr bool kThreadSanitizer = true;
 #else
-inline constexpr bool kRunTwice = true;
+inline constexpr bool kThreadSanitizer = false;
 #endif
+inline constexpr bool kRunTwice = !kThreadSanitizer;
 
 // The deterministic ones among `variants`, with their labels (determinism test parameters).
 template <class V>
