@@ -3,9 +3,12 @@
 #   1. release build (CPU + CUDA when nvcc is on PATH) and every ctest test;
 #   2. every CUDA source compiled for sm_90: any register spill or local memory use fails;
 #   3. the CPU-only configure with nvcc hidden from PATH;
-#   4. the asan preset (AddressSanitizer + UBSan, -O1 -g1): every test, simt included;
+#   4. the asan preset (AddressSanitizer + UBSan, -O1 -g1): every test, simt included (the test
+#      code and the CLI's subcommand glue keep only UBSan's cheap checks: memlayers_light_ubsan in
+#      CMakeLists.txt; the code under test keeps all of them);
 #   5. the tsan preset (ThreadSanitizer, -O2 -g1): the tests labelled simt (CUDA kernels on CPU
-#      threads) or threads (the harness's threaded cpu backend).
+#      threads) or threads (the harness's threaded cpu backend), their sweeps thinned to what can
+#      race (tests/common/cases.h).
 # Sanitizer builds compile Highway code for AVX2 and EMU128 only (CMakeLists.txt), to fit CI time.
 # Usage: tools/test.sh [--quick]   (--quick: steps 1 and 2 only)
 set -euo pipefail
