@@ -19,6 +19,9 @@
 // Bottlenecks left: the offer rounds (a ballot and an atomic per 32 candidates), no cp.async
 // double-buffering of the key tiles, and 32-bit fragment loads where ldmatrix would take one
 // instruction per 8×8 block.
+// Registers (sm_90, nvcc 13): 124 at 8 warps (two blocks of 256 threads fit an SM, as v3's 128),
+// 164-238 at fewer warps; the minimum-blocks bound is what keeps ptxas from spilling around the
+// mma (with none it chose ~80 registers and spilled).
 // fp32 inputs are refused (use v3_fused): bf16 tensor cores would round them.
 // Measured: not yet on a GPU (simt-correct: simt emulates the mma fragment-exactly).
 #include "common/mma.cuh"
@@ -93,7 +96,7 @@ __device__ __forceinline__ void fill_tile(uint32_t* __restrict__ dst, int rows, 
 }
 
 template <class I, int W>
-__global__ void __launch_bounds__(W * 32, 1)
+__global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1)
     fused_mma_kernel(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k1,
                      const __nv_bfloat16* __restrict__ k2, float* __restrict__ scores,
                      I* __restrict__ indices, int64_t batch, int64_t heads, int64_t n_keys,
