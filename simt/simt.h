@@ -85,7 +85,7 @@ unsigned active_lanes();
 unsigned char* dynamic_shared_memory();
 [[noreturn]] void trap(Site site);
 
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 for the calling lane (see mma_bf16 below).
+// The calling lane's part of mma_bf16_m16n8k16 (below): mma.sync m16n8k16, bf16 in, fp32 out.
 void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site);
 
 using KernelBody = std::function<void()>;

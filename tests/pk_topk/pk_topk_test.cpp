@@ -32,6 +32,7 @@ using test::CheckResult;
 using test::DeviceBuffer;
 using test::planted;
 using test::short_name;
+using test::takes_f32;
 using test::variant_label;
 
 // ---- problems ----
@@ -242,21 +243,11 @@ using test::kSanitized;
 // threads split over heads and query blocks, as busy at h = 4 with 100 keys), and the reference
 // (one thread) runs no case (tests/common/cases.h).
 bool in_sweep(Backend b, std::size_t shape_index, int combo) {
-  if (test::kThreadSanitizer &&
-      (b == Backend::reference || sweep_shapes()[shape_index].n_keys > 128))
-    return false;
+  const bool thousand_keys = sweep_shapes()[shape_index].n_keys > 128;
+  if (test::kThreadSanitizer && (b == Backend::reference || thousand_keys)) return false;
   if (b != Backend::simt) return true;
-  if (kSanitized && sweep_shapes()[shape_index].n_keys > 128) return false;
+  if (kSanitized && thousand_keys) return false;
   return (static_cast<int>(shape_index) + combo) % (kSanitized ? 8 : 4) == 0;
-}
-
-// Whether a variant takes fp32 inputs at all (v4_fused_mma takes bf16 only): one that does not
-// gets the bf16 twin of each fp32 case the sweep would give it, so its share stays the same.
-bool takes_f32(const Variant<FwdParams>& v) {
-  FwdParams p;
-  p.batch = p.heads = p.k = 1;
-  p.n_keys = p.k_dim = 2;
-  return v.supports(p).empty();
 }
 
 struct FwdCase {
@@ -271,6 +262,8 @@ void PrintTo(const FwdCase& c, std::ostream* os) { *os << c.name; }
 std::vector<FwdCase> fwd_cases() {
   const auto shapes = sweep_shapes();
   std::vector<FwdCase> out;
+  // A variant that takes no fp32 (v4_fused_mma: bf16 only) gets the bf16 twin of each fp32 case
+  // the sweep would give it, so its share stays the same.
   for (const auto* v : Registry<Fwd>::of()) {
     const bool f32 = takes_f32(*v);
     for (std::size_t si = 0; si < shapes.size(); ++si)

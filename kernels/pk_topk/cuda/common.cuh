@@ -336,29 +336,6 @@ __device__ __forceinline__ void pair_step(const RowLists& R, const RowSpace& s, 
   g.sync();
 }
 
-// ---- the fused variants' warp: two consecutive queries (bw, bw + 1) of head h ----
-// Their norm scales for one half (query offset qoff), 1.0 each without the norm: fp64, so the
-// score is rounded once from (q·k)·qinv·kinv (see v1's norm). Every lane calls it.
-template <class T>
-__device__ __forceinline__ void pair_query_scales(const T* __restrict__ q, int64_t bw,
-                                                  int64_t batch, int64_t heads, int64_t h,
-                                                  int64_t k_dim, int64_t qoff, bool norm,
-                                                  double (&qinv)[2]);
-// Both rows' pruned candidate steps, for the rows inside the batch.
-template <class I>
-__device__ __forceinline__ void pair_steps(const RowLists& R0, const RowLists& R1,
-                                           const RowSpace& sp, const int* off, int64_t n_keys,
-                                           float* __restrict__ scores, I* __restrict__ indices,
-                                           int64_t bw, int64_t batch, int64_t heads, int64_t h,
-                                           const Group& g) {
-  if (bw < batch)
-    pair_step(R0, sp, off, n_keys, scores + (bw * heads + h) * sp.k,
-              indices + (bw * heads + h) * sp.k, g);
-  if (bw + 1 < batch)
-    pair_step(R1, sp, off, n_keys, scores + ((bw + 1) * heads + h) * sp.k,
-              indices + ((bw + 1) * heads + h) * sp.k, g);
-}
-
 // ---- RMS norm ----
 // 1 / sqrt(mean(x²) + kNormEps) of one row x[0, width), for a whole warp (every lane calls it and
 // gets it); the sum of squares in fp32, the scale in fp64, as the fused variants apply it. A row
@@ -433,6 +410,9 @@ void normalise_inputs(const T* q, const T* k1, const T* k2, int64_t batch, int64
   rms_norm_rows(k2, out.k2.get(), krows, half, half, 0, half, 0, stream);
 }
 
+// ---- the fused variants' warp: two consecutive queries (bw, bw + 1) of head h ----
+// Their norm scales for one half (query offset qoff), 1.0 each without the norm: fp64, so the
+// score is rounded once from (q·k)·qinv·kinv (see v1's norm). Every lane calls it.
 template <class T>
 __device__ __forceinline__ void pair_query_scales(const T* __restrict__ q, int64_t bw,
                                                   int64_t batch, int64_t heads, int64_t h,
@@ -445,6 +425,21 @@ __device__ __forceinline__ void pair_query_scales(const T* __restrict__ q, int64
                                    k_dim / 2, valid)
                     : 1.0;
   }
+}
+
+// Both rows' pruned candidate steps, for the rows inside the batch.
+template <class I>
+__device__ __forceinline__ void pair_steps(const RowLists& R0, const RowLists& R1,
+                                           const RowSpace& sp, const int* off, int64_t n_keys,
+                                           float* __restrict__ scores, I* __restrict__ indices,
+                                           int64_t bw, int64_t batch, int64_t heads, int64_t h,
+                                           const Group& g) {
+  if (bw < batch)
+    pair_step(R0, sp, off, n_keys, scores + (bw * heads + h) * sp.k,
+              indices + (bw * heads + h) * sp.k, g);
+  if (bw + 1 < batch)
+    pair_step(R1, sp, off, n_keys, scores + ((bw + 1) * heads + h) * sp.k,
+              indices + ((bw + 1) * heads + h) * sp.k, g);
 }
 
 // ---- the per-half score matrices, (B, h, n_keys) fp32 ----
