@@ -436,38 +436,80 @@ void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpVie
   out.lane = lane;
 }
 
-void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
-  struct Fragments {
-    uint32_t a[4], b[2];
-    float c[4];
-  };
-  const Fragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, {d[0], d[1], d[2], d[3]}};
-  // Each lane publishes the address of its fragments; a second rendezvous keeps them alive
-  // until every lane has read what it needs.
-  WarpView view;
+namespace {
+
+// One lane's fragments of an m16n8 mma.sync, published to the warp.
+struct MmaFragments {
+  uint32_t a[4], b[2];
+  float c[4];
+};
+
+// The whole-warp part of an mma.sync: every lane publishes its fragments and gets every lane's
+// (view.value[l] points at lane l's); a partial warp is a KernelError naming the missing lanes.
+// The caller reads what it needs, then calls mma_release so that no lane's fragments go out of
+// scope while another lane still reads them.
+void mma_gather(const MmaFragments& mine, Site site, WarpView& view) {
   warp_collective(0xffffffffu, to_bits(&mine), 0, site, view);
-  if (view.arrived != 0xffffffffu) {
-    Block& blk = *ctx.block;
-    std::lock_guard lock(blk.mu);
-    std::string missing;
-    for (unsigned l = 0; l < 32; ++l)
-      if (!((view.arrived >> l) & 1u)) missing += (missing.empty() ? "" : ",") + std::to_string(l);
-    blk.fail(blk.header() + ": " + where(site) + " called by thread " + where(threadIdx) +
-             " while lanes " + missing +
-             " of its warp have returned or do not exist; mma.sync needs all 32 lanes");
-    throw Abort{};
+  if (view.arrived == 0xffffffffu) return;
+  Block& blk = *ctx.block;
+  std::lock_guard lock(blk.mu);
+  std::string missing;
+  for (unsigned l = 0; l < 32; ++l)
+    if (!((view.arrived >> l) & 1u)) missing += (missing.empty() ? "" : ",") + std::to_string(l);
+  blk.fail(blk.header() + ": " + where(site) + " called by thread " + where(threadIdx) +
+           " while lanes " + missing +
+           " of its warp have returned or do not exist; mma.sync needs all 32 lanes");
+  throw Abort{};
+}
+
+void mma_release(Site site) {
+  WarpView done;
+  warp_collective(0xffffffffu, 0, 0, site, done);
+}
+
+const MmaFragments& lane_fragments(const WarpView& view, unsigned l) {
+  return *from_bits<const MmaFragments*>(view.value[l]);
+}
+
+// D (16×8) = C + A·B for the calling lane's four outputs, in fp32, k in order.
+template <int K>
+void mma_outputs(float (&d)[4], unsigned lane, const float (&A)[16][K], const float (&B)[K][8],
+                 const float (&C)[16][8]) {
+  const unsigned g = lane / 4, t = lane % 4;
+  for (unsigned r = 0; r < 4; ++r) {
+    const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float acc = C[row][col];
+    for (int k = 0; k < K; ++k) acc += A[row][k] * B[k][col];
+    d[r] = acc;
   }
+}
+
+// C from every lane's accumulator fragment (the same layout for every m16n8 shape).
+void mma_accumulators(const WarpView& view, float (&C)[16][8]) {
+  for (unsigned l = 0; l < 32; ++l) {
+    const unsigned g = l / 4, t = l % 4;
+    for (unsigned r = 0; r < 4; ++r)
+      C[g + 8 * (r / 2)][2 * t + r % 2] = lane_fragments(view, l).c[r];
+  }
+}
+
+}  // namespace
+
+void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
+  const MmaFragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, {d[0], d[1], d[2], d[3]}};
+  WarpView view;
+  mma_gather(mine, site, view);
   const auto lo = [](uint32_t w) { return std::bit_cast<float>(w << 16); };
   const auto hi = [](uint32_t w) { return std::bit_cast<float>(w & 0xffff0000u); };
   float A[16][16], B[16][8], C[16][8];
+  mma_accumulators(view, C);
   for (unsigned l = 0; l < 32; ++l) {
-    const auto& f = *from_bits<const Fragments*>(view.value[l]);
+    const auto& f = lane_fragments(view, l);
     const unsigned g = l / 4, t = l % 4;
     for (unsigned r = 0; r < 4; ++r) {
       const unsigned row = g + 8 * (r % 2), col = 2 * (t + 4 * (r / 2));
       A[row][col] = lo(f.a[r]);
       A[row][col + 1] = hi(f.a[r]);
-      C[g + 8 * (r / 2)][2 * t + r % 2] = f.c[r];
     }
     for (unsigned r = 0; r < 2; ++r) {
       const unsigned row = 2 * (t + 4 * r);
@@ -475,15 +517,42 @@ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b
       B[row + 1][g] = hi(f.b[r]);
     }
   }
-  WarpView done;
-  warp_collective(0xffffffffu, 0, 0, site, done);
-  const unsigned g = view.lane / 4, t = view.lane % 4;
-  for (unsigned r = 0; r < 4; ++r) {
-    const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
-    float acc = C[row][col];
-    for (unsigned k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
-    d[r] = acc;
+  mma_release(site);
+  mma_outputs(d, view.lane, A, B, C);
+}
+
+void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
+  const MmaFragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, {d[0], d[1], d[2], d[3]}};
+  WarpView view;
+  mma_gather(mine, site, view);
+  // An operand with any of its low 13 bits set is not a tf32 value: what the hardware makes of
+  // it is not specified, so a kernel must round first (tf32_round).
+  unsigned bad_lane = 32;
+  uint32_t bad_word = 0;
+  float A[16][8], B[8][8], C[16][8];
+  mma_accumulators(view, C);
+  for (unsigned l = 0; l < 32; ++l) {
+    const auto& f = lane_fragments(view, l);
+    const unsigned g = l / 4, t = l % 4;
+    const auto take = [&](uint32_t w) {
+      if ((w & 0x1fffu) && bad_lane == 32) bad_lane = l, bad_word = w;
+      return std::bit_cast<float>(w);
+    };
+    for (unsigned r = 0; r < 4; ++r) A[g + 8 * (r % 2)][t + 4 * (r / 2)] = take(f.a[r]);
+    for (unsigned r = 0; r < 2; ++r) B[t + 4 * r][g] = take(f.b[r]);
   }
+  mma_release(site);
+  if (bad_lane < 32) {
+    Block& blk = *ctx.block;
+    std::lock_guard lock(blk.mu);
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "0x%08x", bad_word);
+    blk.fail(blk.header() + ": " + where(site) + ": lane " + std::to_string(bad_lane) +
+             " passed the operand " + hex +
+             ", which is not a tf32 value (its low 13 bits are set); round it with tf32_round");
+    throw Abort{};
+  }
+  mma_outputs(d, view.lane, A, B, C);
 }
 
 unsigned active_lanes() {

@@ -2,13 +2,14 @@
 //
 // One OS thread per CUDA thread (a persistent pool), one block at a time. __syncthreads is a block
 // barrier that records its call site, warp collectives (__shfl*_sync, __ballot_sync, __syncwarp)
-// are rendezvous of the lanes in their mask, mma.sync (mma_bf16_m16n8k16) is a whole-warp
-// rendezvous on PTX's fragment layout, atomics are std::atomic_ref, __shared__ is `static` and
-// dynamic shared memory an exact-size heap buffer filled with garbage, so ThreadSanitizer sees
-// a missing barrier as a data race at the kernel's own lines and AddressSanitizer sees a shared
-// memory overflow. A thread that returns drops out of every barrier. A barrier that cannot
-// complete (divergent __syncthreads, all threads waiting) throws simt::KernelError naming the
-// kernel; a kernel that makes no progress for SIMT_WATCHDOG_SECONDS (default 120) aborts.
+// are rendezvous of the lanes in their mask, mma.sync (mma_bf16_m16n8k16, mma_tf32_m16n8k8) is a
+// whole-warp rendezvous on PTX's fragment layout, atomics are std::atomic_ref, __shared__ is
+// `static` and dynamic shared memory an exact-size heap buffer filled with garbage, so
+// ThreadSanitizer sees a missing barrier as a data race at the kernel's own lines and
+// AddressSanitizer sees a shared memory overflow. A thread that returns drops out of every barrier.
+// A barrier that cannot complete (divergent __syncthreads, all threads waiting) throws
+// simt::KernelError naming the kernel; a kernel that makes no progress for SIMT_WATCHDOG_SECONDS
+// (default 120) aborts.
 //
 // Include this header instead of <cuda_runtime.h> when compiling a .cu file with the host
 // compiler (kernels/common/cuda.cuh does that when MEMLAYERS_SIMT is defined).
@@ -87,6 +88,8 @@ unsigned char* dynamic_shared_memory();
 
 // The calling lane's part of mma_bf16_m16n8k16 (below): mma.sync m16n8k16, bf16 in, fp32 out.
 void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site);
+// The calling lane's part of mma_tf32_m16n8k8 (below): mma.sync m16n8k8, tf32 in, fp32 out.
+void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site);
 
 using KernelBody = std::function<void()>;
 void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
@@ -220,6 +223,17 @@ inline unsigned __reduce_add_sync(unsigned mask, unsigned v) {
 // GPU's to fp32 rounding of the sum, and exactly when every partial sum is representable.
 inline void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   ::simt::detail::mma_m16n8k16_bf16(d, a, b, {"mma.sync.m16n8k16", 0});
+}
+// The same for mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 ("Matrix Fragments for
+// mma.m16n8k8", .tf32): a 32-bit word holds one tf32, an fp32 bit pattern whose low 13 bits are
+// zero; the accumulators as above.
+//   a[r]: A (16×8, row-major) row g + 8·(r % 2), column t + 4·(r / 2)
+//   b[r]: B (8×8) column g, row t + 4·r
+// The products of two tf32 are exact in fp32; sums as above. An operand with any of its low 13
+// bits set is a KernelError naming the lane and the word (the hardware's treatment of such a
+// value is not specified; kernels round with tf32_round, kernels/common/mma.cuh).
+inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  ::simt::detail::mma_m16n8k8_tf32(d, a, b, {"mma.sync.m16n8k8", 0});
 }
 
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }

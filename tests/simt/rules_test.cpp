@@ -1,8 +1,7 @@
 // The rules simt enforces: a barrier that cannot complete, a warp collective whose mask leaves out
-// its caller, an mma.sync without its whole warp, and an invalid launch each fail fast with a
-// message naming the kernel, instead of hanging or running on. Compiled for simt only: on a GPU
-// these are undefined behaviour.
-// Run: ctest -R SimtRules
+// its caller, an mma.sync without its whole warp or with an operand that is not tf32, and an
+// invalid launch each fail fast with a message naming the kernel, instead of hanging or running on.
+// Compiled for simt only: on a GPU these are undefined behaviour. Run: ctest -R SimtRules
 #include <gtest/gtest.h>
 
 #include "common/cuda.cuh"
@@ -56,6 +55,15 @@ __global__ void partial_warp_mma_kernel(int* out) {
   out[threadIdx.x] = static_cast<int>(d[0]);
 }
 
+__global__ void unrounded_tf32_kernel(int* out) {
+  float d[4] = {};
+  const uint32_t one = 0x3f800000u;  // 1.0: a tf32 value
+  uint32_t a[4] = {one, one, one, one}, b[2] = {one, one};
+  if (threadIdx.x == 5) b[1] = 0x3f800001u;  // 1 + 2⁻²³: needs fp32's low bits
+  mma_tf32_m16n8k8(d, a, b);
+  out[threadIdx.x] = static_cast<int>(d[0]);
+}
+
 std::string launch_error(void (*kernel)(int*), const char* name, dim3 grid, dim3 block,
                          std::size_t smem = 0) {
   std::vector<int> out(4096, 0);
@@ -96,6 +104,13 @@ TEST(SimtRules, MmaNeedsTheWholeWarp) {
   EXPECT_NE(msg.find("partial_warp_mma_kernel"), std::string::npos) << msg;
   EXPECT_NE(msg.find("mma.sync needs all 32 lanes"), std::string::npos) << msg;
   EXPECT_NE(msg.find("16,17"), std::string::npos) << msg;
+}
+
+TEST(SimtRules, Tf32OperandsMustBeRounded) {
+  std::string msg = launch_error(unrounded_tf32_kernel, "unrounded_tf32_kernel", 1, 32);
+  EXPECT_NE(msg.find("unrounded_tf32_kernel"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("lane 5 passed the operand 0x3f800001"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("tf32_round"), std::string::npos) << msg;
 }
 
 TEST(SimtRules, InvalidLaunchesAreRejected) {

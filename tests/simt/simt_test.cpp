@@ -340,5 +340,69 @@ TEST(SimtMma, Bf16M16n8k16EqualsCpuProduct) {
   }
 }
 
+// mma.sync m16n8k8 with tf32 operands: the same check of the fragment layout (small integers are
+// tf32 values, and every product and sum is exact).
+TEST(SimtMma, Tf32M16n8k8EqualsCpuProduct) {
+  for (Backend b : targets()) {
+    if (!memlayers::usable(b).empty()) continue;
+    for (int tiles : {1, 3}) {
+      std::mt19937 rng(10 + tiles);
+      std::uniform_int_distribution<int> small(-6, 6), acc(-8, 8);
+      std::vector<float> a(tiles * 128), bm(tiles * 64), c(tiles * 128);
+      for (auto& x : a) x = static_cast<float>(small(rng));
+      for (auto& x : bm) x = static_cast<float>(small(rng));
+      for (auto& x : c) x = static_cast<float>(acc(rng));
+      Target t{b, &kernels_for(b), memlayers::backend_info(b).memory, {}};
+      float* d = t.poisoned<float>(tiles * 128);
+      t.k->mma_tf32(t.upload(a), t.upload(bm), t.upload(c), d, tiles, false, nullptr);
+      const auto got = t.download(d, tiles * 128);
+      for (int tile = 0; tile < tiles; ++tile)
+        for (int row = 0; row < 16; ++row)
+          for (int col = 0; col < 8; ++col) {
+            float want = c[tile * 128 + row * 8 + col];
+            for (int k = 0; k < 8; ++k)
+              want += a[tile * 128 + row * 8 + k] * bm[tile * 64 + col * 8 + k];
+            ASSERT_EQ(got[tile * 128 + row * 8 + col], want)
+                << memlayers::to_string(b) << " tile " << tile << " row " << row << " col " << col;
+          }
+    }
+  }
+}
+
+// Three tf32 mma on fp32 operands split into halves: each output within a few 2⁻²² of
+// |c| + Σ|a·b| of the fp64 product, where one tf32 mma on the rounded operands is off by about
+// 2⁻¹¹ of it. On a GPU this measures the hardware's tf32 products and accumulation; the bound
+// leaves room for an accumulator that keeps fewer bits than fp32's rounding would.
+TEST(SimtMma, ThreeTf32IsNearFp32) {
+  for (Backend b : targets()) {
+    if (!memlayers::usable(b).empty()) continue;
+    const int tiles = 4;
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    std::vector<float> a(tiles * 128), bm(tiles * 64), c(tiles * 128);
+    for (auto& x : a) x = normal(rng);
+    for (auto& x : bm) x = normal(rng);
+    for (auto& x : c) x = normal(rng);
+    Target t{b, &kernels_for(b), memlayers::backend_info(b).memory, {}};
+    float* d = t.poisoned<float>(tiles * 128);
+    t.k->mma_tf32(t.upload(a), t.upload(bm), t.upload(c), d, tiles, true, nullptr);
+    const auto got = t.download(d, tiles * 128);
+    double worst = 0;
+    for (int tile = 0; tile < tiles; ++tile)
+      for (int row = 0; row < 16; ++row)
+        for (int col = 0; col < 8; ++col) {
+          double want = c[tile * 128 + row * 8 + col], scale = std::abs(want);
+          for (int k = 0; k < 8; ++k) {
+            const double p = double(a[tile * 128 + row * 8 + k]) * bm[tile * 64 + col * 8 + k];
+            want += p;
+            scale += std::abs(p);
+          }
+          worst = std::max(worst, std::abs(got[tile * 128 + row * 8 + col] - want) / scale);
+        }
+    EXPECT_LE(worst, 8 * std::ldexp(1.0, -22)) << memlayers::to_string(b);
+    EXPECT_GT(worst, 0) << memlayers::to_string(b) << ": exact on random fp32 input is suspect";
+  }
+}
+
 }  // namespace
 }  // namespace simt_tests

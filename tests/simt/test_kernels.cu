@@ -220,6 +220,32 @@ __global__ void mma_bf16_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, 
   for (int r = 0; r < 4; ++r) d[tile * 128 + (g + 8 * (r / 2)) * 8 + 2 * t + r % 2] = fd[r];
 }
 
+// Per 16×8×8 tile (a warp each, two warps per block): d = c + a·b through one tf32 mma (three
+// when `split`: a and b taken as fp32 and split into tf32 halves, mma_3xtf32_m16n8k8).
+__global__ void mma_tf32_kernel(const float* a, const float* b, const float* c, float* d, int tiles,
+                                bool split) {
+  const int tile = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (tile >= tiles) return;  // the whole warp
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const float* A = a + tile * 128;  // A[row][col] at row·8 + col
+  const float* B = b + tile * 64;   // B[k][n] at n·8 + k
+  uint32_t fa[4], fb[2];
+  float fd[4];
+  for (int r = 0; r < 4; ++r) {
+    fa[r] = __float_as_uint(A[(g + 8 * (r % 2)) * 8 + t + 4 * (r / 2)]);
+    fd[r] = c[tile * 128 + (g + 8 * (r / 2)) * 8 + 2 * t + r % 2];
+  }
+  for (int r = 0; r < 2; ++r) fb[r] = __float_as_uint(B[g * 8 + t + 4 * r]);
+  if (split) {
+    uint32_t hi[4], lo[4];
+    memlayers::tf32_split(fa, hi, lo);
+    memlayers::mma_3xtf32_m16n8k8(fd, hi, lo, fb);
+  } else {
+    mma_tf32_m16n8k8(fd, fa, fb);
+  }
+  for (int r = 0; r < 4; ++r) d[tile * 128 + (g + 8 * (r / 2)) * 8 + 2 * t + r % 2] = fd[r];
+}
+
 // ---- host launchers ----
 void block_reduce(const float* x, float* out, int n, int threads, Stream s) {
   launch_kernel("block_reduce", block_reduce_kernel, dim3(ceil_div(n, 2 * threads)), dim3(threads),
@@ -264,12 +290,19 @@ void mma_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, const float* c, fl
                 tiles);
 }
 
+void mma_tf32(const float* a, const float* b, const float* c, float* d, int tiles, bool split,
+              Stream s) {
+  launch_kernel("mma_tf32", mma_tf32_kernel, dim3(ceil_div(tiles, 2)), dim3(64), 0, s, a, b, c, d,
+                tiles, split);
+}
+
 }  // namespace
 
 namespace MEMLAYERS_TARGET_NS {
 const KernelSet& kernels() {
-  static const KernelSet set{block_reduce, warp_reduce, block_scan, transpose,       histogram,
-                             shuffles,     votes,       atomics,    reverse_dynamic, mma_bf16};
+  static const KernelSet set{block_reduce,    warp_reduce, block_scan, transpose,
+                             histogram,       shuffles,    votes,      atomics,
+                             reverse_dynamic, mma_bf16,    mma_tf32};
   return set;
 }
 }  // namespace MEMLAYERS_TARGET_NS

@@ -44,6 +44,11 @@ struct KernelSet {
   // 16 bf16 each (b[n·16 + k]); c, d: 16×8 fp32 row-major; `tiles` of each, back to back.
   void (*mma_bf16)(const __nv_bfloat16* a, const __nv_bfloat16* b, const float* c, float* d,
                    int tiles, Stream s);
+  // Per 16×8×8 tile, the same through mma.sync m16n8k8 with tf32 operands: a 16×8 fp32
+  // row-major, b 8 columns of 8 (b[n·8 + k]). One mma on the values as given (they must be tf32
+  // values), or with `split` the fp32 product through mma_3xtf32_m16n8k8.
+  void (*mma_tf32)(const float* a, const float* b, const float* c, float* d, int tiles, bool split,
+                   Stream s);
 };
 
 namespace simt {
