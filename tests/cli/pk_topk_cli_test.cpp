@@ -198,7 +198,6 @@ std::vector<std::int64_t> read_indices(const fs::path& p, DType want,
 
 struct Target {
   std::string backend, variant;
-  bool f32;  // takes fp32 inputs (bf16-only variants refuse them)
 };
 
 template <class Op>
@@ -206,8 +205,7 @@ std::vector<Target> host_targets() {
   std::vector<Target> out;
   for (Backend b : {Backend::reference, Backend::cpu, Backend::simt})
     for (const auto* v : Registry<Op>::of(b))
-      out.push_back(
-          {std::string(memlayers::to_string(b)), v->name, memlayers::test::takes_f32(*v)});
+      out.push_back({std::string(memlayers::to_string(b)), v->name});
   return out;
 }
 
@@ -265,10 +263,6 @@ TEST_F(PkTopkCli, ForwardMatchesReference) {
         fs::remove(file("i.npy"));
         const std::string args = forward(7) + flags(t) + (qk_norm ? " --qk-norm" : "") +
                                  " --index " + (it == DType::i32 ? "int32" : "int64");
-        if (!t.f32) {  // a bf16-only variant (tensor cores) refuses fp32, saying why
-          EXPECT_THAT(fails(args, 1).err, HasSubstr("takes bf16"));
-          continue;
-        }
         const Result r = ok(args, {"s.npy", "i.npy"});
         EXPECT_THAT(r.err, StartsWith("pk-topk forward: " + t.backend + "/" + t.variant +
                                       ", queries (5, 2, 14) fp32, keys (2, 20, 7) fp32, k 7"));

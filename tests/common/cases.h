@@ -62,16 +62,6 @@ inline constexpr bool kThreadSanitizer = false;
 #endif
 inline constexpr bool kRunTwice = !kThreadSanitizer;
 
-// Whether a product-key search variant (forward or backward) takes fp32 inputs at all: asked of a
-// one-token fp32 problem (v4_fused_mma, on tensor cores, takes bf16 only).
-template <class P>
-bool takes_f32(const Variant<P>& v) {
-  P p;
-  p.batch = p.heads = p.k = 1;
-  p.n_keys = p.k_dim = 2;
-  return v.supports(p).empty();
-}
-
 // The deterministic ones among `variants`, with their labels (determinism test parameters).
 template <class V>
 std::vector<std::pair<const V*, std::string>> deterministic_variants(

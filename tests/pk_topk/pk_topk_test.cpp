@@ -32,7 +32,6 @@ using test::CheckResult;
 using test::DeviceBuffer;
 using test::planted;
 using test::short_name;
-using test::takes_f32;
 using test::variant_label;
 
 // ---- problems ----
@@ -262,18 +261,13 @@ void PrintTo(const FwdCase& c, std::ostream* os) { *os << c.name; }
 std::vector<FwdCase> fwd_cases() {
   const auto shapes = sweep_shapes();
   std::vector<FwdCase> out;
-  // A variant that takes no fp32 (v4_fused_mma: bf16 only) gets the bf16 twin of each fp32 case
-  // the sweep would give it, so its share stays the same.
   for (const auto* v : Registry<Fwd>::of()) {
-    const bool f32 = takes_f32(*v);
     for (std::size_t si = 0; si < shapes.size(); ++si)
       for (int combo = 0; combo < 8; ++combo) {
         const DType dt = combo & 1 ? DType::bf16 : DType::f32;
         const DType it = combo & 2 ? DType::i32 : DType::i64;
         const bool norm = combo & 4;
-        if (!f32 && dt == DType::f32) continue;
-        if (!in_sweep(v->backend, si, combo) && (f32 || !in_sweep(v->backend, si, combo ^ 1)))
-          continue;
+        if (!in_sweep(v->backend, si, combo)) continue;
         // The reference is O(B·h·n_keys·n) in fp64 and the truth beyond 128 keys: one combo.
         if (v->backend == Backend::reference && shapes[si].n_keys > 128 && combo != 5) continue;
         out.push_back(
@@ -578,9 +572,8 @@ class PkTopkFwdDeterminism
     : public ::testing::TestWithParam<std::pair<const Variant<FwdParams>*, std::string>> {};
 
 TEST_P(PkTopkFwdDeterminism, IdenticalBytes) {
-  const DType dt = takes_f32(*GetParam().first) ? DType::f32 : DType::bf16;
   const Problem pr =
-      make_problem(GetParam().second, {5, 4, 100, 14, 7, true}, dt, DType::i64, true);
+      make_problem(GetParam().second, {5, 4, 100, 14, 7, true}, DType::f32, DType::i64, true);
   FwdOut a, b;
   if (std::string why = launch_fwd(*GetParam().first, pr, a); !why.empty()) GTEST_SKIP() << why;
   if (!test::kRunTwice) return;

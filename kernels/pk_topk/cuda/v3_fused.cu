@@ -11,8 +11,8 @@
 // Over v2: removes the score matrices' 2·B·h·n_keys·4·2 bytes (Fwd::score_matrix_bytes) and the
 // separate GEMM launch; each key tile loaded into shared memory serves 2·W queries.
 // Bottleneck left: FFMA throughput (2·B·h·n_keys·n flops on CUDA cores) and the per-tile offer
-// rounds. v4_fused_mma moves the bf16 scoring onto tensor cores (mma.sync m16n8k16); fp32 inputs
-// stay here (3×bf16 splitting or tf32 with a correction would be the way to put them there).
+// rounds. v4_fused_mma moves the scoring onto tensor cores (bf16 mma.sync m16n8k16; fp32 split
+// into tf32 halves, three m16n8k8 per product).
 // Measured: not yet on a GPU (simt-correct).
 #include "pk_topk/cuda/common.cuh"
 

@@ -1,29 +1,41 @@
-// v4: v3's fused search with the scores on tensor cores, for bf16 inputs. A block takes 16 queries
-// of one head (the mma's M; with W < 8 warps, 2·W queries and the other rows zero) and streams
-// the head's sub-keys through shared memory in tiles of 128 keys × 32 dims, kept as bf16 (two per
-// 32-bit word, rows padded to 20 words so the fragment reads of a warp hit 32 distinct banks).
-// Each warp owns 16 / W of the tile's 16 n8 column blocks and runs mma.sync m16n8k16 (fp32
-// accumulators, kernels/common/mma.cuh) over the tile's two k16 steps; the finished 16 × 128
-// score tile goes through shared memory (rows padded to 136 floats: conflict-free 8-byte stores
-// from the accumulator layout) to the same warp top-k lists and pruned candidate step as v3.
+// v4: v3's fused search with the scores on tensor cores. A block takes 16 queries of one head
+// (the mma's M; with W < 8 warps, 2·W queries and the other rows zero) and streams the head's
+// sub-keys through shared memory in tiles of 128 keys × 16 32-bit words per row (rows padded to
+// 20 words so the fragment reads of a warp hit 32 distinct banks). A word holds two bf16 or one
+// fp32, so a tile covers 32 or 16 dims; either way a k-step is 8 words and a lane reads the same
+// words (kernels/common/mma.cuh):
+//   bf16: mma.sync m16n8k16, bf16 operands as stored, fp32 accumulators;
+//   fp32: mma_3xtf32_m16n8k8, each operand split into tf32 hi + lo and three m16n8k8 tf32 mma
+//         (A_lo·B_hi + A_hi·B_lo + A_hi·B_hi), each product within a few 2⁻²² of |q_i·k_i|:
+//         fp32-level scores, which the fp32 tests' tolerance (1e-5 of ‖q‖·‖k‖) holds them to.
+// Each warp owns 16 / W of the tile's 16 n8 column blocks. The finished 16 × 128 score tile goes
+// through shared memory (rows padded to 136 floats: conflict-free 8-byte stores from the
+// accumulator layout) to the same warp top-k lists and pruned candidate step as v3.
 // qk_norm as in v3: the key's sum of squares from the same shared tile, the scales in fp64.
-// Global loads are 16-byte vectors when the half-width is a multiple of 8 and the inputs are
-// 16-byte aligned (the paper's shapes), element loads otherwise.
+// Global loads are 16-byte vectors when the half-width is a multiple of 16 bytes' elements (8
+// bf16, 4 fp32) and the inputs are 16-byte aligned (the paper's shapes), element loads otherwise.
 //
-// Predicted gain over v3 (paper shape, B = 4096, h = 4, n_keys = 1024, n = 512, bf16): v3's
-// scoring is 2·B·h·n_keys·n = 17.2 GFLOP of FFMA at most ~60 TFLOP/s on an H100/H200's CUDA
-// cores (~0.3 ms, plus shared-memory traffic that caps it lower); on tensor cores (~990 dense
-// bf16 TFLOP/s peak, mma.sync reaching perhaps half of that) the scoring drops to ~0.04 ms, and
-// the kernel becomes bound by its selection: the B·h·2·n_keys offers through the warp lists and
-// the pruned pair step, which v3 and v4 share. Expect 2–4× over v3 on bf16 at that shape.
+// Predicted gain over v3 at the paper's shape (B = 4096, h = 4, n_keys = 1024, n = 512): the
+// scoring is 2·B·h·n_keys·n = 17.2 GFLOP; v3 runs it as FFMA, at most ~60 TFLOP/s on an
+// H100/H200's CUDA cores (~0.3 ms, plus shared-memory traffic that caps it lower).
+//   bf16: on tensor cores (~990 dense bf16 TFLOP/s peak, mma.sync reaching perhaps half) the
+//         scoring drops to ~0.04 ms and the kernel is bound by its selection: the B·h·2·n_keys
+//         offers through the warp lists and the pruned pair step, which v3 and v4 share.
+//         Expect 2–4× over v3.
+//   fp32: three tf32 mma per product (~495 dense tf32 TFLOP/s peak, so ~165 for 3xTF32, perhaps
+//         half of it through mma.sync) put the scoring near 0.2 ms, and the fp32 operand tiles
+//         double the shared-memory fills per key. Expect 1.5–2× over v3. The bench's fp32 compute
+//         floor is cuBLAS's sgemm without TF32 (~50 TFLOP/s, ~0.35 ms), so this is the variant
+//         that can come within 1.3× of it.
 // Bottlenecks left: the offer rounds (a ballot and an atomic per 32 candidates), no cp.async
-// double-buffering of the key tiles, and 32-bit fragment loads where ldmatrix would take one
-// instruction per 8×8 block.
-// Registers (sm_90, nvcc 13): 124 at 8 warps (two blocks of 256 threads fit an SM, as v3's 128),
-// 164-238 at fewer warps; the minimum-blocks bound is what keeps ptxas from spilling around the
-// mma (with none it chose ~80 registers and spilled).
-// fp32 inputs are refused (use v3_fused): bf16 tensor cores would round them.
-// Measured: not yet on a GPU (simt-correct: simt emulates the mma fragment-exactly).
+// double-buffering of the key tiles, 32-bit fragment loads where ldmatrix would take one
+// instruction per 8×8 block, and the tf32 split of every key fragment redone by each of the
+// block's 16 query rows' warps (splitting once into hi and lo tiles would cost twice the shared
+// memory).
+// Registers (sm_90, nvcc 13): see the ptxas report (tools/check_spills.py); the minimum-blocks
+// bound at 8 warps keeps two blocks of 256 threads on an SM, as v3, and keeps ptxas from
+// spilling around the mma (with none it chose ~80 registers and spilled).
+// Measured: not yet on a GPU (simt-correct: simt emulates both mma shapes fragment-exactly).
 #include "common/mma.cuh"
 #include "pk_topk/cuda/common.cuh"
 
@@ -34,8 +46,8 @@ constexpr int kMaxWarps = 8;
 constexpr int kQueriesPerWarp = 2;
 constexpr int kRows = 16;                    // the mma's M
 constexpr int kTileKeys = 128;               // 16 column blocks of 8 keys
-constexpr int kTileDims = 32;                // two k16 steps
-constexpr int kWords = kTileDims / 2 + 4;    // 32-bit words per shared row, padded
+constexpr int kTileWords = 16;               // 32-bit words of a row per tile: two k-steps
+constexpr int kWords = kTileWords + 4;       // per shared row, padded
 constexpr int kScoreStride = kTileKeys + 8;  // floats per score-tile row, padded
 constexpr int kKeysPerThreadMax = kTileKeys / 32;
 constexpr int kMinList = 64;
@@ -68,39 +80,62 @@ Layout choose_layout(const RowSpace& sp) {
   return layout(sp, 1);
 }
 
-// Fills `rows` shared rows of kWords words from global bf16 rows src(r) (nullptr: past the end)
-// for dims [d0, d0 + 32) of `half`; zeros elsewhere. Vector: 16-byte loads (half % 8 == 0 and
-// 16-byte aligned rows), else element loads.
-template <class Src>
+// Elements of T in one 32-bit shared word: two bf16, one fp32.
+template <class T>
+constexpr int kPerWord = static_cast<int>(sizeof(float) / sizeof(T));
+
+// The word of elements [d, d + kPerWord) of a global row (nullptr: past the end); zeros past
+// the half-width.
+__device__ __forceinline__ uint32_t load_word(const __nv_bfloat16* row, int64_t d, int64_t half) {
+  const __nv_bfloat16 zero = __float2bfloat16(0.f);
+  return pack_bf16(row && d < half ? row[d] : zero, row && d + 1 < half ? row[d + 1] : zero);
+}
+__device__ __forceinline__ uint32_t load_word(const float* row, int64_t d, int64_t half) {
+  return row && d < half ? __float_as_uint(row[d]) : 0u;
+}
+
+// s += the squares of a word's elements.
+template <class T>
+__device__ __forceinline__ void add_squares(float& s, uint32_t x) {
+  if constexpr (kPerWord<T> == 1) {
+    const float v = __uint_as_float(x);
+    s += v * v;
+  } else {
+    const float lo = bf16_lo(x), hi = bf16_hi(x);
+    s += lo * lo;
+    s += hi * hi;
+  }
+}
+
+// Fills `rows` shared rows of kTileWords words from global rows src(r) (nullptr: past the end)
+// for elements [d0, d0 + kTileWords·kPerWord) of `half`; zeros elsewhere. Vector: 16-byte loads
+// (half a multiple of 16 bytes' elements, 16-byte aligned rows), else element loads.
+template <class T, class Src>
 __device__ __forceinline__ void fill_tile(uint32_t* __restrict__ dst, int rows, int64_t d0,
                                           int64_t half, bool vec, const Src& src) {
+  constexpr int kVec = 4 * kPerWord<T>;  // elements per 16-byte load
   if (vec) {
-    for (int x = threadIdx.x; x < rows * (kTileDims / 8); x += blockDim.x) {
-      const int r = x / (kTileDims / 8), c = x % (kTileDims / 8);
-      const __nv_bfloat16* row = src(r);
+    for (int x = threadIdx.x; x < rows * (kTileWords / 4); x += blockDim.x) {
+      const int r = x / (kTileWords / 4), c = x % (kTileWords / 4);
+      const T* row = src(r);
       uint4 v = make_uint4(0u, 0u, 0u, 0u);
-      if (row && d0 + 8 * c < half) v = *reinterpret_cast<const uint4*>(row + d0 + 8 * c);
+      if (row && d0 + kVec * c < half) v = *reinterpret_cast<const uint4*>(row + d0 + kVec * c);
       *reinterpret_cast<uint4*>(dst + r * kWords + 4 * c) = v;
     }
   } else {
-    const __nv_bfloat16 zero = __float2bfloat16(0.f);
-    for (int x = threadIdx.x; x < rows * (kTileDims / 2); x += blockDim.x) {
-      const int r = x / (kTileDims / 2), w = x % (kTileDims / 2);
-      const __nv_bfloat16* row = src(r);
-      const int64_t d = d0 + 2 * w;
-      const __nv_bfloat16 lo = row && d < half ? row[d] : zero;
-      const __nv_bfloat16 hi = row && d + 1 < half ? row[d + 1] : zero;
-      dst[r * kWords + w] = pack_bf16(lo, hi);
+    for (int x = threadIdx.x; x < rows * kTileWords; x += blockDim.x) {
+      const int r = x / kTileWords, w = x % kTileWords;
+      dst[r * kWords + w] = load_word(src(r), d0 + kPerWord<T> * w, half);
     }
   }
 }
 
-template <class I, int W>
+template <class T, class I, int W>
 __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1)
-    fused_mma_kernel(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k1,
-                     const __nv_bfloat16* __restrict__ k2, float* __restrict__ scores,
-                     I* __restrict__ indices, int64_t batch, int64_t heads, int64_t n_keys,
-                     int64_t k_dim, bool norm, bool vec, RowSpace sp, Layout l) {
+    fused_mma_kernel(const T* __restrict__ q, const T* __restrict__ k1, const T* __restrict__ k2,
+                     float* __restrict__ scores, I* __restrict__ indices, int64_t batch,
+                     int64_t heads, int64_t n_keys, int64_t k_dim, bool norm, bool vec, RowSpace sp,
+                     Layout l) {
   constexpr int kBlocksPerWarp = kTileKeys / 8 / W;  // n8 column blocks per warp
   constexpr int kTq = W * kQueriesPerWarp;           // queries per block
   MEMLAYERS_DYNAMIC_SHARED(unsigned char, smem);
@@ -124,7 +159,7 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1)
     const int64_t h = tile / btiles, b0 = tile % btiles * kTq;
     const int64_t bw = b0 + warp * kQueriesPerWarp;  // this warp's first query
     for (int c = 0; c < 2; ++c) {
-      const __nv_bfloat16* keys = c == 0 ? k1 : k2;
+      const T* keys = c == 0 ? k1 : k2;
       const int64_t qoff = c * half;
       double qinv[kQueriesPerWarp];
       pair_query_scales(q, bw, batch, heads, h, k_dim, qoff, norm, qinv);
@@ -132,42 +167,42 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1)
       const TopList L1 = c == 0 ? R1.half[0] : R1.half[1];
       list_init(L0, grp);
       list_init(L1, grp);
-      const auto query_row = [&](int r) -> const __nv_bfloat16* {
+      const auto query_row = [&](int r) -> const T* {
         return b0 + r < batch ? q + ((b0 + r) * heads + h) * k_dim + qoff : nullptr;
       };
       for (int64_t key0 = 0; key0 < n_keys; key0 += kTileKeys) {
-        const auto key_row = [&](int r) -> const __nv_bfloat16* {
+        const auto key_row = [&](int r) -> const T* {
           return key0 + r < n_keys ? keys + (h * n_keys + key0 + r) * half : nullptr;
         };
         float acc[kBlocksPerWarp][4] = {};
         float kss[kKeysPerThreadMax] = {};
-        for (int64_t d0 = 0; d0 < half; d0 += kTileDims) {
+        for (int64_t d0 = 0; d0 < half; d0 += kTileWords * kPerWord<T>) {
           __syncthreads();  // the previous tiles are no longer read
-          fill_tile(qs, kTq, d0, half, vec, query_row);
-          fill_tile(ks, kTileKeys, d0, half, vec, key_row);
+          fill_tile<T>(qs, kTq, d0, half, vec, query_row);
+          fill_tile<T>(ks, kTileKeys, d0, half, vec, key_row);
           __syncthreads();
           if (norm)
 #pragma unroll
             for (int j = 0; j < kKeysPerThreadMax; ++j) {
               const int r = threadIdx.x + j * W * 32;
               if (r < kTileKeys)
-                for (int w = 0; w < kTileDims / 2; ++w) {
-                  const uint32_t x = ks[r * kWords + w];
-                  const float lo = bf16_lo(x), hi = bf16_hi(x);
-                  kss[j] += lo * lo;
-                  kss[j] += hi * hi;
-                }
+                for (int w = 0; w < kTileWords; ++w) add_squares<T>(kss[j], ks[r * kWords + w]);
             }
 #pragma unroll
-          for (int kk = 0; kk < kTileDims / 16; ++kk) {
+          for (int kk = 0; kk < kTileWords / 8; ++kk) {
             const uint32_t a[4] = {qs[g * kWords + kk * 8 + t], qs[(g + 8) * kWords + kk * 8 + t],
                                    qs[g * kWords + kk * 8 + 4 + t],
                                    qs[(g + 8) * kWords + kk * 8 + 4 + t]};
+            [[maybe_unused]] uint32_t a_hi[4], a_lo[4];
+            if constexpr (kPerWord<T> == 1) tf32_split(a, a_hi, a_lo);
 #pragma unroll
             for (int nb = 0; nb < kBlocksPerWarp; ++nb) {
               const uint32_t* kr = ks + ((warp * kBlocksPerWarp + nb) * 8 + g) * kWords + kk * 8;
               const uint32_t b[2] = {kr[t], kr[4 + t]};
-              mma_bf16_m16n8k16(acc[nb], a, b);
+              if constexpr (kPerWord<T> == 1)
+                mma_3xtf32_m16n8k8(acc[nb], a_hi, a_lo, b);
+              else
+                mma_bf16_m16n8k16(acc[nb], a, b);
             }
           }
         }
@@ -213,46 +248,38 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1)
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-template <class I, int W>
+template <class T, class I, int W>
 void launch_with(const FwdParams& p, const RowSpace& sp, const Layout& l, Stream stream) {
   const int64_t tiles = p.heads * ceil_div(p.batch, int64_t{W} * kQueriesPerWarp);
-  const bool vec =
-      (p.k_dim / 2) % 8 == 0 && aligned16(p.queries) && aligned16(p.keys1) && aligned16(p.keys2);
-  launch_kernel("pk_topk_fwd_v4_fused_mma", fused_mma_kernel<I, W>, dim3(grid_cap(tiles)),
+  const bool vec = (p.k_dim / 2) % (4 * kPerWord<T>) == 0 && aligned16(p.queries) &&
+                   aligned16(p.keys1) && aligned16(p.keys2);
+  launch_kernel("pk_topk_fwd_v4_fused_mma", fused_mma_kernel<T, I, W>, dim3(grid_cap(tiles)),
                 dim3(W * 32), static_cast<std::size_t>(l.total()), stream,
-                static_cast<const __nv_bfloat16*>(p.queries),
-                static_cast<const __nv_bfloat16*>(p.keys1),
-                static_cast<const __nv_bfloat16*>(p.keys2), p.scores, static_cast<I*>(p.indices),
-                p.batch, p.heads, p.n_keys, p.k_dim, p.qk_norm, vec, sp, l);
-}
-
-template <class I>
-void launch_index(const FwdParams& p, Stream stream) {
-  const RowSpace sp = row_space(p.k, p.n_keys, kMinList);
-  const Layout l = choose_layout(sp);
-  switch (l.warps) {
-    case 8:
-      return launch_with<I, 8>(p, sp, l, stream);
-    case 4:
-      return launch_with<I, 4>(p, sp, l, stream);
-    case 2:
-      return launch_with<I, 2>(p, sp, l, stream);
-    default:
-      return launch_with<I, 1>(p, sp, l, stream);
-  }
+                static_cast<const T*>(p.queries), static_cast<const T*>(p.keys1),
+                static_cast<const T*>(p.keys2), p.scores, static_cast<I*>(p.indices), p.batch,
+                p.heads, p.n_keys, p.k_dim, p.qk_norm, vec, sp, l);
 }
 
 void launch(const FwdParams& p, Stream stream) {
-  if (p.index_dtype == DType::i32)
-    launch_index<int32_t>(p, stream);
-  else
-    launch_index<int64_t>(p, stream);
+  dispatch(p, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    const RowSpace sp = row_space(p.k, p.n_keys, kMinList);
+    const Layout l = choose_layout(sp);
+    switch (l.warps) {
+      case 8:
+        return launch_with<T, I, 8>(p, sp, l, stream);
+      case 4:
+        return launch_with<T, I, 4>(p, sp, l, stream);
+      case 2:
+        return launch_with<T, I, 2>(p, sp, l, stream);
+      default:
+        return launch_with<T, I, 1>(p, sp, l, stream);
+    }
+  });
 }
 
 std::string supports(const FwdParams& p) {
-  if (p.dtype != DType::bf16)
-    return "v4_fused_mma takes bf16 queries and keys (bf16 tensor cores would round fp32 "
-           "inputs); v3_fused runs fp32";
   const Layout l = choose_layout(row_space(p.k, p.n_keys, kMinList));
   if (l.total() > 227 * 1024)
     return "k = " + std::to_string(p.k) + " needs " + std::to_string(l.total()) +
@@ -262,8 +289,8 @@ std::string supports(const FwdParams& p) {
 
 MEMLAYERS_REGISTER(Fwd,
                    Variant<FwdParams>{"v4_fused_mma", MEMLAYERS_KERNEL_BACKEND, launch, supports,
-                                      "v3 with bf16 scores on tensor cores (mma.sync "
-                                      "m16n8k16, fp32 accumulators), no score matrix",
+                                      "v3 with the scores on tensor cores: bf16 mma.sync "
+                                      "m16n8k16, fp32 as 3xTF32 m16n8k8; no score matrix",
                                       true});
 
 }  // namespace
