@@ -84,16 +84,15 @@ __device__ __forceinline__ void tf32_split(const uint32_t (&x)[N], uint32_t (&hi
   }
 }
 
-// D += A·B for fp32 A and B (bit patterns, the m16n8k8 fragments above) split into tf32 halves:
-// A·B ≈ A_lo·B_hi + A_hi·B_lo + A_hi·B_hi, the small terms first; the A_lo·B_lo term (about
-// 2⁻²²·|A||B|) is dropped. Each product's error is then a few 2⁻²² of |a||b|, near fp32's own
-// rounding, at three tensor-core instructions where one tf32 mma would be off by 2⁻¹¹.
-// The split A is taken by the caller (tf32_split), since one A serves many B.
+// D += A·B for fp32 A and B (bit patterns, the m16n8k8 fragments above), each split into tf32
+// halves by tf32_split: A·B ≈ A_lo·B_hi + A_hi·B_lo + A_hi·B_hi, the small terms first; the
+// A_lo·B_lo term (about 2⁻²²·|A||B|) is dropped. Each product's error is then a few 2⁻²² of
+// |a||b|, near fp32's own rounding, at three tensor-core instructions where one tf32 mma would be
+// off by 2⁻¹¹. The caller splits, since one A fragment serves many B and one B many A.
 __device__ __forceinline__ void mma_3xtf32_m16n8k8(float (&d)[4], const uint32_t (&a_hi)[4],
                                                    const uint32_t (&a_lo)[4],
-                                                   const uint32_t (&b)[2]) {
-  uint32_t b_hi[2], b_lo[2];
-  tf32_split(b, b_hi, b_lo);
+                                                   const uint32_t (&b_hi)[2],
+                                                   const uint32_t (&b_lo)[2]) {
   mma_tf32_m16n8k8(d, a_lo, b_hi);
   mma_tf32_m16n8k8(d, a_hi, b_lo);
   mma_tf32_m16n8k8(d, a_hi, b_hi);

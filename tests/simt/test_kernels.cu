@@ -237,9 +237,10 @@ __global__ void mma_tf32_kernel(const float* a, const float* b, const float* c, 
   }
   for (int r = 0; r < 2; ++r) fb[r] = __float_as_uint(B[g * 8 + t + 4 * r]);
   if (split) {
-    uint32_t hi[4], lo[4];
-    memlayers::tf32_split(fa, hi, lo);
-    memlayers::mma_3xtf32_m16n8k8(fd, hi, lo, fb);
+    uint32_t a_hi[4], a_lo[4], b_hi[2], b_lo[2];
+    memlayers::tf32_split(fa, a_hi, a_lo);
+    memlayers::tf32_split(fb, b_hi, b_lo);
+    memlayers::mma_3xtf32_m16n8k8(fd, a_hi, a_lo, b_hi, b_lo);
   } else {
     mma_tf32_m16n8k8(fd, fa, fb);
   }
