@@ -195,9 +195,9 @@ else
   torch_emb_paper=(--rows 1048576 --dim 2048 --k 128 --batch 4096 --dtype bf16)
   ml=(--direction all)  # memory+ at the paper's shape (d 1024, h 4, n_keys 1024, k 32, n 512)
 fi
-# fp32 int32 cases at k 7, and the bf16 ones of the tensor-core variant (pk_topk v4: its bf16 and
-# fp32 paths differ).
-sanitizer_filter="${SANITIZER_FILTER:-Sweep/*cuda_*f32_i32*k7*:Sweep/*cuda_v4_fused_mma_bf16_i32*k7*}"
+# fp32 int32 cases at k 7, and the bf16 ones of the tensor-core variants (pk_topk v4 and v5: their
+# bf16 and fp32 paths differ).
+sanitizer_filter="${SANITIZER_FILTER:-Sweep/*cuda_*f32_i32*k7*:Sweep/*cuda_v*_fused_mma*_bf16_i32*k7*}"
 # The memory layer's cases carry no index type: its fp32 cases of the first (odd-width) shape.
 sanitizer_filter_memory_layer="${SANITIZER_FILTER_MEMORY_LAYER:-Sweep/*cuda_*_f32_*b5_d24*}"
 

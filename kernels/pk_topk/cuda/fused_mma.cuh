@@ -47,10 +47,10 @@ Layout layout(const RowSpace& sp, int warps, int queries_per_warp) {
 }
 
 // Two queries per warp, 8 warps while the lists fit kSmemBudget (two blocks an SM), else fewer.
-// Wide: four queries per warp at 8 warps (32 queries, two row tiles) while that fits an SM's
-// 227 KiB, else as above.
+// Wide: four queries per warp at 8 warps (32 queries, two row tiles), whether or not it fits
+// (fused_mma_supports says).
 Layout choose_layout(const RowSpace& sp, bool wide) {
-  if (wide && layout(sp, kMaxWarps, 4).total() <= kSmemMax) return layout(sp, kMaxWarps, 4);
+  if (wide) return layout(sp, kMaxWarps, 4);
   for (int w = kMaxWarps; w > 1; w /= 2)
     if (layout(sp, w, 2).total() <= kSmemBudget) return layout(sp, w, 2);
   return layout(sp, 1, 2);
@@ -275,27 +275,32 @@ void launch_fused_mma(const char* name, const FwdParams& p, Stream stream) {
     using I = typename decltype(i)::type;
     const RowSpace sp = row_space(p.k, p.n_keys, kMinList);
     const Layout l = choose_layout(sp, Wide);
-    if constexpr (Wide)
-      if (l.queries_per_warp == 4) return launch_with<T, I, kMaxWarps, 4>(name, p, sp, l, stream);
-    switch (l.warps) {
-      case 8:
-        return launch_with<T, I, 8, 2>(name, p, sp, l, stream);
-      case 4:
-        return launch_with<T, I, 4, 2>(name, p, sp, l, stream);
-      case 2:
-        return launch_with<T, I, 2, 2>(name, p, sp, l, stream);
-      default:
-        return launch_with<T, I, 1, 2>(name, p, sp, l, stream);
+    if constexpr (Wide) {
+      launch_with<T, I, kMaxWarps, 4>(name, p, sp, l, stream);
+    } else {
+      switch (l.warps) {
+        case 8:
+          return launch_with<T, I, 8, 2>(name, p, sp, l, stream);
+        case 4:
+          return launch_with<T, I, 4, 2>(name, p, sp, l, stream);
+        case 2:
+          return launch_with<T, I, 2, 2>(name, p, sp, l, stream);
+        default:
+          return launch_with<T, I, 1, 2>(name, p, sp, l, stream);
+      }
     }
   });
 }
 
 inline std::string fused_mma_supports(const FwdParams& p, bool wide) {
   const Layout l = choose_layout(row_space(p.k, p.n_keys, kMinList), wide);
-  if (l.total() > kSmemMax)
+  if (l.total() <= kSmemMax) return "";
+  if (wide)
     return "k = " + std::to_string(p.k) + " needs " + std::to_string(l.total()) +
-           " bytes of shared memory for one warp's lists; at most 227 KiB";
-  return "";
+           " bytes of shared memory for the wide block's 32 query lists; at most 227 KiB "
+           "(v4_fused_mma takes it, with fewer queries a block)";
+  return "k = " + std::to_string(p.k) + " needs " + std::to_string(l.total()) +
+         " bytes of shared memory for one warp's lists; at most 227 KiB";
 }
 
 }  // namespace

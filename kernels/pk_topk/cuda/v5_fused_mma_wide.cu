@@ -11,8 +11,8 @@
 // loads are exposed to the block's own barrier. Expect fp32 1.3–1.6× over v4 (under the cuBLAS
 // sgemm floor when L2 was the bound) and bf16 about level (its bound moves to the selection);
 // if the exposed loads dominate, v5 loses — which the bench shows beside v4.
-// Falls back to v4's configurations (two queries per warp, fewer warps) when the wide block's
-// lists do not fit 227 KiB (large k).
+// Takes k while the wide block's 32 query lists fit 227 KiB (k <= 64: past it the lists double);
+// beyond that it says so, and v4_fused_mma, which drops to fewer warps, takes it.
 // Measured: not yet on a GPU (simt-correct: simt emulates both mma shapes fragment-exactly).
 #include "pk_topk/cuda/fused_mma.cuh"
 
