@@ -438,10 +438,10 @@ void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpVie
 
 namespace {
 
-// One lane's fragments of an m16n8 mma.sync, published to the warp.
+// One lane's operand fragments of an m16n8 mma.sync, published to the warp (the accumulators
+// stay with their lane).
 struct MmaFragments {
   uint32_t a[4], b[2];
-  float c[4];
 };
 
 // The whole-warp part of an mma.sync: every lane publishes its fragments and gets every lane's
@@ -471,75 +471,67 @@ const MmaFragments& lane_fragments(const WarpView& view, unsigned l) {
   return *from_bits<const MmaFragments*>(view.value[l]);
 }
 
-// D (16×8) = C + A·B for the calling lane's four outputs, in fp32, k in order.
-template <int K>
-void mma_outputs(float (&d)[4], unsigned lane, const float (&A)[16][K], const float (&B)[K][8],
-                 const float (&C)[16][8]) {
+// The calling lane's four outputs, D[row][col] = C[row][col] + Σ_k A[row][k]·B[k][col] for
+// row g + 8·(r / 2), col 2·t + r % 2, summed in fp32 in k order. C is the lane's own accumulator
+// fragment; a(row, k) and b(k, col) read an operand element out of the lane that holds it, so a
+// lane does its own 4·K products rather than rebuilding the warp's matrices.
+template <int K, class A, class B>
+void mma_outputs(float (&d)[4], unsigned lane, const A& a, const B& b) {
   const unsigned g = lane / 4, t = lane % 4;
   for (unsigned r = 0; r < 4; ++r) {
     const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
-    float acc = C[row][col];
-    for (int k = 0; k < K; ++k) acc += A[row][k] * B[k][col];
+    float acc = d[r];
+    for (unsigned k = 0; k < K; ++k) acc += a(row, k) * b(k, col);
     d[r] = acc;
-  }
-}
-
-// C from every lane's accumulator fragment (the same layout for every m16n8 shape).
-void mma_accumulators(const WarpView& view, float (&C)[16][8]) {
-  for (unsigned l = 0; l < 32; ++l) {
-    const unsigned g = l / 4, t = l % 4;
-    for (unsigned r = 0; r < 4; ++r)
-      C[g + 8 * (r / 2)][2 * t + r % 2] = lane_fragments(view, l).c[r];
   }
 }
 
 }  // namespace
 
+// Fragment layouts (mma.cuh): bf16 A[row][k] is half k % 2 of word a[row / 8 + 2·(k / 8)] of lane
+// 4·(row % 8) + (k / 2) % 4, and B[k][n] half k % 2 of word b[k / 8] of lane 4·n + (k / 2) % 4.
 void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
-  const MmaFragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, {d[0], d[1], d[2], d[3]}};
+  const MmaFragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
   WarpView view;
   mma_gather(mine, site, view);
-  const auto lo = [](uint32_t w) { return std::bit_cast<float>(w << 16); };
-  const auto hi = [](uint32_t w) { return std::bit_cast<float>(w & 0xffff0000u); };
-  float A[16][16], B[16][8], C[16][8];
-  mma_accumulators(view, C);
-  for (unsigned l = 0; l < 32; ++l) {
-    const auto& f = lane_fragments(view, l);
-    const unsigned g = l / 4, t = l % 4;
-    for (unsigned r = 0; r < 4; ++r) {
-      const unsigned row = g + 8 * (r % 2), col = 2 * (t + 4 * (r / 2));
-      A[row][col] = lo(f.a[r]);
-      A[row][col + 1] = hi(f.a[r]);
-    }
-    for (unsigned r = 0; r < 2; ++r) {
-      const unsigned row = 2 * (t + 4 * r);
-      B[row][g] = lo(f.b[r]);
-      B[row + 1][g] = hi(f.b[r]);
-    }
-  }
+  const auto half = [](uint32_t w, unsigned k) {
+    return std::bit_cast<float>(k % 2 ? w & 0xffff0000u : w << 16);
+  };
+  const auto a_at = [&](unsigned row, unsigned k) {
+    return half(lane_fragments(view, 4 * (row % 8) + (k / 2) % 4).a[row / 8 + 2 * (k / 8)], k);
+  };
+  const auto b_at = [&](unsigned k, unsigned n) {
+    return half(lane_fragments(view, 4 * n + (k / 2) % 4).b[k / 8], k);
+  };
+  mma_outputs<16>(d, view.lane, a_at, b_at);
   mma_release(site);
-  mma_outputs(d, view.lane, A, B, C);
 }
 
+// tf32: A[row][k] is word a[row / 8 + 2·(k / 4)] of lane 4·(row % 8) + k % 4, and B[k][n] word
+// b[k / 4] of lane 4·n + k % 4.
 void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
-  const MmaFragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, {d[0], d[1], d[2], d[3]}};
+  const MmaFragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
   WarpView view;
   mma_gather(mine, site, view);
   // An operand with any of its low 13 bits set is not a tf32 value: what the hardware makes of
-  // it is not specified, so a kernel must round first (tf32_round).
+  // it is not specified, so a kernel must round first (tf32_round). Every lane scans the same
+  // words, so all of them agree on the first such lane.
   unsigned bad_lane = 32;
   uint32_t bad_word = 0;
-  float A[16][8], B[8][8], C[16][8];
-  mma_accumulators(view, C);
-  for (unsigned l = 0; l < 32; ++l) {
+  for (unsigned l = 0; l < 32 && bad_lane == 32; ++l) {
     const auto& f = lane_fragments(view, l);
-    const unsigned g = l / 4, t = l % 4;
-    const auto take = [&](uint32_t w) {
+    for (uint32_t w : {f.a[0], f.a[1], f.a[2], f.a[3], f.b[0], f.b[1]})
       if ((w & 0x1fffu) && bad_lane == 32) bad_lane = l, bad_word = w;
-      return std::bit_cast<float>(w);
+  }
+  if (bad_lane == 32) {
+    const auto a_at = [&](unsigned row, unsigned k) {
+      return std::bit_cast<float>(
+          lane_fragments(view, 4 * (row % 8) + k % 4).a[row / 8 + 2 * (k / 4)]);
     };
-    for (unsigned r = 0; r < 4; ++r) A[g + 8 * (r % 2)][t + 4 * (r / 2)] = take(f.a[r]);
-    for (unsigned r = 0; r < 2; ++r) B[t + 4 * r][g] = take(f.b[r]);
+    const auto b_at = [&](unsigned k, unsigned n) {
+      return std::bit_cast<float>(lane_fragments(view, 4 * n + k % 4).b[k / 4]);
+    };
+    mma_outputs<8>(d, view.lane, a_at, b_at);
   }
   mma_release(site);
   if (bad_lane < 32) {
@@ -552,7 +544,6 @@ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
              ", which is not a tf32 value (its low 13 bits are set); round it with tf32_round");
     throw Abort{};
   }
-  mma_outputs(d, view.lane, A, B, C);
 }
 
 unsigned active_lanes() {
