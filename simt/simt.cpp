@@ -7,11 +7,13 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <semaphore>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 thread_local uint3 threadIdx;
@@ -439,9 +441,9 @@ void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpVie
 namespace {
 
 // One lane's operand fragments of an m16n8 mma.sync, published to the warp (the accumulators
-// stay with their lane).
+// stay with their lane): set 0, and for the 3xTF32 sequence the lo halves in set 1.
 struct MmaFragments {
-  uint32_t a[4], b[2];
+  uint32_t a[2][4], b[2][2];
 };
 
 // The whole-warp part of an mma.sync: every lane publishes its fragments and gets every lane's
@@ -491,26 +493,30 @@ void mma_outputs(float (&d)[4], unsigned lane, const A& a, const B& b) {
 // Fragment layouts (mma.cuh): bf16 A[row][k] is half k % 2 of word a[row / 8 + 2·(k / 8)] of lane
 // 4·(row % 8) + (k / 2) % 4, and B[k][n] half k % 2 of word b[k / 8] of lane 4·n + (k / 2) % 4.
 void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
-  const MmaFragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
+  const MmaFragments mine{{{a[0], a[1], a[2], a[3]}, {}}, {{b[0], b[1]}, {}}};
   WarpView view;
   mma_gather(mine, site, view);
   const auto half = [](uint32_t w, unsigned k) {
     return std::bit_cast<float>(k % 2 ? w & 0xffff0000u : w << 16);
   };
   const auto a_at = [&](unsigned row, unsigned k) {
-    return half(lane_fragments(view, 4 * (row % 8) + (k / 2) % 4).a[row / 8 + 2 * (k / 8)], k);
+    return half(lane_fragments(view, 4 * (row % 8) + (k / 2) % 4).a[0][row / 8 + 2 * (k / 8)], k);
   };
   const auto b_at = [&](unsigned k, unsigned n) {
-    return half(lane_fragments(view, 4 * n + (k / 2) % 4).b[k / 8], k);
+    return half(lane_fragments(view, 4 * n + (k / 2) % 4).b[0][k / 8], k);
   };
   mma_outputs<16>(d, view.lane, a_at, b_at);
   mma_release(site);
 }
 
+namespace {
+
+// The tf32 sequence: `sets` operand sets gathered (1: one mma; 2: hi in set 0, lo in set 1), and
+// the products (A set, B set) in `order`, each an m16n8k8 mma accumulated into d in turn.
 // tf32: A[row][k] is word a[row / 8 + 2·(k / 4)] of lane 4·(row % 8) + k % 4, and B[k][n] word
 // b[k / 4] of lane 4·n + k % 4.
-void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
-  const MmaFragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
+void tf32_sequence(float (&d)[4], const MmaFragments& mine, int sets,
+                   std::initializer_list<std::pair<int, int>> order, Site site) {
   WarpView view;
   mma_gather(mine, site, view);
   // An operand with any of its low 13 bits set is not a tf32 value: what the hardware makes of
@@ -518,21 +524,24 @@ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
   // words, so all of them agree on the first such lane.
   unsigned bad_lane = 32;
   uint32_t bad_word = 0;
-  for (unsigned l = 0; l < 32 && bad_lane == 32; ++l) {
-    const auto& f = lane_fragments(view, l);
-    for (uint32_t w : {f.a[0], f.a[1], f.a[2], f.a[3], f.b[0], f.b[1]})
-      if ((w & 0x1fffu) && bad_lane == 32) bad_lane = l, bad_word = w;
-  }
-  if (bad_lane == 32) {
-    const auto a_at = [&](unsigned row, unsigned k) {
-      return std::bit_cast<float>(
-          lane_fragments(view, 4 * (row % 8) + k % 4).a[row / 8 + 2 * (k / 4)]);
-    };
-    const auto b_at = [&](unsigned k, unsigned n) {
-      return std::bit_cast<float>(lane_fragments(view, 4 * n + k % 4).b[k / 4]);
-    };
-    mma_outputs<8>(d, view.lane, a_at, b_at);
-  }
+  for (unsigned l = 0; l < 32 && bad_lane == 32; ++l)
+    for (int set = 0; set < sets; ++set) {
+      const auto& f = lane_fragments(view, l);
+      for (uint32_t w :
+           {f.a[set][0], f.a[set][1], f.a[set][2], f.a[set][3], f.b[set][0], f.b[set][1]})
+        if ((w & 0x1fffu) && bad_lane == 32) bad_lane = l, bad_word = w;
+    }
+  if (bad_lane == 32)
+    for (const auto& [sa, sb] : order) {
+      const auto a_at = [&](unsigned row, unsigned k) {
+        return std::bit_cast<float>(
+            lane_fragments(view, 4 * (row % 8) + k % 4).a[sa][row / 8 + 2 * (k / 4)]);
+      };
+      const auto b_at = [&](unsigned k, unsigned n) {
+        return std::bit_cast<float>(lane_fragments(view, 4 * n + k % 4).b[sb][k / 4]);
+      };
+      mma_outputs<8>(d, view.lane, a_at, b_at);
+    }
   mma_release(site);
   if (bad_lane < 32) {
     Block& blk = *ctx.block;
@@ -544,6 +553,21 @@ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
              ", which is not a tf32 value (its low 13 bits are set); round it with tf32_round");
     throw Abort{};
   }
+}
+
+}  // namespace
+
+void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site) {
+  tf32_sequence(d, {{{a[0], a[1], a[2], a[3]}, {}}, {{b[0], b[1]}, {}}}, 1, {{0, 0}}, site);
+}
+
+void mma_m16n8k8_3xtf32(float (&d)[4], const uint32_t (&a_hi)[4], const uint32_t (&a_lo)[4],
+                        const uint32_t (&b_hi)[2], const uint32_t (&b_lo)[2], Site site) {
+  // A_lo·B_hi, A_hi·B_lo, A_hi·B_hi: the order of mma_3xtf32_m16n8k8's three instructions.
+  tf32_sequence(d,
+                {{{a_hi[0], a_hi[1], a_hi[2], a_hi[3]}, {a_lo[0], a_lo[1], a_lo[2], a_lo[3]}},
+                 {{b_hi[0], b_hi[1]}, {b_lo[0], b_lo[1]}}},
+                2, {{1, 0}, {0, 1}, {0, 0}}, site);
 }
 
 unsigned active_lanes() {

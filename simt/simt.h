@@ -90,6 +90,11 @@ unsigned char* dynamic_shared_memory();
 void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site);
 // The calling lane's part of mma_tf32_m16n8k8 (below): mma.sync m16n8k8, tf32 in, fp32 out.
 void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Site site);
+// The calling lane's part of mma_3xtf32_m16n8k8 (kernels/common/mma.cuh): its three tf32 mma
+// (A_lo·B_hi, A_hi·B_lo, A_hi·B_hi) with the arithmetic of three mma_tf32_m16n8k8 calls, in one
+// warp rendezvous instead of three.
+void mma_m16n8k8_3xtf32(float (&d)[4], const uint32_t (&a_hi)[4], const uint32_t (&a_lo)[4],
+                        const uint32_t (&b_hi)[2], const uint32_t (&b_lo)[2], Site site);
 
 using KernelBody = std::function<void()>;
 void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
@@ -234,6 +239,11 @@ inline void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint3
 // value is not specified; kernels round with tf32_round, kernels/common/mma.cuh).
 inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   ::simt::detail::mma_m16n8k8_tf32(d, a, b, {"mma.sync.m16n8k8", 0});
+}
+inline void simt_mma_3xtf32_m16n8k8(float (&d)[4], const uint32_t (&a_hi)[4],
+                                    const uint32_t (&a_lo)[4], const uint32_t (&b_hi)[2],
+                                    const uint32_t (&b_lo)[2]) {
+  ::simt::detail::mma_m16n8k8_3xtf32(d, a_hi, a_lo, b_hi, b_lo, {"mma.sync.m16n8k8 (3xTF32)", 0});
 }
 
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }

@@ -93,9 +93,14 @@ __device__ __forceinline__ void mma_3xtf32_m16n8k8(float (&d)[4], const uint32_t
                                                    const uint32_t (&a_lo)[4],
                                                    const uint32_t (&b_hi)[2],
                                                    const uint32_t (&b_lo)[2]) {
+#if defined(__CUDACC__)
   mma_tf32_m16n8k8(d, a_lo, b_hi);
   mma_tf32_m16n8k8(d, a_hi, b_lo);
   mma_tf32_m16n8k8(d, a_hi, b_hi);
+#else
+  // simt: the same three mma with the same arithmetic, in one warp rendezvous (simt/simt.h)
+  simt_mma_3xtf32_m16n8k8(d, a_hi, a_lo, b_hi, b_lo);
+#endif
 }
 
 }  // namespace MEMLAYERS_TARGET_NS

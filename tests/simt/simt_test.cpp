@@ -354,7 +354,7 @@ TEST(SimtMma, Tf32M16n8k8EqualsCpuProduct) {
       for (auto& x : c) x = static_cast<float>(acc(rng));
       Target t{b, &kernels_for(b), memlayers::backend_info(b).memory, {}};
       float* d = t.poisoned<float>(tiles * 128);
-      t.k->mma_tf32(t.upload(a), t.upload(bm), t.upload(c), d, tiles, false, nullptr);
+      t.k->mma_tf32(t.upload(a), t.upload(bm), t.upload(c), d, tiles, 0, nullptr);
       const auto got = t.download(d, tiles * 128);
       for (int tile = 0; tile < tiles; ++tile)
         for (int row = 0; row < 16; ++row)
@@ -385,8 +385,12 @@ TEST(SimtMma, ThreeTf32IsNearFp32) {
     for (auto& x : c) x = normal(rng);
     Target t{b, &kernels_for(b), memlayers::backend_info(b).memory, {}};
     float* d = t.poisoned<float>(tiles * 128);
-    t.k->mma_tf32(t.upload(a), t.upload(bm), t.upload(c), d, tiles, true, nullptr);
+    t.k->mma_tf32(t.upload(a), t.upload(bm), t.upload(c), d, tiles, 1, nullptr);
     const auto got = t.download(d, tiles * 128);
+    // The helper is its three mma, bitwise (simt runs them in one rendezvous).
+    float* d3 = t.poisoned<float>(tiles * 128);
+    t.k->mma_tf32(t.upload(a), t.upload(bm), t.upload(c), d3, tiles, 2, nullptr);
+    EXPECT_EQ(t.download(d3, tiles * 128), got) << memlayers::to_string(b);
     double worst = 0;
     for (int tile = 0; tile < tiles; ++tile)
       for (int row = 0; row < 16; ++row)

@@ -220,10 +220,11 @@ __global__ void mma_bf16_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, 
   for (int r = 0; r < 4; ++r) d[tile * 128 + (g + 8 * (r / 2)) * 8 + 2 * t + r % 2] = fd[r];
 }
 
-// Per 16×8×8 tile (a warp each, two warps per block): d = c + a·b through one tf32 mma (three
-// when `split`: a and b taken as fp32 and split into tf32 halves, mma_3xtf32_m16n8k8).
+// Per 16×8×8 tile (a warp each, two warps per block): d = c + a·b through one tf32 mma (mode 0),
+// or with a and b split into tf32 halves through mma_3xtf32_m16n8k8 (mode 1) or its three
+// mma_tf32_m16n8k8 written out (mode 2).
 __global__ void mma_tf32_kernel(const float* a, const float* b, const float* c, float* d, int tiles,
-                                bool split) {
+                                int mode) {
   const int tile = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (tile >= tiles) return;  // the whole warp
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -236,13 +237,19 @@ __global__ void mma_tf32_kernel(const float* a, const float* b, const float* c, 
     fd[r] = c[tile * 128 + (g + 8 * (r / 2)) * 8 + 2 * t + r % 2];
   }
   for (int r = 0; r < 2; ++r) fb[r] = __float_as_uint(B[g * 8 + t + 4 * r]);
-  if (split) {
+  if (mode == 0) {
+    mma_tf32_m16n8k8(fd, fa, fb);
+  } else {
     uint32_t a_hi[4], a_lo[4], b_hi[2], b_lo[2];
     memlayers::tf32_split(fa, a_hi, a_lo);
     memlayers::tf32_split(fb, b_hi, b_lo);
-    memlayers::mma_3xtf32_m16n8k8(fd, a_hi, a_lo, b_hi, b_lo);
-  } else {
-    mma_tf32_m16n8k8(fd, fa, fb);
+    if (mode == 1) {
+      memlayers::mma_3xtf32_m16n8k8(fd, a_hi, a_lo, b_hi, b_lo);
+    } else {
+      mma_tf32_m16n8k8(fd, a_lo, b_hi);
+      mma_tf32_m16n8k8(fd, a_hi, b_lo);
+      mma_tf32_m16n8k8(fd, a_hi, b_hi);
+    }
   }
   for (int r = 0; r < 4; ++r) d[tile * 128 + (g + 8 * (r / 2)) * 8 + 2 * t + r % 2] = fd[r];
 }
@@ -291,10 +298,10 @@ void mma_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, const float* c, fl
                 tiles);
 }
 
-void mma_tf32(const float* a, const float* b, const float* c, float* d, int tiles, bool split,
+void mma_tf32(const float* a, const float* b, const float* c, float* d, int tiles, int mode,
               Stream s) {
   launch_kernel("mma_tf32", mma_tf32_kernel, dim3(ceil_div(tiles, 2)), dim3(64), 0, s, a, b, c, d,
-                tiles, split);
+                tiles, mode);
 }
 
 }  // namespace

@@ -45,9 +45,10 @@ struct KernelSet {
   void (*mma_bf16)(const __nv_bfloat16* a, const __nv_bfloat16* b, const float* c, float* d,
                    int tiles, Stream s);
   // Per 16×8×8 tile, the same through mma.sync m16n8k8 with tf32 operands: a 16×8 fp32
-  // row-major, b 8 columns of 8 (b[n·8 + k]). One mma on the values as given (they must be tf32
-  // values), or with `split` the fp32 product through mma_3xtf32_m16n8k8.
-  void (*mma_tf32)(const float* a, const float* b, const float* c, float* d, int tiles, bool split,
+  // row-major, b 8 columns of 8 (b[n·8 + k]). Mode 0: one mma on the values as given (they must
+  // be tf32 values); 1: the fp32 product through mma_3xtf32_m16n8k8; 2: the same three mma
+  // written out as mma_tf32_m16n8k8 calls.
+  void (*mma_tf32)(const float* a, const float* b, const float* c, float* d, int tiles, int mode,
                    Stream s);
 };
 
