@@ -36,10 +36,25 @@ inline namespace MEMLAYERS_TARGET_NS {
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-template <class I>
-__device__ __forceinline__ void store_index(I* out, int64_t i, int64_t v) {
-  out[i] = static_cast<I>(v);
-}
+// A forward's index output, int32 or int64, chosen at run time (a uniform branch per store of
+// k indices a row), so each selection kernel is compiled once for both index types.
+struct IndexOut {
+  void* p = nullptr;
+  bool i32 = false;
+  __host__ __device__ IndexOut at(int64_t offset) const {
+    return {i32 ? static_cast<void*>(static_cast<int32_t*>(p) + offset)
+                : static_cast<void*>(static_cast<int64_t*>(p) + offset),
+            i32};
+  }
+  __device__ __forceinline__ void store(int64_t i, int64_t v) const {
+    if (i32)
+      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+    else
+      static_cast<int64_t*>(p)[i] = v;
+  }
+};
+inline IndexOut index_out(const FwdParams& p) { return {p.indices, p.index_dtype == DType::i32}; }
+
 template <class I>
 __device__ __forceinline__ int64_t read_index(const I* in, int64_t i) {
   return static_cast<int64_t>(__ldg(in + i));
@@ -49,6 +64,15 @@ template <class T>
 struct Tag {
   using type = T;
 };
+
+// Calls f(Tag<T>): T the input dtype (float, bf16).
+template <class P, class F>
+void dispatch_dtype(const P& p, F&& f) {
+  if (p.dtype == DType::bf16)
+    f(Tag<__nv_bfloat16>{});
+  else
+    f(Tag<float>{});
+}
 
 // Calls f(Tag<T>, Tag<I>): T the input dtype (float, bf16), I the index dtype (int32, int64).
 template <class P, class F>
@@ -274,10 +298,9 @@ __device__ __forceinline__ void pair_offsets(int* off, int k) {
 
 // The pruned candidate step for one row: the half lists are finished (buf[0, k) sorted). Offers
 // S1[i] + S2[j] for the pairs (i + 1)(j + 1) <= k, keeps the k best, and writes them.
-template <class I>
 __device__ __forceinline__ void pair_step(const RowLists& R, const RowSpace& s, const int* off,
                                           int64_t n_keys, float* __restrict__ scores,
-                                          I* __restrict__ indices, const Group& g) {
+                                          IndexOut indices, const Group& g) {
   const int k = s.k;
   const uint64_t* L1 = R.half[0].buf;
   const uint64_t* L2 = R.half[1].buf;
@@ -331,7 +354,7 @@ __device__ __forceinline__ void pair_step(const RowLists& R, const RowSpace& s, 
       index = tie;
     }
     scores[t] = key_score(key);
-    store_index(indices, t, index);
+    indices.store(t, index);
   }
   g.sync();
 }
@@ -428,18 +451,17 @@ __device__ __forceinline__ void pair_query_scales(const T* __restrict__ q, int64
 }
 
 // Both rows' pruned candidate steps, for the rows inside the batch.
-template <class I>
 __device__ __forceinline__ void pair_steps(const RowLists& R0, const RowLists& R1,
                                            const RowSpace& sp, const int* off, int64_t n_keys,
-                                           float* __restrict__ scores, I* __restrict__ indices,
-                                           int64_t bw, int64_t batch, int64_t heads, int64_t h,
+                                           float* __restrict__ scores, IndexOut indices, int64_t bw,
+                                           int64_t batch, int64_t heads, int64_t h,
                                            const Group& g) {
   if (bw < batch)
     pair_step(R0, sp, off, n_keys, scores + (bw * heads + h) * sp.k,
-              indices + (bw * heads + h) * sp.k, g);
+              indices.at((bw * heads + h) * sp.k), g);
   if (bw + 1 < batch)
     pair_step(R1, sp, off, n_keys, scores + ((bw + 1) * heads + h) * sp.k,
-              indices + ((bw + 1) * heads + h) * sp.k, g);
+              indices.at(((bw + 1) * heads + h) * sp.k), g);
 }
 
 // ---- the per-half score matrices, (B, h, n_keys) fp32 ----

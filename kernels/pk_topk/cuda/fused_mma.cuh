@@ -106,12 +106,11 @@ __device__ __forceinline__ void fill_tile(uint32_t* __restrict__ dst, int rows, 
   }
 }
 
-template <class T, class I, int W, int QW>
+template <class T, int W, int QW>
 __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
     fused_mma_kernel(const T* __restrict__ q, const T* __restrict__ k1, const T* __restrict__ k2,
-                     float* __restrict__ scores, I* __restrict__ indices, int64_t batch,
-                     int64_t heads, int64_t n_keys, int64_t k_dim, bool norm, bool vec, RowSpace sp,
-                     Layout l) {
+                     float* __restrict__ scores, IndexOut indices, int64_t batch, int64_t heads,
+                     int64_t n_keys, int64_t k_dim, bool norm, bool vec, RowSpace sp, Layout l) {
   static_assert(QW % 2 == 0, "a warp's queries go in pairs (pair_query_scales, pair_steps)");
   constexpr int kBlocksPerWarp = kTileKeys / 8 / W;  // n8 column blocks per warp
   constexpr int kTq = W * QW;                        // queries per block
@@ -253,40 +252,38 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-template <class T, class I, int W, int QW>
+template <class T, int W, int QW>
 void launch_with(const char* name, const FwdParams& p, const RowSpace& sp, const Layout& l,
                  Stream stream) {
   const int64_t tiles = p.heads * ceil_div(p.batch, int64_t{W} * QW);
   const bool vec = (p.k_dim / 2) % (4 * kPerWord<T>) == 0 && aligned16(p.queries) &&
                    aligned16(p.keys1) && aligned16(p.keys2);
-  launch_kernel(name, fused_mma_kernel<T, I, W, QW>, dim3(grid_cap(tiles)), dim3(W * 32),
+  launch_kernel(name, fused_mma_kernel<T, W, QW>, dim3(grid_cap(tiles)), dim3(W * 32),
                 static_cast<std::size_t>(l.total()), stream, static_cast<const T*>(p.queries),
                 static_cast<const T*>(p.keys1), static_cast<const T*>(p.keys2), p.scores,
-                static_cast<I*>(p.indices), p.batch, p.heads, p.n_keys, p.k_dim, p.qk_norm, vec, sp,
-                l);
+                index_out(p), p.batch, p.heads, p.n_keys, p.k_dim, p.qk_norm, vec, sp, l);
 }
 
 // Launches the configuration choose_layout(.., Wide) picks; `name` is the kernel's for errors
 // and profiles.
 template <bool Wide>
 void launch_fused_mma(const char* name, const FwdParams& p, Stream stream) {
-  dispatch(p, [&](auto t, auto i) {
+  dispatch_dtype(p, [&](auto t) {
     using T = typename decltype(t)::type;
-    using I = typename decltype(i)::type;
     const RowSpace sp = row_space(p.k, p.n_keys, kMinList);
     const Layout l = choose_layout(sp, Wide);
     if constexpr (Wide) {
-      launch_with<T, I, kMaxWarps, 4>(name, p, sp, l, stream);
+      launch_with<T, kMaxWarps, 4>(name, p, sp, l, stream);
     } else {
       switch (l.warps) {
         case 8:
-          return launch_with<T, I, 8, 2>(name, p, sp, l, stream);
+          return launch_with<T, 8, 2>(name, p, sp, l, stream);
         case 4:
-          return launch_with<T, I, 4, 2>(name, p, sp, l, stream);
+          return launch_with<T, 4, 2>(name, p, sp, l, stream);
         case 2:
-          return launch_with<T, I, 2, 2>(name, p, sp, l, stream);
+          return launch_with<T, 2, 2>(name, p, sp, l, stream);
         default:
-          return launch_with<T, I, 1, 2>(name, p, sp, l, stream);
+          return launch_with<T, 1, 2>(name, p, sp, l, stream);
       }
     }
   });

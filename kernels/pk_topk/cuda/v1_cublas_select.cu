@@ -17,11 +17,10 @@ namespace {
 
 constexpr int kThreads = 128;
 
-template <class I>
 __global__ void __launch_bounds__(kThreads)
     select_block_per_row(const float* __restrict__ s1, const float* __restrict__ s2,
-                         float* __restrict__ scores, I* __restrict__ indices, int64_t rows,
-                         int64_t n_keys, RowSpace sp) {
+                         float* __restrict__ scores, IndexOut indices, int64_t rows, int64_t n_keys,
+                         RowSpace sp) {
   MEMLAYERS_DYNAMIC_SHARED(unsigned char, smem);
   int* off = reinterpret_cast<int*>(smem + sp.bytes());
   pair_offsets(off, sp.k);
@@ -39,22 +38,21 @@ __global__ void __launch_bounds__(kThreads)
       }
       list_finish(R.half[c], g);
     }
-    pair_step(R, sp, off, n_keys, scores + row * sp.k, indices + row * sp.k, g);
+    pair_step(R, sp, off, n_keys, scores + row * sp.k, indices.at(row * sp.k), g);
   }
 }
 
 void launch(const FwdParams& p, Stream stream) {
-  dispatch(p, [&](auto t, auto i) {
+  dispatch_dtype(p, [&](auto t) {
     using T = typename decltype(t)::type;
-    using I = typename decltype(i)::type;
     const int64_t rows = p.batch * p.heads;
     dev::Buffer<float> s1(rows * p.n_keys, stream), s2(rows * p.n_keys, stream);
     forward_scores<T>(p, s1.get(), s2.get(), stream);
     const RowSpace sp = row_space(p.k, p.n_keys, kThreads);
     const std::size_t smem = sp.bytes() + (p.k + 1) * sizeof(int);
-    launch_kernel("pk_topk_fwd_v1_select", select_block_per_row<I>, dim3(grid_cap(rows)),
-                  dim3(kThreads), smem, stream, s1.get(), s2.get(), p.scores,
-                  static_cast<I*>(p.indices), rows, p.n_keys, sp);
+    launch_kernel("pk_topk_fwd_v1_select", select_block_per_row, dim3(grid_cap(rows)),
+                  dim3(kThreads), smem, stream, s1.get(), s2.get(), p.scores, index_out(p), rows,
+                  p.n_keys, sp);
   });
 }
 

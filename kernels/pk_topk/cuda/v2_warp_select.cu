@@ -18,11 +18,10 @@ constexpr int kThreads = kRowsPerBlock * 2 * 32;
 constexpr int kMinList = 64;  // pending half of two warp rounds: fewer flushes
 
 // The minimum-blocks hint changes ptxas's allocation: without it a few bytes spill at 56 registers.
-template <class I>
 __global__ void __launch_bounds__(kThreads, 4)
     select_warp_per_half(const float* __restrict__ s1, const float* __restrict__ s2,
-                         float* __restrict__ scores, I* __restrict__ indices, int64_t rows,
-                         int64_t n_keys, RowSpace sp) {
+                         float* __restrict__ scores, IndexOut indices, int64_t rows, int64_t n_keys,
+                         RowSpace sp) {
   MEMLAYERS_DYNAMIC_SHARED(unsigned char, smem);
   int* off = reinterpret_cast<int*>(smem + kRowsPerBlock * sp.bytes());
   pair_offsets(off, sp.k);
@@ -47,23 +46,22 @@ __global__ void __launch_bounds__(kThreads, 4)
     }
     __syncthreads();
     if (row < rows && c == 0)
-      pair_step(R, sp, off, n_keys, scores + row * sp.k, indices + row * sp.k, g);
+      pair_step(R, sp, off, n_keys, scores + row * sp.k, indices.at(row * sp.k), g);
     __syncthreads();
   }
 }
 
 void launch(const FwdParams& p, Stream stream) {
-  dispatch(p, [&](auto t, auto i) {
+  dispatch_dtype(p, [&](auto t) {
     using T = typename decltype(t)::type;
-    using I = typename decltype(i)::type;
     const int64_t rows = p.batch * p.heads;
     dev::Buffer<float> s1(rows * p.n_keys, stream), s2(rows * p.n_keys, stream);
     forward_scores<T>(p, s1.get(), s2.get(), stream);
     const RowSpace sp = row_space(p.k, p.n_keys, kMinList);
     const std::size_t smem = kRowsPerBlock * sp.bytes() + (p.k + 1) * sizeof(int);
-    launch_kernel("pk_topk_fwd_v2_warp_select", select_warp_per_half<I>,
+    launch_kernel("pk_topk_fwd_v2_warp_select", select_warp_per_half,
                   dim3(grid_cap(ceil_div(rows, kRowsPerBlock))), dim3(kThreads), smem, stream,
-                  s1.get(), s2.get(), p.scores, static_cast<I*>(p.indices), rows, p.n_keys, sp);
+                  s1.get(), s2.get(), p.scores, index_out(p), rows, p.n_keys, sp);
   });
 }
 

@@ -51,10 +51,10 @@ Layout choose_layout(const RowSpace& sp) {
   return layout(sp, 1);
 }
 
-template <class T, class I>
+template <class T>
 __global__ void __launch_bounds__(kMaxWarps * 32)
     fused_kernel(const T* __restrict__ q, const T* __restrict__ k1, const T* __restrict__ k2,
-                 float* __restrict__ scores, I* __restrict__ indices, int64_t batch, int64_t heads,
+                 float* __restrict__ scores, IndexOut indices, int64_t batch, int64_t heads,
                  int64_t n_keys, int64_t k_dim, bool norm, RowSpace sp, int64_t rows_bytes,
                  int64_t off_bytes) {
   MEMLAYERS_DYNAMIC_SHARED(unsigned char, smem);
@@ -137,17 +137,16 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
 }
 
 void launch(const FwdParams& p, Stream stream) {
-  dispatch(p, [&](auto t, auto i) {
+  dispatch_dtype(p, [&](auto t) {
     using T = typename decltype(t)::type;
-    using I = typename decltype(i)::type;
     const RowSpace sp = row_space(p.k, p.n_keys, kMinList);
     const Layout l = choose_layout(sp);
     const int64_t tiles = p.heads * ceil_div(p.batch, int64_t{l.warps} * kQueriesPerWarp);
-    launch_kernel("pk_topk_fwd_v3_fused", fused_kernel<T, I>, dim3(grid_cap(tiles)),
+    launch_kernel("pk_topk_fwd_v3_fused", fused_kernel<T>, dim3(grid_cap(tiles)),
                   dim3(l.warps * 32), static_cast<std::size_t>(l.total()), stream,
                   static_cast<const T*>(p.queries), static_cast<const T*>(p.keys1),
-                  static_cast<const T*>(p.keys2), p.scores, static_cast<I*>(p.indices), p.batch,
-                  p.heads, p.n_keys, p.k_dim, p.qk_norm, sp, l.rows_bytes, l.off_bytes);
+                  static_cast<const T*>(p.keys2), p.scores, index_out(p), p.batch, p.heads,
+                  p.n_keys, p.k_dim, p.qk_norm, sp, l.rows_bytes, l.off_bytes);
   });
 }
 
