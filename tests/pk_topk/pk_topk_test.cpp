@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <ostream>
 #include <set>
 #include <string>
@@ -241,12 +242,24 @@ using test::kSanitized;
 // release build runs them all. Under TSan every backend leaves them out (the cpu variants'
 // threads split over heads and query blocks, as busy at h = 4 with 100 keys), and the reference
 // (one thread) runs no case (tests/common/cases.h).
-bool in_sweep(Backend b, std::size_t shape_index, int combo) {
+// `turn`: the variant's position among its backend's, where simt's rotation starts, so that the
+// simt variants cover different combinations of a shape (the paper's widths in fp32 for one,
+// bf16 for another).
+bool in_sweep(Backend b, std::size_t shape_index, int combo, int turn) {
   const bool thousand_keys = sweep_shapes()[shape_index].n_keys > 128;
   if (test::kThreadSanitizer && (b == Backend::reference || thousand_keys)) return false;
   if (b != Backend::simt) return true;
   if (kSanitized && thousand_keys) return false;
-  return (static_cast<int>(shape_index) + combo) % (kSanitized ? 8 : 4) == 0;
+  return (static_cast<int>(shape_index) + combo + turn) % (kSanitized ? 8 : 4) == 0;
+}
+
+// Each variant's position among its backend's registered variants.
+template <class V>
+std::map<const V*, int> turns(const std::vector<const V*>& variants) {
+  std::map<const V*, int> out;
+  std::map<Backend, int> seen;
+  for (const V* v : variants) out[v] = seen[v->backend]++;
+  return out;
 }
 
 struct FwdCase {
@@ -261,13 +274,15 @@ void PrintTo(const FwdCase& c, std::ostream* os) { *os << c.name; }
 std::vector<FwdCase> fwd_cases() {
   const auto shapes = sweep_shapes();
   std::vector<FwdCase> out;
-  for (const auto* v : Registry<Fwd>::of()) {
+  const auto variants = Registry<Fwd>::of();
+  const auto turn = turns(variants);
+  for (const auto* v : variants) {
     for (std::size_t si = 0; si < shapes.size(); ++si)
       for (int combo = 0; combo < 8; ++combo) {
         const DType dt = combo & 1 ? DType::bf16 : DType::f32;
         const DType it = combo & 2 ? DType::i32 : DType::i64;
         const bool norm = combo & 4;
-        if (!in_sweep(v->backend, si, combo)) continue;
+        if (!in_sweep(v->backend, si, combo, turn.at(v))) continue;
         // The reference is O(B·h·n_keys·n) in fp64 and the truth beyond 128 keys: one combo.
         if (v->backend == Backend::reference && shapes[si].n_keys > 128 && combo != 5) continue;
         out.push_back(
@@ -452,14 +467,16 @@ void PrintTo(const BwdCase& c, std::ostream* os) { *os << c.name; }
 std::vector<BwdCase> bwd_cases() {
   const auto shapes = sweep_shapes();
   std::vector<BwdCase> out;
-  for (const auto* v : Registry<Bwd>::of())
+  const auto variants = Registry<Bwd>::of();
+  const auto turn = turns(variants);
+  for (const auto* v : variants)
     for (std::size_t si = 0; si < shapes.size(); ++si)
       for (int combo = 0; combo < 8; ++combo)
         for (Outputs o : {Outputs::all, Outputs::dq, Outputs::dense, Outputs::compact}) {
           const DType dt = combo & 1 ? DType::bf16 : DType::f32;
           const DType it = combo & 2 ? DType::i32 : DType::i64;
           const bool norm = combo & 4;
-          if (!in_sweep(v->backend, si, combo)) continue;
+          if (!in_sweep(v->backend, si, combo, turn.at(v))) continue;
           if (v->backend == Backend::reference && combo != 5) continue;
           // Each output alone on two shapes: a variant may take another path for it.
           if (o != Outputs::all && si != 2 && si != 6) continue;
