@@ -524,13 +524,13 @@ void tf32_sequence(float (&d)[4], const MmaFragments& mine, int sets,
   // words, so all of them agree on the first such lane.
   unsigned bad_lane = 32;
   uint32_t bad_word = 0;
-  for (unsigned l = 0; l < 32 && bad_lane == 32; ++l)
-    for (int set = 0; set < sets; ++set) {
-      const auto& f = lane_fragments(view, l);
+  for (unsigned l = 0; l < 32 && bad_lane == 32; ++l) {
+    const auto& f = lane_fragments(view, l);
+    for (int set = 0; set < sets; ++set)
       for (uint32_t w :
            {f.a[set][0], f.a[set][1], f.a[set][2], f.a[set][3], f.b[set][0], f.b[set][1]})
         if ((w & 0x1fffu) && bad_lane == 32) bad_lane = l, bad_word = w;
-    }
+  }
   if (bad_lane == 32)
     for (const auto& [sa, sb] : order) {
       const auto a_at = [&](unsigned row, unsigned k) {

@@ -32,7 +32,6 @@
 #include "npy/npy.h"
 #include "pk_topk/pk_topk.h"
 #include "reference/pk_topk.h"
-#include "tests/common/cases.h"
 
 namespace {
 

@@ -77,16 +77,12 @@ void dispatch_dtype(const P& p, F&& f) {
 // Calls f(Tag<T>, Tag<I>): T the input dtype (float, bf16), I the index dtype (int32, int64).
 template <class P, class F>
 void dispatch(const P& p, F&& f) {
-  auto with_idx = [&](auto t) {
+  dispatch_dtype(p, [&](auto t) {
     if (p.index_dtype == DType::i32)
       f(t, Tag<int32_t>{});
     else
       f(t, Tag<int64_t>{});
-  };
-  if (p.dtype == DType::bf16)
-    with_idx(Tag<__nv_bfloat16>{});
-  else
-    with_idx(Tag<float>{});
+  });
 }
 
 // ---- ranking keys ----

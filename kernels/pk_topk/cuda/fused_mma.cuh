@@ -23,7 +23,7 @@ constexpr int64_t kSmemMax = 227 * 1024;  // dynamic shared memory of one block 
 // Shared memory: a row workspace per query, the pair offsets, the query and key tiles (words),
 // the score tile and the tile's key sums of squares. Every part a multiple of 16 bytes.
 struct Layout {
-  int warps = 0, queries_per_warp = 2;
+  int warps = 0;
   int64_t rows_bytes = 0, off_bytes = 0, q_bytes = 0, k_bytes = 0, s_bytes = 0, n_bytes = 0;
   int64_t total() const { return rows_bytes + off_bytes + q_bytes + k_bytes + s_bytes + n_bytes; }
 };
@@ -34,7 +34,6 @@ constexpr int64_t row_tiles(int64_t queries) { return (queries + kRows - 1) / kR
 Layout layout(const RowSpace& sp, int warps, int queries_per_warp) {
   Layout l;
   l.warps = warps;
-  l.queries_per_warp = queries_per_warp;
   const int64_t queries = int64_t{warps} * queries_per_warp;
   l.rows_bytes = queries * sp.bytes();
   l.rows_bytes = (l.rows_bytes + 15) / 16 * 16;
@@ -292,12 +291,10 @@ void launch_fused_mma(const char* name, const FwdParams& p, Stream stream) {
 inline std::string fused_mma_supports(const FwdParams& p, bool wide) {
   const Layout l = choose_layout(row_space(p.k, p.n_keys, kMinList), wide);
   if (l.total() <= kSmemMax) return "";
-  if (wide)
-    return "k = " + std::to_string(p.k) + " needs " + std::to_string(l.total()) +
-           " bytes of shared memory for the wide block's 32 query lists; at most 227 KiB "
-           "(v4_fused_mma takes it, with fewer queries a block)";
   return "k = " + std::to_string(p.k) + " needs " + std::to_string(l.total()) +
-         " bytes of shared memory for one warp's lists; at most 227 KiB";
+         " bytes of shared memory for " +
+         (wide ? "the wide block's 32 query lists" : "one warp's lists") + "; at most 227 KiB" +
+         (wide ? " (v4_fused_mma takes it, with fewer queries a block)" : "");
 }
 
 }  // namespace
