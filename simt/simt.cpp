@@ -141,6 +141,25 @@ struct ThreadCtx {
 };
 thread_local ThreadCtx ctx;
 
+// The calling thread's cp.async copies not yet waited for, in the order started; `group` is the
+// number of groups committed before the copy, so committed groups are those below `committed`.
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned char data[16];
+  uint64_t group;
+};
+struct AsyncCopies {
+  std::vector<AsyncCopy> copies;
+  uint64_t committed = 0;
+};
+thread_local AsyncCopies async_copies;
+
+std::string hex(const void* p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%p", p);
+  return buf;
+}
+
 void check_failed(Block& b) {
   if (!b.failure.empty()) throw Abort{};
 }
@@ -289,8 +308,13 @@ class Pool {
       blockDim = j.block;
       gridDim = j.grid;
       ctx = {&block_, id};
+      async_copies = {};
       try {
         (*j.body)();
+        if (!async_copies.copies.empty())
+          throw KernelError("ended with " + std::to_string(async_copies.copies.size()) +
+                            " cp.async copies it never waited for (their data never lands); "
+                            "cp_async_wait<0>() before the thread ends");
       } catch (const Abort&) {
       } catch (const std::exception& e) {
         std::lock_guard lock(block_.mu);
@@ -568,6 +592,33 @@ void mma_m16n8k8_3xtf32(float (&d)[4], const uint32_t (&a_hi)[4], const uint32_t
                 {{{a_hi[0], a_hi[1], a_hi[2], a_hi[3]}, {a_lo[0], a_lo[1], a_lo[2], a_lo[3]}},
                  {{b_hi[0], b_hi[1]}, {b_lo[0], b_lo[1]}}},
                 2, {{1, 0}, {0, 1}, {0, 0}}, site);
+}
+
+void async_copy(void* dst, const void* src, int src_bytes) {
+  const auto misaligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 != 0; };
+  if (src_bytes < 0 || src_bytes > 16)
+    throw KernelError("cp.async of " + std::to_string(src_bytes) +
+                      " source bytes; accepted 0..16 (the rest of the 16 are zeros)");
+  if (misaligned(dst) || (src_bytes > 0 && misaligned(src)))
+    throw KernelError("cp.async from " + hex(src) + " to " + hex(dst) +
+                      ": both addresses must be 16-byte aligned");
+  AsyncCopy c{static_cast<unsigned char*>(dst), {}, async_copies.committed};
+  if (src_bytes > 0) std::memcpy(c.data, src, static_cast<std::size_t>(src_bytes));
+  // Until the wait, the destination holds garbage: shared memory's all-ones bytes.
+  std::memset(dst, 0xff, sizeof c.data);
+  async_copies.copies.push_back(c);
+}
+
+void async_commit() { ++async_copies.committed; }
+
+void async_wait(int pending) {
+  const uint64_t n = static_cast<uint64_t>(pending);
+  auto& a = async_copies;
+  // Groups below `done` are complete: all but the `pending` most recent committed ones.
+  const uint64_t done = a.committed > n ? a.committed - n : 0;
+  for (const AsyncCopy& c : a.copies)
+    if (c.group < done) std::memcpy(c.dst, c.data, sizeof c.data);
+  std::erase_if(a.copies, [&](const AsyncCopy& c) { return c.group < done; });
 }
 
 unsigned active_lanes() {

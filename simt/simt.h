@@ -3,7 +3,8 @@
 // One OS thread per CUDA thread (a persistent pool), one block at a time. __syncthreads is a block
 // barrier that records its call site, warp collectives (__shfl*_sync, __ballot_sync, __syncwarp)
 // are rendezvous of the lanes in their mask, mma.sync (mma_bf16_m16n8k16, mma_tf32_m16n8k8) is a
-// whole-warp rendezvous on PTX's fragment layout, atomics are std::atomic_ref, __shared__ is
+// whole-warp rendezvous on PTX's fragment layout, a cp.async copy lands at the wait that completes
+// its group, atomics are std::atomic_ref, __shared__ is
 // `static` and dynamic shared memory an exact-size heap buffer filled with garbage, so
 // ThreadSanitizer sees a missing barrier as a data race at the kernel's own lines and
 // AddressSanitizer sees a shared memory overflow. A thread that returns drops out of every barrier.
@@ -95,6 +96,13 @@ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
 // warp rendezvous instead of three.
 void mma_m16n8k8_3xtf32(float (&d)[4], const uint32_t (&a_hi)[4], const uint32_t (&a_lo)[4],
                         const uint32_t (&b_hi)[2], const uint32_t (&b_lo)[2], Site site);
+
+// cp.async (kernels/common/async_copy.cuh) for the calling thread: start a copy (its source read
+// now, its 16 destination bytes garbage until the wait that completes its group), close a group,
+// wait until at most `pending` committed groups are outstanding (writing the others' data).
+void async_copy(void* dst, const void* src, int src_bytes);
+void async_commit();
+void async_wait(int pending);
 
 using KernelBody = std::function<void()>;
 void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
@@ -244,6 +252,21 @@ inline void simt_mma_3xtf32_m16n8k8(float (&d)[4], const uint32_t (&a_hi)[4],
                                     const uint32_t (&a_lo)[4], const uint32_t (&b_hi)[2],
                                     const uint32_t (&b_lo)[2]) {
   ::simt::detail::mma_m16n8k8_3xtf32(d, a_hi, a_lo, b_hi, b_lo, {"mma.sync.m16n8k8 (3xTF32)", 0});
+}
+
+// ---- asynchronous copies (cp.async) ----
+// cp_async_16, cp_async_commit, cp_async_wait<N>: kernels/common/async_copy.cuh says what they do
+// and how simt runs them: the data lands at the wait that completes its group, written by the
+// thread that started the copy, so a read before that wait, or from another thread without a
+// barrier after it, sees garbage or is a data race ThreadSanitizer reports.
+inline void cp_async_16(void* dst, const void* src, int src_bytes = 16) {
+  ::simt::detail::async_copy(dst, src, src_bytes);
+}
+inline void cp_async_commit() { ::simt::detail::async_commit(); }
+template <int N>
+inline void cp_async_wait() {
+  static_assert(N >= 0 && N <= 7, "cp.async.wait_group takes 0..7");
+  ::simt::detail::async_wait(N);
 }
 
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }

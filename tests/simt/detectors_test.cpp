@@ -1,5 +1,6 @@
 // Proofs that the sanitizers see what they must in simt-run kernels: under ThreadSanitizer a
-// kernel with its __syncthreads removed is reported as a data race at the kernel's own lines;
+// kernel with its __syncthreads removed is reported as a data race at the kernel's own lines, and
+// so is a read of another thread's cp.async data with no barrier after the copy's wait;
 // under AddressSanitizer an overflow of a static and of a dynamic __shared__ array is reported.
 // Each runs planted.cpp's binary in a child process and reads its report; the fixed twins must
 // run clean. In a build without that sanitizer the proof is skipped (the asan and tsan presets
@@ -52,6 +53,19 @@ TEST(SimtDetectors, TsanReportsARemovedSyncthreadsAsARace) {
   EXPECT_NE(bad.output.find("planted_race_kernel"), std::string::npos) << bad.output;
   EXPECT_NE(bad.output.find("planted.cpp"), std::string::npos) << bad.output;
   Child good = run_planted("race_fixed");
+  EXPECT_EQ(good.status, 0) << good.output;
+  EXPECT_EQ(good.output.find("ThreadSanitizer"), std::string::npos) << good.output;
+}
+
+TEST(SimtDetectors, TsanReportsAMissingBarrierAfterAnAsyncCopy) {
+  if (!kTsan) GTEST_SKIP() << "needs ThreadSanitizer: run in the tsan preset";
+  Child bad = run_planted("async_race");
+  EXPECT_NE(bad.status, 0) << bad.output;
+  EXPECT_NE(bad.output.find("WARNING: ThreadSanitizer: data race"), std::string::npos)
+      << bad.output;
+  EXPECT_NE(bad.output.find("planted_async_race_kernel"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("async_wait"), std::string::npos) << bad.output;
+  Child good = run_planted("async_race_fixed");
   EXPECT_EQ(good.status, 0) << good.output;
   EXPECT_EQ(good.output.find("ThreadSanitizer"), std::string::npos) << good.output;
 }

@@ -1,11 +1,13 @@
 // Planted bugs for the detector proofs (detectors_test.cpp runs this binary in a child process and
 // reads its sanitizer report). Each bug has a fixed twin that must run clean, so a proof that
 // passes is not just a detector that always fires.
-//   simt_planted race|race_fixed|static_overflow|dynamic_overflow|overflow_fixed
+//   simt_planted race|race_fixed|async_race|async_race_fixed|static_overflow|dynamic_overflow|
+//                overflow_fixed
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
+#include "common/async_copy.cuh"
 #include "common/cuda.cuh"
 
 namespace {
@@ -25,6 +27,26 @@ __global__ void fixed_race_kernel(const float* x, float* out) {
   s[threadIdx.x] = x[threadIdx.x];
   __syncthreads();
   out[threadIdx.x] = s[threadIdx.x] + s[(threadIdx.x + 1) % blockDim.x];
+}
+
+// Each thread copies 16 bytes with cp.async, waits for its own copy and reads its neighbour's,
+// with the barrier between the wait and the read removed.
+__global__ void planted_async_race_kernel(const float* x, float* out) {
+  MEMLAYERS_DYNAMIC_SHARED(float, s);
+  cp_async_16(s + 4 * threadIdx.x, x + 4 * threadIdx.x);
+  cp_async_commit();
+  cp_async_wait<0>();
+  // __syncthreads() belongs here.
+  out[threadIdx.x] = s[4 * ((threadIdx.x + 1) % blockDim.x)];
+}
+
+__global__ void fixed_async_race_kernel(const float* x, float* out) {
+  MEMLAYERS_DYNAMIC_SHARED(float, s);
+  cp_async_16(s + 4 * threadIdx.x, x + 4 * threadIdx.x);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  out[threadIdx.x] = s[4 * ((threadIdx.x + 1) % blockDim.x)];
 }
 
 // Writes one element past a static __shared__ array (launched with 33 threads).
@@ -48,11 +70,12 @@ __global__ void planted_dynamic_overflow_kernel(float* out, int n) {
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr,
-                 "usage: %s race|race_fixed|static_overflow|dynamic_overflow|overflow_fixed\n",
+                 "usage: %s race|race_fixed|async_race|async_race_fixed|static_overflow|"
+                 "dynamic_overflow|overflow_fixed\n",
                  argv[0]);
     return 2;
   }
-  std::vector<float> x(64, 1.f), out(64, 0.f);
+  std::vector<float> x(4 * 64, 1.f), out(64, 0.f);  // 16 bytes a thread for the cp.async cases
   std::string c = argv[1];
   // ThreadSanitizer keeps a few accesses per 8 bytes of shadow memory, so one launch can miss a
   // race whose accesses were evicted; repeated launches make the report certain in practice.
@@ -65,6 +88,11 @@ int main(int argc, char** argv) {
     for (int i = 0; i < kLaunches; ++i)
       launch_kernel("fixed_race_kernel", fixed_race_kernel, 1, 64, 0, nullptr, x.data(),
                     out.data());
+  else if (c == "async_race" || c == "async_race_fixed")
+    for (int i = 0; i < kLaunches; ++i)
+      launch_kernel(c == "async_race" ? "planted_async_race_kernel" : "fixed_async_race_kernel",
+                    c == "async_race" ? planted_async_race_kernel : fixed_async_race_kernel, 1, 64,
+                    x.size() * sizeof(float), nullptr, x.data(), out.data());
   else if (c == "static_overflow")
     launch_kernel("planted_static_overflow_kernel", planted_static_overflow_kernel, 1, 33, 0,
                   nullptr, out.data());

@@ -1,9 +1,13 @@
 // The rules simt enforces: a barrier that cannot complete, a warp collective whose mask leaves out
-// its caller, an mma.sync without its whole warp or with an operand that is not tf32, and an
-// invalid launch each fail fast with a message naming the kernel, instead of hanging or running on.
-// Compiled for simt only: on a GPU these are undefined behaviour. Run: ctest -R SimtRules
+// its caller, an mma.sync without its whole warp or with an operand that is not tf32, a cp.async
+// never waited for or misaligned, and an invalid launch each fail fast with a message naming the
+// kernel, instead of hanging or running on. Compiled for simt only: on a GPU these are undefined
+// behaviour. Run: ctest -R SimtRules
 #include <gtest/gtest.h>
 
+#include <bit>
+
+#include "common/async_copy.cuh"
 #include "common/cuda.cuh"
 #include "common/mma.cuh"
 
@@ -64,6 +68,45 @@ __global__ void unrounded_tf32_kernel(int* out) {
   out[threadIdx.x] = static_cast<int>(d[0]);
 }
 
+alignas(16) const float kSource[8] = {1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f};
+
+// One thread, two groups: what the shared words hold before any wait, after waiting for the
+// older group and after waiting for both.
+__global__ void async_copy_visibility_kernel(int* out) {
+  alignas(16) __shared__ float s[8];
+  cp_async_16(s, kSource);
+  cp_async_commit();
+  cp_async_16(s + 4, kSource + 4, 8);  // two floats, then zeros
+  cp_async_commit();
+  out[0] = __float_as_int(s[0]);
+  cp_async_wait<1>();
+  out[1] = __float_as_int(s[0]);
+  out[2] = __float_as_int(s[4]);
+  cp_async_wait<0>();
+  for (int i = 0; i < 4; ++i) out[3 + i] = __float_as_int(s[4 + i]);
+}
+
+__global__ void async_copy_never_waited_kernel(int* out) {
+  alignas(16) __shared__ float s[4];
+  cp_async_16(s, kSource);
+  cp_async_commit();
+  out[threadIdx.x] = 1;
+}
+
+__global__ void async_copy_misaligned_kernel(int* out) {
+  alignas(16) __shared__ float s[8];
+  cp_async_16(s + 1, kSource);
+  cp_async_wait<0>();
+  out[0] = 1;
+}
+
+__global__ void async_copy_oversize_kernel(int* out) {
+  alignas(16) __shared__ float s[4];
+  cp_async_16(s, kSource, 20);
+  cp_async_wait<0>();
+  out[0] = 1;
+}
+
 std::string launch_error(void (*kernel)(int*), const char* name, dim3 grid, dim3 block,
                          std::size_t smem = 0) {
   std::vector<int> out(4096, 0);
@@ -111,6 +154,32 @@ TEST(SimtRules, Tf32OperandsMustBeRounded) {
   EXPECT_NE(msg.find("unrounded_tf32_kernel"), std::string::npos) << msg;
   EXPECT_NE(msg.find("lane 5 passed the operand 0x3f800001"), std::string::npos) << msg;
   EXPECT_NE(msg.find("tf32_round"), std::string::npos) << msg;
+}
+
+// simt's cp.async lands at the wait that completes its group: before it the destination holds
+// garbage (all-ones bytes), so a kernel that reads too early fails its tests.
+TEST(SimtRules, AsyncCopyLandsAtTheWaitForItsGroup) {
+  std::vector<int> out(8, 0);
+  launch_kernel("async_copy_visibility_kernel", async_copy_visibility_kernel, 1, 1, 0, nullptr,
+                out.data());
+  const auto bits = [](float f) { return std::bit_cast<int>(f); };
+  EXPECT_EQ(out[0], -1) << "visible before its wait";
+  EXPECT_EQ(out[1], bits(1.f)) << "not landed at the wait for its group";
+  EXPECT_EQ(out[2], -1) << "the younger group landed at the wait for the older one";
+  EXPECT_EQ(out[3], bits(5.f));
+  EXPECT_EQ(out[4], bits(6.f));
+  EXPECT_EQ(out[5], 0) << "the bytes past src_bytes are zeros";
+  EXPECT_EQ(out[6], 0);
+}
+
+TEST(SimtRules, AsyncCopiesMustBeWaitedForAndAligned) {
+  std::string msg = launch_error(async_copy_never_waited_kernel, "async_copy_never_waited", 1, 4);
+  EXPECT_NE(msg.find("async_copy_never_waited"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("ended with 1 cp.async copies it never waited for"), std::string::npos) << msg;
+  msg = launch_error(async_copy_misaligned_kernel, "async_copy_misaligned", 1, 1);
+  EXPECT_NE(msg.find("must be 16-byte aligned"), std::string::npos) << msg;
+  msg = launch_error(async_copy_oversize_kernel, "async_copy_oversize", 1, 1);
+  EXPECT_NE(msg.find("cp.async of 20 source bytes; accepted 0..16"), std::string::npos) << msg;
 }
 
 TEST(SimtRules, InvalidLaunchesAreRejected) {

@@ -1,5 +1,6 @@
 // Kernels for simt's own tests (see test_kernels.h). Written as ordinary CUDA: nothing here knows
 // whether it runs on a GPU or on simt's CPU threads.
+#include "common/async_copy.cuh"
 #include "common/cuda.cuh"
 #include "common/mma.cuh"
 #include "tests/simt/test_kernels.h"
@@ -254,6 +255,31 @@ __global__ void mma_tf32_kernel(const float* a, const float* b, const float* c, 
   for (int r = 0; r < 4; ++r) d[tile * 128 + (g + 8 * (r / 2)) * 8 + 2 * t + r % 2] = fd[r];
 }
 
+// A ring of S chunk slots: chunk c is one cp.async group, started S − 1 chunks ahead of its use.
+template <int S>
+__global__ void async_copy_kernel(const float* x, float* out, int n) {
+  MEMLAYERS_DYNAMIC_SHARED(float, ring);
+  const int t = threadIdx.x, threads = blockDim.x, chunk = 4 * threads;
+  const int chunks = (n + chunk - 1) / chunk;
+  const auto start = [&](int c) {
+    if (c < chunks) {
+      const int i = c * chunk + 4 * t;  // this thread's first float of chunk c
+      const int src_bytes = 4 * max(0, min(4, n - i));
+      cp_async_16(ring + (c % S) * chunk + 4 * t, src_bytes > 0 ? x + i : x, src_bytes);
+    }
+    cp_async_commit();  // an empty group past the end keeps the count of groups in step
+  };
+  for (int c = 0; c < S - 1; ++c) start(c);
+  for (int c = 0; c < chunks; ++c) {
+    cp_async_wait<S - 2>();  // this thread's part of chunk c has landed
+    __syncthreads();         // ... and every thread's; chunk c − 1's slot is no longer read
+    start(c + S - 1);
+    const int u = (t + 1) % threads;  // the neighbour's 16 bytes
+    for (int e = 0; e < 4; ++e) out[c * chunk + 4 * u + e] = ring[(c % S) * chunk + 4 * u + e];
+  }
+  cp_async_wait<0>();
+}
+
 // ---- host launchers ----
 void block_reduce(const float* x, float* out, int n, int threads, Stream s) {
   launch_kernel("block_reduce", block_reduce_kernel, dim3(ceil_div(n, 2 * threads)), dim3(threads),
@@ -304,13 +330,25 @@ void mma_tf32(const float* a, const float* b, const float* c, float* d, int tile
                 tiles, mode);
 }
 
+void async_copy(const float* x, float* out, int n, int threads, int stages, Stream s) {
+  const auto smem = static_cast<std::size_t>(stages) * threads * 4 * sizeof(float);
+  switch (stages) {
+    case 2:
+      return launch_kernel("async_copy<2>", async_copy_kernel<2>, 1, threads, smem, s, x, out, n);
+    case 3:
+      return launch_kernel("async_copy<3>", async_copy_kernel<3>, 1, threads, smem, s, x, out, n);
+    default:
+      return launch_kernel("async_copy<4>", async_copy_kernel<4>, 1, threads, smem, s, x, out, n);
+  }
+}
+
 }  // namespace
 
 namespace MEMLAYERS_TARGET_NS {
 const KernelSet& kernels() {
   static const KernelSet set{block_reduce,    warp_reduce, block_scan, transpose,
                              histogram,       shuffles,    votes,      atomics,
-                             reverse_dynamic, mma_bf16,    mma_tf32};
+                             reverse_dynamic, mma_bf16,    mma_tf32,   async_copy};
   return set;
 }
 }  // namespace MEMLAYERS_TARGET_NS

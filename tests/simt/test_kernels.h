@@ -50,6 +50,12 @@ struct KernelSet {
   // written out as mma_tf32_m16n8k8 calls.
   void (*mma_tf32)(const float* a, const float* b, const float* c, float* d, int tiles, int mode,
                    Stream s);
+  // out[0, padded) = x[0, n) then zeros, padded = n rounded up to threads·4 floats: chunks of
+  // threads·4 floats through a ring of `stages` (2..4) slots in dynamic shared memory, copied by
+  // cp.async (16 bytes a thread, zero-filled past n, one group per chunk, `stages` − 1 in
+  // flight); each chunk written out by the neighbouring thread (t + 1) % threads, so it crosses
+  // threads after the barrier. One block; x 16-byte aligned.
+  void (*async_copy)(const float* x, float* out, int n, int threads, int stages, Stream s);
 };
 
 namespace simt {
