@@ -292,7 +292,7 @@ for t in "${tests[@]}"; do
 done
 if [ -n "${bin[simt_test]:-}" ]; then
   run_step simt_on_gpu 60 gtest_run "${bin[simt_test]}" \
-    --gtest_filter='*cuda_*:SimtMma.*:SimtTranspose.*' --gtest_brief=1
+    --gtest_filter='*cuda_*:SimtMma.*:SimtTranspose.*:SimtAsyncCopy.*' --gtest_brief=1
 else
   skip_step simt_on_gpu "tests/simt is not in this checkout"
 fi

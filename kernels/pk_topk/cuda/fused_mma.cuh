@@ -3,6 +3,7 @@
 // one kernel, templated on the queries per warp. The design is in v4_fused_mma.cu's header, what
 // the wider block changes in v5_fused_mma_wide.cu's.
 #pragma once
+#include "common/async_copy.cuh"
 #include "common/mma.cuh"
 #include "pk_topk/cuda/common.cuh"
 
@@ -14,18 +15,22 @@ constexpr int kRows = 16;                    // the mma's M
 constexpr int kTileKeys = 128;               // 16 column blocks of 8 keys
 constexpr int kTileWords = 16;               // 32-bit words of a row per tile: two k-steps
 constexpr int kWords = kTileWords + 4;       // per shared row, padded
+constexpr int kStages = 4;                   // tile pairs in the cp.async ring: 3 in flight
 constexpr int kScoreStride = kTileKeys + 8;  // floats per score-tile row, padded
 constexpr int kKeysPerThreadMax = kTileKeys / 32;
 constexpr int kMinList = 64;
 constexpr int64_t kSmemBudget = 200 * 1024;
 constexpr int64_t kSmemMax = 227 * 1024;  // dynamic shared memory of one block (sm_90)
 
-// Shared memory: a row workspace per query, the pair offsets, the query and key tiles (words),
-// the score tile and the tile's key sums of squares. Every part a multiple of 16 bytes.
+// Shared memory: a row workspace per query, the pair offsets, the ring of kStages stages (each a
+// query tile and a key tile of kTileWords words a row), the score tile and the tile's key sums of
+// squares. Every part a multiple of 16 bytes.
 struct Layout {
   int warps = 0;
-  int64_t rows_bytes = 0, off_bytes = 0, q_bytes = 0, k_bytes = 0, s_bytes = 0, n_bytes = 0;
-  int64_t total() const { return rows_bytes + off_bytes + q_bytes + k_bytes + s_bytes + n_bytes; }
+  int64_t rows_bytes = 0, off_bytes = 0, stage_bytes = 0, s_bytes = 0, n_bytes = 0;
+  int64_t total() const {
+    return rows_bytes + off_bytes + kStages * stage_bytes + s_bytes + n_bytes;
+  }
 };
 
 // The query rows of the block's query tile: whole m16 row tiles.
@@ -38,8 +43,7 @@ Layout layout(const RowSpace& sp, int warps, int queries_per_warp) {
   l.rows_bytes = queries * sp.bytes();
   l.rows_bytes = (l.rows_bytes + 15) / 16 * 16;
   l.off_bytes = ((int64_t{sp.k} + 1) * 4 + 15) / 16 * 16;
-  l.q_bytes = row_tiles(queries) * kRows * kWords * 4;
-  l.k_bytes = int64_t{kTileKeys} * kWords * 4;
+  l.stage_bytes = (row_tiles(queries) * kRows + kTileKeys) * kWords * 4;
   l.s_bytes = queries * kScoreStride * 4;
   l.n_bytes = int64_t{kTileKeys} * 4;
   return l;
@@ -82,20 +86,21 @@ __device__ __forceinline__ void add_squares(float& s, uint32_t x) {
   }
 }
 
-// Fills `rows` shared rows of kTileWords words from global rows src(r) (nullptr: past the end)
-// for elements [d0, d0 + kTileWords·kPerWord) of `half`; zeros elsewhere. Vector: 16-byte loads
-// (half a multiple of 16 bytes' elements, 16-byte aligned rows), else element loads.
+// Starts filling `rows` shared rows of kTileWords words from global rows src(r) (nullptr: past
+// the end) for elements [d0, d0 + kTileWords·kPerWord) of `half`; zeros elsewhere. Vector:
+// 16-byte cp.async copies (half a multiple of 16 bytes' elements, 16-byte aligned rows; a piece
+// past the end zero-filled, its source `any`, not read), which land at the stage's wait; else
+// element loads, stored before this returns.
 template <class T, class Src>
-__device__ __forceinline__ void fill_tile(uint32_t* __restrict__ dst, int rows, int64_t d0,
-                                          int64_t half, bool vec, const Src& src) {
-  constexpr int kVec = 4 * kPerWord<T>;  // elements per 16-byte load
+__device__ __forceinline__ void start_tile(uint32_t* __restrict__ dst, int rows, int64_t d0,
+                                           int64_t half, bool vec, const T* any, const Src& src) {
+  constexpr int kVec = 4 * kPerWord<T>;  // elements per 16-byte copy
   if (vec) {
     for (int x = threadIdx.x; x < rows * (kTileWords / 4); x += blockDim.x) {
       const int r = x / (kTileWords / 4), c = x % (kTileWords / 4);
       const T* row = src(r);
-      uint4 v = make_uint4(0u, 0u, 0u, 0u);
-      if (row && d0 + kVec * c < half) v = *reinterpret_cast<const uint4*>(row + d0 + kVec * c);
-      *reinterpret_cast<uint4*>(dst + r * kWords + 4 * c) = v;
+      const bool in = row && d0 + kVec * c < half;
+      cp_async_16(dst + r * kWords + 4 * c, in ? row + d0 + kVec * c : any, in ? 16 : 0);
     }
   } else {
     for (int x = threadIdx.x; x < rows * kTileWords; x += blockDim.x) {
@@ -114,16 +119,16 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
   constexpr int kBlocksPerWarp = kTileKeys / 8 / W;  // n8 column blocks per warp
   constexpr int kTq = W * QW;                        // queries per block
   constexpr int kRowTiles = static_cast<int>(row_tiles(kTq));
+  constexpr int kStageWords = (kRowTiles * kRows + kTileKeys) * kWords;
   MEMLAYERS_DYNAMIC_SHARED(unsigned char, smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   int* off = reinterpret_cast<int*>(smem + l.rows_bytes);
-  uint32_t* qs = reinterpret_cast<uint32_t*>(smem + l.rows_bytes + l.off_bytes);
-  uint32_t* ks = qs + kRowTiles * kRows * kWords;
-  float* st = reinterpret_cast<float*>(ks + kTileKeys * kWords);
+  uint32_t* ring = reinterpret_cast<uint32_t*>(smem + l.rows_bytes + l.off_bytes);
+  float* st = reinterpret_cast<float*>(ring + kStages * kStageWords);
   float* kss_tile = st + kTq * kScoreStride;
   pair_offsets(off, sp.k);
-  // Rows the query tile never fills (kTq .. kRowTiles·16) stay zero.
-  for (int x = threadIdx.x; x < kRowTiles * kRows * kWords; x += blockDim.x) qs[x] = 0u;
+  // Query rows no stage ever fills (kTq .. kRowTiles·16) stay zero.
+  for (int x = threadIdx.x; x < kStages * kStageWords; x += blockDim.x) ring[x] = 0u;
   __syncthreads();
   RowLists R[QW];
 #pragma unroll
@@ -131,6 +136,9 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
   const Group grp = warp_group();
   const int64_t half = k_dim / 2, btiles = ceil_div(batch, int64_t{kTq});
   const double inv_half = 1.0 / static_cast<double>(half);
+  // Step s of a half's search: key tile s / chunks, elements (s % chunks)·kTileWords·kPerWord on.
+  const int64_t chunks = ceil_div(half, int64_t{kTileWords} * kPerWord<T>);
+  const int64_t steps = ceil_div(n_keys, int64_t{kTileKeys}) * chunks;
 
   for (int64_t tile = blockIdx.x; tile < heads * btiles; tile += gridDim.x) {
     const int64_t h = tile / btiles, b0 = tile % btiles * kTq;
@@ -152,58 +160,74 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
         L[qq] = c == 0 ? R[qq].half[0] : R[qq].half[1];  // a select: no local-memory index
         list_init(L[qq], grp);
       }
-      const auto query_row = [&](int r) -> const T* {
-        return b0 + r < batch ? q + ((b0 + r) * heads + h) * k_dim + qoff : nullptr;
+      // Stage s into ring slot s % kStages: one cp.async group, empty past the last step, so
+      // that waiting for all but the kStages − 2 newest groups always means "step s landed".
+      const auto start_stage = [&](int64_t s) {
+        if (s < steps) {
+          const int64_t key0 = s / chunks * kTileKeys;
+          const int64_t d0 = s % chunks * kTileWords * kPerWord<T>;
+          uint32_t* qs = ring + s % kStages * kStageWords;
+          start_tile<T>(qs, kTq, d0, half, vec, q, [&](int r) -> const T* {
+            return b0 + r < batch ? q + ((b0 + r) * heads + h) * k_dim + qoff : nullptr;
+          });
+          start_tile<T>(qs + kRowTiles * kRows * kWords, kTileKeys, d0, half, vec, keys,
+                        [&](int r) -> const T* {
+                          return key0 + r < n_keys ? keys + (h * n_keys + key0 + r) * half
+                                                   : nullptr;
+                        });
+        }
+        cp_async_commit();
       };
-      for (int64_t key0 = 0; key0 < n_keys; key0 += kTileKeys) {
-        const auto key_row = [&](int r) -> const T* {
-          return key0 + r < n_keys ? keys + (h * n_keys + key0 + r) * half : nullptr;
-        };
-        float acc[kRowTiles][kBlocksPerWarp][4] = {};
-        float kss[kKeysPerThreadMax] = {};
-        for (int64_t d0 = 0; d0 < half; d0 += kTileWords * kPerWord<T>) {
-          __syncthreads();  // the previous tiles are no longer read
-          fill_tile<T>(qs, kTq, d0, half, vec, query_row);
-          fill_tile<T>(ks, kTileKeys, d0, half, vec, key_row);
-          __syncthreads();
-          if (norm)
 #pragma unroll
-            for (int j = 0; j < kKeysPerThreadMax; ++j) {
-              const int r = threadIdx.x + j * W * 32;
-              if (r < kTileKeys)
-                for (int w = 0; w < kTileWords; ++w) add_squares<T>(kss[j], ks[r * kWords + w]);
-            }
+      for (int s = 0; s < kStages - 1; ++s) start_stage(s);
+      float acc[kRowTiles][kBlocksPerWarp][4] = {};
+      float kss[kKeysPerThreadMax] = {};
+      for (int64_t s = 0; s < steps; ++s) {
+        cp_async_wait<kStages - 2>();  // this thread's copies of step s have landed
+        __syncthreads();  // ... and every thread's; step s − 1's slot is no longer read
+        start_stage(s + kStages - 1);
+        const uint32_t* qs = ring + s % kStages * kStageWords;
+        const uint32_t* ks = qs + kRowTiles * kRows * kWords;
+        if (norm)
 #pragma unroll
-          for (int kk = 0; kk < kTileWords / 8; ++kk) {
-            uint32_t a[kRowTiles][4];
-            [[maybe_unused]] uint32_t a_hi[kRowTiles][4], a_lo[kRowTiles][4];
+          for (int j = 0; j < kKeysPerThreadMax; ++j) {
+            const int r = threadIdx.x + j * W * 32;
+            if (r < kTileKeys)
+              for (int w = 0; w < kTileWords; ++w) add_squares<T>(kss[j], ks[r * kWords + w]);
+          }
 #pragma unroll
-            for (int rt = 0; rt < kRowTiles; ++rt) {
-              const uint32_t* qr = qs + (rt * kRows + g) * kWords + kk * 8;
-              a[rt][0] = qr[t];
-              a[rt][1] = qr[8 * kWords + t];
-              a[rt][2] = qr[4 + t];
-              a[rt][3] = qr[8 * kWords + 4 + t];
-              if constexpr (kPerWord<T> == 1) tf32_split(a[rt], a_hi[rt], a_lo[rt]);
-            }
+        for (int kk = 0; kk < kTileWords / 8; ++kk) {
+          uint32_t a[kRowTiles][4];
+          [[maybe_unused]] uint32_t a_hi[kRowTiles][4], a_lo[kRowTiles][4];
 #pragma unroll
-            for (int nb = 0; nb < kBlocksPerWarp; ++nb) {
-              const uint32_t* kr = ks + ((warp * kBlocksPerWarp + nb) * 8 + g) * kWords + kk * 8;
-              const uint32_t b[2] = {kr[t], kr[4 + t]};
-              if constexpr (kPerWord<T> == 1) {
-                uint32_t b_hi[2], b_lo[2];
-                tf32_split(b, b_hi, b_lo);
+          for (int rt = 0; rt < kRowTiles; ++rt) {
+            const uint32_t* qr = qs + (rt * kRows + g) * kWords + kk * 8;
+            a[rt][0] = qr[t];
+            a[rt][1] = qr[8 * kWords + t];
+            a[rt][2] = qr[4 + t];
+            a[rt][3] = qr[8 * kWords + 4 + t];
+            if constexpr (kPerWord<T> == 1) tf32_split(a[rt], a_hi[rt], a_lo[rt]);
+          }
 #pragma unroll
-                for (int rt = 0; rt < kRowTiles; ++rt)
-                  mma_3xtf32_m16n8k8(acc[rt][nb], a_hi[rt], a_lo[rt], b_hi, b_lo);
-              } else {
+          for (int nb = 0; nb < kBlocksPerWarp; ++nb) {
+            const uint32_t* kr = ks + ((warp * kBlocksPerWarp + nb) * 8 + g) * kWords + kk * 8;
+            const uint32_t b[2] = {kr[t], kr[4 + t]};
+            if constexpr (kPerWord<T> == 1) {
+              uint32_t b_hi[2], b_lo[2];
+              tf32_split(b, b_hi, b_lo);
 #pragma unroll
-                for (int rt = 0; rt < kRowTiles; ++rt) mma_bf16_m16n8k16(acc[rt][nb], a[rt], b);
-              }
+              for (int rt = 0; rt < kRowTiles; ++rt)
+                mma_3xtf32_m16n8k8(acc[rt][nb], a_hi[rt], a_lo[rt], b_hi, b_lo);
+            } else {
+#pragma unroll
+              for (int rt = 0; rt < kRowTiles; ++rt) mma_bf16_m16n8k16(acc[rt][nb], a[rt], b);
             }
           }
         }
-        // The accumulators of this warp's column blocks into the score tile (query rows < kTq).
+        if (s % chunks != chunks - 1) continue;
+        // The key tile's last step: the accumulators of this warp's column blocks into the score
+        // tile (query rows < kTq), then every query's offers of the tile's keys.
+        const int64_t key0 = s / chunks * kTileKeys;
 #pragma unroll
         for (int rt = 0; rt < kRowTiles; ++rt)
 #pragma unroll
@@ -215,13 +239,18 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
             if (row + 8 < kTq)
               *reinterpret_cast<float2*>(st + (row + 8) * kScoreStride + col) =
                   make_float2(acc[rt][nb][2], acc[rt][nb][3]);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[rt][nb][e] = 0.f;
           }
         if (norm)
 #pragma unroll
           for (int j = 0; j < kKeysPerThreadMax; ++j) {
             const int r = threadIdx.x + j * W * 32;
             if (r < kTileKeys) kss_tile[r] = kss[j];
+            kss[j] = 0.f;
           }
+        // Every warp's scores are in the tile; the next write to it follows the next step's
+        // barrier, which no thread passes before every thread's offers here are done.
         __syncthreads();
         const float* s0 = st + (warp * QW) * kScoreStride;
 #pragma unroll

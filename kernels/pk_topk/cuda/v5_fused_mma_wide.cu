@@ -6,11 +6,13 @@
 // Predicted gain over v4 at the paper's shape (B = 4096, h = 4, n_keys = 1024, n = 512): the key
 // tiles' L2 traffic, which v4_fused_mma's header names as the bound, halves: 0.5 GiB of bf16
 // (~0.08 ms) and 1 GiB of fp32 (~0.16 ms) at an H100's 5.5–7 TB/s. The price is occupancy: at
-// k = 32 a block takes ~130 KB of shared memory (32 row workspaces of 3 KiB), so one block of 8
-// warps fits an SM where v4 keeps two, and with no cp.async double-buffering each tile's global
-// loads are exposed to the block's own barrier. Expect fp32 1.3–1.6× over v4 (under the cuBLAS
-// sgemm floor when L2 was the bound) and bf16 about level (its bound moves to the selection);
-// if the exposed loads dominate, v5 loses — which the bench shows beside v4.
+// k = 32 a block takes ~164 KiB of shared memory (32 row workspaces of 3 KiB and the 4-stage
+// cp.async ring), so one block of 8 warps fits an SM where v4 keeps two. The ring keeps three
+// steps of ~10 KB in flight, ~30 KB an SM: enough for L2's rate by v4's header's estimate, and
+// what keeps a lone block from stalling on each step's loads. Expect fp32 1.3–1.6× over v4
+// (under the cuBLAS sgemm floor when L2 was the bound) and bf16 about level (its bound moves to
+// the selection); if one block an SM leaves the offers and the pair step exposed, v5 loses —
+// which the bench shows beside v4.
 // Takes k while the wide block's 32 query lists fit 227 KiB (k <= 64: past it the lists double);
 // beyond that it says so, and v4_fused_mma, which drops to fewer warps, takes it.
 // Measured: not yet on a GPU (simt-correct: simt emulates both mma shapes fragment-exactly).
