@@ -15,7 +15,11 @@
 // [0, kp) holds the best kp seen so far, sorted descending; [kp, 2kp) collects new candidates
 // that beat the current k-th best (warp-aggregated atomic append). When the pending half could
 // overflow, it is bitonic-sorted and bitonic-merged into the front half. Keys are unique (the
-// tie field), so the result does not depend on the append order: deterministic.
+// tie field), so the result does not depend on the append order or on when the flushes fall:
+// deterministic. A warp's list keeps its pending count in a register, uniform across the warp
+// (one warp appends, so the ballot's popcount is the count's change): an offer round is a read of
+// the k-th best, a compare and a ballot, and one in which no key passes ends there, with no
+// __syncwarp, no shared-memory count and no atomic. A block's list counts in shared memory.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -182,17 +186,21 @@ __device__ __forceinline__ void bitonic_merge_desc(uint64_t* x, int n, const Gro
 // ---- the top-k list ----
 struct TopList {
   uint64_t* buf;  // 2·kp keys
-  int* count;     // pending keys in buf[kp, kp + *count)
+  int* count;     // a block's list: pending keys in buf[kp, kp + *count)
   int kp, k;
+  int pending = 0;  // a warp's list: pending keys in buf[kp, kp + pending)
 };
 
-__device__ __forceinline__ void list_init(const TopList& L, const Group& g) {
+__device__ __forceinline__ void list_init(TopList& L, const Group& g) {
   for (int i = g.rank; i < 2 * L.kp; i += g.size) L.buf[i] = 0;
   if (g.rank == 0) *L.count = 0;
+  L.pending = 0;
   g.sync();
 }
 
-// Merges the pending keys into the front half. Called after a sync, with c = *L.count.
+// Merges the c pending keys into the front half. A block's list calls it after a sync, with
+// c = *L.count; a warp's with c = L.pending, each lane's appends its own (the sync below orders
+// them before the sort).
 __device__ __forceinline__ void list_flush(const TopList& L, int c, const Group& g) {
   for (int i = c + g.rank; i < L.kp; i += g.size) L.buf[L.kp + i] = 0;
   g.sync();
@@ -203,8 +211,23 @@ __device__ __forceinline__ void list_flush(const TopList& L, int c, const Group&
 }
 
 // One round: each thread of the group offers one key (or none). Group size <= kp.
-__device__ __forceinline__ void list_offer(const TopList& L, bool valid, uint64_t key,
-                                           const Group& g) {
+__device__ __forceinline__ void list_offer(TopList& L, bool valid, uint64_t key, const Group& g) {
+  const unsigned lane = threadIdx.x % 32;
+  if (g.warp) {
+    // buf[k − 1] changes only in a flush, which ends with a __syncwarp.
+    bool pass = valid && key > L.buf[L.k - 1];
+    unsigned m = __ballot_sync(0xffffffffu, pass);
+    if (m == 0) return;
+    if (L.pending + __popc(m) > L.kp) {
+      list_flush(L, L.pending, g);
+      L.pending = 0;
+      pass = valid && key > L.buf[L.k - 1];
+      m = __ballot_sync(0xffffffffu, pass);
+    }
+    if (pass) L.buf[L.kp + L.pending + __popc(m & ((1u << lane) - 1u))] = key;
+    L.pending += __popc(m);
+    return;
+  }
   g.sync();
   const int c = *L.count;
   uint64_t thr = L.buf[L.k - 1];
@@ -214,7 +237,6 @@ __device__ __forceinline__ void list_offer(const TopList& L, bool valid, uint64_
     thr = L.buf[L.k - 1];
   }
   const bool pass = valid && key > thr;
-  const unsigned lane = threadIdx.x % 32;
   const unsigned m = __ballot_sync(0xffffffffu, pass);
   int base = 0;
   if (lane == 0 && m) base = atomicAdd(L.count, __popc(m));
@@ -223,7 +245,12 @@ __device__ __forceinline__ void list_offer(const TopList& L, bool valid, uint64_
 }
 
 // Merges what is still pending: afterwards buf[0, k) holds the k best, descending.
-__device__ __forceinline__ void list_finish(const TopList& L, const Group& g) {
+__device__ __forceinline__ void list_finish(TopList& L, const Group& g) {
+  if (g.warp) {
+    if (L.pending > 0) list_flush(L, L.pending, g);  // its first loop is before a __syncwarp
+    L.pending = 0;
+    return;
+  }
   g.sync();
   const int c = *L.count;
   g.sync();
@@ -312,7 +339,7 @@ __device__ __forceinline__ void pair_step(const RowLists& R, const RowSpace& s, 
       g.sync();
     }
   }
-  const TopList& F = R.final_list;
+  TopList F = R.final_list;
   list_init(F, g);
   const int total = off[k];
   for (int base = 0; base < total; base += g.size) {

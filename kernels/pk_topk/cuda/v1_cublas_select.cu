@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(kThreads)
   int* off = reinterpret_cast<int*>(smem + sp.bytes());
   pair_offsets(off, sp.k);
   __syncthreads();
-  const RowLists R = carve_row(smem, sp);
+  RowLists R = carve_row(smem, sp);
   const Group g = block_group();
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     for (int c = 0; c < 2; ++c) {

@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kThreads, 4)
     if (row < rows) {
       const float* s = (c == 0 ? s1 : s2) + row * n_keys;
       // A ternary, not R.half[c]: a runtime index into the struct would put it in local memory.
-      const TopList L = c == 0 ? R.half[0] : R.half[1];
+      TopList L = c == 0 ? R.half[0] : R.half[1];
       list_init(L, g);
       for (int64_t base = 0; base < n_keys; base += 32) {
         const int64_t i = base + g.rank;

@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
       const int64_t qoff = c * half;
       double qinv[kQueriesPerWarp];
       pair_query_scales(q, bw, batch, heads, h, k_dim, qoff, norm, qinv);
-      const TopList L0 = c == 0 ? R0.half[0] : R0.half[1];
-      const TopList L1 = c == 0 ? R1.half[0] : R1.half[1];
+      TopList L0 = c == 0 ? R0.half[0] : R0.half[1];
+      TopList L1 = c == 0 ? R1.half[0] : R1.half[1];
       list_init(L0, g);
       list_init(L1, g);
       for (int64_t key0 = 0; key0 < n_keys; key0 += kTileKeys) {

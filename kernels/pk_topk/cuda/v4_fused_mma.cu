@@ -38,10 +38,10 @@
 // step, which v3 and v4 share), and fp32 about level with v3 or a little ahead: the bench's fp32
 // compute floor is cuBLAS's sgemm without TF32 (~50 TFLOP/s, ~0.35 ms), so the L2 term decides
 // whether v4 comes within 1.3× of it. v5_fused_mma_wide halves that term (32 queries a block).
-// Bottlenecks left: the key tiles' L2 traffic (above), the offer rounds (a ballot and an atomic
-// per 32 candidates), 32-bit fragment loads
-// where ldmatrix would take one instruction per 8×8 block, and the tf32 split of the query
-// fragments, redone by each warp (all read the same 16 rows).
+// Bottlenecks left: the key tiles' L2 traffic (above), the offer rounds (a read of the k-th
+// best, a compare and a ballot per 32 candidates, the pending count in a register: common.cuh),
+// 32-bit fragment loads where ldmatrix would take one instruction per 8×8 block, and the tf32
+// split of the query fragments, redone by each warp (all read the same 16 rows).
 // Registers (sm_90, nvcc 13): see the ptxas report (tools/check_spills.py); the minimum-blocks
 // bound at 8 warps keeps two blocks of 256 threads on an SM, as v3, and keeps ptxas from
 // spilling around the mma (with none it chose ~80 registers and spilled). Shared memory at k = 32:
