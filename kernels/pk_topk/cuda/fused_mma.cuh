@@ -136,9 +136,10 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
   const Group grp = warp_group();
   const int64_t half = k_dim / 2, btiles = ceil_div(batch, int64_t{kTq});
   const double inv_half = 1.0 / static_cast<double>(half);
-  // Step s of a half's search: key tile s / chunks, elements (s % chunks)·kTileWords·kPerWord on.
-  const int64_t chunks = ceil_div(half, int64_t{kTileWords} * kPerWord<T>);
-  const int64_t steps = ceil_div(n_keys, int64_t{kTileKeys}) * chunks;
+  // A half's search is `steps` steps: key tile by key tile, the elements of a row kTileWords words
+  // (kPerWord elements each) at a time. Both sides walk them with counters: no 64-bit division.
+  constexpr int64_t kStepElems = int64_t{kTileWords} * kPerWord<T>;
+  const int64_t steps = ceil_div(n_keys, int64_t{kTileKeys}) * ceil_div(half, kStepElems);
 
   for (int64_t tile = blockIdx.x; tile < heads * btiles; tile += gridDim.x) {
     const int64_t h = tile / btiles, b0 = tile % btiles * kTq;
@@ -160,13 +161,14 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
         L[qq] = c == 0 ? R[qq].half[0] : R[qq].half[1];  // a select: no local-memory index
         list_init(L[qq], grp);
       }
-      // Stage s into ring slot s % kStages: one cp.async group, empty past the last step, so
-      // that waiting for all but the kStages − 2 newest groups always means "step s landed".
-      const auto start_stage = [&](int64_t s) {
-        if (s < steps) {
-          const int64_t key0 = s / chunks * kTileKeys;
-          const int64_t d0 = s % chunks * kTileWords * kPerWord<T>;
-          uint32_t* qs = ring + s % kStages * kStageWords;
+      // Starts the next step into ring slot (its number) % kStages: one cp.async group, empty
+      // past the last step, so that waiting for all but the kStages − 2 newest groups always
+      // means "step s landed".
+      int64_t next = 0, next_key0 = 0, next_d0 = 0;
+      const auto start_next = [&] {
+        if (next < steps) {
+          const int64_t key0 = next_key0, d0 = next_d0;
+          uint32_t* qs = ring + next % kStages * kStageWords;
           start_tile<T>(qs, kTq, d0, half, vec, q, [&](int r) -> const T* {
             return b0 + r < batch ? q + ((b0 + r) * heads + h) * k_dim + qoff : nullptr;
           });
@@ -175,17 +177,21 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
                           return key0 + r < n_keys ? keys + (h * n_keys + key0 + r) * half
                                                    : nullptr;
                         });
+          next_d0 += kStepElems;
+          if (next_d0 >= half) next_d0 = 0, next_key0 += kTileKeys;
         }
+        ++next;
         cp_async_commit();
       };
 #pragma unroll
-      for (int s = 0; s < kStages - 1; ++s) start_stage(s);
+      for (int s = 0; s < kStages - 1; ++s) start_next();
       float acc[kRowTiles][kBlocksPerWarp][4] = {};
       float kss[kKeysPerThreadMax] = {};
+      int64_t key0 = 0, d0 = 0;  // step s's
       for (int64_t s = 0; s < steps; ++s) {
         cp_async_wait<kStages - 2>();  // this thread's copies of step s have landed
         __syncthreads();  // ... and every thread's; step s − 1's slot is no longer read
-        start_stage(s + kStages - 1);
+        start_next();     // step s + kStages − 1
         const uint32_t* qs = ring + s % kStages * kStageWords;
         const uint32_t* ks = qs + kRowTiles * kRows * kWords;
         if (norm)
@@ -224,10 +230,11 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
             }
           }
         }
-        if (s % chunks != chunks - 1) continue;
+        d0 += kStepElems;
+        if (d0 < half) continue;
+        d0 = 0;
         // The key tile's last step: the accumulators of this warp's column blocks into the score
         // tile (query rows < kTq), then every query's offers of the tile's keys.
-        const int64_t key0 = s / chunks * kTileKeys;
 #pragma unroll
         for (int rt = 0; rt < kRowTiles; ++rt)
 #pragma unroll
@@ -267,6 +274,7 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
             list_offer(L[qq], key < n_keys && bw + qq < batch, make_key(v, tie), grp);
           }
         }
+        key0 += kTileKeys;
       }
 #pragma unroll
       for (int qq = 0; qq < QW; ++qq) list_finish(L[qq], grp);
