@@ -142,7 +142,8 @@ struct ThreadCtx {
 thread_local ThreadCtx ctx;
 
 // The calling thread's cp.async copies not yet waited for, in the order started; `group` is the
-// number of groups committed before the copy, so committed groups are those below `committed`.
+// number of groups committed before the copy, so committed groups are those below `committed`,
+// and `group` never decreases along `copies`.
 struct AsyncCopy {
   unsigned char* dst;
   unsigned char data[16];
@@ -615,10 +616,12 @@ void async_wait(int pending) {
   const uint64_t n = static_cast<uint64_t>(pending);
   auto& a = async_copies;
   // Groups below `done` are complete: all but the `pending` most recent committed ones.
+  // They are a prefix of the copies.
   const uint64_t done = a.committed > n ? a.committed - n : 0;
-  for (const AsyncCopy& c : a.copies)
-    if (c.group < done) std::memcpy(c.dst, c.data, sizeof c.data);
-  std::erase_if(a.copies, [&](const AsyncCopy& c) { return c.group < done; });
+  auto end = a.copies.begin();
+  for (; end != a.copies.end() && end->group < done; ++end)
+    std::memcpy(end->dst, end->data, sizeof end->data);
+  a.copies.erase(a.copies.begin(), end);
 }
 
 unsigned active_lanes() {

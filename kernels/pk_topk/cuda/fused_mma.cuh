@@ -110,6 +110,20 @@ __device__ __forceinline__ void start_tile(uint32_t* __restrict__ dst, int rows,
   }
 }
 
+// A position in a half's search: the key tile's first key and the slice's first element.
+struct StepCursor {
+  int64_t key0 = 0, d0 = 0;
+  // Moves to the next step (slices of `elems` elements of a `half`-element row); true when the
+  // step it leaves was its key tile's last.
+  __device__ __forceinline__ bool advance(int64_t half, int64_t elems) {
+    d0 += elems;
+    if (d0 < half) return false;
+    d0 = 0;
+    key0 += kTileKeys;
+    return true;
+  }
+};
+
 template <class T, int W, int QW>
 __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
     fused_mma_kernel(const T* __restrict__ q, const T* __restrict__ k1, const T* __restrict__ k2,
@@ -137,7 +151,8 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
   const int64_t half = k_dim / 2, btiles = ceil_div(batch, int64_t{kTq});
   const double inv_half = 1.0 / static_cast<double>(half);
   // A half's search is `steps` steps: key tile by key tile, the elements of a row kTileWords words
-  // (kPerWord elements each) at a time. Both sides walk them with counters: no 64-bit division.
+  // (kPerWord elements each) at a time. Both sides walk them with a StepCursor: no 64-bit
+  // division.
   constexpr int64_t kStepElems = int64_t{kTileWords} * kPerWord<T>;
   const int64_t steps = ceil_div(n_keys, int64_t{kTileKeys}) * ceil_div(half, kStepElems);
 
@@ -164,10 +179,11 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
       // Starts the next step into ring slot (its number) % kStages: one cp.async group, empty
       // past the last step, so that waiting for all but the kStages − 2 newest groups always
       // means "step s landed".
-      int64_t next = 0, next_key0 = 0, next_d0 = 0;
+      int64_t next = 0;
+      StepCursor started;
       const auto start_next = [&] {
         if (next < steps) {
-          const int64_t key0 = next_key0, d0 = next_d0;
+          const int64_t key0 = started.key0, d0 = started.d0;
           uint32_t* qs = ring + next % kStages * kStageWords;
           start_tile<T>(qs, kTq, d0, half, vec, q, [&](int r) -> const T* {
             return b0 + r < batch ? q + ((b0 + r) * heads + h) * k_dim + qoff : nullptr;
@@ -177,8 +193,7 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
                           return key0 + r < n_keys ? keys + (h * n_keys + key0 + r) * half
                                                    : nullptr;
                         });
-          next_d0 += kStepElems;
-          if (next_d0 >= half) next_d0 = 0, next_key0 += kTileKeys;
+          started.advance(half, kStepElems);
         }
         ++next;
         cp_async_commit();
@@ -187,7 +202,7 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
       for (int s = 0; s < kStages - 1; ++s) start_next();
       float acc[kRowTiles][kBlocksPerWarp][4] = {};
       float kss[kKeysPerThreadMax] = {};
-      int64_t key0 = 0, d0 = 0;  // step s's
+      StepCursor at;  // step s
       for (int64_t s = 0; s < steps; ++s) {
         cp_async_wait<kStages - 2>();  // this thread's copies of step s have landed
         __syncthreads();  // ... and every thread's; step s − 1's slot is no longer read
@@ -230,11 +245,10 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
             }
           }
         }
-        d0 += kStepElems;
-        if (d0 < half) continue;
-        d0 = 0;
-        // The key tile's last step: the accumulators of this warp's column blocks into the score
-        // tile (query rows < kTq), then every query's offers of the tile's keys.
+        const int64_t key0 = at.key0;
+        if (!at.advance(half, kStepElems)) continue;
+          // The key tile's last step: the accumulators of this warp's column blocks into the score
+          // tile (query rows < kTq), then every query's offers of the tile's keys.
 #pragma unroll
         for (int rt = 0; rt < kRowTiles; ++rt)
 #pragma unroll
@@ -274,7 +288,6 @@ __global__ void __launch_bounds__(W * 32, W == kMaxWarps && QW == 2 ? 2 : 1)
             list_offer(L[qq], key < n_keys && bw + qq < batch, make_key(v, tie), grp);
           }
         }
-        key0 += kTileKeys;
       }
 #pragma unroll
       for (int qq = 0; qq < QW; ++qq) list_finish(L[qq], grp);
