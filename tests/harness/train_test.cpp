@@ -185,9 +185,13 @@ TEST_F(TrainTest, LoopCheckpointsResumeBitwise) {
 // the rounding of the gradients; Adam's update m/√v is normalised, so a gradient's relative
 // rounding error becomes about the same relative error in its update, whatever its size, and the
 // parameters' difference grows by about one step's rounding per step rather than geometrically.
-// So the fp32 policy of DESIGN.md §4 (1e-5 relative) holds for the loss at every step and for
-// the parameters after the 20 steps (measured: ≤ 7.3e-8 for the losses, one fp32 ulp; 8.4e-7 for
-// the parameters, which moved by 0.32 of their norm). A wrong backward or update (a missing
+// So the fp32 policy of DESIGN.md §4 (1e-5 relative) holds for the loss at every step
+// (measured: ≤ 7.3e-8, one fp32 ulp). The parameters' difference after the 20 steps
+// depends on the sgemm kernel OpenBLAS picks for the CPU: 8.3e-7 to 9.3e-7 with its FMA kernels
+// (Haswell, SkylakeX, Zen, Sapphire Rapids), 6.0e-6 with the older SSE kernels (Core2 to Sandy
+// Bridge) and 1.24e-5 with Prescott's, which it falls back to on a CPU whose model it does not
+// recognise (a virtual machine's "Intel Xeon Processor"); the parameters moved by 0.32 of their
+// norm. So they get 5e-5, four times the worst kernel. A wrong backward or update (a missing
 // bias correction, a dropped term) moves them by 1e-2 and more within a few steps.
 TEST_F(TrainTest, ReferenceLossCurveMatchesCpu) {
   TrainConfig c = tiny(ModelKind::dense, Backend::reference);
@@ -215,7 +219,7 @@ TEST_F(TrainTest, ReferenceLossCurveMatchesCpu) {
     norm += double(a[i]) * a[i];
     moved += (double(a[i]) - initial[i]) * (double(a[i]) - initial[i]);
   }
-  EXPECT_LE(std::sqrt(diff / norm), 1e-5) << "parameters after 20 steps";
+  EXPECT_LE(std::sqrt(diff / norm), 5e-5) << "parameters after 20 steps";
   EXPECT_GT(std::sqrt(moved / norm), 0.1) << "the parameters should have moved";
 }
 
