@@ -293,6 +293,11 @@ def machine_section(meta, contexts, folder_arg):
             peaks.append("%s %s" % (" / ".join(vals), unit))
     if peaks:
         out.append("| nominal peaks (for %% of peak) | %s |" % ", ".join(peaks))
+    # OpenBLAS's kernels for this CPU: its generic Prescott ones (a CPU model it does not know)
+    # lower the host sgemm ceiling and the OpenBLAS variants alike.
+    blas = sorted({c.get("host_blas") for _, c in contexts if c.get("host_blas")})
+    if blas:
+        out.append("| host BLAS | %s |" % " / ".join(blas))
     for fname, c in contexts:
         la = c.get("host_load_avg_1m")
         out.append("| %s | %s%s |" % (fname, c.get("date", "?"),

@@ -110,6 +110,7 @@ void print_machine(int64_t host_llc, int64_t gpu_l2, int threads) {
              human_bytes(double(host_llc)),
              gpu_l2 ? fmt::format(", GPU L2 {}", human_bytes(double(gpu_l2))) : std::string(),
              human_bytes(double(host_physical_memory_bytes())), threads, host_load_average());
+  fmt::print("  host BLAS {}\n", host_blas());
 }
 
 void add_context(const std::vector<std::pair<std::string, std::string>>& entries) {
@@ -121,6 +122,7 @@ void add_machine_context(int64_t host_llc, int64_t gpu_l2, int threads, double p
                {"gpu_l2_bytes", std::to_string(gpu_l2)},
                {"threads", std::to_string(threads)},
                {"host_load_avg_1m", host_load_average()},
+               {"host_blas", host_blas()},
                {"peak_gbs", fmt::format("{}", peak_gbs)}});
 }
 
