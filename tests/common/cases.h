@@ -52,15 +52,16 @@ inline constexpr bool kSanitized = false;
 #endif
 
 // The ThreadSanitizer build (tools/test.sh runs its simt- and threads-labelled tests) looks for
-// races: the sweeps there leave out what runs on one thread (the reference backend), and a
-// determinism test runs its variant once, not twice to compare the bytes (one run shows TSan any
-// race; the release and ASan runs of the same tests check determinism and the reference).
+// races: the sweeps there leave out what runs on one thread (the reference backend).
 #if defined(__SANITIZE_THREAD__)
 inline constexpr bool kThreadSanitizer = true;
 #else
 inline constexpr bool kThreadSanitizer = false;
 #endif
-inline constexpr bool kRunTwice = !kThreadSanitizer;
+// Under a sanitizer a determinism test runs its variant once, not twice to compare the bytes: one
+// run shows ASan any memory error and TSan any race, and the release run of the same test checks
+// that two runs agree byte for byte.
+inline constexpr bool kRunTwice = !kSanitized;
 
 // The deterministic ones among `variants`, with their labels (determinism test parameters).
 template <class V>
