@@ -486,6 +486,11 @@ std::vector<BwdCase> bwd_cases() {
           // TSan (a block of barriers per touched key row).
           if (o != Outputs::all && si != 2 && si != 6) continue;
           if (o != Outputs::all && kSanitized && v->backend == Backend::simt && si == 2) continue;
+          // simt under TSan: the qk-norm backward (block reductions per touched key row) costs
+          // about a hundred times the plain path there (8 to 39 s a case against 0.1 to 0.2 s);
+          // it runs on the first shape that draws it (ties, 5 tokens, 4 heads), and the shapes
+          // after it leave their norm combination out. ASan and release keep every case.
+          if (test::kThreadSanitizer && v->backend == Backend::simt && norm && si > 1) continue;
           out.push_back({v, shapes[si], dt, it, norm, o,
                          fmt::format("{}_{}_{}{}_{}_{}", variant_label(v->backend, v->name),
                                      short_name(dt), short_name(it), norm ? "_norm" : "",
