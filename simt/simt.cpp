@@ -1,20 +1,68 @@
-// simt runtime: the thread pool, block barriers, warp collectives and the deadlock detector.
-// All synchronisation state of a block sits behind one mutex, so ThreadSanitizer sees exactly
-// the happens-before edges a GPU would give, and no more.
+// simt runtime: a block's CUDA threads as fibers on one worker thread, block barriers, warp
+// collectives, the deadlock detector and the watchdog.
+//
+// One persistent worker thread runs every kernel, one block at a time; each CUDA thread of the
+// block is a fiber (Boost.Context's fcontext, its own stack) that runs until it waits in a barrier
+// or a warp collective, or ends. A switch between fibers costs tens of nanoseconds where a
+// rendezvous of OS threads cost a futex sleep and wake-up per thread.
+//
+// The sanitizers see each fiber as its own thread:
+// - ThreadSanitizer: each fiber has a TSan fiber context, and a switch carries no
+//   happens-before (__tsan_switch_to_fiber_no_sync). The only edges between the threads of a
+//   block are the ones a GPU gives: each thread releases a barrier's (or a warp collective's) token
+//   on arrival and acquires it on leaving, so a missing __syncthreads is a data race at the
+//   kernel's own lines. A barrier generation's token alternates between two, so a thread that
+//   has passed a barrier and arrives at the next cannot hand its later work to a thread still
+//   leaving the first. A thread that returns releases into the barrier its block waits in next.
+//   The blocks of a grid run in turn, each after the last (as before: races between blocks are
+//   not reported). simt's own bookkeeping, shared by the fibers, is not checked (Unchecked).
+// - AddressSanitizer: every switch is announced (__sanitizer_start/finish_switch_fiber), so ASan
+//   knows which stack runs and keeps the redzones of every fiber's frames (swapcontext is not
+//   used: ASan's interceptor unpoisons the whole target stack at each switch).
 #include "simt.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <boost/context/detail/fcontext.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <initializer_list>
 #include <memory>
 #include <mutex>
-#include <semaphore>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#if defined(__SANITIZE_THREAD__)
+#define SIMT_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SIMT_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define SIMT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SIMT_ASAN 1
+#endif
+#endif
+
+#if defined(SIMT_TSAN)
+#include <sanitizer/tsan_interface.h>
+extern "C" {
+void __tsan_ignore_thread_begin();
+void __tsan_ignore_thread_end();
+}
+#endif
+#if defined(SIMT_ASAN)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
@@ -30,12 +78,63 @@ long long clock64() {
 namespace simt::detail {
 namespace {
 
+namespace fctx = boost::context::detail;
+
 constexpr unsigned kMaxThreads = 1024;
 constexpr std::size_t kMaxSharedBytes = 227 * 1024;
+// A fiber's stack: address space only until touched. Kernels keep small arrays in registers'
+// stead; 1 MiB leaves room for a sanitizer build's larger frames.
+constexpr std::size_t kStackBytes = std::size_t(1) << 20;
 
-constexpr int kYieldsBeforeSleep = 64;
+// What the sanitizers are told; no-ops in a build without them.
+namespace san {
+#if defined(SIMT_TSAN)
+void* current_fiber() { return __tsan_get_current_fiber(); }
+void* create_fiber() { return __tsan_create_fiber(0); }
+void destroy_fiber(void* f) { __tsan_destroy_fiber(f); }
+void switch_fiber(void* f) { __tsan_switch_to_fiber(f, __tsan_switch_to_fiber_no_sync); }
+void release(void* token) { __tsan_release(token); }
+void acquire(void* token) { __tsan_acquire(token); }
+void ignore_begin() { __tsan_ignore_thread_begin(); }
+void ignore_end() { __tsan_ignore_thread_end(); }
+#else
+void* current_fiber() { return nullptr; }
+void* create_fiber() { return nullptr; }
+void destroy_fiber(void*) {}
+void switch_fiber(void*) {}
+void release(void*) {}
+void acquire(void*) {}
+void ignore_begin() {}
+void ignore_end() {}
+#endif
+#if defined(SIMT_ASAN)
+void start_switch(void** fake_stack, const void* bottom, std::size_t size) {
+  __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+}
+void finish_switch(void* fake_stack, const void** bottom, std::size_t* size) {
+  __sanitizer_finish_switch_fiber(fake_stack, bottom, size);
+}
+#else
+void start_switch(void**, const void*, std::size_t) {}
+void finish_switch(void*, const void**, std::size_t*) {}
+#endif
+}  // namespace san
 
-// Unwinds a kernel thread after its block failed; never escapes the worker.
+// simt's bookkeeping, shared by the fibers of a block, which one OS thread runs one at a time:
+// ThreadSanitizer does not check it (the edges it must see are the tokens', not these).
+struct Unchecked {
+  Unchecked() { san::ignore_begin(); }
+  ~Unchecked() { san::ignore_end(); }
+  Unchecked(const Unchecked&) = delete;
+  Unchecked& operator=(const Unchecked&) = delete;
+};
+
+// A sync token: an address ThreadSanitizer releases to and acquires from.
+struct alignas(8) Token {
+  char byte = 0;
+};
+
+// Unwinds a kernel thread after its block failed; never escapes the fiber.
 struct Abort {};
 
 std::string where(uint3 t) {
@@ -45,101 +144,6 @@ std::string where(Site s) {
   return s.line > 0 ? std::string(s.file) + ":" + std::to_string(s.line) : std::string(s.file);
 }
 bool same_site(Site a, Site b) { return a.line == b.line && std::strcmp(a.file, b.file) == 0; }
-
-struct Group {
-  unsigned mask = 0;
-  unsigned arrived = 0;
-  unsigned waiters = 0;
-  bool done = false;
-  Site site{};
-  uint64_t value[32] = {};
-  int pred[32] = {};
-};
-
-struct Warp {
-  unsigned alive = 0;
-  std::vector<std::shared_ptr<Group>> pending;
-  std::condition_variable cv;
-};
-
-struct Block {
-  std::mutex mu;
-  std::condition_variable barrier_cv;
-  const char* kernel = "";
-  uint3 index{};
-  unsigned nthreads = 0;
-  unsigned alive = 0;
-  unsigned blocked = 0;  // threads waiting in a barrier or a warp collective
-  // __syncthreads
-  unsigned arrived = 0;
-  unsigned barrier_waiters = 0;
-  uint64_t generation = 0;
-  Site site{};
-  uint3 first{};
-  int acc = 0;
-  int result = 0;
-  std::vector<std::unique_ptr<Warp>> warps;
-  std::string failure;
-
-  void reset(unsigned n) {
-    nthreads = alive = n;
-    blocked = arrived = barrier_waiters = 0;
-    failure.clear();
-    unsigned nwarps = (n + 31) / 32;
-    warps.clear();
-    for (unsigned w = 0; w < nwarps; ++w) {
-      warps.push_back(std::make_unique<Warp>());
-      unsigned lanes = std::min(32u, n - w * 32);
-      warps.back()->alive = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
-    }
-  }
-
-  // Marks the block failed and wakes every waiter; they unwind with Abort.
-  void fail(std::string msg) {
-    if (failure.empty()) failure = std::move(msg);
-    barrier_cv.notify_all();
-    for (auto& w : warps) w->cv.notify_all();
-  }
-
-  std::string header() const { return std::string("kernel ") + kernel + " block " + where(index); }
-
-  void complete_barrier() {
-    result = acc;
-    arrived = 0;
-    blocked -= barrier_waiters;
-    barrier_waiters = 0;
-    ++generation;
-    barrier_cv.notify_all();
-  }
-
-  bool try_complete(Warp& w, Group& g) {
-    unsigned required = g.mask & w.alive;
-    if ((g.arrived & required) != required) return false;
-    g.done = true;
-    blocked -= g.waiters;
-    std::erase_if(w.pending, [&](const auto& p) { return p.get() == &g; });
-    w.cv.notify_all();
-    return true;
-  }
-
-  void check_deadlock() {
-    if (alive == 0 || blocked < alive) return;
-    std::string msg = header() + ": deadlock: all " + std::to_string(alive) +
-                      " live threads wait and none can go on (";
-    if (arrived) msg += std::to_string(arrived) + " at __syncthreads " + where(site);
-    for (std::size_t w = 0; w < warps.size(); ++w)
-      for (auto& g : warps[w]->pending)
-        msg += (msg.back() == '(' ? "" : "; ") + std::string("warp ") + std::to_string(w) + " in " +
-               where(g->site) + " with mask " + std::to_string(g->mask);
-    fail(msg + "); a barrier some threads never reach?");
-  }
-};
-
-struct ThreadCtx {
-  Block* block = nullptr;
-  unsigned linear = 0;
-};
-thread_local ThreadCtx ctx;
 
 // The calling thread's cp.async copies not yet waited for, in the order started; `group` is the
 // number of groups committed before the copy, so committed groups are those below `committed`,
@@ -153,33 +157,7 @@ struct AsyncCopies {
   std::vector<AsyncCopy> copies;
   uint64_t committed = 0;
 };
-thread_local AsyncCopies async_copies;
 
-std::string hex(const void* p) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%p", p);
-  return buf;
-}
-
-void check_failed(Block& b) {
-  if (!b.failure.empty()) throw Abort{};
-}
-
-// Waits on `cv` until `ready`, or the block fails.
-template <class Ready>
-void wait(Block& b, std::unique_lock<std::mutex>& lock, std::condition_variable& cv, Ready ready) {
-  // The threads this one waits for are runnable, not blocked: handing them the CPU a few times is
-  // far cheaper than a futex sleep and wake-up per thread when there are more threads than cores.
-  for (int spin = 0; spin < kYieldsBeforeSleep && !ready() && b.failure.empty(); ++spin) {
-    lock.unlock();
-    std::this_thread::yield();
-    lock.lock();
-  }
-  cv.wait(lock, [&] { return ready() || !b.failure.empty(); });
-  if (!ready()) throw Abort{};
-}
-
-// ---- the pool ----
 struct Job {
   const char* kernel;
   dim3 grid, block;
@@ -190,277 +168,496 @@ struct Job {
   bool has_shared;
 };
 
+// One CUDA thread: the fiber that runs it, kept for every later block and launch.
+struct Fiber {
+  enum State { kReady, kBlocked, kDone };
+  unsigned linear = 0;
+  uint3 tid{};
+  State state = kDone;
+  unsigned char* stack = nullptr;  // the usable stack, above a guard page
+  fctx::fcontext_t context = nullptr;
+  void* tsan = nullptr;
+  void* asan_fake_stack = nullptr;
+  AsyncCopies async;
+};
+
+struct Group {
+  unsigned mask = 0;
+  unsigned arrived = 0;
+  bool done = false;
+  Site site{};
+  uint64_t value[32] = {};
+  int pred[32] = {};
+  std::vector<Fiber*> waiters;
+  Token token;
+};
+
+struct Warp {
+  unsigned alive = 0;
+  std::vector<std::shared_ptr<Group>> pending;
+};
+
+struct Block {
+  Job* job = nullptr;
+  const char* kernel = "";
+  uint3 index{};
+  unsigned nthreads = 0;
+  unsigned alive = 0;
+  Fiber* const* fibers = nullptr;  // the block's nthreads fibers
+  std::deque<Fiber*> ready;        // fibers that can run, in the order they became able to
+  // __syncthreads
+  unsigned arrived = 0;
+  uint64_t generation = 0;
+  Site site{};
+  uint3 first{};
+  int acc = 0;
+  int result = 0;
+  std::vector<Fiber*> barrier_waiters;
+  Token barrier_token[2];  // generation g uses barrier_token[g % 2]
+  std::vector<Warp> warps;
+  std::string failure;
+
+  void reset(Job& j, Fiber* const* f) {
+    job = &j;
+    kernel = j.kernel;
+    nthreads = alive = j.nthreads;
+    fibers = f;
+    arrived = 0;
+    barrier_waiters.clear();
+    failure.clear();
+    ready.clear();
+    for (unsigned t = 0; t < nthreads; ++t) {
+      fibers[t]->tid = {t % j.block.x, (t / j.block.x) % j.block.y, t / (j.block.x * j.block.y)};
+      fibers[t]->state = Fiber::kReady;
+      ready.push_back(fibers[t]);
+    }
+    warps.assign((nthreads + 31) / 32, Warp{});
+    for (unsigned w = 0; w < warps.size(); ++w) {
+      unsigned lanes = std::min(32u, nthreads - w * 32);
+      warps[w].alive = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
+    }
+  }
+
+  void wake(Fiber* f) {
+    if (f->state != Fiber::kBlocked) return;
+    f->state = Fiber::kReady;
+    ready.push_back(f);
+  }
+
+  // Marks the block failed and wakes every waiter; they unwind with Abort.
+  void fail(std::string msg) {
+    if (failure.empty()) failure = std::move(msg);
+    for (unsigned t = 0; t < nthreads; ++t) wake(fibers[t]);
+  }
+
+  std::string header() const { return std::string("kernel ") + kernel + " block " + where(index); }
+
+  Token* barrier_token_now() { return &barrier_token[generation % 2]; }
+
+  void complete_barrier() {
+    result = acc;
+    arrived = 0;
+    ++generation;
+    for (Fiber* f : barrier_waiters) wake(f);
+    barrier_waiters.clear();
+  }
+
+  bool try_complete(Warp& w, Group& g) {
+    unsigned required = g.mask & w.alive;
+    if ((g.arrived & required) != required) return false;
+    g.done = true;
+    for (Fiber* f : g.waiters) wake(f);
+    g.waiters.clear();
+    std::erase_if(w.pending, [&](const auto& p) { return p.get() == &g; });
+    return true;
+  }
+
+  // Called when no fiber can run but some have not ended: every one of them waits.
+  void deadlock() {
+    std::string msg = header() + ": deadlock: all " + std::to_string(alive) +
+                      " live threads wait and none can go on (";
+    if (arrived) msg += std::to_string(arrived) + " at __syncthreads " + where(site);
+    for (std::size_t w = 0; w < warps.size(); ++w)
+      for (auto& g : warps[w].pending)
+        msg += (msg.back() == '(' ? "" : "; ") + std::string("warp ") + std::to_string(w) + " in " +
+               where(g->site) + " with mask " + std::to_string(g->mask);
+    fail(msg + "); a barrier some threads never reach?");
+  }
+};
+
+// The fiber running on this thread (the worker), null outside a kernel.
+thread_local Fiber* current = nullptr;
+
+std::string hex(const void* p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%p", p);
+  return buf;
+}
+
+// ---- the worker ----
 class Pool {
  public:
+  Pool() : worker_([this] { serve(); }) {}
+
   ~Pool() {
     {
       std::lock_guard lock(mu_);
       stop_ = true;
     }
-    for (auto& w : workers_) w->start.release();
-    for (auto& w : workers_) w->thread.join();
+    work_cv_.notify_all();
+    worker_.join();
+    // The fibers stay suspended where they wait for a next block, and their stacks go with the
+    // process; ThreadSanitizer forgets them (it would count them as threads still running at
+    // exit, and wait a second for them).
+    for (Fiber* f : fibers_) san::destroy_fiber(f->tsan);
   }
 
-  void run(Job& job) {
-    grow(job.nthreads);
-    {
-      std::lock_guard lock(mu_);
-      job_ = &job;
-      active_ = job.nthreads;
-      next_block_ = 0;
-      finished_ = 0;
-      grid_done_ = false;
-      failure_.clear();
-      setup_block(0);
-    }
-    for (unsigned i = 0; i < job.nthreads; ++i) workers_[i]->start.release();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
 
-    long timeout_s = watchdog_seconds();
+  void run(Job& job) {
     std::unique_lock lock(mu_);
-    uint64_t seen = next_block_;
-    // Returns only once every worker has left the grid, so none lingers into the next launch.
-    auto done = [&] { return grid_done_ && active_ == 0; };
-    while (!done()) {
-      if (!done_cv_.wait_for(lock, std::chrono::seconds(timeout_s), done) && next_block_ == seen) {
+    job_ = &job;
+    job_done_ = false;
+    failure_.clear();
+    work_cv_.notify_all();
+    const long timeout_s = watchdog_seconds();
+    uint64_t seen = progress_.load(std::memory_order_relaxed);
+    while (!done_cv_.wait_for(lock, std::chrono::seconds(timeout_s), [&] { return job_done_; })) {
+      const uint64_t now = progress_.load(std::memory_order_relaxed);
+      if (now == seen) {
         std::fprintf(stderr,
-                     "simt watchdog: %s made no progress for %ld s (threads spinning outside "
-                     "any barrier?); aborting\n",
-                     block_.header().c_str(), timeout_s);
+                     "simt watchdog: kernel %s made no progress for %ld s (a thread spinning "
+                     "outside any barrier?); aborting\n",
+                     job.kernel, timeout_s);
         std::abort();
       }
-      seen = next_block_;
+      seen = now;
     }
     job_ = nullptr;
     if (!failure_.empty()) throw KernelError(failure_);
   }
 
   Block& block() { return block_; }
-  Job& job() { return *job_; }
+
+  // Called by a fiber: hands the worker back to the scheduler until the fiber is resumed.
+  void suspend(Fiber& f) {
+    fctx::fcontext_t to;
+    const void* stack;
+    std::size_t stack_size;
+    void* tsan;
+    {
+      Unchecked unchecked;
+      to = scheduler_;
+      stack = scheduler_stack_;
+      stack_size = scheduler_stack_size_;
+      tsan = scheduler_tsan_;
+    }
+    san::start_switch(&f.asan_fake_stack, stack, stack_size);
+    san::switch_fiber(tsan);
+    const fctx::transfer_t back = fctx::jump_fcontext(to, nullptr);
+    Unchecked unchecked;
+    scheduler_ = back.fctx;
+    san::finish_switch(f.asan_fake_stack, &scheduler_stack_, &scheduler_stack_size_);
+  }
 
  private:
-  struct Worker {
-    std::binary_semaphore start{0};
-    std::thread thread;
-  };
-
   static long watchdog_seconds() {
     const char* s = std::getenv("SIMT_WATCHDOG_SECONDS");
     long v = s ? std::strtol(s, nullptr, 10) : 0;
     return v > 0 ? v : 120;
   }
 
+  void serve() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      work_cv_.wait(lock, [&] { return stop_ || (job_ != nullptr && !job_done_); });
+      if (stop_) return;
+      Job& j = *job_;
+      lock.unlock();
+      std::string failure = run_job(j);
+      lock.lock();
+      failure_ = std::move(failure);
+      job_done_ = true;
+      done_cv_.notify_all();
+    }
+  }
+
+  // Runs every block of `j` in turn on this thread; returns the first block's failure, if any.
+  std::string run_job(Job& j) {
+    Unchecked unchecked;
+    if (!scheduler_tsan_) scheduler_tsan_ = san::current_fiber();
+    grow(j.nthreads);
+    for (uint64_t b = 0; b < j.nblocks; ++b) {
+      block_.index = {static_cast<unsigned>(b % j.grid.x),
+                      static_cast<unsigned>((b / j.grid.x) % j.grid.y),
+                      static_cast<unsigned>(b / (uint64_t(j.grid.x) * j.grid.y))};
+      block_.reset(j, fibers_.data());
+      // Shared memory starts as garbage on a GPU: all-ones bytes read back as NaN or -1.
+      if (j.has_shared) std::memset(j.shared.data(), 0xff, j.shared.size());
+      // Everything before this block (the launch, the blocks before) happens before its threads.
+      san::release(&start_token_);
+      while (block_.alive > 0 || !block_.ready.empty()) {
+        if (block_.ready.empty()) {
+          block_.deadlock();
+          continue;
+        }
+        Fiber* f = block_.ready.front();
+        block_.ready.pop_front();
+        resume(*f, j);
+      }
+      san::acquire(&end_token_);
+      if (!block_.failure.empty()) return block_.failure;
+    }
+    return "";
+  }
+
+  void resume(Fiber& f, const Job& j) {
+    current = &f;
+    threadIdx = f.tid;
+    blockIdx = block_.index;
+    blockDim = j.block;
+    gridDim = j.grid;
+    progress_.fetch_add(1, std::memory_order_relaxed);
+    void* fake_stack = nullptr;
+    san::start_switch(&fake_stack, f.stack, kStackBytes);
+    san::switch_fiber(f.tsan);
+    f.context = fctx::jump_fcontext(f.context, &f).fctx;
+    san::finish_switch(fake_stack, nullptr, nullptr);
+    current = nullptr;
+  }
+
+  // Makes fibers up to `n`; thread `t` of every block runs on fiber t.
   void grow(unsigned n) {
-    while (workers_.size() < n) {
-      auto w = std::make_unique<Worker>();
-      unsigned id = static_cast<unsigned>(workers_.size());
-      w->thread = std::thread([this, id, wp = w.get()] { loop(id, *wp); });
-      workers_.push_back(std::move(w));
+    static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    while (fibers_.size() < n) {
+      auto f = std::make_unique<Fiber>();
+      f->linear = static_cast<unsigned>(fibers_.size());
+      void* mem = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (mem == MAP_FAILED || mprotect(mem, page, PROT_NONE) != 0) {
+        std::fprintf(stderr, "simt: cannot map a %zu-byte fiber stack\n", kStackBytes);
+        std::abort();
+      }
+      f->stack = static_cast<unsigned char*>(mem) + page;
+      f->context = fctx::make_fcontext(f->stack + kStackBytes, kStackBytes, &fiber_main);
+      f->tsan = san::create_fiber();
+      fibers_.push_back(f.get());
+      owned_.push_back(std::move(f));
     }
   }
 
-  // Called with mu_ held: prepares block number `b` of the running job.
-  void setup_block(uint64_t b) {
-    Job& j = *job_;
-    block_.kernel = j.kernel;
-    block_.index = {static_cast<unsigned>(b % j.grid.x),
-                    static_cast<unsigned>((b / j.grid.x) % j.grid.y),
-                    static_cast<unsigned>(b / (uint64_t(j.grid.x) * j.grid.y))};
-    std::lock_guard block_lock(block_.mu);
-    block_.reset(j.nthreads);
-    // Shared memory starts as garbage on a GPU: all-ones bytes read back as NaN or -1.
-    if (!j.shared.empty()) std::memset(j.shared.data(), 0xff, j.shared.size());
-  }
-
-  void loop(unsigned id, Worker& self) {
+  // A fiber's whole life: one CUDA thread of a block, then a wait for the next block.
+  static void fiber_main(fctx::transfer_t from) {
+    Pool& p = pool_of_worker();
+    Fiber& f = *static_cast<Fiber*>(from.data);
+    {
+      Unchecked unchecked;
+      p.scheduler_ = from.fctx;
+      san::finish_switch(nullptr, &p.scheduler_stack_, &p.scheduler_stack_size_);
+    }
     for (;;) {
-      self.start.acquire();
-      {
-        std::lock_guard lock(mu_);
-        if (stop_) return;
-      }
-      run_blocks(id);
+      p.run_thread(f);
+      p.suspend(f);
     }
   }
 
-  void run_blocks(unsigned id) {
-    Job& j = *job_;
-    for (;;) {
-      uint64_t b;
-      {
-        // Every thread of the block passes this gate before any starts the kernel, so no thread's
-        // whole run is ordered before another's: ThreadSanitizer then sees the kernel's own races
-        // instead of a happens-before chain through the pool's locks. The gate has its own mutex:
-        // the end of a block locks mu_ after the kernel body, and a slow thread that re-took mu_
-        // on leaving the gate would be ordered after every faster thread's whole body (on a loaded
-        // machine the threads run one after another, and the race went unreported).
-        std::unique_lock lock(gate_mu_);
-        b = next_block_;
-        if (++gate_ == j.nthreads) {
-          gate_ = 0;
-          ++gate_generation_;
-          gate_cv_.notify_all();
-        } else {
-          uint64_t g = gate_generation_;
-          gate_cv_.wait(lock, [&] { return gate_generation_ != g; });
-        }
-      }
-      threadIdx = {id % j.block.x, (id / j.block.x) % j.block.y, id / (j.block.x * j.block.y)};
-      blockIdx = block_.index;
-      blockDim = j.block;
-      gridDim = j.grid;
-      ctx = {&block_, id};
-      async_copies = {};
-      try {
-        (*j.body)();
-        if (!async_copies.copies.empty())
-          throw KernelError("ended with " + std::to_string(async_copies.copies.size()) +
-                            " cp.async copies it never waited for (their data never lands); "
-                            "cp_async_wait<0>() before the thread ends");
-      } catch (const Abort&) {
-      } catch (const std::exception& e) {
-        std::lock_guard lock(block_.mu);
-        block_.fail(block_.header() + " thread " + where(threadIdx) + ": " + e.what());
-      }
-      exit_thread();
-      ctx = {};
-      // End of block: the last thread out prepares the next one (or ends the grid).
-      std::unique_lock lock(mu_);
-      if (++finished_ == j.nthreads) {
-        finished_ = 0;
-        {
-          std::lock_guard block_lock(block_.mu);
-          if (!block_.failure.empty()) failure_ = block_.failure;
-        }
-        if (failure_.empty() && b + 1 < j.nblocks) {
-          setup_block(b + 1);
-          ++next_block_;
-        } else {
-          grid_done_ = true;
-          ++next_block_;
-        }
-        block_cv_.notify_all();
-      } else {
-        block_cv_.wait(lock, [&] { return next_block_ != b; });
-      }
-      if (grid_done_) {
-        if (--active_ == 0) done_cv_.notify_all();
-        return;
-      }
-    }
-  }
+  void run_thread(Fiber& f);
+  void exit_thread(Fiber& f);
 
-  // A thread leaving the kernel drops out of every barrier it has not reached.
-  void exit_thread() {
-    Block& b = block_;
-    std::lock_guard lock(b.mu);
-    --b.alive;
-    Warp& w = *b.warps[ctx.linear / 32];
-    w.alive &= ~(1u << (ctx.linear % 32));
-    if (b.arrived > 0 && b.arrived == b.alive) b.complete_barrier();
-    for (auto pending = w.pending; auto& g : pending) b.try_complete(w, *g);
-    if (b.failure.empty()) b.check_deadlock();
-  }
+  static Pool& pool_of_worker();
 
-  std::mutex mu_;       // the block hand-over and the end of the grid
-  std::mutex gate_mu_;  // only the gate before a block's kernel body: gate_, gate_generation_
-  std::condition_variable block_cv_, done_cv_, gate_cv_;
-  unsigned gate_ = 0;
-  uint64_t gate_generation_ = 0;
-  std::vector<std::unique_ptr<Worker>> workers_;
+  std::mutex mu_;  // job_, job_done_, failure_, stop_: the hand-over between launcher and worker
+  std::condition_variable work_cv_, done_cv_;
   Job* job_ = nullptr;
-  Block block_;
-  uint64_t next_block_ = 0;
-  unsigned finished_ = 0;
-  unsigned active_ = 0;  // workers still inside run_blocks
-  bool grid_done_ = false;
+  bool job_done_ = false;
   bool stop_ = false;
   std::string failure_;
+  std::atomic<uint64_t> progress_{0};  // fiber resumptions, for the watchdog
+
+  // The worker's own: the scheduler's context and the fibers.
+  Block block_;
+  std::vector<Fiber*> fibers_;
+  std::vector<std::unique_ptr<Fiber>> owned_;
+  fctx::fcontext_t scheduler_ = nullptr;
+  void* scheduler_tsan_ = nullptr;
+  const void* scheduler_stack_ = nullptr;
+  std::size_t scheduler_stack_size_ = 0;
+  Token start_token_, end_token_;
+
+  std::thread worker_;  // last: starts once the members above exist
 };
 
 Pool& pool() {
   static Pool p;
   return p;
 }
+Pool& Pool::pool_of_worker() { return pool(); }
 
 std::mutex& launch_mutex() {
   static std::mutex m;
   return m;
 }
 
+void check_failed(Block& b) {
+  if (!b.failure.empty()) throw Abort{};
+}
+
+// Suspends the calling fiber until `done()`, or until the block fails (then unwinds with Abort).
+template <class Done>
+void wait(Block& b, Fiber& self, Done done) {
+  while (!done() && b.failure.empty()) {
+    self.state = Fiber::kBlocked;
+    pool().suspend(self);
+  }
+  if (!done()) throw Abort{};
+}
+
+void Pool::run_thread(Fiber& f) {
+  san::acquire(&start_token_);
+  f.async = {};
+  const Job* j;
+  {
+    Unchecked unchecked;
+    j = block_.job;
+  }
+  try {
+    (*j->body)();
+    if (!f.async.copies.empty())
+      throw KernelError("ended with " + std::to_string(f.async.copies.size()) +
+                        " cp.async copies it never waited for (their data never lands); "
+                        "cp_async_wait<0>() before the thread ends");
+  } catch (const Abort&) {
+  } catch (const std::exception& e) {
+    Unchecked unchecked;
+    block_.fail(block_.header() + " thread " + where(threadIdx) + ": " + e.what());
+  } catch (...) {
+    Unchecked unchecked;
+    block_.fail(block_.header() + " thread " + where(threadIdx) +
+                ": threw an exception that is not a std::exception");
+  }
+  f.async = {};
+  exit_thread(f);
+  san::release(&end_token_);
+  Unchecked unchecked;
+  f.state = Fiber::kDone;
+}
+
+// A thread leaving the kernel drops out of every barrier it has not reached; what it did before
+// happens before the threads leave the barrier or the collectives of its warp it was counted in.
+void Pool::exit_thread(Fiber& f) {
+  Block& b = block_;
+  Token* token;
+  std::vector<std::shared_ptr<Group>> pending;
+  {
+    Unchecked unchecked;
+    token = b.barrier_token_now();
+    pending = b.warps[f.linear / 32].pending;
+  }
+  san::release(token);
+  for (auto& g : pending) san::release(&g->token);
+  Unchecked unchecked;
+  --b.alive;
+  Warp& w = b.warps[f.linear / 32];
+  w.alive &= ~(1u << (f.linear % 32));
+  if (b.arrived > 0 && b.arrived == b.alive) b.complete_barrier();
+  for (auto& g : pending) b.try_complete(w, *g);
+  pending.clear();
+}
+
 }  // namespace
 
 int block_barrier(Site site, int pred, int mode) {
-  Block& b = *ctx.block;
-  std::unique_lock lock(b.mu);
-  check_failed(b);
-  if (b.arrived == 0) {
-    b.site = site;
-    b.first = threadIdx;
-    b.acc = mode == kBarrierAnd ? 1 : 0;
-  } else if (!same_site(site, b.site)) {
-    b.fail(b.header() + ": divergent __syncthreads: thread " + where(threadIdx) + " waits at " +
-           where(site) + " while thread " + where(b.first) + " waits at " + where(b.site));
-    throw Abort{};
+  Block& b = pool().block();
+  Fiber& self = *current;
+  Token* token;
+  {
+    Unchecked unchecked;
+    check_failed(b);
+    if (b.arrived == 0) {
+      b.site = site;
+      b.first = threadIdx;
+      b.acc = mode == kBarrierAnd ? 1 : 0;
+    } else if (!same_site(site, b.site)) {
+      b.fail(b.header() + ": divergent __syncthreads: thread " + where(threadIdx) + " waits at " +
+             where(site) + " while thread " + where(b.first) + " waits at " + where(b.site));
+      throw Abort{};
+    }
+    token = b.barrier_token_now();
   }
-  switch (mode) {
-    case kBarrierCount:
-      b.acc += pred;
-      break;
-    case kBarrierAnd:
-      b.acc = b.acc && pred;
-      break;
-    case kBarrierOr:
-      b.acc = b.acc || pred;
-      break;
-    default:
-      break;
+  san::release(token);
+  int result;
+  {
+    Unchecked unchecked;
+    switch (mode) {
+      case kBarrierCount:
+        b.acc += pred;
+        break;
+      case kBarrierAnd:
+        b.acc = b.acc && pred;
+        break;
+      case kBarrierOr:
+        b.acc = b.acc || pred;
+        break;
+      default:
+        break;
+    }
+    if (++b.arrived == b.alive) {
+      b.complete_barrier();
+    } else {
+      const uint64_t gen = b.generation;
+      b.barrier_waiters.push_back(&self);
+      wait(b, self, [&] { return b.generation != gen; });
+    }
+    result = b.result;
   }
-  if (++b.arrived == b.alive) {
-    b.complete_barrier();
-    return b.result;
-  }
-  uint64_t gen = b.generation;
-  ++b.barrier_waiters;
-  ++b.blocked;
-  b.check_deadlock();
-  wait(b, lock, b.barrier_cv, [&] { return b.generation != gen; });
-  return b.result;
+  san::acquire(token);
+  return result;
 }
 
 void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpView& out) {
-  Block& b = *ctx.block;
-  unsigned lane = ctx.linear % 32;
-  Warp& w = *b.warps[ctx.linear / 32];
-  std::unique_lock lock(b.mu);
-  check_failed(b);
-  if (!((mask >> lane) & 1u)) {
-    b.fail(b.header() + ": thread " + where(threadIdx) + " (lane " + std::to_string(lane) +
-           ") called " + where(site) + " with mask " + std::to_string(mask) +
-           " that excludes itself; the mask must include the calling lane");
-    throw Abort{};
-  }
+  Block& b = pool().block();
+  Fiber& self = *current;
+  const unsigned lane = self.linear % 32;
   std::shared_ptr<Group> g;
-  for (auto& p : w.pending)
-    if (p->mask == mask) g = p;
-  if (!g) {
-    g = std::make_shared<Group>();
-    g->mask = mask;
-    g->site = site;
-    w.pending.push_back(g);
+  {
+    Unchecked unchecked;
+    Warp& w = b.warps[self.linear / 32];
+    check_failed(b);
+    if (!((mask >> lane) & 1u)) {
+      b.fail(b.header() + ": thread " + where(threadIdx) + " (lane " + std::to_string(lane) +
+             ") called " + where(site) + " with mask " + std::to_string(mask) +
+             " that excludes itself; the mask must include the calling lane");
+      throw Abort{};
+    }
+    for (auto& p : w.pending)
+      if (p->mask == mask) g = p;
+    if (!g) {
+      g = std::make_shared<Group>();
+      g->mask = mask;
+      g->site = site;
+      w.pending.push_back(g);
+    }
   }
-  g->value[lane] = value;
-  g->pred[lane] = pred;
-  g->arrived |= 1u << lane;
-  if (!b.try_complete(w, *g)) {
-    ++g->waiters;
-    ++b.blocked;
-    b.check_deadlock();
-    wait(b, lock, w.cv, [&] { return g->done; });
+  san::release(&g->token);
+  {
+    Unchecked unchecked;
+    Warp& w = b.warps[self.linear / 32];
+    g->value[lane] = value;
+    g->pred[lane] = pred;
+    g->arrived |= 1u << lane;
+    if (!b.try_complete(w, *g)) {
+      g->waiters.push_back(&self);
+      wait(b, self, [&] { return g->done; });
+    }
+    std::memcpy(out.value, g->value, sizeof out.value);
+    std::memcpy(out.pred, g->pred, sizeof out.pred);
+    out.arrived = g->arrived;
+    out.lane = lane;
   }
-  std::memcpy(out.value, g->value, sizeof out.value);
-  std::memcpy(out.pred, g->pred, sizeof out.pred);
-  out.arrived = g->arrived;
-  out.lane = lane;
+  san::acquire(&g->token);
+  Unchecked unchecked;
+  g.reset();
 }
 
 namespace {
@@ -478,8 +675,8 @@ struct MmaFragments {
 void mma_gather(const MmaFragments& mine, Site site, WarpView& view) {
   warp_collective(0xffffffffu, to_bits(&mine), 0, site, view);
   if (view.arrived == 0xffffffffu) return;
-  Block& blk = *ctx.block;
-  std::lock_guard lock(blk.mu);
+  Block& blk = pool().block();
+  Unchecked unchecked;
   std::string missing;
   for (unsigned l = 0; l < 32; ++l)
     if (!((view.arrived >> l) & 1u)) missing += (missing.empty() ? "" : ",") + std::to_string(l);
@@ -569,8 +766,8 @@ void tf32_sequence(float (&d)[4], const MmaFragments& mine, int sets,
     }
   mma_release(site);
   if (bad_lane < 32) {
-    Block& blk = *ctx.block;
-    std::lock_guard lock(blk.mu);
+    Block& blk = pool().block();
+    Unchecked unchecked;
     char hex[16];
     std::snprintf(hex, sizeof hex, "0x%08x", bad_word);
     blk.fail(blk.header() + ": " + where(site) + ": lane " + std::to_string(bad_lane) +
@@ -603,18 +800,19 @@ void async_copy(void* dst, const void* src, int src_bytes) {
   if (misaligned(dst) || (src_bytes > 0 && misaligned(src)))
     throw KernelError("cp.async from " + hex(src) + " to " + hex(dst) +
                       ": both addresses must be 16-byte aligned");
-  AsyncCopy c{static_cast<unsigned char*>(dst), {}, async_copies.committed};
+  AsyncCopies& a = current->async;
+  AsyncCopy c{static_cast<unsigned char*>(dst), {}, a.committed};
   if (src_bytes > 0) std::memcpy(c.data, src, static_cast<std::size_t>(src_bytes));
   // Until the wait, the destination holds garbage: shared memory's all-ones bytes.
   std::memset(dst, 0xff, sizeof c.data);
-  async_copies.copies.push_back(c);
+  a.copies.push_back(c);
 }
 
-void async_commit() { ++async_copies.committed; }
+void async_commit() { ++current->async.committed; }
 
 void async_wait(int pending) {
   const uint64_t n = static_cast<uint64_t>(pending);
-  auto& a = async_copies;
+  AsyncCopies& a = current->async;
   // Groups below `done` are complete: all but the `pending` most recent committed ones.
   // They are a prefix of the copies.
   const uint64_t done = a.committed > n ? a.committed - n : 0;
@@ -625,23 +823,28 @@ void async_wait(int pending) {
 }
 
 unsigned active_lanes() {
-  Block& b = *ctx.block;
-  std::lock_guard lock(b.mu);
-  return b.warps[ctx.linear / 32]->alive;
+  Unchecked unchecked;
+  return pool().block().warps[current->linear / 32].alive;
 }
 
 unsigned char* dynamic_shared_memory() {
-  Job& j = pool().job();
+  Unchecked unchecked;
+  Job& j = *pool().block().job;
   return j.has_shared ? j.shared.data() : nullptr;
 }
 
 void trap(Site site) {
-  throw KernelError("__trap() at " + where(site) + " in kernel " + ctx.block->kernel);
+  std::string kernel;
+  {
+    Unchecked unchecked;
+    kernel = pool().block().kernel;
+  }
+  throw KernelError("__trap() at " + where(site) + " in kernel " + kernel);
 }
 
 void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
               const KernelBody& body) {
-  if (ctx.block)
+  if (current)
     throw KernelError(std::string("kernel ") + kernel +
                       ": launched from inside a kernel; simt "
                       "does not run dynamic parallelism");

@@ -1,16 +1,16 @@
-// simt: runs CUDA kernel source on CPU threads, for correctness only (DESIGN.md §3).
+// simt: runs CUDA kernel source on the CPU, for correctness only (DESIGN.md §3).
 //
-// One OS thread per CUDA thread (a persistent pool), one block at a time. __syncthreads is a block
-// barrier that records its call site, warp collectives (__shfl*_sync, __ballot_sync, __syncwarp)
-// are rendezvous of the lanes in their mask, mma.sync (mma_bf16_m16n8k16, mma_tf32_m16n8k8) is a
-// whole-warp rendezvous on PTX's fragment layout, a cp.async copy lands at the wait that completes
-// its group, atomics are std::atomic_ref, __shared__ is
-// `static` and dynamic shared memory an exact-size heap buffer filled with garbage, so
-// ThreadSanitizer sees a missing barrier as a data race at the kernel's own lines and
-// AddressSanitizer sees a shared memory overflow. A thread that returns drops out of every barrier.
-// A barrier that cannot complete (divergent __syncthreads, all threads waiting) throws
-// simt::KernelError naming the kernel; a kernel that makes no progress for SIMT_WATCHDOG_SECONDS
-// (default 120) aborts.
+// One block at a time on one worker thread, each CUDA thread a fiber with its own stack, switched
+// when it waits (simt.cpp says why, and how the sanitizers see the fibers). __syncthreads is a
+// block barrier that records its call site, warp collectives (__shfl*_sync, __ballot_sync,
+// __syncwarp) are rendezvous of the lanes in their mask, mma.sync (mma_bf16_m16n8k16,
+// mma_tf32_m16n8k8) is a whole-warp rendezvous on PTX's fragment layout, a cp.async copy lands at
+// the wait that completes its group, atomics are std::atomic_ref, __shared__ is `static` and
+// dynamic shared memory an exact-size heap buffer filled with garbage, so ThreadSanitizer sees a
+// missing barrier as a data race at the kernel's own lines and AddressSanitizer sees a shared
+// memory overflow. A thread that returns drops out of every barrier. A barrier that cannot
+// complete (divergent __syncthreads, all threads waiting) throws simt::KernelError naming the
+// kernel; a kernel that makes no progress for SIMT_WATCHDOG_SECONDS (default 120) aborts.
 //
 // Include this header instead of <cuda_runtime.h> when compiling a .cu file with the host
 // compiler (kernels/common/cuda.cuh does that when MEMLAYERS_SIMT is defined).

@@ -7,6 +7,8 @@ packages=(
   cmake ninja-build g++ python3
   libgtest-dev libgmock-dev libbenchmark-dev
   libfmt-dev libcli11-dev nlohmann-json3-dev libhwy-dev libopenblas-dev
+  # simt runs each CUDA thread as a fiber (Boost.Context).
+  libboost-context-dev
   # memory parallelism (dist/): Open MPI for CPU ranks and the mpirun tests.
   libopenmpi-dev openmpi-bin
   # tools/report.py draws the roofline SVGs with it (the report is still written without it).

@@ -13,7 +13,7 @@ namespace memlayers::harness {
 inline namespace MEMLAYERS_TARGET_NS {
 namespace device {
 
-// 128 threads a block: four warps. Under simt every block is a rendezvous of as many OS threads,
+// 128 threads a block: four warps. Under simt a block barrier switches through all its threads,
 // so blocks stay small; the harness's shapes (≤ 4096 rows of ≤ 512 columns) fill a GPU anyway.
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;

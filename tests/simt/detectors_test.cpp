@@ -1,7 +1,9 @@
 // Proofs that the sanitizers see what they must in simt-run kernels: under ThreadSanitizer a
 // kernel with its __syncthreads removed is reported as a data race at the kernel's own lines, and
-// so is a read of another thread's cp.async data with no barrier after the copy's wait;
-// under AddressSanitizer an overflow of a static and of a dynamic __shared__ array is reported.
+// so are a read of another warp's data after a __syncwarp only and a read of another thread's
+// cp.async data with no barrier after the copy's wait;
+// under AddressSanitizer an overflow of a static and of a dynamic __shared__ array, and of an
+// array in a thread's own frame, is reported.
 // Each runs planted.cpp's binary in a child process and reads its report; the fixed twins must
 // run clean. In a build without that sanitizer the proof is skipped (the asan and tsan presets
 // run them).
@@ -64,6 +66,13 @@ TEST(SimtDetectors, TsanReportsARemovedSyncthreadsAsARace) {
   expect_tsan_race("race", "race_fixed", {"planted_race_kernel", "planted.cpp"});
 }
 
+// A warp collective orders the lanes that take part in it and no one else: __syncwarp used where
+// another warp's data is read is a race, and the same read within the warp is not.
+TEST(SimtDetectors, TsanReportsASyncwarpThatOtherWarpsRelyOn) {
+  if (!kTsan) GTEST_SKIP() << "needs ThreadSanitizer: run in the tsan preset";
+  expect_tsan_race("warp_race", "warp_race_fixed", {"planted_warp_race_kernel", "planted.cpp"});
+}
+
 TEST(SimtDetectors, TsanReportsAMissingBarrierAfterAnAsyncCopy) {
   if (!kTsan) GTEST_SKIP() << "needs ThreadSanitizer: run in the tsan preset";
   expect_tsan_race("async_race", "async_race_fixed", {"planted_async_race_kernel", "async_wait"});
@@ -88,6 +97,17 @@ TEST(SimtDetectors, AsanReportsADynamicSharedOverflow) {
   Child good = run_planted("overflow_fixed");
   EXPECT_EQ(good.status, 0) << good.output;
   EXPECT_EQ(good.output.find("AddressSanitizer"), std::string::npos) << good.output;
+}
+
+// simt runs each CUDA thread on a fiber's stack, and tells ASan of every switch: an overflow of
+// an array in a thread's own frame is still reported.
+TEST(SimtDetectors, AsanReportsAThreadLocalArrayOverflow) {
+  if (!kAsan) GTEST_SKIP() << "needs AddressSanitizer: run in the asan preset";
+  Child bad = run_planted("local_overflow");
+  EXPECT_NE(bad.status, 0) << bad.output;
+  EXPECT_NE(bad.output.find("AddressSanitizer: stack-buffer-overflow"), std::string::npos)
+      << bad.output;
+  EXPECT_NE(bad.output.find("planted_local_overflow_kernel"), std::string::npos) << bad.output;
 }
 
 }  // namespace

@@ -1,8 +1,8 @@
 // Planted bugs for the detector proofs (detectors_test.cpp runs this binary in a child process and
 // reads its sanitizer report). Each bug has a fixed twin that must run clean, so a proof that
 // passes is not just a detector that always fires.
-//   simt_planted race|race_fixed|async_race|async_race_fixed|static_overflow|dynamic_overflow|
-//                overflow_fixed
+//   simt_planted race|race_fixed|warp_race|warp_race_fixed|async_race|async_race_fixed|
+//                static_overflow|dynamic_overflow|overflow_fixed|local_overflow
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -27,6 +27,24 @@ __global__ void fixed_race_kernel(const float* x, float* out) {
   s[threadIdx.x] = x[threadIdx.x];
   __syncthreads();
   out[threadIdx.x] = s[threadIdx.x] + s[(threadIdx.x + 1) % blockDim.x];
+}
+
+// Two warps; each thread writes its word, its warp syncs (__syncwarp), and it reads a word of the
+// other warp: __syncwarp orders a warp's own lanes only, so this is a race (__syncthreads
+// belongs here).
+__global__ void planted_warp_race_kernel(const float* x, float* out) {
+  __shared__ float s[64];
+  s[threadIdx.x] = x[threadIdx.x];
+  __syncwarp();
+  out[threadIdx.x] = s[(threadIdx.x + 32) % 64];
+}
+
+// The same, reading a word of its own warp: __syncwarp orders it.
+__global__ void fixed_warp_race_kernel(const float* x, float* out) {
+  __shared__ float s[64];
+  s[threadIdx.x] = x[threadIdx.x];
+  __syncwarp();
+  out[threadIdx.x] = s[threadIdx.x ^ 1u];
 }
 
 // Each thread copies 16 bytes with cp.async, waits for its own copy and reads its neighbour's,
@@ -65,13 +83,22 @@ __global__ void planted_dynamic_overflow_kernel(float* out, int n) {
   out[threadIdx.x] = s[threadIdx.x % n];
 }
 
+// Writes one element past an array in a thread's own frame (its fiber's stack under simt).
+__global__ void planted_local_overflow_kernel(float* out, int n) {
+  float local[8];
+  for (int i = 0; i < 8; ++i) local[i] = static_cast<float>(i);
+  local[n] = 1.f;  // launched with n = 8
+  out[threadIdx.x] = local[threadIdx.x % 8];
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr,
-                 "usage: %s race|race_fixed|async_race|async_race_fixed|static_overflow|"
-                 "dynamic_overflow|overflow_fixed\n",
+                 "usage: %s race|race_fixed|warp_race|warp_race_fixed|async_race|"
+                 "async_race_fixed|static_overflow|dynamic_overflow|overflow_fixed|"
+                 "local_overflow\n",
                  argv[0]);
     return 2;
   }
@@ -88,6 +115,11 @@ int main(int argc, char** argv) {
     for (int i = 0; i < kLaunches; ++i)
       launch_kernel("fixed_race_kernel", fixed_race_kernel, 1, 64, 0, nullptr, x.data(),
                     out.data());
+  else if (c == "warp_race" || c == "warp_race_fixed")
+    for (int i = 0; i < kLaunches; ++i)
+      launch_kernel(c == "warp_race" ? "planted_warp_race_kernel" : "fixed_warp_race_kernel",
+                    c == "warp_race" ? planted_warp_race_kernel : fixed_warp_race_kernel, 1, 64, 0,
+                    nullptr, x.data(), out.data());
   else if (c == "async_race" || c == "async_race_fixed")
     for (int i = 0; i < kLaunches; ++i)
       launch_kernel(c == "async_race" ? "planted_async_race_kernel" : "fixed_async_race_kernel",
@@ -99,6 +131,9 @@ int main(int argc, char** argv) {
   else if (c == "dynamic_overflow")
     launch_kernel("planted_dynamic_overflow_kernel", planted_dynamic_overflow_kernel, 1, 33,
                   32 * sizeof(float), nullptr, out.data(), 32);
+  else if (c == "local_overflow")
+    launch_kernel("planted_local_overflow_kernel", planted_local_overflow_kernel, 1, 32, 0, nullptr,
+                  out.data(), 8);
   else if (c == "overflow_fixed")
     launch_kernel("planted_dynamic_overflow_kernel", planted_dynamic_overflow_kernel, 1, 32,
                   32 * sizeof(float), nullptr, out.data(), 32);

@@ -491,8 +491,8 @@ __device__ __forceinline__ void pair_steps(const RowLists& R0, const RowLists& R
 // s[(b·h + hd)·n_keys + i] = q[(b·h + hd)·k_dim + off + :half] · K[(hd·n_keys + i)·half + :half]
 #if !defined(__CUDACC__)
 // simt has no cuBLAS. Stand-in: a thread per score, grid-stride, fp32 sum in dimension order.
-// No shared-memory tiling: under simt every block barrier is a rendezvous of OS threads, and a
-// tiled GEMM spends its time there; this kernel is never compiled for the GPU.
+// No shared-memory tiling: under simt a block barrier switches through every thread of the block,
+// and a tiled GEMM would only add barriers; this kernel is never compiled for the GPU.
 template <class T>
 __global__ void __launch_bounds__(256)
     score_gemm_kernel(const T* __restrict__ q, const T* __restrict__ keys, float* __restrict__ s,
