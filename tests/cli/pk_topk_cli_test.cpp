@@ -257,8 +257,8 @@ TEST_F(PkTopkCli, ForwardMatchesReference) {
       const auto targets = host_targets<Fwd>();
       for (std::size_t ti = 0; ti < targets.size(); ++ti) {
         const Target& t = targets[ti];
-        // simt runs every CUDA thread as an OS thread, and the kernel sweeps test its variants:
-        // here each takes one of the four (qk-norm, index) combinations, in turn.
+        // simt is thousands of times slower than a GPU, and the kernel sweeps test its
+        // variants: here each takes one of the four (qk-norm, index) combinations, in turn.
         const std::size_t combo = (qk_norm ? 2 : 0) + (it == DType::i32 ? 1 : 0);
         if (t.backend == "simt" && ti % 4 != combo) continue;
         const std::string what = t.backend + "/" + t.variant + " " +

@@ -43,8 +43,8 @@ bool same_bytes(const std::vector<T>& a, const std::vector<T>& b, std::size_t co
   return count == 0 || std::memcmp(a.data(), b.data(), count * sizeof(T)) == 0;
 }
 
-// Sanitizer builds (tools/test.sh) run thinner simt sweeps where a test says so: simt runs each
-// CUDA thread as an OS thread, and the sanitizers multiply its cost.
+// Sanitizer builds (tools/test.sh) run thinner simt sweeps where a test says so: simt runs CUDA
+// kernels thousands of times slower than a GPU, and the sanitizers multiply its cost.
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
 inline constexpr bool kSanitized = true;
 #else

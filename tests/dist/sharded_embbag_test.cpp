@@ -329,8 +329,8 @@ TEST_P(Sharded, EqualsUnsharded) {
   }
 }
 
-// The cpu backend takes every shape; simt (one OS thread per CUDA thread: ~1 s a case at k 32
-// with 4 ranks on 2 loaded cores) three small ones at k <= 7; reference one (it is the truth
+// The cpu backend takes every shape; simt (thousands of times slower than a GPU, in each of up to
+// 4 ranks on 2 cores) three small ones at k <= 7; reference one (it is the truth
 // elsewhere, here only a backend like the others). dim 1 and 3 leave ranks without columns at
 // P = 2 and 4.
 const Case kCases[] = {

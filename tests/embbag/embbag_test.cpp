@@ -278,8 +278,8 @@ CheckResult check_bwd(const Problem& pr, Outputs o, const BwdOut& out) {
 
 std::vector<Shape> sweep_shapes() {
   std::vector<Shape> s;
-  // Wide rows and big bags get fewer bags (batch never a multiple of 32): simt runs CUDA threads
-  // as OS threads, its cost grows with batch·k and batch·dim, and sanitizers multiply it.
+  // Wide rows and big bags get fewer bags (batch never a multiple of 32): simt's cost grows with
+  // batch·k and batch·dim, and sanitizers multiply it.
   for (int64_t dim : {1, 3, 8, 100, 1000, 1024, 4096})
     for (int64_t k : {1, 7, 32, 64})
       s.push_back({dim >= 1000 ? 5 : (k >= 32 ? 11 : 37), k, dim, dim == 3 || dim == 1000});
@@ -293,10 +293,10 @@ std::string shape_label(const Shape& s) {
   return fmt::format("dim{}_k{}_b{}{}", s.dim, s.k, s.batch, s.strided ? "_strided" : "");
 }
 
-// simt runs each CUDA thread as an OS thread, thousands of times slower than the GPU: it gets a
-// covering subset of the dtype cross instead of all of it. Shapes come dim-major with the four k
-// values inside, so giving shape i the dtype pair i % 4 still runs every dim with all four
-// (values, index) dtype pairs and every k with all four; every other backend runs the full cross.
+// simt runs CUDA kernels thousands of times slower than the GPU: it gets a covering subset of the
+// dtype cross instead of all of it. Shapes come dim-major with the four k values inside, so giving
+// shape i the dtype pair i % 4 still runs every dim with all four (values, index) dtype pairs and
+// every k with all four; every other backend runs the full cross.
 bool in_sweep(Backend b, std::size_t shape_index, DType vt, DType it) {
   if (test::kThreadSanitizer && b == Backend::reference) return false;  // one thread
   if (b != Backend::simt) return true;
@@ -371,12 +371,6 @@ std::vector<BwdCase> bwd_cases() {
           for (Outputs o : {Outputs::all, Outputs::dw, Outputs::dense, Outputs::compact}) {
             const Shape& s = shapes[si];
             if (!in_sweep(v->backend, si, vt, it)) continue;
-            // simt under a sanitizer: the widest rows with the big bags are the slowest cases by
-            // far (a warp reduction per entry per column pass, every shuffle a rendezvous of OS
-            // threads, minutes under TSan) and take no path that dims 1000 and 1024 with the
-            // same k do not; the release build runs them.
-            if (test::kSanitized && v->backend == Backend::simt && s.dim > 1024 && s.k >= 32)
-              continue;
             // Each output alone on a few shapes: a variant may take another path for it.
             if (o != Outputs::all && !((s.dim == 3 || s.dim == 1024) && s.k == 7 && s.batch > 1))
               continue;

@@ -235,15 +235,12 @@ std::vector<Shape> sweep_shapes() {
   };
 }
 
-using test::kSanitized;
-
-// Cases per backend: the full dtype × index × norm cross except on simt (each CUDA thread an OS
-// thread): there each shape gets two of the eight combinations, in turn (one under a
-// sanitizer). Under a sanitizer, simt also leaves out the two shapes with about a thousand keys
-// (minutes each under TSan): the same kernels and code paths run on the smaller shapes, and the
-// release build runs them all. Under TSan every backend leaves them out (the cpu variants'
-// threads split over heads and query blocks, as busy at h = 4 with 100 keys), and the reference
-// (one thread) runs no case (tests/common/cases.h).
+// Cases per backend: the full dtype × index × norm cross except on simt (thousands of times
+// slower than a GPU): there each shape gets two of the eight combinations, in turn. Under TSan
+// every backend leaves out the two shapes with about a thousand keys (the cpu variants' threads
+// split over heads and query blocks, as busy at h = 4 with 100 keys; simt's kernels take the same
+// paths on the smaller shapes), and the reference (one thread) runs no case
+// (tests/common/cases.h).
 // `turn`: the variant's position among its backend's, where simt's rotation starts, so that the
 // simt variants cover different combinations of a shape (the paper's widths in fp32 for one,
 // bf16 for another).
@@ -251,8 +248,7 @@ bool in_sweep(Backend b, std::size_t shape_index, int combo, int turn) {
   const bool thousand_keys = sweep_shapes()[shape_index].n_keys >= 1000;
   if (test::kThreadSanitizer && (b == Backend::reference || thousand_keys)) return false;
   if (b != Backend::simt) return true;
-  if (kSanitized && thousand_keys) return false;
-  return (static_cast<int>(shape_index) + combo + turn) % (kSanitized ? 8 : 4) == 0;
+  return (static_cast<int>(shape_index) + combo + turn) % 4 == 0;
 }
 
 // Each variant's position among its backend's registered variants.
@@ -480,17 +476,8 @@ std::vector<BwdCase> bwd_cases() {
           const bool norm = combo & 4;
           if (!in_sweep(v->backend, si, combo, turn.at(v))) continue;
           if (v->backend == Backend::reference && combo != 5) continue;
-          // Each output alone on two shapes: a variant may take another path for it. simt under
-          // a sanitizer takes them on the smaller one only (h 1, 37 keys; the same kernels run):
-          // with the norm, the larger one's dense and compact outputs each took a minute under
-          // TSan (a block of barriers per touched key row).
+          // Each output alone on two shapes: a variant may take another path for it.
           if (o != Outputs::all && si != 2 && si != 6) continue;
-          if (o != Outputs::all && kSanitized && v->backend == Backend::simt && si == 2) continue;
-          // simt under TSan: the qk-norm backward (block reductions per touched key row) costs
-          // about a hundred times the plain path there (8 to 39 s a case against 0.1 to 0.2 s);
-          // it runs on the first shape that draws it (ties, 5 tokens, 4 heads), and the shapes
-          // after it leave their norm combination out. ASan and release keep every case.
-          if (test::kThreadSanitizer && v->backend == Backend::simt && norm && si > 1) continue;
           out.push_back({v, shapes[si], dt, it, norm, o,
                          fmt::format("{}_{}_{}{}_{}_{}", variant_label(v->backend, v->name),
                                      short_name(dt), short_name(it), norm ? "_norm" : "",
