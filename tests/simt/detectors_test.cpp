@@ -78,36 +78,38 @@ TEST(SimtDetectors, TsanReportsAMissingBarrierAfterAnAsyncCopy) {
   expect_tsan_race("async_race", "async_race_fixed", {"planted_async_race_kernel", "async_wait"});
 }
 
+// The planted case `bad` is reported by AddressSanitizer as `report` in `kernel`; its fixed twin,
+// if it has one, runs clean.
+void expect_asan_report(const std::string& bad_case, const std::string& fixed_case,
+                        const std::string& report, const std::string& kernel) {
+  Child bad = run_planted(bad_case);
+  EXPECT_NE(bad.status, 0) << bad.output;
+  EXPECT_NE(bad.output.find("AddressSanitizer: " + report), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find(kernel), std::string::npos) << bad.output;
+  if (fixed_case.empty()) return;
+  Child good = run_planted(fixed_case);
+  EXPECT_EQ(good.status, 0) << good.output;
+  EXPECT_EQ(good.output.find("AddressSanitizer"), std::string::npos) << good.output;
+}
+
 TEST(SimtDetectors, AsanReportsAStaticSharedOverflow) {
   if (!kAsan) GTEST_SKIP() << "needs AddressSanitizer: run in the asan preset";
-  Child bad = run_planted("static_overflow");
-  EXPECT_NE(bad.status, 0) << bad.output;
-  EXPECT_NE(bad.output.find("AddressSanitizer: global-buffer-overflow"), std::string::npos)
-      << bad.output;
-  EXPECT_NE(bad.output.find("planted_static_overflow_kernel"), std::string::npos) << bad.output;
+  expect_asan_report("static_overflow", "", "global-buffer-overflow",
+                     "planted_static_overflow_kernel");
 }
 
 TEST(SimtDetectors, AsanReportsADynamicSharedOverflow) {
   if (!kAsan) GTEST_SKIP() << "needs AddressSanitizer: run in the asan preset";
-  Child bad = run_planted("dynamic_overflow");
-  EXPECT_NE(bad.status, 0) << bad.output;
-  EXPECT_NE(bad.output.find("AddressSanitizer: heap-buffer-overflow"), std::string::npos)
-      << bad.output;
-  EXPECT_NE(bad.output.find("planted_dynamic_overflow_kernel"), std::string::npos) << bad.output;
-  Child good = run_planted("overflow_fixed");
-  EXPECT_EQ(good.status, 0) << good.output;
-  EXPECT_EQ(good.output.find("AddressSanitizer"), std::string::npos) << good.output;
+  expect_asan_report("dynamic_overflow", "overflow_fixed", "heap-buffer-overflow",
+                     "planted_dynamic_overflow_kernel");
 }
 
 // simt runs each CUDA thread on a fiber's stack, and tells ASan of every switch: an overflow of
 // an array in a thread's own frame is still reported.
 TEST(SimtDetectors, AsanReportsAThreadLocalArrayOverflow) {
   if (!kAsan) GTEST_SKIP() << "needs AddressSanitizer: run in the asan preset";
-  Child bad = run_planted("local_overflow");
-  EXPECT_NE(bad.status, 0) << bad.output;
-  EXPECT_NE(bad.output.find("AddressSanitizer: stack-buffer-overflow"), std::string::npos)
-      << bad.output;
-  EXPECT_NE(bad.output.find("planted_local_overflow_kernel"), std::string::npos) << bad.output;
+  expect_asan_report("local_overflow", "local_overflow_fixed", "stack-buffer-overflow",
+                     "planted_local_overflow_kernel");
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 // reads its sanitizer report). Each bug has a fixed twin that must run clean, so a proof that
 // passes is not just a detector that always fires.
 //   simt_planted race|race_fixed|warp_race|warp_race_fixed|async_race|async_race_fixed|
-//                static_overflow|dynamic_overflow|overflow_fixed|local_overflow
+//                static_overflow|dynamic_overflow|overflow_fixed|local_overflow|
+//                local_overflow_fixed
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -87,7 +88,7 @@ __global__ void planted_dynamic_overflow_kernel(float* out, int n) {
 __global__ void planted_local_overflow_kernel(float* out, int n) {
   float local[8];
   for (int i = 0; i < 8; ++i) local[i] = static_cast<float>(i);
-  local[n] = 1.f;  // launched with n = 8
+  local[n] = 1.f;  // launched with n = 8 (its fixed twin: 7)
   out[threadIdx.x] = local[threadIdx.x % 8];
 }
 
@@ -98,7 +99,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: %s race|race_fixed|warp_race|warp_race_fixed|async_race|"
                  "async_race_fixed|static_overflow|dynamic_overflow|overflow_fixed|"
-                 "local_overflow\n",
+                 "local_overflow|local_overflow_fixed\n",
                  argv[0]);
     return 2;
   }
@@ -131,9 +132,9 @@ int main(int argc, char** argv) {
   else if (c == "dynamic_overflow")
     launch_kernel("planted_dynamic_overflow_kernel", planted_dynamic_overflow_kernel, 1, 33,
                   32 * sizeof(float), nullptr, out.data(), 32);
-  else if (c == "local_overflow")
+  else if (c == "local_overflow" || c == "local_overflow_fixed")
     launch_kernel("planted_local_overflow_kernel", planted_local_overflow_kernel, 1, 32, 0, nullptr,
-                  out.data(), 8);
+                  out.data(), c == "local_overflow" ? 8 : 7);
   else if (c == "overflow_fixed")
     launch_kernel("planted_dynamic_overflow_kernel", planted_dynamic_overflow_kernel, 1, 32,
                   32 * sizeof(float), nullptr, out.data(), 32);
