@@ -329,10 +329,9 @@ TEST_P(Sharded, EqualsUnsharded) {
   }
 }
 
-// The cpu backend takes every shape; simt (thousands of times slower than a GPU, in each of up to
-// 4 ranks on 2 cores) three small ones at k <= 7; reference one (it is the truth
-// elsewhere, here only a backend like the others). dim 1 and 3 leave ranks without columns at
-// P = 2 and 4.
+// The cpu backend takes every shape; simt six of them, one of each dtype pair and the widest at
+// k 32; reference one (it is the truth elsewhere, here only a backend like the others). dim 1 and
+// 3 leave ranks without columns at P = 2 and 4.
 const Case kCases[] = {
     {Backend::cpu, DType::f32, DType::i64, 1, 1},
     {Backend::cpu, DType::f32, DType::i32, 3, 7},
@@ -345,6 +344,9 @@ const Case kCases[] = {
     {Backend::simt, DType::f32, DType::i64, 3, 7},
     {Backend::simt, DType::bf16, DType::i32, 100, 7, true, 2},
     {Backend::simt, DType::f32, DType::i32, 37, 1, false, 0, true},
+    {Backend::simt, DType::f32, DType::i64, 1, 1},
+    {Backend::simt, DType::f32, DType::i32, 1000, 32, false, 5},
+    {Backend::simt, DType::bf16, DType::i64, 37, 32, false, 0, true},
     {Backend::reference, DType::f32, DType::i64, 100, 7},
 };
 INSTANTIATE_TEST_SUITE_P(EmbBag, Sharded, ::testing::ValuesIn(kCases), case_name);
