@@ -24,6 +24,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+// Boost.Context's low-level interface (make_fcontext, jump_fcontext), on which its fiber and
+// continuation classes are built: simt announces each switch to the sanitizers itself.
 #include <boost/context/detail/fcontext.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -82,8 +84,9 @@ namespace fctx = boost::context::detail;
 
 constexpr unsigned kMaxThreads = 1024;
 constexpr std::size_t kMaxSharedBytes = 227 * 1024;
-// A fiber's stack: address space only until touched. Kernels keep small arrays in registers'
-// stead; 1 MiB leaves room for a sanitizer build's larger frames.
+// A fiber's stack, above a guard page: address space, touched only as used. A kernel thread's
+// frames are small (its arrays are what a GPU keeps in registers); 1 MiB leaves room for a
+// sanitizer build's larger frames, and an overflow faults on the guard page.
 constexpr std::size_t kStackBytes = std::size_t(1) << 20;
 
 // What the sanitizers are told; no-ops in a build without them.
