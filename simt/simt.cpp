@@ -202,12 +202,10 @@ struct Warp {
 
 struct Block {
   Job* job = nullptr;
-  const char* kernel = "";
   uint3 index{};
-  unsigned nthreads = 0;
   unsigned alive = 0;
-  Fiber* const* fibers = nullptr;  // the block's nthreads fibers
-  std::deque<Fiber*> ready;        // fibers that can run, in the order they became able to
+  std::deque<Fiber>* fibers = nullptr;  // the worker's; thread t of the block runs on fiber t
+  std::deque<Fiber*> ready;             // fibers that can run, in the order they became able to
   // __syncthreads
   unsigned arrived = 0;
   uint64_t generation = 0;
@@ -220,23 +218,23 @@ struct Block {
   std::vector<Warp> warps;
   std::string failure;
 
-  void reset(Job& j, Fiber* const* f) {
+  void reset(Job& j, std::deque<Fiber>& f) {
     job = &j;
-    kernel = j.kernel;
-    nthreads = alive = j.nthreads;
-    fibers = f;
+    alive = j.nthreads;
+    fibers = &f;
     arrived = 0;
     barrier_waiters.clear();
     failure.clear();
     ready.clear();
-    for (unsigned t = 0; t < nthreads; ++t) {
-      fibers[t]->tid = {t % j.block.x, (t / j.block.x) % j.block.y, t / (j.block.x * j.block.y)};
-      fibers[t]->state = Fiber::kReady;
-      ready.push_back(fibers[t]);
+    for (unsigned t = 0; t < j.nthreads; ++t) {
+      Fiber& fiber = f[t];
+      fiber.tid = {t % j.block.x, (t / j.block.x) % j.block.y, t / (j.block.x * j.block.y)};
+      fiber.state = Fiber::kReady;
+      ready.push_back(&fiber);
     }
-    warps.assign((nthreads + 31) / 32, Warp{});
+    warps.assign((j.nthreads + 31) / 32, Warp{});
     for (unsigned w = 0; w < warps.size(); ++w) {
-      unsigned lanes = std::min(32u, nthreads - w * 32);
+      unsigned lanes = std::min(32u, j.nthreads - w * 32);
       warps[w].alive = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
     }
   }
@@ -250,10 +248,12 @@ struct Block {
   // Marks the block failed and wakes every waiter; they unwind with Abort.
   void fail(std::string msg) {
     if (failure.empty()) failure = std::move(msg);
-    for (unsigned t = 0; t < nthreads; ++t) wake(fibers[t]);
+    for (unsigned t = 0; t < job->nthreads; ++t) wake(&(*fibers)[t]);
   }
 
-  std::string header() const { return std::string("kernel ") + kernel + " block " + where(index); }
+  std::string header() const {
+    return std::string("kernel ") + job->kernel + " block " + where(index);
+  }
 
   Token* barrier_token_now() { return &barrier_token[generation % 2]; }
 
@@ -312,7 +312,7 @@ class Pool {
     // The fibers stay suspended where they wait for a next block, and their stacks go with the
     // process; ThreadSanitizer forgets them (it would count them as threads still running at
     // exit, and wait a second for them).
-    for (Fiber* f : fibers_) san::destroy_fiber(f->tsan);
+    for (Fiber& f : fibers_) san::destroy_fiber(f.tsan);
   }
 
   Pool(const Pool&) = delete;
@@ -395,7 +395,7 @@ class Pool {
       block_.index = {static_cast<unsigned>(b % j.grid.x),
                       static_cast<unsigned>((b / j.grid.x) % j.grid.y),
                       static_cast<unsigned>(b / (uint64_t(j.grid.x) * j.grid.y))};
-      block_.reset(j, fibers_.data());
+      block_.reset(j, fibers_);
       // Shared memory starts as garbage on a GPU: all-ones bytes read back as NaN or -1.
       if (j.has_shared) std::memset(j.shared.data(), 0xff, j.shared.size());
       // Everything before this block (the launch, the blocks before) happens before its threads.
@@ -434,19 +434,17 @@ class Pool {
   void grow(unsigned n) {
     static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     while (fibers_.size() < n) {
-      auto f = std::make_unique<Fiber>();
-      f->linear = static_cast<unsigned>(fibers_.size());
+      Fiber& f = fibers_.emplace_back();
+      f.linear = static_cast<unsigned>(fibers_.size() - 1);
       void* mem = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (mem == MAP_FAILED || mprotect(mem, page, PROT_NONE) != 0) {
         std::fprintf(stderr, "simt: cannot map a %zu-byte fiber stack\n", kStackBytes);
         std::abort();
       }
-      f->stack = static_cast<unsigned char*>(mem) + page;
-      f->context = fctx::make_fcontext(f->stack + kStackBytes, kStackBytes, &fiber_main);
-      f->tsan = san::create_fiber();
-      fibers_.push_back(f.get());
-      owned_.push_back(std::move(f));
+      f.stack = static_cast<unsigned char*>(mem) + page;
+      f.context = fctx::make_fcontext(f.stack + kStackBytes, kStackBytes, &fiber_main);
+      f.tsan = san::create_fiber();
     }
   }
 
@@ -480,8 +478,7 @@ class Pool {
 
   // The worker's own: the scheduler's context and the fibers.
   Block block_;
-  std::vector<Fiber*> fibers_;
-  std::vector<std::unique_ptr<Fiber>> owned_;
+  std::deque<Fiber> fibers_;  // a deque: the block's queues hold pointers while it grows
   fctx::fcontext_t scheduler_ = nullptr;
   void* scheduler_tsan_ = nullptr;
   const void* scheduler_stack_ = nullptr;
@@ -840,7 +837,7 @@ void trap(Site site) {
   std::string kernel;
   {
     Unchecked unchecked;
-    kernel = pool().block().kernel;
+    kernel = pool().block().job->kernel;
   }
   throw KernelError("__trap() at " + where(site) + " in kernel " + kernel);
 }

@@ -53,8 +53,8 @@ inline void check(cublasStatus_t st, const char* what) {
 #else
 // simt stand-in: a thread per element of C, grid-stride, fp32 sum in k order. No shared-memory
 // tiling: under simt a block barrier switches through every thread of the block, and a tiled GEMM
-// would only add barriers; this kernel is never compiled for the GPU. C is not read when beta is 0 (as
-// cuBLAS), so it may hold anything, NaN included.
+// would only add barriers; this kernel is never compiled for the GPU. C is not read when beta is 0
+// (as cuBLAS), so it may hold anything, NaN included.
 inline __global__ void __launch_bounds__(256)
     gemm_kernel(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                 const float* __restrict__ a, int64_t lda, const float* __restrict__ b, int64_t ldb,
