@@ -1,9 +1,10 @@
-// simt runtime: a block's CUDA threads as fibers on one worker thread, block barriers, warp
+// simt runtime: a block's CUDA threads as fibers on a worker thread, block barriers, warp
 // collectives, the deadlock detector and the watchdog.
 //
-// One persistent worker thread runs every kernel, one block at a time; each CUDA thread of the
-// block is a fiber (Boost.Context's fcontext, its own stack) that runs until it waits in a barrier
-// or a warp collective, or ends. A switch between fibers costs tens of nanoseconds where a
+// One persistent worker thread runs every kernel, one block at a time (two workers side by side
+// under ThreadSanitizer: kWorkers says why); each CUDA thread of the block is a fiber
+// (Boost.Context's fcontext, its own stack) that runs until it waits in a barrier or a warp
+// collective, or ends. A switch between fibers costs tens of nanoseconds where a
 // rendezvous of OS threads cost a futex sleep and wake-up per thread.
 //
 // The sanitizers see each fiber as its own thread:
@@ -14,8 +15,9 @@
 //   kernel's own lines. A barrier generation's token alternates between two, so a thread that
 //   has passed a barrier and arrives at the next cannot hand its later work to a thread still
 //   leaving the first. A thread that returns releases into the barrier its block waits in next.
-//   The blocks of a grid run in turn, each after the last (as before: races between blocks are
-//   not reported). simt's own bookkeeping, shared by the fibers, is not checked (Unchecked).
+//   The blocks of a grid run on two workers, and nothing orders one worker's blocks before the
+//   other's, so races between blocks are reported too. simt's own bookkeeping, shared by the
+//   fibers, is not checked (Unchecked).
 // - AddressSanitizer: every switch is announced (__sanitizer_start/finish_switch_fiber), so ASan
 //   knows which stack runs and keeps the redzones of every fiber's frames (swapcontext is not
 //   used: ASan's interceptor unpoisons the whole target stack at each switch).
@@ -167,8 +169,7 @@ struct Job {
   unsigned nthreads;
   uint64_t nblocks;
   const KernelBody* body;
-  std::vector<unsigned char> shared;  // dynamic shared memory of the running block
-  bool has_shared;
+  std::size_t shared_bytes;  // dynamic shared memory a block
 };
 
 // One CUDA thread: the fiber that runs it, kept for every later block and launch.
@@ -297,10 +298,78 @@ std::string hex(const void* p) {
   return buf;
 }
 
-// ---- the worker ----
+// ---- the workers ----
+
+// How many OS threads run a grid's blocks. Under ThreadSanitizer two: worker w runs blocks w,
+// w + 2, w + 4, … in order, side by side with the other, and nothing orders one worker's blocks
+// before the other's (the only edges are the launch's, before every block, and the grid's end,
+// after every block), so a race between two blocks of different parity (neighbours included) is
+// reported as one between threads. `__shared__` is then `thread_local` (simt.h): each worker's
+// blocks have their own. Elsewhere one worker runs the blocks in order, and a `__shared__` array
+// is a `static` one, with AddressSanitizer's redzones around it.
+#if defined(SIMT_TSAN)
+constexpr unsigned kWorkers = 2;
+#else
+constexpr unsigned kWorkers = 1;
+#endif
+
+class Pool;
+
+// One OS thread that runs blocks: its fibers (thread t of every block it runs is fiber t), the
+// scheduler's context, the block it runs and that block's dynamic shared memory. Everything here
+// but `failure` and `failed_block` (read by the launcher once the grid has ended) is this
+// thread's own.
+class Worker {
+ public:
+  explicit Worker(Pool& pool) : pool_(pool) {}
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Runs this worker's blocks of `j`; stops at the first that fails (then `failure` says why) or
+  // when a block before its next has failed on another worker.
+  void run_job(Job& j, unsigned index);
+
+  // Called by a fiber: hands this worker back to the scheduler until the fiber is resumed.
+  void suspend(Fiber& f);
+
+  // Forgets the fibers (for ThreadSanitizer, which would count them as threads running at exit).
+  void forget_fibers() {
+    for (Fiber& f : fibers_) san::destroy_fiber(f.tsan);
+  }
+
+  Block block;
+  std::vector<unsigned char> shared;  // the running grid's dynamic shared memory, exact size
+  std::string failure;
+  uint64_t failed_block = 0;
+
+ private:
+  void run_block(Job& j, uint64_t b);
+  void resume(Fiber& f, const Job& j);
+  void grow(unsigned n);
+  static void fiber_main(fctx::transfer_t from);
+  void run_thread(Fiber& f);
+  void exit_thread(Fiber& f);
+
+  Pool& pool_;
+  std::deque<Fiber> fibers_;  // a deque: the block's queues hold pointers while it grows
+  fctx::fcontext_t scheduler_ = nullptr;
+  void* scheduler_tsan_ = nullptr;
+  const void* scheduler_stack_ = nullptr;
+  std::size_t scheduler_stack_size_ = 0;
+  // Everything before a block on this worker (the launch, its blocks before) happens before its
+  // threads; its threads happen before what the worker does after the block.
+  Token start_token_, end_token_;
+};
+
+// The worker this OS thread is, null on other threads.
+thread_local Worker* this_worker = nullptr;
+
 class Pool {
  public:
-  Pool() : worker_([this] { serve(); }) {}
+  Pool() {
+    for (unsigned i = 0; i < kWorkers; ++i) workers_.emplace_back(*this);
+    for (unsigned i = 0; i < kWorkers; ++i) threads_.emplace_back([this, i] { serve(i); });
+  }
 
   ~Pool() {
     {
@@ -308,11 +377,11 @@ class Pool {
       stop_ = true;
     }
     work_cv_.notify_all();
-    worker_.join();
+    for (std::thread& t : threads_) t.join();
     // The fibers stay suspended where they wait for a next block, and their stacks go with the
     // process; ThreadSanitizer forgets them (it would count them as threads still running at
     // exit, and wait a second for them).
-    for (Fiber& f : fibers_) san::destroy_fiber(f.tsan);
+    for (Worker& w : workers_) w.forget_fibers();
   }
 
   Pool(const Pool&) = delete;
@@ -321,12 +390,14 @@ class Pool {
   void run(Job& job) {
     std::unique_lock lock(mu_);
     job_ = &job;
-    job_done_ = false;
-    failure_.clear();
+    ++job_id_;
+    done_ = 0;
+    first_failed_.store(UINT64_MAX, std::memory_order_relaxed);
     work_cv_.notify_all();
     const long timeout_s = watchdog_seconds();
     uint64_t seen = progress_.load(std::memory_order_relaxed);
-    while (!done_cv_.wait_for(lock, std::chrono::seconds(timeout_s), [&] { return job_done_; })) {
+    while (!done_cv_.wait_for(lock, std::chrono::seconds(timeout_s),
+                              [&] { return done_ == workers_.size(); })) {
       const uint64_t now = progress_.load(std::memory_order_relaxed);
       if (now == seen) {
         std::fprintf(stderr,
@@ -338,31 +409,24 @@ class Pool {
       seen = now;
     }
     job_ = nullptr;
-    if (!failure_.empty()) throw KernelError(failure_);
+    // The failure of the first block that failed: every block before it has run.
+    const Worker* first = nullptr;
+    for (const Worker& w : workers_)
+      if (!w.failure.empty() && (!first || w.failed_block < first->failed_block)) first = &w;
+    if (first) throw KernelError(first->failure);
   }
 
-  Block& block() { return block_; }
+  // A fiber resumed: the watchdog's sign of progress.
+  void progressed() { progress_.fetch_add(1, std::memory_order_relaxed); }
 
-  // Called by a fiber: hands the worker back to the scheduler until the fiber is resumed.
-  void suspend(Fiber& f) {
-    fctx::fcontext_t to;
-    const void* stack;
-    std::size_t stack_size;
-    void* tsan;
-    {
-      Unchecked unchecked;
-      to = scheduler_;
-      stack = scheduler_stack_;
-      stack_size = scheduler_stack_size_;
-      tsan = scheduler_tsan_;
+  // Called by a worker whose block `b` failed; true while no block before `b` has failed.
+  void note_failure(uint64_t b) {
+    uint64_t now = first_failed_.load(std::memory_order_relaxed);
+    while (b < now && !first_failed_.compare_exchange_weak(now, b, std::memory_order_relaxed)) {
     }
-    san::start_switch(&f.asan_fake_stack, stack, stack_size);
-    san::switch_fiber(tsan);
-    const fctx::transfer_t back = fctx::jump_fcontext(to, nullptr);
-    Unchecked unchecked;
-    scheduler_ = back.fctx;
-    san::finish_switch(f.asan_fake_stack, &scheduler_stack_, &scheduler_stack_size_);
   }
+  // Whether block `b` still has to run: no block before it has failed.
+  bool wanted(uint64_t b) const { return b < first_failed_.load(std::memory_order_relaxed); }
 
  private:
   static long watchdog_seconds() {
@@ -371,128 +435,155 @@ class Pool {
     return v > 0 ? v : 120;
   }
 
-  void serve() {
+  // Worker `i`'s OS thread. The mutex is taken only before and after a worker's blocks of a grid,
+  // so it orders them after the launch and before its end, and never one worker's blocks after
+  // the other's.
+  void serve(unsigned i) {
+    Worker& w = workers_[i];
+    this_worker = &w;
+    uint64_t seen = 0;
     std::unique_lock lock(mu_);
     for (;;) {
-      work_cv_.wait(lock, [&] { return stop_ || (job_ != nullptr && !job_done_); });
+      work_cv_.wait(lock, [&] { return stop_ || job_id_ != seen; });
       if (stop_) return;
+      seen = job_id_;
       Job& j = *job_;
       lock.unlock();
-      std::string failure = run_job(j);
+      w.run_job(j, i);
       lock.lock();
-      failure_ = std::move(failure);
-      job_done_ = true;
-      done_cv_.notify_all();
+      if (++done_ == workers_.size()) done_cv_.notify_all();
     }
   }
 
-  // Runs every block of `j` in turn on this thread; returns the first block's failure, if any.
-  std::string run_job(Job& j) {
-    Unchecked unchecked;
-    if (!scheduler_tsan_) scheduler_tsan_ = san::current_fiber();
-    grow(j.nthreads);
-    for (uint64_t b = 0; b < j.nblocks; ++b) {
-      block_.index = {static_cast<unsigned>(b % j.grid.x),
-                      static_cast<unsigned>((b / j.grid.x) % j.grid.y),
-                      static_cast<unsigned>(b / (uint64_t(j.grid.x) * j.grid.y))};
-      block_.reset(j, fibers_);
-      // Shared memory starts as garbage on a GPU: all-ones bytes read back as NaN or -1.
-      if (j.has_shared) std::memset(j.shared.data(), 0xff, j.shared.size());
-      // Everything before this block (the launch, the blocks before) happens before its threads.
-      san::release(&start_token_);
-      while (block_.alive > 0 || !block_.ready.empty()) {
-        if (block_.ready.empty()) {
-          block_.deadlock();
-          continue;
-        }
-        Fiber* f = block_.ready.front();
-        block_.ready.pop_front();
-        resume(*f, j);
-      }
-      san::acquire(&end_token_);
-      if (!block_.failure.empty()) return block_.failure;
-    }
-    return "";
-  }
-
-  void resume(Fiber& f, const Job& j) {
-    current = &f;
-    threadIdx = f.tid;
-    blockIdx = block_.index;
-    blockDim = j.block;
-    gridDim = j.grid;
-    progress_.fetch_add(1, std::memory_order_relaxed);
-    void* fake_stack = nullptr;
-    san::start_switch(&fake_stack, f.stack, kStackBytes);
-    san::switch_fiber(f.tsan);
-    f.context = fctx::jump_fcontext(f.context, &f).fctx;
-    san::finish_switch(fake_stack, nullptr, nullptr);
-    current = nullptr;
-  }
-
-  // Makes fibers up to `n`; thread `t` of every block runs on fiber t.
-  void grow(unsigned n) {
-    static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-    while (fibers_.size() < n) {
-      Fiber& f = fibers_.emplace_back();
-      f.linear = static_cast<unsigned>(fibers_.size() - 1);
-      void* mem = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (mem == MAP_FAILED || mprotect(mem, page, PROT_NONE) != 0) {
-        std::fprintf(stderr, "simt: cannot map a %zu-byte fiber stack\n", kStackBytes);
-        std::abort();
-      }
-      f.stack = static_cast<unsigned char*>(mem) + page;
-      f.context = fctx::make_fcontext(f.stack + kStackBytes, kStackBytes, &fiber_main);
-      f.tsan = san::create_fiber();
-    }
-  }
-
-  // A fiber's whole life: one CUDA thread of a block, then a wait for the next block.
-  static void fiber_main(fctx::transfer_t from) {
-    Pool& p = pool_of_worker();
-    Fiber& f = *static_cast<Fiber*>(from.data);
-    {
-      Unchecked unchecked;
-      p.scheduler_ = from.fctx;
-      san::finish_switch(nullptr, &p.scheduler_stack_, &p.scheduler_stack_size_);
-    }
-    for (;;) {
-      p.run_thread(f);
-      p.suspend(f);
-    }
-  }
-
-  void run_thread(Fiber& f);
-  void exit_thread(Fiber& f);
-
-  static Pool& pool_of_worker();
-
-  std::mutex mu_;  // job_, job_done_, failure_, stop_: the hand-over between launcher and worker
+  std::mutex mu_;  // job_, job_id_, done_, stop_: the hand-over between launcher and workers
   std::condition_variable work_cv_, done_cv_;
   Job* job_ = nullptr;
-  bool job_done_ = false;
+  uint64_t job_id_ = 0;
+  std::size_t done_ = 0;
   bool stop_ = false;
-  std::string failure_;
-  std::atomic<uint64_t> progress_{0};  // fiber resumptions, for the watchdog
+  // Relaxed atomics (no happens-before between the workers): fiber resumptions, for the
+  // watchdog; the first block that failed.
+  std::atomic<uint64_t> progress_{0};
+  std::atomic<uint64_t> first_failed_{UINT64_MAX};
 
-  // The worker's own: the scheduler's context and the fibers.
-  Block block_;
-  std::deque<Fiber> fibers_;  // a deque: the block's queues hold pointers while it grows
-  fctx::fcontext_t scheduler_ = nullptr;
-  void* scheduler_tsan_ = nullptr;
-  const void* scheduler_stack_ = nullptr;
-  std::size_t scheduler_stack_size_ = 0;
-  Token start_token_, end_token_;
-
-  std::thread worker_;  // last: starts once the members above exist
+  std::deque<Worker> workers_;
+  std::vector<std::thread> threads_;  // started once the workers exist
 };
 
 Pool& pool() {
   static Pool p;
   return p;
 }
-Pool& Pool::pool_of_worker() { return pool(); }
+
+Worker& worker() { return *this_worker; }
+
+void Worker::run_job(Job& j, unsigned index) {
+  Unchecked unchecked;
+  failure.clear();
+  if (!scheduler_tsan_) scheduler_tsan_ = san::current_fiber();
+  grow(j.nthreads);
+  // An exact-size buffer: AddressSanitizer's redzone starts at its end.
+  shared = std::vector<unsigned char>(j.shared_bytes);
+  for (uint64_t b = index; b < j.nblocks && pool_.wanted(b); b += kWorkers) {
+    run_block(j, b);
+    if (!block.failure.empty()) {
+      failure = block.failure;
+      failed_block = b;
+      pool_.note_failure(b);
+      break;
+    }
+  }
+  shared = {};
+}
+
+void Worker::run_block(Job& j, uint64_t b) {
+  block.index = {static_cast<unsigned>(b % j.grid.x),
+                 static_cast<unsigned>((b / j.grid.x) % j.grid.y),
+                 static_cast<unsigned>(b / (uint64_t(j.grid.x) * j.grid.y))};
+  block.reset(j, fibers_);
+  // Shared memory starts as garbage on a GPU: all-ones bytes read back as NaN or -1.
+  if (!shared.empty()) std::memset(shared.data(), 0xff, shared.size());
+  san::release(&start_token_);
+  while (block.alive > 0 || !block.ready.empty()) {
+    if (block.ready.empty()) {
+      block.deadlock();
+      continue;
+    }
+    Fiber* f = block.ready.front();
+    block.ready.pop_front();
+    resume(*f, j);
+  }
+  san::acquire(&end_token_);
+}
+
+void Worker::suspend(Fiber& f) {
+  fctx::fcontext_t to;
+  const void* stack;
+  std::size_t stack_size;
+  void* tsan;
+  {
+    Unchecked unchecked;
+    to = scheduler_;
+    stack = scheduler_stack_;
+    stack_size = scheduler_stack_size_;
+    tsan = scheduler_tsan_;
+  }
+  san::start_switch(&f.asan_fake_stack, stack, stack_size);
+  san::switch_fiber(tsan);
+  const fctx::transfer_t back = fctx::jump_fcontext(to, nullptr);
+  Unchecked unchecked;
+  scheduler_ = back.fctx;
+  san::finish_switch(f.asan_fake_stack, &scheduler_stack_, &scheduler_stack_size_);
+}
+
+void Worker::resume(Fiber& f, const Job& j) {
+  current = &f;
+  threadIdx = f.tid;
+  blockIdx = block.index;
+  blockDim = j.block;
+  gridDim = j.grid;
+  pool_.progressed();
+  void* fake_stack = nullptr;
+  san::start_switch(&fake_stack, f.stack, kStackBytes);
+  san::switch_fiber(f.tsan);
+  f.context = fctx::jump_fcontext(f.context, &f).fctx;
+  san::finish_switch(fake_stack, nullptr, nullptr);
+  current = nullptr;
+}
+
+// Makes fibers up to `n`; thread `t` of every block runs on fiber t.
+void Worker::grow(unsigned n) {
+  static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  while (fibers_.size() < n) {
+    Fiber& f = fibers_.emplace_back();
+    f.linear = static_cast<unsigned>(fibers_.size() - 1);
+    void* mem = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED || mprotect(mem, page, PROT_NONE) != 0) {
+      std::fprintf(stderr, "simt: cannot map a %zu-byte fiber stack\n", kStackBytes);
+      std::abort();
+    }
+    f.stack = static_cast<unsigned char*>(mem) + page;
+    f.context = fctx::make_fcontext(f.stack + kStackBytes, kStackBytes, &fiber_main);
+    f.tsan = san::create_fiber();
+  }
+}
+
+// A fiber's whole life: one CUDA thread of a block, then a wait for the next block. It runs on
+// the worker that made it, and only there.
+void Worker::fiber_main(fctx::transfer_t from) {
+  Worker& w = worker();
+  Fiber& f = *static_cast<Fiber*>(from.data);
+  {
+    Unchecked unchecked;
+    w.scheduler_ = from.fctx;
+    san::finish_switch(nullptr, &w.scheduler_stack_, &w.scheduler_stack_size_);
+  }
+  for (;;) {
+    w.run_thread(f);
+    w.suspend(f);
+  }
+}
 
 std::mutex& launch_mutex() {
   static std::mutex m;
@@ -508,18 +599,18 @@ template <class Done>
 void wait(Block& b, Fiber& self, Done done) {
   while (!done() && b.failure.empty()) {
     self.state = Fiber::kBlocked;
-    pool().suspend(self);
+    worker().suspend(self);
   }
   if (!done()) throw Abort{};
 }
 
-void Pool::run_thread(Fiber& f) {
+void Worker::run_thread(Fiber& f) {
   san::acquire(&start_token_);
   f.async = {};
   const Job* j;
   {
     Unchecked unchecked;
-    j = block_.job;
+    j = block.job;
   }
   try {
     (*j->body)();
@@ -530,11 +621,11 @@ void Pool::run_thread(Fiber& f) {
   } catch (const Abort&) {
   } catch (const std::exception& e) {
     Unchecked unchecked;
-    block_.fail(block_.header() + " thread " + where(threadIdx) + ": " + e.what());
+    block.fail(block.header() + " thread " + where(threadIdx) + ": " + e.what());
   } catch (...) {
     Unchecked unchecked;
-    block_.fail(block_.header() + " thread " + where(threadIdx) +
-                ": threw an exception that is not a std::exception");
+    block.fail(block.header() + " thread " + where(threadIdx) +
+               ": threw an exception that is not a std::exception");
   }
   f.async = {};
   exit_thread(f);
@@ -545,8 +636,8 @@ void Pool::run_thread(Fiber& f) {
 
 // A thread leaving the kernel drops out of every barrier it has not reached; what it did before
 // happens before the threads leave the barrier or the collectives of its warp it was counted in.
-void Pool::exit_thread(Fiber& f) {
-  Block& b = block_;
+void Worker::exit_thread(Fiber& f) {
+  Block& b = block;
   Token* token;
   std::vector<std::shared_ptr<Group>> pending;
   {
@@ -568,7 +659,7 @@ void Pool::exit_thread(Fiber& f) {
 }  // namespace
 
 int block_barrier(Site site, int pred, int mode) {
-  Block& b = pool().block();
+  Block& b = worker().block;
   Fiber& self = *current;
   Token* token;
   {
@@ -616,7 +707,7 @@ int block_barrier(Site site, int pred, int mode) {
 }
 
 void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpView& out) {
-  Block& b = pool().block();
+  Block& b = worker().block;
   Fiber& self = *current;
   const unsigned lane = self.linear % 32;
   std::shared_ptr<Group> g;
@@ -675,7 +766,7 @@ struct MmaFragments {
 void mma_gather(const MmaFragments& mine, Site site, WarpView& view) {
   warp_collective(0xffffffffu, to_bits(&mine), 0, site, view);
   if (view.arrived == 0xffffffffu) return;
-  Block& blk = pool().block();
+  Block& blk = worker().block;
   Unchecked unchecked;
   std::string missing;
   for (unsigned l = 0; l < 32; ++l)
@@ -766,7 +857,7 @@ void tf32_sequence(float (&d)[4], const MmaFragments& mine, int sets,
     }
   mma_release(site);
   if (bad_lane < 32) {
-    Block& blk = pool().block();
+    Block& blk = worker().block;
     Unchecked unchecked;
     char hex[16];
     std::snprintf(hex, sizeof hex, "0x%08x", bad_word);
@@ -824,20 +915,20 @@ void async_wait(int pending) {
 
 unsigned active_lanes() {
   Unchecked unchecked;
-  return pool().block().warps[current->linear / 32].alive;
+  return worker().block.warps[current->linear / 32].alive;
 }
 
 unsigned char* dynamic_shared_memory() {
   Unchecked unchecked;
-  Job& j = *pool().block().job;
-  return j.has_shared ? j.shared.data() : nullptr;
+  std::vector<unsigned char>& shared = worker().shared;
+  return shared.empty() ? nullptr : shared.data();
 }
 
 void trap(Site site) {
   std::string kernel;
   {
     Unchecked unchecked;
-    kernel = pool().block().job->kernel;
+    kernel = worker().block.job->kernel;
   }
   throw KernelError("__trap() at " + where(site) + " in kernel " + kernel);
 }
@@ -869,8 +960,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_byte
           static_cast<unsigned>(nthreads),
           uint64_t(grid.x) * grid.y * grid.z,
           &body,
-          std::vector<unsigned char>(shared_bytes),
-          shared_bytes > 0};
+          shared_bytes};
   pool().run(job);
 }
 

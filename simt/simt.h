@@ -1,6 +1,7 @@
 // simt: runs CUDA kernel source on the CPU, for correctness only (DESIGN.md §3).
 //
-// One block at a time on one worker thread, each CUDA thread a fiber with its own stack, switched
+// One block at a time on one worker thread (two side by side under ThreadSanitizer, which then
+// sees races between blocks), each CUDA thread a fiber with its own stack, switched
 // when it waits (simt.cpp says why, and how the sanitizers see the fibers). __syncthreads is a
 // block barrier that records its call site, warp collectives (__shfl*_sync, __ballot_sync,
 // __syncwarp) are rendezvous of the lanes in their mask, mma.sync (mma_bf16_m16n8k16,
@@ -24,7 +25,19 @@
 #define __global__
 #define __device__
 #define __host__
+// `__shared__` is per block: `static` where one worker runs the blocks in turn, `thread_local`
+// under ThreadSanitizer, where two workers run them side by side (simt.cpp's kWorkers).
+#if defined(__SANITIZE_THREAD__)
+#define __shared__ static thread_local
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define __shared__ static thread_local
+#else
 #define __shared__ static
+#endif
+#else
+#define __shared__ static
+#endif
 #define __constant__
 #define __managed__
 #define __grid_constant__

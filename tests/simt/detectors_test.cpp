@@ -1,7 +1,8 @@
 // Proofs that the sanitizers see what they must in simt-run kernels: under ThreadSanitizer a
 // kernel with its __syncthreads removed is reported as a data race at the kernel's own lines, and
-// so are a read of another warp's data after a __syncwarp only and a read of another thread's
-// cp.async data with no barrier after the copy's wait;
+// so are a read of another warp's data after a __syncwarp only, a read of another thread's
+// cp.async data with no barrier after the copy's wait, and blocks that update one total without
+// an atomic;
 // under AddressSanitizer an overflow of a static and of a dynamic __shared__ array, and of an
 // array in a thread's own frame, is reported.
 // Each runs planted.cpp's binary in a child process and reads its report; the fixed twins must
@@ -76,6 +77,13 @@ TEST(SimtDetectors, TsanReportsASyncwarpThatOtherWarpsRelyOn) {
 TEST(SimtDetectors, TsanReportsAMissingBarrierAfterAnAsyncCopy) {
   if (!kTsan) GTEST_SKIP() << "needs ThreadSanitizer: run in the tsan preset";
   expect_tsan_race("async_race", "async_race_fixed", {"planted_async_race_kernel", "async_wait"});
+}
+
+// Nothing orders the blocks of a grid: a plain += into one total from every block is a race, and
+// atomicAdd is not.
+TEST(SimtDetectors, TsanReportsARaceBetweenBlocks) {
+  if (!kTsan) GTEST_SKIP() << "needs ThreadSanitizer: run in the tsan preset";
+  expect_tsan_race("block_race", "block_race_fixed", {"planted_block_race_kernel", "planted.cpp"});
 }
 
 // The planted case `bad` is reported by AddressSanitizer as `report` in `kernel`; its fixed twin,

@@ -15,13 +15,16 @@ namespace {
 
 using memlayers::launch_kernel;
 
+// Each thread of a grid writes its own element: blocks that wrote the same one would race.
+__device__ unsigned global_thread() { return blockIdx.x * blockDim.x + threadIdx.x; }
+
 __global__ void divergent_barrier_kernel(int* out) {
   if (threadIdx.x < 16) {
     __syncthreads();
-    out[threadIdx.x] = 1;
+    out[global_thread()] = 1;
   } else {
     __syncthreads();
-    out[threadIdx.x] = 2;
+    out[global_thread()] = 2;
   }
 }
 
@@ -32,7 +35,7 @@ __global__ void barrier_vs_shuffle_kernel(int* out) {
   } else {
     v = __shfl_sync(0xffffffffu, v, 0);
   }
-  out[threadIdx.x] = v;
+  out[global_thread()] = v;
 }
 
 __global__ void mask_excludes_caller_kernel(int* out) {
@@ -49,7 +52,7 @@ __global__ void partial_barrier_kernel(int* out) {
   s[threadIdx.x] = static_cast<int>(threadIdx.x);
   if (threadIdx.x % 2) return;  // odd threads leave; the barrier counts only those that stay
   __syncthreads();
-  out[threadIdx.x] = s[threadIdx.x + 1 < 64 ? threadIdx.x + 1 : 0];
+  out[global_thread()] = s[threadIdx.x + 1 < 64 ? threadIdx.x + 1 : 0];
 }
 
 __global__ void partial_warp_mma_kernel(int* out) {
@@ -191,11 +194,15 @@ TEST(SimtRules, InvalidLaunchesAreRejected) {
 }
 
 TEST(SimtRules, ThreadsThatReturnDropOutOfTheBarrier) {
-  std::vector<int> out(64, -1);
+  std::vector<int> out(3 * 64, -1);
   launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(3), dim3(64), 0, nullptr,
                 out.data());
-  for (int t = 0; t < 64; t += 2) EXPECT_EQ(out[t], t + 1) << "thread " << t;
-  for (int t = 1; t < 64; t += 2) EXPECT_EQ(out[t], -1) << "thread " << t;
+  for (int b = 0; b < 3; ++b) {
+    for (int t = 0; t < 64; t += 2)
+      EXPECT_EQ(out[64 * b + t], t + 1) << "block " << b << " thread " << t;
+    for (int t = 1; t < 64; t += 2)
+      EXPECT_EQ(out[64 * b + t], -1) << "block " << b << " thread " << t;
+  }
 }
 
 TEST(SimtRules, TheRuntimeRecoversAfterAFailedKernel) {
