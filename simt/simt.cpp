@@ -1,7 +1,7 @@
 // simt runtime: a block's CUDA threads as fibers on a worker thread, block barriers, warp
 // collectives, the deadlock detector and the watchdog.
 //
-// One persistent worker thread runs every kernel, one block at a time (two workers side by side
+// One persistent worker thread runs every kernel, one block at a time (two workers taking turns
 // under ThreadSanitizer: kWorkers says why); each CUDA thread of the block is a fiber
 // (Boost.Context's fcontext, its own stack) that runs until it waits in a barrier or a warp
 // collective, or ends. A switch between fibers costs tens of nanoseconds where a
@@ -15,9 +15,9 @@
 //   kernel's own lines. A barrier generation's token alternates between two, so a thread that
 //   has passed a barrier and arrives at the next cannot hand its later work to a thread still
 //   leaving the first. A thread that returns releases into the barrier its block waits in next.
-//   The blocks of a grid run on two workers, and nothing orders one worker's blocks before the
-//   other's, so races between blocks are reported too. simt's own bookkeeping, shared by the
-//   fibers, is not checked (Unchecked).
+//   The blocks of a grid run on two workers in turn, and nothing ThreadSanitizer sees orders one
+//   worker's blocks before the other's, so races between blocks are reported too. simt's own
+//   bookkeeping, shared by the fibers, is not checked (Unchecked).
 // - AddressSanitizer: every switch is announced (__sanitizer_start/finish_switch_fiber), so ASan
 //   knows which stack runs and keeps the redzones of every fiber's frames (swapcontext is not
 //   used: ASan's interceptor unpoisons the whole target stack at each switch).
@@ -62,6 +62,8 @@
 extern "C" {
 void __tsan_ignore_thread_begin();
 void __tsan_ignore_thread_end();
+void AnnotateIgnoreSyncBegin(const char* file, int line);
+void AnnotateIgnoreSyncEnd(const char* file, int line);
 }
 #endif
 #if defined(SIMT_ASAN)
@@ -102,6 +104,8 @@ void release(void* token) { __tsan_release(token); }
 void acquire(void* token) { __tsan_acquire(token); }
 void ignore_begin() { __tsan_ignore_thread_begin(); }
 void ignore_end() { __tsan_ignore_thread_end(); }
+void ignore_sync_begin() { AnnotateIgnoreSyncBegin(__FILE__, __LINE__); }
+void ignore_sync_end() { AnnotateIgnoreSyncEnd(__FILE__, __LINE__); }
 #else
 void* current_fiber() { return nullptr; }
 void* create_fiber() { return nullptr; }
@@ -111,6 +115,8 @@ void release(void*) {}
 void acquire(void*) {}
 void ignore_begin() {}
 void ignore_end() {}
+void ignore_sync_begin() {}
+void ignore_sync_end() {}
 #endif
 #if defined(SIMT_ASAN)
 void start_switch(void** fake_stack, const void* bottom, std::size_t size) {
@@ -132,6 +138,14 @@ struct Unchecked {
   ~Unchecked() { san::ignore_end(); }
   Unchecked(const Unchecked&) = delete;
   Unchecked& operator=(const Unchecked&) = delete;
+};
+
+// simt's hand-over between its workers, which ThreadSanitizer does not see as synchronisation.
+struct IgnoreSync {
+  IgnoreSync() { san::ignore_sync_begin(); }
+  ~IgnoreSync() { san::ignore_sync_end(); }
+  IgnoreSync(const IgnoreSync&) = delete;
+  IgnoreSync& operator=(const IgnoreSync&) = delete;
 };
 
 // A sync token: an address ThreadSanitizer releases to and acquires from.
@@ -301,12 +315,13 @@ std::string hex(const void* p) {
 // ---- the workers ----
 
 // How many OS threads run a grid's blocks. Under ThreadSanitizer two: worker w runs blocks w,
-// w + 2, w + 4, … in order, side by side with the other, and nothing orders one worker's blocks
-// before the other's (the only edges are the launch's, before every block, and the grid's end,
-// after every block), so a race between two blocks of different parity (neighbours included) is
-// reported as one between threads. `__shared__` is then `thread_local` (simt.h): each worker's
-// blocks have their own. Elsewhere one worker runs the blocks in order, and a `__shared__` array
-// is a `static` one, with AddressSanitizer's redzones around it.
+// w + 2, w + 4, …, the two taking turns (Pool::await_turn), and nothing ThreadSanitizer sees
+// orders one worker's blocks before the other's (the only edges are the launch's, before every
+// block, and the grid's end, after every block), so a race between two blocks of different
+// parity (neighbours included) is reported as one between threads. `__shared__` is then
+// `thread_local` (simt.h): each worker's blocks have their own. Elsewhere one worker runs the
+// blocks in order, and a `__shared__` array is a `static` one, with AddressSanitizer's redzones
+// around it.
 #if defined(SIMT_TSAN)
 constexpr unsigned kWorkers = 2;
 #else
@@ -393,6 +408,10 @@ class Pool {
     ++job_id_;
     done_ = 0;
     first_failed_.store(UINT64_MAX, std::memory_order_relaxed);
+    {
+      std::lock_guard turn(turn_mu_);
+      turn_ = 0;
+    }
     work_cv_.notify_all();
     const long timeout_s = watchdog_seconds();
     uint64_t seen = progress_.load(std::memory_order_relaxed);
@@ -427,6 +446,26 @@ class Pool {
   }
   // Whether block `b` still has to run: no block before it has failed.
   bool wanted(uint64_t b) const { return b < first_failed_.load(std::memory_order_relaxed); }
+
+  // The workers take turns, a block each, in the order of the blocks: one runs at a time, so the
+  // blocks run (and their atomics round) as they would on one worker, and a worker's OS thread
+  // costs no more CPU than one. The hand-over is simt's, not an edge a GPU has between blocks:
+  // ThreadSanitizer does not see it (ignore_sync).
+  void await_turn(uint64_t b) {
+    if (kWorkers == 1) return;
+    IgnoreSync ignore;
+    std::unique_lock lock(turn_mu_);
+    turn_cv_.wait(lock, [&] { return turn_ == b || !wanted(b); });
+  }
+  void pass_turn(uint64_t b) {
+    if (kWorkers == 1) return;
+    IgnoreSync ignore;
+    {
+      std::lock_guard lock(turn_mu_);
+      turn_ = b + 1;
+    }
+    turn_cv_.notify_all();
+  }
 
  private:
   static long watchdog_seconds() {
@@ -465,6 +504,9 @@ class Pool {
   // watchdog; the first block that failed.
   std::atomic<uint64_t> progress_{0};
   std::atomic<uint64_t> first_failed_{UINT64_MAX};
+  std::mutex turn_mu_;  // turn_: the block whose worker runs next
+  std::condition_variable turn_cv_;
+  uint64_t turn_ = 0;
 
   std::deque<Worker> workers_;
   std::vector<std::thread> threads_;  // started once the workers exist
@@ -484,14 +526,18 @@ void Worker::run_job(Job& j, unsigned index) {
   grow(j.nthreads);
   // An exact-size buffer: AddressSanitizer's redzone starts at its end.
   shared = std::vector<unsigned char>(j.shared_bytes);
-  for (uint64_t b = index; b < j.nblocks && pool_.wanted(b); b += kWorkers) {
-    run_block(j, b);
-    if (!block.failure.empty()) {
+  for (uint64_t b = index; b < j.nblocks; b += kWorkers) {
+    pool_.await_turn(b);
+    const bool run = pool_.wanted(b);
+    if (run) run_block(j, b);
+    const bool failed = run && !block.failure.empty();
+    if (failed) {
       failure = block.failure;
       failed_block = b;
       pool_.note_failure(b);
-      break;
     }
+    pool_.pass_turn(b);
+    if (!run || failed) break;
   }
   shared = {};
 }

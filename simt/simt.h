@@ -1,6 +1,6 @@
 // simt: runs CUDA kernel source on the CPU, for correctness only (DESIGN.md §3).
 //
-// One block at a time on one worker thread (two side by side under ThreadSanitizer, which then
+// One block at a time on one worker thread (two taking turns under ThreadSanitizer, which then
 // sees races between blocks), each CUDA thread a fiber with its own stack, switched
 // when it waits (simt.cpp says why, and how the sanitizers see the fibers). __syncthreads is a
 // block barrier that records its call site, warp collectives (__shfl*_sync, __ballot_sync,
@@ -26,7 +26,7 @@
 #define __device__
 #define __host__
 // `__shared__` is per block: `static` where one worker runs the blocks in turn, `thread_local`
-// under ThreadSanitizer, where two workers run them side by side (simt.cpp's kWorkers).
+// under ThreadSanitizer, where two workers take turns at them (simt.cpp's kWorkers).
 #if defined(__SANITIZE_THREAD__)
 #define __shared__ static thread_local
 #elif defined(__has_feature)
