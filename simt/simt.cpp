@@ -42,13 +42,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__)
-#define SIMT_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SIMT_TSAN 1
-#endif
-#endif
+// SIMT_TSAN comes from simt.h.
 #if defined(__SANITIZE_ADDRESS__)
 #define SIMT_ASAN 1
 #elif defined(__has_feature)
@@ -331,17 +325,15 @@ constexpr unsigned kWorkers = 1;
 class Pool;
 
 // One OS thread that runs blocks: its fibers (thread t of every block it runs is fiber t), the
-// scheduler's context, the block it runs and that block's dynamic shared memory. Everything here
-// but `failure` and `failed_block` (read by the launcher once the grid has ended) is this
-// thread's own.
+// scheduler's context, the block it runs and that block's dynamic shared memory, all its own.
 class Worker {
  public:
   explicit Worker(Pool& pool) : pool_(pool) {}
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Runs this worker's blocks of `j`; stops at the first that fails (then `failure` says why) or
-  // when a block before its next has failed on another worker.
+  // Runs this worker's blocks of `j` (index, index + kWorkers, …) until a block fails, here or
+  // on another worker.
   void run_job(Job& j, unsigned index);
 
   // Called by a fiber: hands this worker back to the scheduler until the fiber is resumed.
@@ -354,8 +346,6 @@ class Worker {
 
   Block block;
   std::vector<unsigned char> shared;  // the running grid's dynamic shared memory, exact size
-  std::string failure;
-  uint64_t failed_block = 0;
 
  private:
   void run_block(Job& j, uint64_t b);
@@ -407,7 +397,8 @@ class Pool {
     job_ = &job;
     ++job_id_;
     done_ = 0;
-    first_failed_.store(UINT64_MAX, std::memory_order_relaxed);
+    failure_.clear();
+    failed_.store(false, std::memory_order_relaxed);
     {
       std::lock_guard turn(turn_mu_);
       turn_ = 0;
@@ -428,34 +419,29 @@ class Pool {
       seen = now;
     }
     job_ = nullptr;
-    // The failure of the first block that failed: every block before it has run.
-    const Worker* first = nullptr;
-    for (const Worker& w : workers_)
-      if (!w.failure.empty() && (!first || w.failed_block < first->failed_block)) first = &w;
-    if (first) throw KernelError(first->failure);
+    if (!failure_.empty()) throw KernelError(failure_);
   }
 
   // A fiber resumed: the watchdog's sign of progress.
   void progressed() { progress_.fetch_add(1, std::memory_order_relaxed); }
 
-  // Called by a worker whose block `b` failed; true while no block before `b` has failed.
-  void note_failure(uint64_t b) {
-    uint64_t now = first_failed_.load(std::memory_order_relaxed);
-    while (b < now && !first_failed_.compare_exchange_weak(now, b, std::memory_order_relaxed)) {
-    }
+  // Called by the worker whose block failed. Blocks run in order, one at a time, and none runs
+  // after a failure: this is the first failed block's, and the only one.
+  void fail(const std::string& why) {
+    failure_ = why;
+    failed_.store(true, std::memory_order_relaxed);
   }
-  // Whether block `b` still has to run: no block before it has failed.
-  bool wanted(uint64_t b) const { return b < first_failed_.load(std::memory_order_relaxed); }
+  bool failed() const { return failed_.load(std::memory_order_relaxed); }
 
   // The workers take turns, a block each, in the order of the blocks: one runs at a time, so the
   // blocks run (and their atomics round) as they would on one worker, and a worker's OS thread
   // costs no more CPU than one. The hand-over is simt's, not an edge a GPU has between blocks:
-  // ThreadSanitizer does not see it (ignore_sync).
+  // ThreadSanitizer does not see it (ignore_sync). Every block's turn is passed, run or not.
   void await_turn(uint64_t b) {
     if (kWorkers == 1) return;
     IgnoreSync ignore;
     std::unique_lock lock(turn_mu_);
-    turn_cv_.wait(lock, [&] { return turn_ == b || !wanted(b); });
+    turn_cv_.wait(lock, [&] { return turn_ == b; });
   }
   void pass_turn(uint64_t b) {
     if (kWorkers == 1) return;
@@ -500,10 +486,11 @@ class Pool {
   uint64_t job_id_ = 0;
   std::size_t done_ = 0;
   bool stop_ = false;
+  std::string failure_;  // the grid's failure: written by a worker, read once the grid has ended
   // Relaxed atomics (no happens-before between the workers): fiber resumptions, for the
-  // watchdog; the first block that failed.
+  // watchdog; whether a block has failed.
   std::atomic<uint64_t> progress_{0};
-  std::atomic<uint64_t> first_failed_{UINT64_MAX};
+  std::atomic<bool> failed_{false};
   std::mutex turn_mu_;  // turn_: the block whose worker runs next
   std::condition_variable turn_cv_;
   uint64_t turn_ = 0;
@@ -521,23 +508,17 @@ Worker& worker() { return *this_worker; }
 
 void Worker::run_job(Job& j, unsigned index) {
   Unchecked unchecked;
-  failure.clear();
   if (!scheduler_tsan_) scheduler_tsan_ = san::current_fiber();
   grow(j.nthreads);
   // An exact-size buffer: AddressSanitizer's redzone starts at its end.
   shared = std::vector<unsigned char>(j.shared_bytes);
   for (uint64_t b = index; b < j.nblocks; b += kWorkers) {
     pool_.await_turn(b);
-    const bool run = pool_.wanted(b);
+    const bool run = !pool_.failed();
     if (run) run_block(j, b);
-    const bool failed = run && !block.failure.empty();
-    if (failed) {
-      failure = block.failure;
-      failed_block = b;
-      pool_.note_failure(b);
-    }
+    if (run && !block.failure.empty()) pool_.fail(block.failure);
     pool_.pass_turn(b);
-    if (!run || failed) break;
+    if (pool_.failed()) break;
   }
   shared = {};
 }

@@ -28,13 +28,14 @@
 // `__shared__` is per block: `static` where one worker runs the blocks in turn, `thread_local`
 // under ThreadSanitizer, where two workers take turns at them (simt.cpp's kWorkers).
 #if defined(__SANITIZE_THREAD__)
-#define __shared__ static thread_local
+#define SIMT_TSAN 1
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)
-#define __shared__ static thread_local
-#else
-#define __shared__ static
+#define SIMT_TSAN 1
 #endif
+#endif
+#if defined(SIMT_TSAN)
+#define __shared__ static thread_local
 #else
 #define __shared__ static
 #endif

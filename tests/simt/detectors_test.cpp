@@ -2,9 +2,8 @@
 // kernel with its __syncthreads removed is reported as a data race at the kernel's own lines, and
 // so are a read of another warp's data after a __syncwarp only, a read of another thread's
 // cp.async data with no barrier after the copy's wait, and blocks that update one total without
-// an atomic;
-// under AddressSanitizer an overflow of a static and of a dynamic __shared__ array, and of an
-// array in a thread's own frame, is reported.
+// an atomic; under AddressSanitizer an overflow of a static and of a dynamic __shared__ array,
+// and of an array in a thread's own frame, is reported.
 // Each runs planted.cpp's binary in a child process and reads its report; the fixed twins must
 // run clean. In a build without that sanitizer the proof is skipped (the asan and tsan presets
 // run them).

@@ -108,9 +108,8 @@ int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr,
                  "usage: %s race|race_fixed|warp_race|warp_race_fixed|async_race|"
-                 "async_race_fixed|block_race|block_race_fixed|static_overflow|dynamic_overflow|"
-                 "overflow_fixed|"
-                 "local_overflow|local_overflow_fixed\n",
+                 "async_race_fixed|block_race|block_race_fixed|static_overflow|"
+                 "dynamic_overflow|overflow_fixed|local_overflow|local_overflow_fixed\n",
                  argv[0]);
     return 2;
   }
