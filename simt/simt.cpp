@@ -26,6 +26,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <bit>
+
 // Boost.Context's low-level interface (make_fcontext, jump_fcontext), on which its fiber and
 // continuation classes are built: simt announces each switch to the sanitizers itself.
 #include <boost/context/detail/fcontext.hpp>
@@ -308,11 +310,14 @@ std::string hex(const void* p) {
 
 // ---- the workers ----
 
-// How many OS threads run a grid's blocks. Under ThreadSanitizer two: worker w runs blocks w,
-// w + 2, w + 4, …, the two taking turns (Pool::await_turn), and nothing ThreadSanitizer sees
-// orders one worker's blocks before the other's (the only edges are the launch's, before every
-// block, and the grid's end, after every block), so a race between two blocks of different
-// parity (neighbours included) is reported as one between threads. `__shared__` is then
+// How many OS threads run a grid's blocks. Under ThreadSanitizer two, taking turns a block at a
+// time in the blocks' order (Pool::await_turn), and nothing ThreadSanitizer sees orders one
+// worker's blocks before the other's (the only edges are the launch's, before every block, and
+// the grid's end, after every block), so a race between two blocks on different workers is
+// reported as one between threads. Bit s of a block's index picks its worker, s turning with each
+// launch (Pool::split_bit): two blocks' indices differ in some bit, so within as many launches
+// as a block index of the grid has bits every two blocks have run on different workers (blocks
+// b and b + 2 included, which a split by parity never separates). `__shared__` is then
 // `thread_local` (simt.h): each worker's blocks have their own. Elsewhere one worker runs the
 // blocks in order, and a `__shared__` array is a `static` one, with AddressSanitizer's redzones
 // around it.
@@ -332,9 +337,9 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Runs this worker's blocks of `j` (index, index + kWorkers, …) until a block fails, here or
-  // on another worker.
-  void run_job(Job& j, unsigned index);
+  // Runs this worker's blocks of `j` (those whose bit `split` is `index`) until a block fails,
+  // here or on another worker.
+  void run_job(Job& j, unsigned index, unsigned split);
 
   // Called by a fiber: hands this worker back to the scheduler until the fiber is resumed.
   void suspend(Fiber& f);
@@ -396,6 +401,7 @@ class Pool {
     std::unique_lock lock(mu_);
     job_ = &job;
     ++job_id_;
+    split_ = split_bit(job.nblocks, job_id_);
     done_ = 0;
     failure_.clear();
     failed_.store(false, std::memory_order_relaxed);
@@ -436,21 +442,30 @@ class Pool {
   // The workers take turns, a block each, in the order of the blocks: one runs at a time, so the
   // blocks run (and their atomics round) as they would on one worker, and a worker's OS thread
   // costs no more CPU than one. The hand-over is simt's, not an edge a GPU has between blocks:
-  // ThreadSanitizer does not see it (ignore_sync). Every block's turn is passed, run or not.
+  // ThreadSanitizer does not see it (ignore_sync). After a failure no block runs, and every turn
+  // is passed at once (kAllPassed): a worker waiting for a later block of its own sees the
+  // failure and stops.
   void await_turn(uint64_t b) {
     if (kWorkers == 1) return;
     IgnoreSync ignore;
     std::unique_lock lock(turn_mu_);
-    turn_cv_.wait(lock, [&] { return turn_ == b; });
+    turn_cv_.wait(lock, [&] { return turn_ == b || turn_ == kAllPassed; });
   }
   void pass_turn(uint64_t b) {
     if (kWorkers == 1) return;
     IgnoreSync ignore;
     {
       std::lock_guard lock(turn_mu_);
-      turn_ = b + 1;
+      turn_ = failed() ? kAllPassed : b + 1;
     }
     turn_cv_.notify_all();
+  }
+
+  // The bit of a block's index that picks its worker in launch `launch` of a grid of `nblocks`:
+  // the bits an index of the grid has, one after another from launch to launch.
+  static unsigned split_bit(uint64_t nblocks, uint64_t launch) {
+    const unsigned bits = nblocks > 1 ? static_cast<unsigned>(std::bit_width(nblocks - 1)) : 1;
+    return static_cast<unsigned>(launch % bits);
   }
 
  private:
@@ -473,8 +488,9 @@ class Pool {
       if (stop_) return;
       seen = job_id_;
       Job& j = *job_;
+      const unsigned split = split_;
       lock.unlock();
-      w.run_job(j, i);
+      w.run_job(j, i, split);
       lock.lock();
       if (++done_ == workers_.size()) done_cv_.notify_all();
     }
@@ -484,6 +500,7 @@ class Pool {
   std::condition_variable work_cv_, done_cv_;
   Job* job_ = nullptr;
   uint64_t job_id_ = 0;
+  unsigned split_ = 0;  // the bit of a block's index that picks its worker (split_bit)
   std::size_t done_ = 0;
   bool stop_ = false;
   std::string failure_;  // the grid's failure: written by a worker, read once the grid has ended
@@ -494,6 +511,7 @@ class Pool {
   std::mutex turn_mu_;  // turn_: the block whose worker runs next
   std::condition_variable turn_cv_;
   uint64_t turn_ = 0;
+  static constexpr uint64_t kAllPassed = ~uint64_t{0};
 
   std::deque<Worker> workers_;
   std::vector<std::thread> threads_;  // started once the workers exist
@@ -506,13 +524,14 @@ Pool& pool() {
 
 Worker& worker() { return *this_worker; }
 
-void Worker::run_job(Job& j, unsigned index) {
+void Worker::run_job(Job& j, unsigned index, unsigned split) {
   Unchecked unchecked;
   if (!scheduler_tsan_) scheduler_tsan_ = san::current_fiber();
   grow(j.nthreads);
   // An exact-size buffer: AddressSanitizer's redzone starts at its end.
   shared = std::vector<unsigned char>(j.shared_bytes);
-  for (uint64_t b = index; b < j.nblocks; b += kWorkers) {
+  for (uint64_t b = 0; b < j.nblocks; ++b) {
+    if (kWorkers > 1 && ((b >> split) & 1) != index) continue;
     pool_.await_turn(b);
     const bool run = !pool_.failed();
     if (run) run_block(j, b);

@@ -85,6 +85,14 @@ TEST(SimtDetectors, TsanReportsARaceBetweenBlocks) {
   expect_tsan_race("block_race", "block_race_fixed", {"planted_block_race_kernel", "planted.cpp"});
 }
 
+// Blocks two apart race and neighbours do not: seen because the bit of the block index that
+// picks a block's worker turns from launch to launch (a split by parity alone never sees it).
+TEST(SimtDetectors, TsanReportsARaceBetweenBlocksTwoApart) {
+  if (!kTsan) GTEST_SKIP() << "needs ThreadSanitizer: run in the tsan preset";
+  expect_tsan_race("stride_race", "stride_race_fixed",
+                   {"planted_stride_race_kernel", "planted.cpp"});
+}
+
 // The planted case `bad` is reported by AddressSanitizer as `report` in `kernel`; its fixed twin,
 // if it has one, runs clean.
 void expect_asan_report(const std::string& bad_case, const std::string& fixed_case,

@@ -2,8 +2,8 @@
 // reads its sanitizer report). Each bug has a fixed twin that must run clean, so a proof that
 // passes is not just a detector that always fires.
 //   simt_planted race|race_fixed|warp_race|warp_race_fixed|async_race|async_race_fixed|
-//                block_race|block_race_fixed|static_overflow|dynamic_overflow|overflow_fixed|
-//                local_overflow|local_overflow_fixed
+//                block_race|block_race_fixed|stride_race|stride_race_fixed|static_overflow|
+//                dynamic_overflow|overflow_fixed|local_overflow|local_overflow_fixed
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -78,6 +78,16 @@ __global__ void fixed_block_race_kernel(const float* x, float* out) {
   if (threadIdx.x == 0) atomicAdd(out, x[blockIdx.x]);
 }
 
+// Blocks b and b + 2, b + 4, … (never neighbours) add into the same total without an atomic:
+// only blocks of the same parity race.
+__global__ void planted_stride_race_kernel(const float* x, float* out) {
+  if (threadIdx.x == 0) out[blockIdx.x % 2] += x[blockIdx.x];
+}
+
+__global__ void fixed_stride_race_kernel(const float* x, float* out) {
+  if (threadIdx.x == 0) atomicAdd(&out[blockIdx.x % 2], x[blockIdx.x]);
+}
+
 // Writes one element past a static __shared__ array (launched with 33 threads).
 __global__ void planted_static_overflow_kernel(float* out) {
   __shared__ float s[32];
@@ -108,8 +118,9 @@ int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr,
                  "usage: %s race|race_fixed|warp_race|warp_race_fixed|async_race|"
-                 "async_race_fixed|block_race|block_race_fixed|static_overflow|"
-                 "dynamic_overflow|overflow_fixed|local_overflow|local_overflow_fixed\n",
+                 "async_race_fixed|block_race|block_race_fixed|stride_race|stride_race_fixed|"
+                 "static_overflow|dynamic_overflow|overflow_fixed|local_overflow|"
+                 "local_overflow_fixed\n",
                  argv[0]);
     return 2;
   }
@@ -141,6 +152,11 @@ int main(int argc, char** argv) {
       launch_kernel(c == "block_race" ? "planted_block_race_kernel" : "fixed_block_race_kernel",
                     c == "block_race" ? planted_block_race_kernel : fixed_block_race_kernel, 8, 32,
                     0, nullptr, x.data(), out.data());
+  else if (c == "stride_race" || c == "stride_race_fixed")
+    for (int i = 0; i < kLaunches; ++i)
+      launch_kernel(c == "stride_race" ? "planted_stride_race_kernel" : "fixed_stride_race_kernel",
+                    c == "stride_race" ? planted_stride_race_kernel : fixed_stride_race_kernel, 8,
+                    32, 0, nullptr, x.data(), out.data());
   else if (c == "static_overflow")
     launch_kernel("planted_static_overflow_kernel", planted_static_overflow_kernel, 1, 33, 0,
                   nullptr, out.data());
