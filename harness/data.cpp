@@ -102,6 +102,7 @@ KnowledgeBase make_knowledge_base(const DataConfig& c) {
 std::array<int32_t, kFactTokens> KnowledgeBase::tokens(int64_t i) const {
   MEMLAYERS_CHECK(i >= 0 && i < static_cast<int64_t>(facts.size()),
                   "knowledge base: fact {} out of range [0, {})", i, facts.size());
+  // cppcheck-suppress containerOutOfBounds ; the check above throws
   const Fact& f = facts[static_cast<std::size_t>(i)];
   return {static_cast<int32_t>(name_base() + subject_names[2 * std::size_t(f.subject)]),
           static_cast<int32_t>(name_base() + subject_names[2 * std::size_t(f.subject) + 1]),

@@ -143,6 +143,7 @@ void route(const MoeConfig& c, const float* logits, int64_t rows, MoeRouting& r)
       }
       pick[j] = static_cast<int32_t>(best);
       picked += p[best];
+      // cppcheck-suppress negativeContainerIndex ; top <= experts (checked): one is always left
       ++r.tokens[best];
     }
     for (int64_t j = 0; j < K; ++j) r.gates[t * K + j] = static_cast<float>(p[pick[j]] / picked);

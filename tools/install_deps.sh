@@ -11,6 +11,8 @@ packages=(
   libboost-context-dev
   # memory parallelism (dist/): Open MPI for CPU ranks and the mpirun tests.
   libopenmpi-dev openmpi-bin
+  # tools/lint.sh: the format and static checks of the test gate.
+  clang-format cppcheck
   # tools/report.py draws the roofline SVGs with it (the report is still written without it).
   python3-matplotlib
 )

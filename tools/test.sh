@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test gate, as CI runs it (.ci/run calls this script):
-#   1. release build (CPU + CUDA when nvcc is on PATH) and every ctest test;
+#   1. release build (CPU + CUDA when nvcc is on PATH), cppcheck over its C++ translation units
+#      (tools/lint.sh: any finding fails) and every ctest test;
 #   2. every CUDA source compiled for sm_90: any register spill or local memory use fails;
 #   3. the CPU-only configure with nvcc hidden from PATH;
 #   4. the asan preset (AddressSanitizer + UBSan, -O1 -g1): every test, simt included (the test
@@ -25,6 +26,9 @@ step "release: configure and build"
 cmake --preset release
 # ptxas reports go to a log that accumulates, so incremental builds keep every kernel's report.
 cmake --build --preset release 2>&1 | tee -a build/release/ptxas-build.log
+
+step "lint: cppcheck"
+tools/lint.sh build/release
 
 step "release: ctest"
 ctest --preset release

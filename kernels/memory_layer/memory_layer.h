@@ -98,8 +98,8 @@ struct Saved {
 
 // An optional replacement of the value read of kinds memory and memory_plus (not peer, which
 // reads two tables): a caller that keeps the value table elsewhere — split along its columns
-// across the ranks of a memory-parallel group (dist/sharded_memory_layer.h) — runs the bag itself. A
-// composition given one calls forward() where it would run embbag_fwd over weights.values, and
+// across the ranks of a memory-parallel group (dist/sharded_memory_layer.h) — runs the bag itself.
+// A composition given one calls forward() where it would run embbag_fwd over weights.values, and
 // backward() where it would run that bag's backward, each with the EmbeddingBag params it would
 // have run (their `values` is weights.values, which may then be null: the override knows its
 // table). backward() must write grad_weights (the softmax backward reads it) and whatever value

@@ -133,7 +133,7 @@ inline void expect_close(const std::vector<float>& got, const std::vector<float>
 }
 
 // A float32 .npy file of the expected shape, as a vector.
-inline std::vector<float> read_floats(const fs::path& p, std::vector<std::int64_t> shape) {
+inline std::vector<float> read_floats(const fs::path& p, const std::vector<std::int64_t>& shape) {
   const npy::Array a = npy::read(p);
   EXPECT_EQ(a.dtype, DType::f32) << p;
   EXPECT_EQ(a.shape, shape) << p;

@@ -147,7 +147,7 @@ void expect_selection(const ml::Config& c, std::int64_t batch,
                     << " selected rows are not among the k best:" << first.str();
 }
 
-std::vector<std::int64_t> read_indices(const fs::path& p, std::vector<std::int64_t> shape) {
+std::vector<std::int64_t> read_indices(const fs::path& p, const std::vector<std::int64_t>& shape) {
   const npy::Array a = npy::read(p);
   EXPECT_EQ(a.dtype, DType::i64) << p;
   EXPECT_EQ(a.shape, shape) << p;

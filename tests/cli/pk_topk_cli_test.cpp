@@ -182,7 +182,7 @@ void expect_topk(const Problem& pr, DType dtype, bool qk_norm, const std::vector
 }
 
 std::vector<std::int64_t> read_indices(const fs::path& p, DType want,
-                                       std::vector<std::int64_t> shape) {
+                                       const std::vector<std::int64_t>& shape) {
   const npy::Array a = npy::read(p);
   EXPECT_EQ(a.dtype, want) << p;
   EXPECT_EQ(a.shape, shape) << p;

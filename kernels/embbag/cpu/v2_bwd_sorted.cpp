@@ -43,7 +43,6 @@ namespace memlayers::embbag::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-
 // One occurrence of a row: acc (=|+=) w·dy, and returns dy·v. Either part may be off.
 template <bool kBf16, bool kDV, bool kDW, bool kFirst>
 HWY_INLINE float Occurrence(float* HWY_RESTRICT acc, const float* HWY_RESTRICT dy, float w,

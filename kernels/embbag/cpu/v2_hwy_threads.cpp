@@ -31,7 +31,6 @@ namespace memlayers::embbag::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-
 // acc[0, dim) (=|+=) Σ_g w[g]·rows[g][0, dim), G rows at once. While at byte offset o of the
 // current rows, the same offset of the next bag's rows is prefetched: one line per 64 bytes.
 template <int G, bool kBf16, bool kFirst>

@@ -78,8 +78,8 @@ struct LoadStreaming {
 // full; rows[] holds element offsets of the k rows. kUnroll rows at a time: all their loads are
 // issued before the first FMA, so each thread keeps kUnroll·kSlice loads in flight.
 template <int kUnroll, class V, int kSlice, class Load>
-__device__ __forceinline__ void accumulate_rows(const V* __restrict__ values,
-                                                const int64_t* rows, const float* ws, int64_t k,
+__device__ __forceinline__ void accumulate_rows(const V* __restrict__ values, const int64_t* rows,
+                                                const float* ws, int64_t k,
                                                 const int64_t (&col)[kSlice],
                                                 const bool (&full)[kSlice],
                                                 float (&acc)[kSlice][kVec<V>], Load load) {

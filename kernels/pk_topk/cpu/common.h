@@ -87,6 +87,7 @@ inline bool operator<(const Scored& a, const Scored& b) {
 inline uint64_t rank_key(float s, int64_t index) {
   const float c = s + 0.0f;  // -0 becomes +0
   uint32_t u = std::bit_cast<uint32_t>(c);
+  // cppcheck-suppress shiftTooManyBitsSigned ; an arithmetic shift since C++20
   u ^= static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u;  // negatives flipped
   u = c != c ? 0u : u;                                                      // NaN lowest
   return (uint64_t{u} << 32) | (0xffffffffu - static_cast<uint32_t>(index));

@@ -368,13 +368,11 @@ __device__ __forceinline__ void pair_step(const RowLists& R, const RowSpace& s, 
   for (int t = g.rank; t < k; t += g.size) {
     const uint64_t key = F.buf[t];
     const uint32_t tie = key_tie(key);
-    int64_t index;
+    int64_t index = tie;
     if (s.ranks) {
       const uint32_t p1 = R.sorted_idx[0][tie >> 10] & 1023u,
                      p2 = R.sorted_idx[1][tie & 1023u] & 1023u;
       index = int64_t{key_tie(L1[p1])} * n_keys + key_tie(L2[p2]);
-    } else {
-      index = tie;
     }
     scores[t] = key_score(key);
     indices.store(t, index);

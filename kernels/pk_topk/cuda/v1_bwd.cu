@@ -135,6 +135,7 @@ __global__ void __launch_bounds__(kThreads, 4)
     const int64_t first = offsets[run], last = first + counts[run];
     // Without norm the sums go straight to their outputs; with it they go to one output first
     // and are finished in place by the thread that wrote them.
+    // cppcheck-suppress nullPointerArithmeticRedundantCheck ; dense is set where compact is not
     float* primary = compact ? compact + run * half : dense + r * half;
     const T* x = kraw + r * half;
     NormSums sums;
