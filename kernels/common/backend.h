@@ -71,9 +71,12 @@ struct BackendInfo {
   const Timing* timing = nullptr;
 };
 
-// Host memory and timing, shared by reference, cpu and simt.
+// Host memory and timing, shared by reference, cpu and simt (simt's memory is host memory whose
+// new allocations are garbage: kGarbageByte everywhere, as a GPU's hold stale data).
 const Memory& host_memory();
+const Memory& simt_memory();
 const Timing& host_timing();
+inline constexpr unsigned char kGarbageByte = 0xFF;
 
 // NVTX range "<op>/<variant>" around a launch, seen by Nsight; free when no tool is attached.
 class NvtxRange {

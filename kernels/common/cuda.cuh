@@ -109,8 +109,13 @@ inline void* alloc(std::size_t bytes, Stream stream) {
   if (bytes) MEMLAYERS_CUDA_CHECK(cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)));
   return p;
 #else
+  // Born garbage (kGarbageByte), as stale contents of a stream-ordered pool would be: scratch a
+  // kernel reads before anything wrote it fails under simt.
   (void)stream;
-  return bytes ? ::operator new(bytes) : nullptr;
+  if (!bytes) return nullptr;
+  void* p = ::operator new(bytes);
+  std::memset(p, kGarbageByte, bytes);
+  return p;
 #endif
 }
 inline void release(void* p, Stream stream) {

@@ -1,13 +1,16 @@
 // The rules simt enforces: a barrier that cannot complete, a warp collective whose mask leaves out
 // its caller, an mma.sync without its whole warp or with an operand that is not tf32, a cp.async
 // never waited for or misaligned, and an invalid launch each fail fast with a message naming the
-// kernel, instead of hanging or running on. Compiled for simt only: on a GPU these are undefined
-// behaviour. Run: ctest -R SimtRules
+// kernel, instead of hanging or running on; new device memory is garbage. Compiled for simt only:
+// on a GPU these are undefined behaviour. Run: ctest -R SimtRules
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
+#include <cmath>
 
 #include "common/async_copy.cuh"
+#include "common/backend.h"
 #include "common/cuda.cuh"
 #include "common/mma.cuh"
 
@@ -208,6 +211,22 @@ TEST(SimtRules, ThreadsThatReturnDropOutOfTheBarrier) {
 // Launched twice, the failing grid of 4 blocks splits both ways between ThreadSanitizer's two
 // workers (by bit 0 of the block index, then bit 1), so once the worker of blocks 2 and 3 waits
 // for a turn that the failure in block 0 skips.
+// A GPU's new allocations hold stale data; simt's hold all-ones bytes (NaN as floats), so a kernel
+// that reads scratch or a buffer before writing it fails. 4 MiB each: past malloc's mmap threshold,
+// where a fresh allocation would otherwise be the OS's zero pages and such a read would pass.
+TEST(SimtRules, NewDeviceMemoryIsGarbage) {
+  constexpr std::size_t kFloats = std::size_t(1) << 20;
+  const auto all_nan = [](const float* p) {
+    return std::all_of(p, p + kFloats, [](float x) { return std::isnan(x); });
+  };
+  memlayers::dev::Buffer<float> scratch(kFloats, nullptr);  // a launcher's scratch
+  EXPECT_TRUE(all_nan(scratch.get()));
+  const memlayers::Memory& mem = *memlayers::backend_info(memlayers::Backend::simt).memory;
+  void* buffer = mem.alloc(kFloats * sizeof(float));  // a test's or the harness's buffer
+  EXPECT_TRUE(all_nan(static_cast<const float*>(buffer)));
+  mem.release(buffer);
+}
+
 TEST(SimtRules, TheRuntimeRecoversAfterAFailedKernel) {
   for (int launch = 0; launch < 2; ++launch)
     ASSERT_NE(launch_error(divergent_barrier_kernel, "divergent_barrier_kernel", 4, 64), "");
