@@ -27,7 +27,7 @@ cmake --preset release
 # ptxas reports go to a log that accumulates, so incremental builds keep every kernel's report.
 cmake --build --preset release 2>&1 | tee -a build/release/ptxas-build.log
 
-step "lint: cppcheck"
+step "lint: clang-format and cppcheck"
 tools/lint.sh build/release
 
 step "release: ctest"
