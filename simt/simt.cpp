@@ -401,7 +401,6 @@ class Pool {
     std::unique_lock lock(mu_);
     job_ = &job;
     ++job_id_;
-    split_ = split_bit(job.nblocks, job_id_);
     done_ = 0;
     failure_.clear();
     failed_.store(false, std::memory_order_relaxed);
@@ -461,6 +460,7 @@ class Pool {
     turn_cv_.notify_all();
   }
 
+ private:
   // The bit of a block's index that picks its worker in launch `launch` of a grid of `nblocks`:
   // the bits an index of the grid has, one after another from launch to launch.
   static unsigned split_bit(uint64_t nblocks, uint64_t launch) {
@@ -468,7 +468,6 @@ class Pool {
     return static_cast<unsigned>(launch % bits);
   }
 
- private:
   static long watchdog_seconds() {
     const char* s = std::getenv("SIMT_WATCHDOG_SECONDS");
     long v = s ? std::strtol(s, nullptr, 10) : 0;
@@ -488,9 +487,8 @@ class Pool {
       if (stop_) return;
       seen = job_id_;
       Job& j = *job_;
-      const unsigned split = split_;
       lock.unlock();
-      w.run_job(j, i, split);
+      w.run_job(j, i, split_bit(j.nblocks, seen));
       lock.lock();
       if (++done_ == workers_.size()) done_cv_.notify_all();
     }
@@ -500,7 +498,6 @@ class Pool {
   std::condition_variable work_cv_, done_cv_;
   Job* job_ = nullptr;
   uint64_t job_id_ = 0;
-  unsigned split_ = 0;  // the bit of a block's index that picks its worker (split_bit)
   std::size_t done_ = 0;
   bool stop_ = false;
   std::string failure_;  // the grid's failure: written by a worker, read once the grid has ended

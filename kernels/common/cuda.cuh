@@ -109,13 +109,10 @@ inline void* alloc(std::size_t bytes, Stream stream) {
   if (bytes) MEMLAYERS_CUDA_CHECK(cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)));
   return p;
 #else
-  // Born garbage (kGarbageByte), as stale contents of a stream-ordered pool would be: scratch a
-  // kernel reads before anything wrote it fails under simt.
+  // simt's memory: born garbage, as stale contents of a stream-ordered pool would be, so scratch
+  // a kernel reads before anything wrote it fails under simt.
   (void)stream;
-  if (!bytes) return nullptr;
-  void* p = ::operator new(bytes);
-  std::memset(p, kGarbageByte, bytes);
-  return p;
+  return bytes ? ::memlayers::simt_memory().alloc(bytes) : nullptr;
 #endif
 }
 inline void release(void* p, Stream stream) {
@@ -123,7 +120,7 @@ inline void release(void* p, Stream stream) {
   if (p) MEMLAYERS_CUDA_CHECK(cudaFreeAsync(p, static_cast<cudaStream_t>(stream)));
 #else
   (void)stream;
-  ::operator delete(p);
+  if (p) ::memlayers::simt_memory().release(p);
 #endif
 }
 inline void fill_bytes(void* p, int value, std::size_t bytes, Stream stream) {

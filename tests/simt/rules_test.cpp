@@ -208,9 +208,6 @@ TEST(SimtRules, ThreadsThatReturnDropOutOfTheBarrier) {
   }
 }
 
-// Launched twice, the failing grid of 4 blocks splits both ways between ThreadSanitizer's two
-// workers (by bit 0 of the block index, then bit 1), so once the worker of blocks 2 and 3 waits
-// for a turn that the failure in block 0 skips.
 // A GPU's new allocations hold stale data; simt's hold all-ones bytes (NaN as floats), so a kernel
 // that reads scratch or a buffer before writing it fails. 4 MiB each: past malloc's mmap threshold,
 // where a fresh allocation would otherwise be the OS's zero pages and such a read would pass.
@@ -227,6 +224,9 @@ TEST(SimtRules, NewDeviceMemoryIsGarbage) {
   mem.release(buffer);
 }
 
+// Launched twice, the failing grid of 4 blocks splits both ways between ThreadSanitizer's two
+// workers (by bit 0 of the block index, then bit 1), so once the worker of blocks 2 and 3 waits
+// for a turn that the failure in block 0 skips.
 TEST(SimtRules, TheRuntimeRecoversAfterAFailedKernel) {
   for (int launch = 0; launch < 2; ++launch)
     ASSERT_NE(launch_error(divergent_barrier_kernel, "divergent_barrier_kernel", 4, 64), "");
