@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "simt/memory.h"
 
 namespace memlayers::dist {
 
@@ -94,6 +95,7 @@ class SingleComm final : public Comm {
                     call, c.size(), c.empty() ? int64_t{-1} : c[0]);
   }
   static void copy(void* dst, const void* src, int64_t bytes) {
+    const simt::DeviceAccess buffers;  // simt's device memory under the simt backend
     if (bytes > 0 && dst != src) std::memmove(dst, src, static_cast<std::size_t>(bytes));
   }
 };

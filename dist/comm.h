@@ -5,7 +5,9 @@
 // Every call is collective: every rank of the group makes it, in the same order, with counts that
 // agree (what rank r sends to s is what s expects from r). Buffers are the memory of the backend
 // the communicator serves: host memory for `single` and `mpi` (the reference, cpu and simt
-// backends), device memory for `nccl` (cuda). Counts are in bytes or elements as named, 64-bit.
+// backends; simt's is device memory the host may reach only as a device library would, so these
+// engines open a simt::DeviceAccess around the data they move), device memory for `nccl` (cuda).
+// Counts are in bytes or elements as named, 64-bit.
 //
 // Errors: a call that fails throws memlayers::Error naming the call and the engine's message. A
 // rank that fails must not leave the others waiting in a collective: executables catch on every

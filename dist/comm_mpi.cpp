@@ -5,6 +5,8 @@
 // rank adds the P blocks it received in rank order; all_reduce_sum is that reduce-scatter followed
 // by an all-gather (the bandwidth of a ring all-reduce, 2·(P−1)/P of the data per rank).
 // Errors return (MPI_ERRORS_RETURN) and become memlayers::Error naming the call.
+// Under the simt backend the buffers are simt's device memory and MPI stands for NCCL's device
+// collectives, so the calls that reach them open a simt::DeviceAccess (simt/memory.h).
 #include <mpi.h>
 
 #include <algorithm>
@@ -17,6 +19,7 @@
 #include "common/error.h"
 #include "dist/comm.h"
 #include "dist/mpi_detail.h"
+#include "simt/memory.h"
 
 namespace memlayers::dist {
 
@@ -95,6 +98,7 @@ class MpiComm final : public Comm {
   std::string name() const override { return "mpi"; }
 
   void all_gather(const void* send, void* recv, const std::vector<int64_t>& bytes) override {
+    const simt::DeviceAccess buffers;
     const Displacements d(bytes, size_, "all_gather");
     check_mpi(MPI_Allgatherv(send, d.counts[rank_], MPI_BYTE, recv, d.counts.data(),
                              d.displs.data(), MPI_BYTE, MPI_COMM_WORLD),
@@ -103,6 +107,7 @@ class MpiComm final : public Comm {
 
   void all_to_all(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
                   const std::vector<int64_t>& recv_bytes) override {
+    const simt::DeviceAccess buffers;
     const Displacements s(send_bytes, size_, "all_to_all"), r(recv_bytes, size_, "all_to_all");
     check_mpi(MPI_Alltoallv(send, s.counts.data(), s.displs.data(), MPI_BYTE, recv, r.counts.data(),
                             r.displs.data(), MPI_BYTE, MPI_COMM_WORLD),
@@ -111,6 +116,7 @@ class MpiComm final : public Comm {
 
   void reduce_scatter_sum(const float* send, float* recv,
                           const std::vector<int64_t>& counts) override {
+    const simt::DeviceAccess buffers;
     MEMLAYERS_CHECK(static_cast<int>(counts.size()) == size_,
                     "reduce_scatter_sum: {} counts given for a group of {} ranks: accepted one "
                     "per rank",
@@ -131,6 +137,7 @@ class MpiComm final : public Comm {
   }
 
   void all_reduce_sum(float* data, int64_t count) override {
+    const simt::DeviceAccess buffers;
     MEMLAYERS_CHECK(count >= 0, "all_reduce_sum: count = {}: accepted count >= 0", count);
     std::vector<int64_t> counts(static_cast<std::size_t>(size_)), bytes(counts.size());
     for (int r = 0; r < size_; ++r) {

@@ -37,6 +37,7 @@
 #include <cstdlib>
 #include <deque>
 #include <initializer_list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -63,6 +64,7 @@ void AnnotateIgnoreSyncEnd(const char* file, int line);
 }
 #endif
 #if defined(SIMT_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -545,7 +547,7 @@ void Worker::run_block(Job& j, uint64_t b) {
                  static_cast<unsigned>(b / (uint64_t(j.grid.x) * j.grid.y))};
   block.reset(j, fibers_);
   // Shared memory starts as garbage on a GPU: all-ones bytes read back as NaN or -1.
-  if (!shared.empty()) std::memset(shared.data(), 0xff, shared.size());
+  if (!shared.empty()) std::memset(shared.data(), kGarbageByte, shared.size());
   san::release(&start_token_);
   while (block.alive > 0 || !block.ready.empty()) {
     if (block.ready.empty()) {
@@ -938,7 +940,7 @@ void async_copy(void* dst, const void* src, int src_bytes) {
   AsyncCopy c{static_cast<unsigned char*>(dst), {}, a.committed};
   if (src_bytes > 0) std::memcpy(c.data, src, static_cast<std::size_t>(src_bytes));
   // Until the wait, the destination holds garbage: shared memory's all-ones bytes.
-  std::memset(dst, 0xff, sizeof c.data);
+  std::memset(dst, kGarbageByte, sizeof c.data);
   a.copies.push_back(c);
 }
 
@@ -997,6 +999,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_byte
         std::string("kernel ") + kernel + ": invalid launch: " + std::to_string(shared_bytes) +
         " bytes of dynamic shared memory; at most " + std::to_string(kMaxSharedBytes));
   std::lock_guard serial(launch_mutex());
+  DeviceAccess kernel_threads;  // device memory is the kernel's while it runs
   Job job{kernel,
           grid,
           block,
@@ -1008,3 +1011,89 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_byte
 }
 
 }  // namespace simt::detail
+
+// ---- device memory (memory.h) ----
+namespace simt {
+namespace {
+#if defined(SIMT_ASAN)
+// The live device allocations and how many DeviceAccess are open; poisoned while none is.
+struct DeviceMemory {
+  std::mutex mutex;
+  std::map<void*, std::size_t> live;
+  int open = 0;
+
+  static void set(void* p, std::size_t bytes, bool poisoned) {
+    if (poisoned)
+      __asan_poison_memory_region(p, bytes);
+    else
+      __asan_unpoison_memory_region(p, bytes);
+  }
+  void set_all(bool poisoned) {
+    for (const auto& [p, bytes] : live) set(p, bytes, poisoned);
+  }
+};
+DeviceMemory& device_memory() {
+  static auto* m = new DeviceMemory;  // never destroyed: buffers may be freed during exit
+  return *m;
+}
+#endif
+}  // namespace
+
+void* device_malloc(std::size_t bytes) {
+  if (bytes == 0) bytes = 1;
+  void* p = nullptr;
+  // Exact size, so AddressSanitizer's redzone starts at the first byte past the end.
+  if (posix_memalign(&p, 256, bytes) != 0) throw std::bad_alloc();
+  std::memset(p, kGarbageByte, bytes);
+#if defined(SIMT_ASAN)
+  DeviceMemory& m = device_memory();
+  std::lock_guard lock(m.mutex);
+  m.live.emplace(p, bytes);
+  if (m.open == 0) DeviceMemory::set(p, bytes, true);
+#endif
+  return p;
+}
+
+void device_free(void* p) {
+  if (!p) return;
+#if defined(SIMT_ASAN)
+  DeviceMemory& m = device_memory();
+  {
+    std::lock_guard lock(m.mutex);
+    auto it = m.live.find(p);
+    if (it == m.live.end()) {
+      std::fprintf(stderr, "simt: device_free(%p): not a device allocation\n", p);
+      std::abort();
+    }
+    DeviceMemory::set(p, it->second, false);
+    m.live.erase(it);
+  }
+#endif
+  std::free(p);
+}
+
+DeviceAccess::DeviceAccess() {
+#if defined(SIMT_ASAN)
+  DeviceMemory& m = device_memory();
+  std::lock_guard lock(m.mutex);
+  if (m.open++ == 0) m.set_all(false);
+#endif
+}
+
+DeviceAccess::~DeviceAccess() {
+#if defined(SIMT_ASAN)
+  DeviceMemory& m = device_memory();
+  std::lock_guard lock(m.mutex);
+  if (--m.open == 0) m.set_all(true);
+#endif
+}
+
+bool host_access_is_checked() {
+#if defined(SIMT_ASAN)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace simt

@@ -9,7 +9,8 @@
 // the wait that completes its group, atomics are std::atomic_ref, __shared__ is `static` and
 // dynamic shared memory an exact-size heap buffer filled with garbage, so ThreadSanitizer sees a
 // missing barrier as a data race at the kernel's own lines and AddressSanitizer sees a shared
-// memory overflow. A thread that returns drops out of every barrier. A barrier that cannot
+// memory overflow. Device memory is out of the host's reach except in kernels and copies
+// (memory.h), as on a GPU. A thread that returns drops out of every barrier. A barrier that cannot
 // complete (divergent __syncthreads, all threads waiting) throws simt::KernelError naming the
 // kernel; a kernel that makes no progress for SIMT_WATCHDOG_SECONDS (default 120) aborts.
 //
@@ -62,6 +63,8 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+
+#include "simt/memory.h"
 
 // ---- built-in variables ----
 extern thread_local uint3 threadIdx;

@@ -7,6 +7,8 @@
 #include <string>
 #include <string_view>
 
+#include "simt/memory.h"
+
 namespace memlayers {
 
 // reference: CPU, exact (fp64 accumulation). cpu: optimised CPU code. cuda: the GPU.
@@ -71,12 +73,14 @@ struct BackendInfo {
   const Timing* timing = nullptr;
 };
 
-// Host memory and timing, shared by reference, cpu and simt (simt's memory is host memory whose
-// new allocations are garbage: kGarbageByte everywhere, as a GPU's hold stale data).
+// Host memory and timing, shared by reference, cpu and simt. simt's memory (simt/memory.h) is host
+// memory that stands for a GPU's: new allocations are garbage (kGarbageByte everywhere, as a
+// GPU's hold stale data), and under AddressSanitizer the host may touch it only through this
+// table's copies, as on a GPU.
 const Memory& host_memory();
 const Memory& simt_memory();
 const Timing& host_timing();
-inline constexpr unsigned char kGarbageByte = 0xFF;
+inline constexpr unsigned char kGarbageByte = simt::kGarbageByte;
 
 // NVTX range "<op>/<variant>" around a launch, seen by Nsight; free when no tool is attached.
 class NvtxRange {

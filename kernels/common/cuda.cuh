@@ -129,7 +129,7 @@ inline void fill_bytes(void* p, int value, std::size_t bytes, Stream stream) {
   MEMLAYERS_CUDA_CHECK(cudaMemsetAsync(p, value, bytes, static_cast<cudaStream_t>(stream)));
 #else
   (void)stream;
-  std::memset(p, value, bytes);
+  ::memlayers::simt_memory().fill_bytes(p, value, bytes);
 #endif
 }
 inline void copy(void* dst, const void* src, std::size_t bytes, Stream stream) {
@@ -139,6 +139,7 @@ inline void copy(void* dst, const void* src, std::size_t bytes, Stream stream) {
       cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)));
 #else
   (void)stream;
+  ::simt::DeviceAccess access;  // any direction, as cudaMemcpyDefault
   std::memcpy(dst, src, bytes);
 #endif
 }

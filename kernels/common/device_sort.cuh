@@ -1,6 +1,8 @@
 // Device-wide sort, run-length encoding and prefix sum with one signature on both paths: CUB on
 // the GPU; std algorithms on host memory under simt (the design's "thin wrapper": kernels we write
 // never call a library from device code, and CUB's device-wide calls do not compile for the host).
+// The simt stand-ins work on device memory as the library's kernels would, so each opens a
+// simt::DeviceAccess.
 #pragma once
 #include <cstdint>
 
@@ -35,6 +37,7 @@ inline void sort_pairs(const uint64_t* keys_in, uint64_t* keys_out, const uint32
                                                        values_in, values_out, n, 0, end_bit, s));
 #else
   (void)stream;
+  ::simt::DeviceAccess access;
   const uint64_t mask = end_bit >= 64 ? ~uint64_t{0} : (uint64_t{1} << end_bit) - 1;
   std::vector<std::pair<uint64_t, uint32_t> > pairs(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) pairs[i] = {keys_in[i] & mask, values_in[i]};
@@ -60,6 +63,7 @@ inline void run_length_encode(const uint64_t* keys, uint64_t* unique, uint32_t* 
                                                           counts, num_runs, n, s));
 #else
   (void)stream;
+  ::simt::DeviceAccess access;
   int64_t runs = 0;
   for (int i = 0; i < n; ++i) {
     if (i == 0 || keys[i] != keys[i - 1]) {
@@ -83,6 +87,7 @@ inline void exclusive_sum(const uint32_t* in, uint32_t* out, int n, Stream strea
   MEMLAYERS_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.get(), temp_bytes, in, out, n, s));
 #else
   (void)stream;
+  ::simt::DeviceAccess access;
   std::exclusive_scan(in, in + n, out, uint32_t{0});
 #endif
 }

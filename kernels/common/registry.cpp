@@ -50,15 +50,6 @@ void* host_alloc(std::size_t bytes) {
 void host_release(void* p) { std::free(p); }
 void host_synchronize() {}
 
-// simt's memory stands for the GPU's, whose new allocations hold whatever was there before (a
-// stream-ordered pool hands back a buffer's last contents): host memory born garbage (all-ones
-// bytes, NaN in fp32 and bf16, -1 in integers), so code that reads what it never wrote fails
-// under simt instead of reading the zeros of the OS's fresh pages.
-void* garbage_alloc(std::size_t bytes) {
-  void* p = host_alloc(bytes);
-  std::memset(p, kGarbageByte, bytes);
-  return p;
-}
 void host_copy(void* dst, const void* src, std::size_t bytes) {
   if (bytes) std::memcpy(dst, src, bytes);
 }
@@ -77,12 +68,6 @@ void host_copy_2d(void* dst, std::size_t dst_pitch, const void* src, std::size_t
 const Memory& host_memory() {
   static const Memory m{host_alloc, host_release,     host_copy, host_copy,
                         host_fill,  host_synchronize, host_copy, host_copy_2d};
-  return m;
-}
-
-const Memory& simt_memory() {
-  static const Memory m{garbage_alloc, host_release,     host_copy, host_copy,
-                        host_fill,     host_synchronize, host_copy, host_copy_2d};
   return m;
 }
 
@@ -110,7 +95,9 @@ std::map<Backend, BackendInfo>& backends() {
     auto ok = [] { return std::string(); };
     init[Backend::reference] = {Backend::reference, true, ok, &host_memory(), &host_timing()};
     init[Backend::cpu] = {Backend::cpu, true, ok, &host_memory(), &host_timing()};
-    init[Backend::simt] = {Backend::simt, true, ok, &simt_memory(), &host_timing()};
+    init[Backend::simt] = {Backend::simt, false,
+                           [] { return std::string("built without simt's kernels"); }, nullptr,
+                           nullptr};
     init[Backend::cuda] = {Backend::cuda, false,
                            [] { return std::string("built without CUDA (nvcc was not found)"); },
                            nullptr, nullptr};

@@ -3,7 +3,8 @@
 // so are a read of another warp's data after a __syncwarp only, a read of another thread's
 // cp.async data with no barrier after the copy's wait, and blocks that update one total without
 // an atomic; under AddressSanitizer an overflow of a static and of a dynamic __shared__ array,
-// and of an array in a thread's own frame, is reported.
+// of an array in a thread's own frame and of a device allocation is reported, and so is a host
+// read of device memory.
 // Each runs planted.cpp's binary in a child process and reads its report; the fixed twins must
 // run clean. In a build without that sanitizer the proof is skipped (the asan and tsan presets
 // run them).
@@ -125,6 +126,24 @@ TEST(SimtDetectors, AsanReportsAThreadLocalArrayOverflow) {
   if (!kAsan) GTEST_SKIP() << "needs AddressSanitizer: run in the asan preset";
   expect_asan_report("local_overflow", "local_overflow_fixed", "stack-buffer-overflow",
                      "planted_local_overflow_kernel");
+}
+
+// simt's device memory stands for a GPU's, which the host cannot touch: a launcher that reads
+// a kernel's result through the device pointer is reported (a GPU would fault), and the same read
+// through the backend's copy is not.
+TEST(SimtDetectors, AsanReportsAHostReadOfDeviceMemory) {
+  if (!kAsan) GTEST_SKIP() << "needs AddressSanitizer: run in the asan preset";
+  expect_asan_report("host_read", "host_read_fixed", "use-after-poison", "launcher_reads_result");
+  // The report's allocation stack says whose memory it is.
+  EXPECT_NE(run_planted("host_read").output.find("simt::device_malloc"), std::string::npos);
+}
+
+// Device allocations are of exactly the size asked for: a kernel's write one element past the
+// end is reported, not absorbed by padding.
+TEST(SimtDetectors, AsanReportsAKernelOverrunOfDeviceMemory) {
+  if (!kAsan) GTEST_SKIP() << "needs AddressSanitizer: run in the asan preset";
+  expect_asan_report("device_overflow", "device_overflow_fixed", "heap-buffer-overflow",
+                     "planted_fill_kernel");
 }
 
 }  // namespace

@@ -3,12 +3,14 @@
 // passes is not just a detector that always fires.
 //   simt_planted race|race_fixed|warp_race|warp_race_fixed|async_race|async_race_fixed|
 //                block_race|block_race_fixed|stride_race|stride_race_fixed|static_overflow|
-//                dynamic_overflow|overflow_fixed|local_overflow|local_overflow_fixed
+//                dynamic_overflow|overflow_fixed|local_overflow|local_overflow_fixed|
+//                host_read|host_read_fixed|device_overflow|device_overflow_fixed
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "common/async_copy.cuh"
+#include "common/backend.h"
 #include "common/cuda.cuh"
 
 namespace {
@@ -112,6 +114,39 @@ __global__ void planted_local_overflow_kernel(float* out, int n) {
   out[threadIdx.x] = local[threadIdx.x % 8];
 }
 
+// Each of the first n threads writes its element of out.
+__global__ void planted_fill_kernel(float* out, int n) {
+  if (static_cast<int>(threadIdx.x) < n) out[threadIdx.x] = 2.f;
+}
+
+// A launcher whose kernel writes device memory and which then reads the result on the host: with
+// `fixed`, through the backend's copy (cudaMemcpy on a GPU); without, through the device pointer
+// itself, which a GPU would fault on.
+float launcher_reads_result(bool fixed) {
+  const memlayers::Memory& mem = memlayers::simt_memory();
+  auto* d = static_cast<float*>(mem.alloc(32 * sizeof(float)));
+  launch_kernel("planted_fill_kernel", planted_fill_kernel, 1, 32, 0, nullptr, d, 32);
+  float first = 0.f;
+  if (fixed)
+    mem.to_host(&first, d, sizeof first);
+  else
+    first = d[0];  // the host dereferences a device pointer
+  mem.release(d);
+  return first;
+}
+
+// A kernel that writes one element past the end of a device allocation of 32 floats (n = 33);
+// its fixed twin stays inside (n = 32).
+float kernel_overruns_device_memory(bool fixed) {
+  const memlayers::Memory& mem = memlayers::simt_memory();
+  auto* d = static_cast<float*>(mem.alloc(32 * sizeof(float)));
+  launch_kernel("planted_fill_kernel", planted_fill_kernel, 1, 64, 0, nullptr, d, fixed ? 32 : 33);
+  float first = 0.f;
+  mem.to_host(&first, d, sizeof first);
+  mem.release(d);
+  return first;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -120,7 +155,8 @@ int main(int argc, char** argv) {
                  "usage: %s race|race_fixed|warp_race|warp_race_fixed|async_race|"
                  "async_race_fixed|block_race|block_race_fixed|stride_race|stride_race_fixed|"
                  "static_overflow|dynamic_overflow|overflow_fixed|local_overflow|"
-                 "local_overflow_fixed\n",
+                 "local_overflow_fixed|host_read|host_read_fixed|device_overflow|"
+                 "device_overflow_fixed\n",
                  argv[0]);
     return 2;
   }
@@ -169,6 +205,10 @@ int main(int argc, char** argv) {
   else if (c == "overflow_fixed")
     launch_kernel("planted_dynamic_overflow_kernel", planted_dynamic_overflow_kernel, 1, 32,
                   32 * sizeof(float), nullptr, out.data(), 32);
+  else if (c == "host_read" || c == "host_read_fixed")
+    out[0] = launcher_reads_result(c == "host_read_fixed");
+  else if (c == "device_overflow" || c == "device_overflow_fixed")
+    out[0] = kernel_overruns_device_memory(c == "device_overflow_fixed");
   else {
     std::fprintf(stderr, "unknown case '%s'\n", argv[1]);
     return 2;

@@ -217,10 +217,13 @@ TEST(SimtRules, NewDeviceMemoryIsGarbage) {
     return std::all_of(p, p + kFloats, [](float x) { return std::isnan(x); });
   };
   memlayers::dev::Buffer<float> scratch(kFloats, nullptr);  // a launcher's scratch
-  EXPECT_TRUE(all_nan(scratch.get()));
   const memlayers::Memory& mem = *memlayers::backend_info(memlayers::Backend::simt).memory;
   void* buffer = mem.alloc(kFloats * sizeof(float));  // a test's or the harness's buffer
-  EXPECT_TRUE(all_nan(static_cast<const float*>(buffer)));
+  {
+    simt::DeviceAccess look;  // the test inspects device memory as a kernel would
+    EXPECT_TRUE(all_nan(scratch.get()));
+    EXPECT_TRUE(all_nan(static_cast<const float*>(buffer)));
+  }
   mem.release(buffer);
 }
 
