@@ -11,6 +11,11 @@
 // between host and device memory, and host code that stands in for a device-side library call
 // under simt (CUB's device-wide sort and scan). Nothing else should.
 //
+// The other direction: a kernel handed a host pointer, which a GPU would also fault on. Every
+// pointer argument of a simt launch must point into device memory or host memory registered for
+// the device (HostRegistration, as cudaHostRegister); any other is refused before the kernel
+// runs, in every build. Pointers inside struct arguments are not seen.
+//
 // Allocations are 256-byte aligned (cudaMalloc's guarantee), of exactly the size asked for (so
 // AddressSanitizer sees a kernel's overrun at the first byte past the end), and born garbage:
 // every byte kGarbageByte (NaN as fp32 and bf16, -1 as integers), as a GPU's allocation holds
@@ -20,6 +25,7 @@
 // No CUDA names and no macros here: host code (the backend's memory) includes this header alone.
 #pragma once
 #include <cstddef>
+#include <string>
 
 namespace simt {
 
@@ -42,6 +48,24 @@ class DeviceAccess {
   DeviceAccess(const DeviceAccess&) = delete;
   DeviceAccess& operator=(const DeviceAccess&) = delete;
 };
+
+// Host memory that kernels may reach, as cudaHostRegister(..., cudaHostRegisterMapped) makes it
+// on a GPU, for the registration's lifetime; the host keeps its own access. simt's launches
+// refuse a pointer argument that is neither device memory nor registered (launch_pointer_problem).
+class HostRegistration {
+ public:
+  HostRegistration(const void* p, std::size_t bytes);
+  ~HostRegistration();
+  HostRegistration(const HostRegistration&) = delete;
+  HostRegistration& operator=(const HostRegistration&) = delete;
+
+ private:
+  const void* p_;
+};
+
+// "" when a kernel may be handed `p`: null, or an address in a live device allocation or
+// registered host memory, up to one past its end; otherwise what it is not.
+std::string launch_pointer_problem(const void* p);
 
 // Whether this build catches host accesses of device memory (an AddressSanitizer build).
 bool host_access_is_checked();

@@ -40,6 +40,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -978,6 +979,12 @@ void trap(Site site) {
   throw KernelError("__trap() at " + where(site) + " in kernel " + kernel);
 }
 
+void check_pointer_argument(const char* kernel, std::size_t index, const void* p) {
+  if (std::string why = launch_pointer_problem(p); !why.empty())
+    throw KernelError(std::string("kernel ") + kernel + ": pointer argument " +
+                      std::to_string(index) + ": " + why);
+}
+
 void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
               const KernelBody& body) {
   if (current)
@@ -1015,28 +1022,64 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_byte
 // ---- device memory (memory.h) ----
 namespace simt {
 namespace {
-#if defined(SIMT_ASAN)
-// The live device allocations and how many DeviceAccess are open; poisoned while none is.
+// The live device allocations and registered host ranges, and how many DeviceAccess are open.
+// Under AddressSanitizer the device allocations are poisoned while none is.
 struct DeviceMemory {
+  struct Range {
+    std::size_t bytes;
+    bool device;  // false: registered host memory, never poisoned
+  };
   std::mutex mutex;
-  std::map<void*, std::size_t> live;
+  std::map<uintptr_t, Range> live;  // by first address
   int open = 0;
 
-  static void set(void* p, std::size_t bytes, bool poisoned) {
+  static void set(uintptr_t p, std::size_t bytes, bool poisoned) {
+#if defined(SIMT_ASAN)
+    void* a = reinterpret_cast<void*>(p);
     if (poisoned)
-      __asan_poison_memory_region(p, bytes);
+      __asan_poison_memory_region(a, bytes);
     else
-      __asan_unpoison_memory_region(p, bytes);
+      __asan_unpoison_memory_region(a, bytes);
+#else
+    (void)p, (void)bytes, (void)poisoned;
+#endif
   }
   void set_all(bool poisoned) {
-    for (const auto& [p, bytes] : live) set(p, bytes, poisoned);
+    for (const auto& [p, r] : live)
+      if (r.device) set(p, r.bytes, poisoned);
+  }
+  // The range holding p (up to one past its end), or live.end().
+  std::map<uintptr_t, Range>::const_iterator find(uintptr_t p) const {
+    auto it = live.upper_bound(p);
+    if (it == live.begin()) return live.end();
+    --it;
+    return p <= it->first + it->second.bytes ? it : live.end();
+  }
+  void add(const void* p, std::size_t bytes, bool device, const char* what) {
+    std::lock_guard lock(mutex);
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    if (!live.emplace(a, Range{bytes, device}).second) {
+      std::fprintf(stderr, "simt: %s of %p: already device or registered memory\n", what, p);
+      std::abort();
+    }
+    if (device && open == 0) set(a, bytes, true);
+  }
+  void remove(const void* p, bool device, const char* what) {
+    std::lock_guard lock(mutex);
+    auto it = live.find(reinterpret_cast<uintptr_t>(p));
+    if (it == live.end() || it->second.device != device) {
+      std::fprintf(stderr, "simt: %s(%p): not %s\n", what, p,
+                   device ? "a device allocation" : "registered host memory");
+      std::abort();
+    }
+    if (device) set(it->first, it->second.bytes, false);
+    live.erase(it);
   }
 };
 DeviceMemory& device_memory() {
   static auto* m = new DeviceMemory;  // never destroyed: buffers may be freed during exit
   return *m;
 }
-#endif
 }  // namespace
 
 void* device_malloc(std::size_t bytes) {
@@ -1045,33 +1088,18 @@ void* device_malloc(std::size_t bytes) {
   // Exact size, so AddressSanitizer's redzone starts at the first byte past the end.
   if (posix_memalign(&p, 256, bytes) != 0) throw std::bad_alloc();
   std::memset(p, kGarbageByte, bytes);
-#if defined(SIMT_ASAN)
-  DeviceMemory& m = device_memory();
-  std::lock_guard lock(m.mutex);
-  m.live.emplace(p, bytes);
-  if (m.open == 0) DeviceMemory::set(p, bytes, true);
-#endif
+  device_memory().add(p, bytes, true, "device_malloc");
   return p;
 }
 
 void device_free(void* p) {
   if (!p) return;
-#if defined(SIMT_ASAN)
-  DeviceMemory& m = device_memory();
-  {
-    std::lock_guard lock(m.mutex);
-    auto it = m.live.find(p);
-    if (it == m.live.end()) {
-      std::fprintf(stderr, "simt: device_free(%p): not a device allocation\n", p);
-      std::abort();
-    }
-    DeviceMemory::set(p, it->second, false);
-    m.live.erase(it);
-  }
-#endif
+  device_memory().remove(p, true, "device_free");
   std::free(p);
 }
 
+// Only AddressSanitizer needs the count; elsewhere a DeviceAccess takes no lock, so it adds no
+// synchronisation that ThreadSanitizer would see between host threads.
 DeviceAccess::DeviceAccess() {
 #if defined(SIMT_ASAN)
   DeviceMemory& m = device_memory();
@@ -1086,6 +1114,26 @@ DeviceAccess::~DeviceAccess() {
   std::lock_guard lock(m.mutex);
   if (--m.open == 0) m.set_all(true);
 #endif
+}
+
+HostRegistration::HostRegistration(const void* p, std::size_t bytes) : p_(p) {
+  if (p) device_memory().add(p, bytes, false, "HostRegistration");
+}
+
+HostRegistration::~HostRegistration() {
+  if (p_) device_memory().remove(p_, false, "~HostRegistration");
+}
+
+std::string launch_pointer_problem(const void* p) {
+  if (!p) return "";
+  DeviceMemory& m = device_memory();
+  std::lock_guard lock(m.mutex);
+  if (m.find(reinterpret_cast<uintptr_t>(p)) != m.live.end()) return "";
+  std::ostringstream os;
+  os << p << " is neither device memory nor host memory registered for the device: a GPU would "
+     << "fault on it. Accepted: the backend's Memory (simt::device_malloc), dev::Buffer, or host "
+     << "memory registered with simt::HostRegistration (as cudaHostRegister)";
+  return os.str();
 }
 
 bool host_access_is_checked() {

@@ -9,10 +9,11 @@
 // the wait that completes its group, atomics are std::atomic_ref, __shared__ is `static` and
 // dynamic shared memory an exact-size heap buffer filled with garbage, so ThreadSanitizer sees a
 // missing barrier as a data race at the kernel's own lines and AddressSanitizer sees a shared
-// memory overflow. Device memory is out of the host's reach except in kernels and copies
-// (memory.h), as on a GPU. A thread that returns drops out of every barrier. A barrier that cannot
-// complete (divergent __syncthreads, all threads waiting) throws simt::KernelError naming the
-// kernel; a kernel that makes no progress for SIMT_WATCHDOG_SECONDS (default 120) aborts.
+// memory overflow. Device memory is out of the host's reach except in kernels and copies, and
+// host memory out of the kernels' unless registered (memory.h), as on a GPU. A thread that returns
+// drops out of every barrier. A barrier that cannot complete (divergent __syncthreads, all threads
+// waiting) throws simt::KernelError naming the kernel; a kernel that makes no progress for
+// SIMT_WATCHDOG_SECONDS (default 120) aborts.
 //
 // Include this header instead of <cuda_runtime.h> when compiling a .cu file with the host
 // compiler (kernels/common/cuda.cuh does that when MEMLAYERS_SIMT is defined).
@@ -155,6 +156,17 @@ inline unsigned lane_id() {
   return linear % 32u;
 }
 
+// Throws KernelError when argument `index` of `kernel`, a pointer, is one a GPU would fault on
+// (memory.h: launch_pointer_problem).
+void check_pointer_argument(const char* kernel, std::size_t index, const void* p);
+
+template <class T>
+void check_argument(const char* kernel, std::size_t index, const T& arg) {
+  if constexpr (std::is_pointer_v<T> && std::is_object_v<std::remove_pointer_t<T>>)
+    check_pointer_argument(kernel, index,
+                           const_cast<const void*>(static_cast<const volatile void*>(arg)));
+}
+
 }  // namespace detail
 
 // Launches `kernel` over the grid on CPU threads and returns when every block has finished.
@@ -164,6 +176,13 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block,
   static_assert(sizeof...(KArgs) == sizeof...(Args), "kernel argument count mismatch");
   // Arguments are copied once, as CUDA copies them into the parameter space.
   std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
+  // A pointer argument is device memory or host memory registered for the device (memory.h).
+  std::apply(
+      [name](const auto&... arg) {
+        std::size_t index = 0;
+        (detail::check_argument(name, index++, arg), ...);
+      },
+      params);
   detail::run_grid(name, grid, block, shared_bytes, [&] { std::apply(kernel, params); });
 }
 

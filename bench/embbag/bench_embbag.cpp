@@ -25,6 +25,7 @@
 
 #include "bench/common/bench_common.h"
 #include "embbag/embbag.h"
+#include "simt/memory.h"
 
 namespace {
 
@@ -125,12 +126,14 @@ std::vector<InputSet> make_inputs(const Config& c) {
 
 // ---- buffers on a backend ----
 
-// Everything one backend's variants read and write. Host backends (reference, cpu, simt) share one
-// workspace whose table is the host table itself.
+// Everything one backend's variants read and write (reference and cpu share one). The host
+// backends' table is the host table itself: simt's kernels reach it as a GPU reaches registered
+// (mapped) host memory, so a table of many GiB is not copied for them; cuda gets a copy.
 struct Workspace {
   const Memory* mem;
   const void* table = nullptr;
-  Buffer table_copy;  // device table (cuda)
+  Buffer table_copy;                               // device table (cuda)
+  std::unique_ptr<simt::HostRegistration> mapped;  // the host table, for simt's kernels
   std::vector<Buffer> indices, weights, grad_out;
   Buffer out, grad_weights, unique_rows, grad_compact, num_unique, grad_dense;
 
@@ -142,6 +145,7 @@ struct Workspace {
       table = table_copy.get();
     } else {
       table = host_table;
+      if (b == Backend::simt) mapped = std::make_unique<simt::HostRegistration>(table, table_bytes);
     }
     for (const auto& s : sets) {
       indices.push_back(Buffer::upload(*mem, s.indices.data(), s.indices.size()));
@@ -397,10 +401,13 @@ int run(int argc, char** argv) {
     host_ceiling = ceilings.back().get();
     host_ceiling->register_row(int(c.reps));
   }
-  std::unique_ptr<Workspace> host_space, cuda_space;
+  std::unique_ptr<Workspace> host_space, cuda_space, simt_space;
   Buffer copy_dst;
   if (runnable.any_host)
     host_space = std::make_unique<Workspace>(Backend::cpu, c, host_table.get(),
+                                             std::size_t(table_bytes), sets);
+  if (std::ranges::count(runnable.backends, Backend::simt))
+    simt_space = std::make_unique<Workspace>(Backend::simt, c, host_table.get(),
                                              std::size_t(table_bytes), sets);
   if (runnable.has_cuda) {
     cuda_space = std::make_unique<Workspace>(Backend::cuda, c, host_table.get(),
@@ -413,7 +420,9 @@ int run(int argc, char** argv) {
     cuda_ceiling->register_row(int(c.reps));
   }
   for (Backend b : runnable.backends) {
-    Workspace& w = b == Backend::cuda ? *cuda_space : *host_space;
+    Workspace& w = b == Backend::cuda   ? *cuda_space
+                   : b == Backend::simt ? *simt_space
+                                        : *host_space;
     mb::Ceiling& ceiling = b == Backend::cuda ? *cuda_ceiling : *host_ceiling;
     if (c.fwd()) register_fwd(c, b, w, ceiling);
     if (c.bwd()) register_bwd(c, b, sets, w, ceiling);

@@ -153,7 +153,7 @@ Buffer make_filled(const Memory& mem, int64_t elems, DType dtype, uint64_t seed,
   return b;
 }
 
-// Everything the rows of one backend read and write; the host backends share one.
+// Everything the rows of one backend read and write; reference and cpu share one.
 struct Workspace {
   const Memory* mem;
   Buffer wq, bq, keys1, keys2, values, down, w1, b1, w2, b2, wg;
@@ -632,9 +632,12 @@ int run(int argc, char** argv) {
   mb::add_machine_context(host_llc, l2, threads, o.peak_gbs);
 
   // ---- workspaces and ceilings: all must outlive RunSpecifiedBenchmarks ----
-  std::unique_ptr<Workspace> host_space, cuda_space;
+  // simt's kernels, like a GPU's, take device memory: a workspace of their own.
+  std::unique_ptr<Workspace> host_space, cuda_space, simt_space;
   if (runnable.any_host) host_space = std::make_unique<Workspace>(Backend::cpu, o, c);
   if (runnable.has_cuda) cuda_space = std::make_unique<Workspace>(Backend::cuda, o, c);
+  if (std::ranges::count(runnable.backends, Backend::simt))
+    simt_space = std::make_unique<Workspace>(Backend::simt, o, c);
 
   std::vector<std::unique_ptr<mb::Ceiling>> ceilings;
   std::unique_ptr<void, void (*)(void*)> stream_buf(nullptr, host_memory().release);
@@ -666,7 +669,8 @@ int run(int argc, char** argv) {
   std::vector<std::unique_ptr<Row>> rows;
   for (Backend b : runnable.backends) {
     const bool cuda = b == Backend::cuda;
-    register_rows(o, c, b, cuda ? *cuda_space : *host_space, cuda ? cuda_ceil : host_ceil, rows);
+    Workspace& w = cuda ? *cuda_space : b == Backend::simt ? *simt_space : *host_space;
+    register_rows(o, c, b, w, cuda ? cuda_ceil : host_ceil, rows);
   }
   MEMLAYERS_CHECK(g_rows_registered > 0,
                   "nothing to time: no composition runs shape {} on backends {} here (see the "

@@ -136,7 +136,8 @@ HostInputs make_inputs(const Config& c) {
 
 // ---- buffers on a backend ----
 
-// Everything one backend's variants read and write. Host backends (reference, cpu, simt) share one.
+// Everything one backend's variants read and write. reference and cpu share one; simt's kernels,
+// like a GPU's, take device memory: a workspace of their own.
 struct Workspace {
   const Memory* mem;
   Buffer keys1, keys2, scores, indices_out, dq, count[2], rows[2], compact[2], dense[2];
@@ -231,7 +232,7 @@ std::string produce_indices(const Config& c, bool has_cuda,
     if (b == Backend::cuda && !has_cuda) continue;
     Workspace* w = nullptr;
     for (auto& [sb, sw] : spaces)
-      if ((sb == Backend::cuda) == (b == Backend::cuda)) w = sw;
+      if (sb == b || (sb == Backend::cpu && b == Backend::reference)) w = sw;
     if (!w) continue;
     for (const auto* v : Registry<Fwd>::of(b)) {
       if (!v->supports(fwd_params(c, *w, 0)).empty()) continue;
@@ -453,7 +454,7 @@ int run(int argc, char** argv) {
 
   // ---- inputs, workspaces, ceilings: all must outlive RunSpecifiedBenchmarks ----
   HostInputs in = make_inputs(c);
-  std::unique_ptr<Workspace> host_space, cuda_space;
+  std::unique_ptr<Workspace> host_space, cuda_space, simt_space;
   std::vector<std::pair<Backend, Workspace*>> spaces;
   if (runnable.any_host) {
     host_space = std::make_unique<Workspace>(Backend::cpu, c, in);
@@ -462,6 +463,10 @@ int run(int argc, char** argv) {
   if (runnable.has_cuda) {
     cuda_space = std::make_unique<Workspace>(Backend::cuda, c, in);
     spaces.emplace_back(Backend::cuda, cuda_space.get());
+  }
+  if (std::ranges::count(runnable.backends, Backend::simt)) {
+    simt_space = std::make_unique<Workspace>(Backend::simt, c, in);
+    spaces.emplace_back(Backend::simt, simt_space.get());
   }
   if (any_bwd) {
     // Host workspaces are needed for a cpu or reference forward even when only cuda is timed.
@@ -503,7 +508,9 @@ int run(int argc, char** argv) {
   for (auto& ceiling : ceilings) ceiling->register_row(int(c.reps));
 
   for (Backend b : runnable.backends) {
-    Workspace& w = b == Backend::cuda ? *cuda_space : *host_space;
+    Workspace& w = b == Backend::cuda   ? *cuda_space
+                   : b == Backend::simt ? *simt_space
+                                        : *host_space;
     const Ceilings& ceil = b == Backend::cuda ? cuda_ceil : host_ceil;
     if (c.fwd()) register_fwd(c, b, w, ceil);
     if (any_bwd) register_bwd(c, b, w, ceil);

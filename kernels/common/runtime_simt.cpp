@@ -23,16 +23,15 @@ void simt_synchronize() {}  // kernels and copies are synchronous under simt
 }  // namespace
 
 const Memory& simt_memory() {
-  static const Memory m{
-      simt::device_malloc,
-      simt::device_free,
-      as_device<&Memory::to_device, void*, const void*, std::size_t>,
-      as_device<&Memory::to_host, void*, const void*, std::size_t>,
-      as_device<&Memory::fill_bytes, void*, int, std::size_t>,
-      simt_synchronize,
-      as_device<&Memory::copy_within, void*, const void*, std::size_t>,
-      as_device<&Memory::copy_2d, void*, std::size_t, const void*, std::size_t, std::size_t,
-                std::size_t>};
+  static const Memory m{simt::device_malloc,
+                        simt::device_free,
+                        as_device<&Memory::to_device, void*, const void*, std::size_t>,
+                        as_device<&Memory::to_host, void*, const void*, std::size_t>,
+                        as_device<&Memory::fill_bytes, void*, int, std::size_t>,
+                        simt_synchronize,
+                        as_device<&Memory::copy_within, void*, const void*, std::size_t>,
+                        as_device<&Memory::copy_2d, void*, std::size_t, const void*, std::size_t,
+                                  std::size_t, std::size_t>};
   return m;
 }
 

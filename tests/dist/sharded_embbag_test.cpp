@@ -34,6 +34,7 @@
 #include "common/registry.h"
 #include "dist/sharded_embbag.h"
 #include "group.h"
+#include "tests/common/mapped.h"
 
 namespace memlayers::dist {
 namespace {
@@ -231,6 +232,10 @@ TEST_P(Sharded, EqualsUnsharded) {
   // A width-0 shard has no compact rows to write; its trio is still complete for validation.
   std::vector<float> no_columns(1);
   if (!width) bp.grad_values_compact = no_columns.data();
+  // Host buffers for the simt backend's kernels, as registered host memory on a GPU.
+  test::MappedHost mapped(full_values, shard_values, my_idx, my_w, my_dy, y, y_again, dw, dv_dense,
+                          ids, dv_compact, no_columns);
+  mapped.add_object(&n_unique);
 
   std::string fwd_variant, bwd_variant;
   int64_t total_seen = 0;
@@ -256,6 +261,7 @@ TEST_P(Sharded, EqualsUnsharded) {
   uf.out = y_full.data();
   uf.batch = pr.total, uf.k = k, uf.dim = dim, uf.num_rows = pr.rows;
   uf.values_dtype = c.values, uf.index_dtype = c.index;
+  mapped.add(all_idx), mapped.add(pr.w), mapped.add(y_full);
   const auto& vf = unsharded_fwd(c.backend, fwd_variant, uf);
   Registry<embbag::Fwd>::run(vf, uf);
 
@@ -272,6 +278,8 @@ TEST_P(Sharded, EqualsUnsharded) {
   ub.grad_weights = dw_full.data(), ub.grad_values_dense = dv_full.data();
   ub.unique_rows = ids_full.data(), ub.grad_values_compact = dvc_full.data(),
   ub.num_unique = &n_full;
+  mapped.add(pr.dy), mapped.add(dw_full), mapped.add(dv_full), mapped.add(ids_full);
+  mapped.add(dvc_full), mapped.add_object(&n_full);
   const auto& vb = unsharded_bwd(c.backend, bwd_variant, ub);
   Registry<embbag::Bwd>::run(vb, ub);
 

@@ -24,6 +24,7 @@
 #include "group.h"
 #include "memory_layer/memory_layer.h"
 #include "memory_layer/parts.h"
+#include "tests/common/mapped.h"
 #include "tests/common/random.h"
 
 namespace memlayers::dist {
@@ -128,6 +129,12 @@ Result run(Backend b, const Problem& pr, int64_t t0, int64_t t1, const void* tab
     g.grads.w1 = r.w1.data(), g.grads.b1 = b1.data(), g.grads.w2 = r.w2.data();
     g.grads.b2 = b2.data();
   }
+  // Host buffers for the simt backend's kernels, as registered host memory on a GPU.
+  test::MappedHost mapped(pr.wq, pr.bq, pr.keys1, pr.keys2, pr.w1, pr.b1, pr.w2, pr.b2, pr.x,
+                          pr.dout, q, scores, w, y, hid, idx, r.out, r.x, r.wq, r.bq, r.keys1,
+                          keys2, r.dense, r.compact, r.rows, b1, b2, r.w1, r.w2);
+  mapped.add(table, static_cast<std::size_t>(c.num_values() * width) * dtype_size(c.values_dtype));
+  mapped.add_object(&count);
   if (sharded) {
     sharded->forward(f);
     sharded->backward(g);

@@ -25,6 +25,7 @@
 #include "harness/memory_block.h"
 #include "harness/model.h"
 #include "tests/common/check.h"
+#include "tests/common/mapped.h"
 #include "tests/common/random.h"
 #include "tests/harness/expect_error.h"
 
@@ -604,8 +605,10 @@ TEST(MemoryModelSimt, MatchesCpu) {
   const std::vector<float> params = random_params(cpu.layout(), rng);
   const std::vector<float> values = random_values(cpu, rng);
   const HostBatch b = random_batch(c, rng, 1, 4);
-  // simt's kernels reach host memory, so host parameter and gradient buffers serve both models.
+  // Host buffers serve both models: the simt model's kernels reach them as a GPU reaches
+  // registered (mapped) host memory.
   std::vector<float> g_cpu(params.size()), g_sim(params.size(), std::nanf(""));
+  const test::MappedHost mapped(params, values, g_sim, b.tokens, b.targets, b.weights);
   SparseRows v_cpu, v_sim;
   const double l_cpu = cpu.loss(params.data(), values.data(), b.view(), g_cpu.data(), &v_cpu);
   const double l_sim = sim.loss(params.data(), values.data(), b.view(), g_sim.data(), &v_sim);

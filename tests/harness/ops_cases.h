@@ -21,6 +21,7 @@
 #include "harness/ops.h"
 #include "tests/common/buffer.h"
 #include "tests/common/check.h"
+#include "tests/common/mapped.h"
 #include "tests/common/random.h"
 #include "tests/harness/expect_error.h"
 
@@ -289,6 +290,7 @@ inline void attention_variants(const OpsShape& s, const Driver& expect) {
 inline void expect_bad_params_refused(const Ops& ops) {
   std::vector<float> buf(64, 1.0f), out(64);
   std::vector<int32_t> ids = {0, 4, 5, 1};
+  test::MappedHost mapped(buf, out, ids);  // the calls that are not refused run simt's kernels
   float* f = buf.data();
   test::expect_error(
       [&] {
@@ -342,6 +344,7 @@ inline void expect_bad_params_refused(const Ops& ops) {
         ops.cross_entropy_fwd({f, ids.data(), nullptr, &loss, 4, 5});
       },
       "target 5 out of range [0, 5) at row 2");
+  mapped.add_object(&loss);
   std::vector<float> zeros(4, 0.0f), negative = {1.0f, -0.5f, 1.0f, 1.0f};
   test::expect_error(
       [&] {
@@ -357,6 +360,7 @@ inline void expect_bad_params_refused(const Ops& ops) {
   EXPECT_EQ(out, std::vector<float>(64, 0.0f));
   // A padding row (weight 0) may hold any target.
   std::vector<float> pad = {1.0f, 1.0f, 0.0f, 1.0f};
+  mapped.add(pad);
   EXPECT_NO_THROW(ops.cross_entropy_fwd({f, ids.data(), pad.data(), &loss, 4, 5}));
 }
 

@@ -241,6 +241,7 @@ TEST(OptimSimt, SumSquaresMatchesHost) {
   const int64_t n = 2 * 16384 + 777;
 #endif
   const std::vector<float> x = random_floats(rng, n);
+  const test::MappedHost mapped(x);
   double simt = -1, host = -1, again = -1, empty = -1;
   optim_ops_for(Backend::simt).sum_squares({x.data(), n, &simt});
   optim_ops_for(Backend::cpu).sum_squares({x.data(), n, &host});
@@ -293,6 +294,7 @@ TEST(ModelSimt, LossAndGradientsMatchCpuAndRepeatBitwise) {
   const Batch b{tokens.data(), targets.data(), weights.data(), batch, seq};
   std::vector<float> g_cpu(params.size()), g_simt(params.size(), std::nanf("")),
       g_again(params.size(), std::nanf(""));
+  const test::MappedHost mapped(params, tokens, targets, weights, g_simt, g_again);
   const double l_cpu = cpu.loss(params.data(), nullptr, b, g_cpu.data());
   const double l_simt = simt.loss(params.data(), nullptr, b, g_simt.data());
   EXPECT_NEAR(l_simt, l_cpu, 1e-5 * std::abs(l_cpu));

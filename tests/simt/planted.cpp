@@ -161,6 +161,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::vector<float> x(4 * 64, 1.f), out(64, 0.f);  // 16 bytes a thread for the cp.async cases
+  // Host buffers the kernels reach as a GPU reaches registered (mapped) host memory.
+  const simt::HostRegistration mapped_x(x.data(), x.size() * sizeof(float)),
+      mapped_out(out.data(), out.size() * sizeof(float));
   std::string c = argv[1];
   // ThreadSanitizer keeps a few accesses per 8 bytes of shadow memory, so one launch can miss a
   // race whose accesses were evicted; repeated launches make the report certain in practice.

@@ -1,7 +1,8 @@
 // The rules simt enforces: a barrier that cannot complete, a warp collective whose mask leaves out
 // its caller, an mma.sync without its whole warp or with an operand that is not tf32, a cp.async
 // never waited for or misaligned, and an invalid launch each fail fast with a message naming the
-// kernel, instead of hanging or running on; new device memory is garbage. Compiled for simt only:
+// kernel, instead of hanging or running on; so does a launch handed a host pointer; new device
+// memory is garbage. Compiled for simt only:
 // on a GPU these are undefined behaviour. Run: ctest -R SimtRules
 #include <gtest/gtest.h>
 
@@ -116,6 +117,7 @@ __global__ void async_copy_oversize_kernel(int* out) {
 std::string launch_error(void (*kernel)(int*), const char* name, dim3 grid, dim3 block,
                          std::size_t smem = 0) {
   std::vector<int> out(4096, 0);
+  const simt::HostRegistration mapped(out.data(), out.size() * sizeof(int));
   try {
     launch_kernel(name, kernel, grid, block, smem, nullptr, out.data());
   } catch (const memlayers::Error& e) {
@@ -166,6 +168,7 @@ TEST(SimtRules, Tf32OperandsMustBeRounded) {
 // garbage (all-ones bytes), so a kernel that reads too early fails its tests.
 TEST(SimtRules, AsyncCopyLandsAtTheWaitForItsGroup) {
   std::vector<int> out(8, 0);
+  const simt::HostRegistration mapped(out.data(), out.size() * sizeof(int));
   launch_kernel("async_copy_visibility_kernel", async_copy_visibility_kernel, 1, 1, 0, nullptr,
                 out.data());
   const auto bits = [](float f) { return std::bit_cast<int>(f); };
@@ -198,6 +201,7 @@ TEST(SimtRules, InvalidLaunchesAreRejected) {
 
 TEST(SimtRules, ThreadsThatReturnDropOutOfTheBarrier) {
   std::vector<int> out(3 * 64, -1);
+  const simt::HostRegistration mapped(out.data(), out.size() * sizeof(int));
   launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(3), dim3(64), 0, nullptr,
                 out.data());
   for (int b = 0; b < 3; ++b) {
@@ -227,6 +231,41 @@ TEST(SimtRules, NewDeviceMemoryIsGarbage) {
   mem.release(buffer);
 }
 
+// A kernel handed a host pointer would fault on a GPU: simt refuses the launch, naming the kernel
+// and the argument, unless the host memory is registered for the device (as cudaHostRegister).
+// Device memory is accepted anywhere inside an allocation, up to one past its end.
+TEST(SimtRules, AKernelHandedAHostPointerIsRefused) {
+  std::vector<int> host(64, -1);
+  std::string msg;
+  try {
+    launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(1), dim3(64), 0, nullptr,
+                  host.data());
+  } catch (const memlayers::Error& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("kernel partial_barrier_kernel: pointer argument 0"), std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("neither device memory nor host memory registered"), std::string::npos) << msg;
+  EXPECT_EQ(host[0], -1) << "the kernel ran";
+  {
+    const simt::HostRegistration mapped(host.data(), host.size() * sizeof(int));
+    launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(1), dim3(64), 0, nullptr,
+                  host.data());
+    EXPECT_EQ(host[0], 1);
+  }
+  EXPECT_NE(simt::launch_pointer_problem(host.data()), "") << "registration outlived its object";
+
+  const memlayers::Memory& mem = *memlayers::backend_info(memlayers::Backend::simt).memory;
+  auto* d = static_cast<int*>(mem.alloc(64 * sizeof(int)));
+  EXPECT_EQ(simt::launch_pointer_problem(d), "");
+  EXPECT_EQ(simt::launch_pointer_problem(d + 17), "");
+  EXPECT_EQ(simt::launch_pointer_problem(d + 64), "") << "one past the end";
+  EXPECT_NE(simt::launch_pointer_problem(d + 65), "");
+  EXPECT_EQ(simt::launch_pointer_problem(nullptr), "");
+  mem.release(d);
+  EXPECT_NE(simt::launch_pointer_problem(d), "") << "freed memory is no longer the device's";
+}
+
 // Launched twice, the failing grid of 4 blocks splits both ways between ThreadSanitizer's two
 // workers (by bit 0 of the block index, then bit 1), so once the worker of blocks 2 and 3 waits
 // for a turn that the failure in block 0 skips.
@@ -234,6 +273,7 @@ TEST(SimtRules, TheRuntimeRecoversAfterAFailedKernel) {
   for (int launch = 0; launch < 2; ++launch)
     ASSERT_NE(launch_error(divergent_barrier_kernel, "divergent_barrier_kernel", 4, 64), "");
   std::vector<int> out(64, -1);
+  const simt::HostRegistration mapped(out.data(), out.size() * sizeof(int));
   launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(1), dim3(64), 0, nullptr,
                 out.data());
   EXPECT_EQ(out[0], 1);
