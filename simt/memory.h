@@ -8,8 +8,9 @@
 // use-after-poison, with the stack of the access, where a GPU would have faulted.
 //
 // Who opens a DeviceAccess: simt's launches (for the kernel's threads), the backend's copies
-// between host and device memory, and host code that stands in for a device-side library call
-// under simt (CUB's device-wide sort and scan). Nothing else should.
+// between host and device memory, host code that stands in for a device-side library call under
+// simt (CUB's device-wide sort and scan, NCCL's collectives: the MPI and single-rank
+// communicators), and a test that inspects device memory as a kernel would. Nothing else should.
 //
 // The other direction: a kernel handed a host pointer, which a GPU would also fault on. Every
 // pointer argument of a simt launch must point into device memory or host memory registered for
