@@ -979,9 +979,10 @@ void trap(Site site) {
   throw KernelError("__trap() at " + where(site) + " in kernel " + kernel);
 }
 
-void check_pointer_argument(const char* kernel, std::size_t index, const void* p) {
+void check_pointer_argument(const char* kernel, std::size_t index, const void* p, bool in_struct) {
   if (std::string why = launch_pointer_problem(p); !why.empty())
-    throw KernelError(std::string("kernel ") + kernel + ": pointer argument " +
+    throw KernelError(std::string("kernel ") + kernel + ": " +
+                      (in_struct ? "a pointer in argument " : "pointer argument ") +
                       std::to_string(index) + ": " + why);
 }
 

@@ -156,15 +156,20 @@ inline unsigned lane_id() {
   return linear % 32u;
 }
 
-// Throws KernelError when argument `index` of `kernel`, a pointer, is one a GPU would fault on
-// (memory.h: launch_pointer_problem).
-void check_pointer_argument(const char* kernel, std::size_t index, const void* p);
+// Throws KernelError when `p`, argument `index` of `kernel` (or, `in_struct`, a pointer inside
+// it), is one a GPU would fault on (memory.h: launch_pointer_problem).
+void check_pointer_argument(const char* kernel, std::size_t index, const void* p, bool in_struct);
 
+// A pointer argument is checked; so is a struct argument whose type declares its pointers with a
+// `device_pointers(const T&)` found by argument-dependent lookup (a range of const void*).
 template <class T>
 void check_argument(const char* kernel, std::size_t index, const T& arg) {
-  if constexpr (std::is_pointer_v<T> && std::is_object_v<std::remove_pointer_t<T>>)
+  if constexpr (std::is_pointer_v<T> && std::is_object_v<std::remove_pointer_t<T>>) {
     check_pointer_argument(kernel, index,
-                           const_cast<const void*>(static_cast<const volatile void*>(arg)));
+                           const_cast<const void*>(static_cast<const volatile void*>(arg)), false);
+  } else if constexpr (requires { device_pointers(arg); }) {
+    for (const void* p : device_pointers(arg)) check_pointer_argument(kernel, index, p, true);
+  }
 }
 
 }  // namespace detail

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 
@@ -264,6 +265,32 @@ TEST(SimtRules, AKernelHandedAHostPointerIsRefused) {
   EXPECT_EQ(simt::launch_pointer_problem(nullptr), "");
   mem.release(d);
   EXPECT_NE(simt::launch_pointer_problem(d), "") << "freed memory is no longer the device's";
+}
+
+// A struct argument whose type declares its pointers (device_pointers, found by argument-dependent
+// lookup) has them checked too.
+struct OutRef {
+  int* p;
+};
+std::array<const void*, 1> device_pointers(const OutRef& o) { return {o.p}; }
+__global__ void struct_argument_kernel(OutRef o) { o.p[threadIdx.x] = 1; }
+
+TEST(SimtRules, AHostPointerInsideADeclaredStructIsRefused) {
+  std::vector<int> host(32, -1);
+  std::string msg;
+  try {
+    launch_kernel("struct_argument_kernel", struct_argument_kernel, 1, 32, 0, nullptr,
+                  OutRef{host.data()});
+  } catch (const memlayers::Error& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("kernel struct_argument_kernel: a pointer in argument 0"), std::string::npos)
+      << msg;
+  EXPECT_EQ(host[0], -1) << "the kernel ran";
+  const simt::HostRegistration mapped(host.data(), host.size() * sizeof(int));
+  launch_kernel("struct_argument_kernel", struct_argument_kernel, 1, 32, 0, nullptr,
+                OutRef{host.data()});
+  EXPECT_EQ(host[31], 1);
 }
 
 // Launched twice, the failing grid of 4 blocks splits both ways between ThreadSanitizer's two
