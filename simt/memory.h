@@ -69,7 +69,4 @@ class HostRegistration {
 // registered host memory, up to one past its end; otherwise what it is not.
 std::string launch_pointer_problem(const void* p);
 
-// Whether this build catches host accesses of device memory (an AddressSanitizer build).
-bool host_access_is_checked();
-
 }  // namespace simt

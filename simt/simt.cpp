@@ -40,7 +40,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -1130,19 +1129,10 @@ std::string launch_pointer_problem(const void* p) {
   DeviceMemory& m = device_memory();
   std::lock_guard lock(m.mutex);
   if (m.find(reinterpret_cast<uintptr_t>(p)) != m.live.end()) return "";
-  std::ostringstream os;
-  os << p << " is neither device memory nor host memory registered for the device: a GPU would "
-     << "fault on it. Accepted: the backend's Memory (simt::device_malloc), dev::Buffer, or host "
-     << "memory registered with simt::HostRegistration (as cudaHostRegister)";
-  return os.str();
-}
-
-bool host_access_is_checked() {
-#if defined(SIMT_ASAN)
-  return true;
-#else
-  return false;
-#endif
+  return detail::hex(p) +
+         " is neither device memory nor host memory registered for the device: a GPU would fault "
+         "on it. Accepted: the backend's Memory (simt::device_malloc), dev::Buffer, or host "
+         "memory registered with simt::HostRegistration (as cudaHostRegister)";
 }
 
 }  // namespace simt

@@ -30,7 +30,7 @@ class MappedHost {
   }
 
  private:
-  std::deque<simt::HostRegistration> regs_;
+  std::deque<::simt::HostRegistration> regs_;  // ::simt: memlayers has its own simt namespace
 };
 
 }  // namespace memlayers::test

@@ -589,7 +589,7 @@ struct LargeInputs {
   std::vector<int32_t> idx;  // int32 indices: idx·dim overflows 32 bits if a kernel lets it
   std::vector<float> weights, grad_out;
   // The simt variants reach the host buffers as a GPU reaches registered (mapped) host memory.
-  std::unique_ptr<test::MappedHost> mapped = std::make_unique<test::MappedHost>();
+  test::MappedHost mapped;
 };
 
 LargeInputs make_large(DType vt) {
@@ -608,8 +608,8 @@ LargeInputs make_large(DType vt) {
   }
   for (int i = 0; i < 6; ++i) in.weights.push_back(rng.signed_unit());
   for (int i = 0; i < 2 * kLargeDim; ++i) in.grad_out.push_back(rng.signed_unit());
-  in.mapped->add(in.table->get(), static_cast<std::size_t>(kLargeRows * kLargeDim) * sv);
-  in.mapped->add(in.idx), in.mapped->add(in.weights), in.mapped->add(in.grad_out);
+  in.mapped.add(in.table->get(), static_cast<std::size_t>(kLargeRows * kLargeDim) * sv);
+  in.mapped.add(in.idx), in.mapped.add(in.weights), in.mapped.add(in.grad_out);
   return in;
 }
 
@@ -637,7 +637,7 @@ TEST_P(EmbbagFwdLargeTable, SixtyFourBitOffsets) {
   LargeInputs in = make_large(vt);
   if (!in.table->get()) GTEST_SKIP() << "a sparse mapping of the table failed";
   std::vector<float> y(2 * kLargeDim, std::nanf("")), ref(2 * kLargeDim);
-  in.mapped->add(y);
+  in.mapped.add(y);
   FwdParams p;
   p.values = in.table->get();
   p.indices = in.idx.data();
@@ -673,7 +673,7 @@ TEST_P(EmbbagBwdLargeTable, SixtyFourBitOffsets) {
   std::vector<float> dw(6, std::nanf("")), compact(6 * kLargeDim, std::nanf(""));
   std::vector<int64_t> rows(6, -1);
   int64_t nu = -1;
-  in.mapped->add(dw), in.mapped->add(compact), in.mapped->add(rows), in.mapped->add_object(&nu);
+  in.mapped.add(dw), in.mapped.add(compact), in.mapped.add(rows), in.mapped.add_object(&nu);
   BwdParams p;
   p.values = in.table->get();
   p.indices = in.idx.data();

@@ -12,6 +12,7 @@
 #include "common/async_copy.cuh"
 #include "common/backend.h"
 #include "common/cuda.cuh"
+#include "tests/common/mapped.h"
 
 namespace {
 
@@ -162,8 +163,7 @@ int main(int argc, char** argv) {
   }
   std::vector<float> x(4 * 64, 1.f), out(64, 0.f);  // 16 bytes a thread for the cp.async cases
   // Host buffers the kernels reach as a GPU reaches registered (mapped) host memory.
-  const simt::HostRegistration mapped_x(x.data(), x.size() * sizeof(float)),
-      mapped_out(out.data(), out.size() * sizeof(float));
+  const memlayers::test::MappedHost mapped(x, out);
   std::string c = argv[1];
   // ThreadSanitizer keeps a few accesses per 8 bytes of shadow memory, so one launch can miss a
   // race whose accesses were evicted; repeated launches make the report certain in practice.

@@ -15,6 +15,7 @@
 #include "common/backend.h"
 #include "common/cuda.cuh"
 #include "common/mma.cuh"
+#include "tests/common/mapped.h"
 
 namespace {
 
@@ -118,7 +119,7 @@ __global__ void async_copy_oversize_kernel(int* out) {
 std::string launch_error(void (*kernel)(int*), const char* name, dim3 grid, dim3 block,
                          std::size_t smem = 0) {
   std::vector<int> out(4096, 0);
-  const simt::HostRegistration mapped(out.data(), out.size() * sizeof(int));
+  const memlayers::test::MappedHost mapped(out);
   try {
     launch_kernel(name, kernel, grid, block, smem, nullptr, out.data());
   } catch (const memlayers::Error& e) {
@@ -169,7 +170,7 @@ TEST(SimtRules, Tf32OperandsMustBeRounded) {
 // garbage (all-ones bytes), so a kernel that reads too early fails its tests.
 TEST(SimtRules, AsyncCopyLandsAtTheWaitForItsGroup) {
   std::vector<int> out(8, 0);
-  const simt::HostRegistration mapped(out.data(), out.size() * sizeof(int));
+  const memlayers::test::MappedHost mapped(out);
   launch_kernel("async_copy_visibility_kernel", async_copy_visibility_kernel, 1, 1, 0, nullptr,
                 out.data());
   const auto bits = [](float f) { return std::bit_cast<int>(f); };
@@ -202,7 +203,7 @@ TEST(SimtRules, InvalidLaunchesAreRejected) {
 
 TEST(SimtRules, ThreadsThatReturnDropOutOfTheBarrier) {
   std::vector<int> out(3 * 64, -1);
-  const simt::HostRegistration mapped(out.data(), out.size() * sizeof(int));
+  const memlayers::test::MappedHost mapped(out);
   launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(3), dim3(64), 0, nullptr,
                 out.data());
   for (int b = 0; b < 3; ++b) {
@@ -300,7 +301,7 @@ TEST(SimtRules, TheRuntimeRecoversAfterAFailedKernel) {
   for (int launch = 0; launch < 2; ++launch)
     ASSERT_NE(launch_error(divergent_barrier_kernel, "divergent_barrier_kernel", 4, 64), "");
   std::vector<int> out(64, -1);
-  const simt::HostRegistration mapped(out.data(), out.size() * sizeof(int));
+  const memlayers::test::MappedHost mapped(out);
   launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(1), dim3(64), 0, nullptr,
                 out.data());
   EXPECT_EQ(out[0], 1);
