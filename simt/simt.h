@@ -65,6 +65,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "simt/fields.h"
 #include "simt/memory.h"
 
 // ---- built-in variables ----
@@ -160,16 +161,13 @@ inline unsigned lane_id() {
 // it), is one a GPU would fault on (memory.h: launch_pointer_problem).
 void check_pointer_argument(const char* kernel, std::size_t index, const void* p, bool in_struct);
 
-// A pointer argument is checked; so is a struct argument whose type declares its pointers with a
-// `device_pointers(const T&)` found by argument-dependent lookup (a range of const void*).
+// A pointer argument is checked, and so is every pointer fields.h finds in a struct argument.
 template <class T>
 void check_argument(const char* kernel, std::size_t index, const T& arg) {
-  if constexpr (std::is_pointer_v<T> && std::is_object_v<std::remove_pointer_t<T>>) {
-    check_pointer_argument(kernel, index,
-                           const_cast<const void*>(static_cast<const volatile void*>(arg)), false);
-  } else if constexpr (requires { device_pointers(arg); }) {
-    for (const void* p : device_pointers(arg)) check_pointer_argument(kernel, index, p, true);
-  }
+  auto check = [&](const void* p) {
+    check_pointer_argument(kernel, index, p, !std::is_pointer_v<T>);
+  };
+  for_each_pointer(arg, check);
 }
 
 }  // namespace detail

@@ -19,6 +19,7 @@
 #include "harness/model.h"
 #include "harness/ops.h"
 #include "harness/optim.h"
+#include "tests/common/mapped.h"
 #include "tests/common/random.h"
 #include "tests/harness/expect_error.h"
 #include "tests/harness/ops_cases.h"
@@ -122,12 +123,13 @@ TEST(OpsSimtDeterminism, BackwardTwiceIsBitwiseEqual) {
   const Ops& ops = ops_for(Backend::simt);
   std::vector<float> qkv = random_floats(rng, rows * 3 * s.d), out(rows * s.d),
                      lse(s.batch * s.heads * s.seq), dout = random_floats(rng, rows * s.d);
-  const PackedQkv in = packed_qkv(qkv.data(), s.d);
-  ops.attention_fwd(
-      {in.q, in.k, in.v, in.ld, out.data(), lse.data(), s.batch, s.seq, s.heads, s.d});
   const std::vector<int32_t> ids = random_ids(rng, rows, s.vocab);
   std::vector<float> first(qkv.size()), second(qkv.size());
   std::vector<float> t1(s.vocab * s.d, 0.5f), t2 = t1;
+  const test::MappedHost mapped(qkv, out, lse, dout, ids, first, second, t1, t2);
+  const PackedQkv in = packed_qkv(qkv.data(), s.d);
+  ops.attention_fwd(
+      {in.q, in.k, in.v, in.ld, out.data(), lse.data(), s.batch, s.seq, s.heads, s.d});
   for (auto [d, t] : {std::pair{&first, &t1}, std::pair{&second, &t2}}) {
     const PackedQkv g = packed_qkv(d->data(), s.d);
     ops.attention_bwd({in.q, in.k, in.v, in.ld, out.data(), lse.data(), dout.data(), g.q, g.k, g.v,
@@ -176,8 +178,10 @@ TEST(OptimSimt, AdamWEqualsHostBitwise) {
   std::vector<float> p = random_floats(rng, n), m(n, 0.0f), v(n, 0.0f);
   const std::vector<float> p0 = p;
   std::vector<float> hp = p, hm = m, hv = v;
+  const test::MappedHost mapped(p, m, v);
   for (int64_t t = 1; t <= 3; ++t) {
     const std::vector<float> g = random_floats(rng, n);
+    const test::MappedHost mapped_g(g);
     optim_ops_for(Backend::simt).adamw({p.data(), g.data(), m.data(), v.data(), n, hyper(t)});
     optim_ops_for(Backend::cpu).adamw({hp.data(), g.data(), hm.data(), hv.data(), n, hyper(t)});
   }
@@ -195,6 +199,7 @@ TEST(OptimSimt, SparseAdamEqualsHostBitwiseAndChecksIds) {
   const std::vector<int64_t> ids = {0, 3, 4, 8};
   const std::vector<float> g = random_floats(rng, 4 * dim);
   const int64_t n_rows = 4;
+  test::MappedHost mapped(t, m, v, ids, g);
   for (int64_t step = 1; step <= 2; ++step) {
     optim_ops_for(Backend::simt)
         .sparse_adam(
@@ -210,6 +215,8 @@ TEST(OptimSimt, SparseAdamEqualsHostBitwiseAndChecksIds) {
 
   const std::vector<float> before = t;
   const std::vector<int64_t> unsorted = {0, 4, 3, 8}, outside = {0, 3, 4, 9};
+  mapped.add(unsorted);
+  mapped.add(outside);
   expect_error(
       [&] {
         optim_ops_for(Backend::simt)

@@ -15,6 +15,7 @@
 #include "common/backend.h"
 #include "common/cuda.cuh"
 #include "common/mma.cuh"
+#include "tests/common/buffer.h"
 #include "tests/common/mapped.h"
 
 namespace {
@@ -268,29 +269,96 @@ TEST(SimtRules, AKernelHandedAHostPointerIsRefused) {
   EXPECT_NE(simt::launch_pointer_problem(d), "") << "freed memory is no longer the device's";
 }
 
-// A struct argument whose type declares its pointers (device_pointers, found by argument-dependent
-// lookup) has them checked too.
-struct OutRef {
+// Pointers inside a struct argument are checked too (simt/fields.h): an aggregate's field by
+// field, nested structs and std::array included, without the struct listing them; a class with
+// constructors lists its own with device_pointers, found by argument-dependent lookup.
+struct Out {
   int* p;
 };
-std::array<const void*, 1> device_pointers(const OutRef& o) { return {o.p}; }
-__global__ void struct_argument_kernel(OutRef o) { o.p[threadIdx.x] = 1; }
+struct Args {  // an aggregate, as the kernels' argument structs and functors are
+  int n;
+  float scale;
+  std::array<const float*, 2> in;
+  Out out;
+};
+class OutRef {  // not an aggregate: lists its pointer
+ public:
+  explicit OutRef(int* p) : p_(p) {}
+  __device__ int* get() const { return p_; }
+  friend std::array<const void*, 1> device_pointers(const OutRef& o) { return {o.p_}; }
 
-TEST(SimtRules, AHostPointerInsideADeclaredStructIsRefused) {
-  std::vector<int> host(32, -1);
-  std::string msg;
+ private:
+  int* p_;
+};
+__global__ void struct_argument_kernel(Args a) { a.out.p[threadIdx.x] = a.n; }
+__global__ void declared_argument_kernel(OutRef o) { o.get()[threadIdx.x] = 1; }
+
+// What fields.h binds: both counts of an aggregate's fields agree, or it is not walked.
+struct WithArray {  // brace elision lets the array take several bare initializers
+  float v[2];
+  int* p;
+};
+struct WithBf16 {  // __nv_bfloat16 has constructors: it refuses a braced initializer
+  int* p;
+  __nv_bfloat16 h;
+};
+static_assert(simt::detail::bindable_fields<Args>() == 4);
+static_assert(simt::detail::bindable_fields<Out>() == 1);
+static_assert(simt::detail::bindable_fields<WithArray>() == 0);
+static_assert(simt::detail::bindable_fields<WithBf16>() == 0);
+static_assert(simt::detail::bindable_fields<OutRef>() == 0);
+
+// The message of the launch's refusal, or "" if it ran.
+template <class Launch>
+std::string refusal(Launch&& launch) {
   try {
-    launch_kernel("struct_argument_kernel", struct_argument_kernel, 1, 32, 0, nullptr,
-                  OutRef{host.data()});
+    launch();
   } catch (const memlayers::Error& e) {
-    msg = e.what();
+    return e.what();
   }
-  EXPECT_NE(msg.find("kernel struct_argument_kernel: a pointer in argument 0"), std::string::npos)
-      << msg;
+  return "";
+}
+
+TEST(SimtRules, AHostPointerInsideAStructIsRefused) {
+  const memlayers::Memory& mem = *memlayers::backend_info(memlayers::Backend::simt).memory;
+  const memlayers::test::DeviceBuffer in_buf(mem, 64 * sizeof(float)),
+      out_buf(mem, 32 * sizeof(int));
+  const auto* in = in_buf.as<float>();
+  auto* out = out_buf.as<int>();
+  std::vector<int> host(32, -1);
+  std::vector<float> host_in(64);
+  auto launch = [](const Args& a) {
+    return refusal([&] {
+      launch_kernel("struct_argument_kernel", struct_argument_kernel, 1, 32, 0, nullptr, a);
+    });
+  };
+  // Device pointers throughout (and a null one): it runs.
+  EXPECT_EQ(launch(Args{7, 1.f, {in, nullptr}, Out{out}}), "");
+  // A host pointer in a nested struct, or in a std::array: refused before the kernel runs.
+  for (const Args& a :
+       {Args{7, 1.f, {in, in}, Out{host.data()}}, Args{7, 1.f, {in, host_in.data()}, Out{out}}}) {
+    const std::string msg = launch(a);
+    EXPECT_NE(msg.find("kernel struct_argument_kernel: a pointer in argument 0: "),
+              std::string::npos)
+        << msg;
+  }
   EXPECT_EQ(host[0], -1) << "the kernel ran";
-  const simt::HostRegistration mapped(host.data(), host.size() * sizeof(int));
-  launch_kernel("struct_argument_kernel", struct_argument_kernel, 1, 32, 0, nullptr,
-                OutRef{host.data()});
+  {
+    const memlayers::test::MappedHost mapped(host);
+    EXPECT_EQ(launch(Args{7, 1.f, {in, in}, Out{host.data()}}), "");
+    EXPECT_EQ(host[31], 7);
+  }
+
+  const std::string msg = refusal([&] {
+    launch_kernel("declared_argument_kernel", declared_argument_kernel, 1, 32, 0, nullptr,
+                  OutRef(host.data()));
+  });
+  EXPECT_NE(msg.find("kernel declared_argument_kernel: a pointer in argument 0: "),
+            std::string::npos)
+      << msg;
+  const memlayers::test::MappedHost mapped(host);
+  launch_kernel("declared_argument_kernel", declared_argument_kernel, 1, 32, 0, nullptr,
+                OutRef(host.data()));
   EXPECT_EQ(host[31], 1);
 }
 

@@ -22,7 +22,6 @@
 // the GEMMs, the search and the bag's gathered rows should dominate at the paper's shape.
 // Measured: not yet on a GPU (simt-correct).
 #include <algorithm>
-#include <array>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -236,13 +235,6 @@ struct GateBwdArgs {
   float *dpre, *dg;
   int64_t batch, d, v;
 };
-
-#if !defined(__CUDACC__)
-// The pointers GateBwdArgs carries into the kernel, for simt's launch check (simt/memory.h).
-std::array<const void*, 10> device_pointers(const GateBwdArgs& a) {
-  return {a.dout, a.gate, a.pre, a.y, a.hidden, a.b2, a.u, a.m, a.dpre, a.dg};
-}
-#endif
 
 __global__ void __launch_bounds__(kThreads) gate_bwd_kernel(GateBwdArgs a) {
   constexpr int kWarps = kThreads / 32;

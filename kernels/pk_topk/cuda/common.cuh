@@ -21,7 +21,6 @@
 // the k-th best, a compare and a ballot, and one in which no key passes ends there, with no
 // __syncwarp, no shared-memory count and no atomic. A block's list counts in shared memory.
 #pragma once
-#include <array>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -58,10 +57,6 @@ struct IndexOut {
       static_cast<int64_t*>(p)[i] = v;
   }
 };
-#if !defined(__CUDACC__)
-// The pointer an IndexOut carries into a kernel, for simt's launch check (simt/memory.h).
-inline std::array<const void*, 1> device_pointers(const IndexOut& o) { return {o.p}; }
-#endif
 inline IndexOut index_out(const FwdParams& p) { return {p.indices, p.index_dtype == DType::i32}; }
 
 template <class I>
