@@ -978,11 +978,15 @@ void trap(Site site) {
   throw KernelError("__trap() at " + where(site) + " in kernel " + kernel);
 }
 
-void check_pointer_argument(const char* kernel, std::size_t index, const void* p, bool in_struct) {
+void check_pointer_argument(const char* kernel, std::size_t index, const void* p,
+                            std::ptrdiff_t nth_in_struct) {
   if (std::string why = launch_pointer_problem(p); !why.empty())
     throw KernelError(std::string("kernel ") + kernel + ": " +
-                      (in_struct ? "a pointer in argument " : "pointer argument ") +
-                      std::to_string(index) + ": " + why);
+                      (nth_in_struct < 0 ? "pointer argument " + std::to_string(index)
+                                         : "argument " + std::to_string(index) + ", its pointer " +
+                                               std::to_string(nth_in_struct) +
+                                               " (counted from 0 in field order)") +
+                      ": " + why);
 }
 
 void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,

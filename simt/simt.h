@@ -157,15 +157,18 @@ inline unsigned lane_id() {
   return linear % 32u;
 }
 
-// Throws KernelError when `p`, argument `index` of `kernel` (or, `in_struct`, a pointer inside
-// it), is one a GPU would fault on (memory.h: launch_pointer_problem).
-void check_pointer_argument(const char* kernel, std::size_t index, const void* p, bool in_struct);
+// Throws KernelError when `p`, argument `index` of `kernel` (or, for nth_in_struct >= 0, the
+// pointer of that rank inside it, in field order), is one a GPU would fault on (memory.h:
+// launch_pointer_problem).
+void check_pointer_argument(const char* kernel, std::size_t index, const void* p,
+                            std::ptrdiff_t nth_in_struct);
 
 // A pointer argument is checked, and so is every pointer fields.h finds in a struct argument.
 template <class T>
 void check_argument(const char* kernel, std::size_t index, const T& arg) {
+  std::ptrdiff_t nth = 0;  // a pointer's rank inside a struct argument
   auto check = [&](const void* p) {
-    check_pointer_argument(kernel, index, p, !std::is_pointer_v<T>);
+    check_pointer_argument(kernel, index, p, std::is_pointer_v<T> ? -1 : nth++);
   };
   for_each_pointer(arg, check);
 }

@@ -334,12 +334,16 @@ TEST(SimtRules, AHostPointerInsideAStructIsRefused) {
   };
   // Device pointers throughout (and a null one): it runs.
   EXPECT_EQ(launch(Args{7, 1.f, {in, nullptr}, Out{out}}), "");
-  // A host pointer in a nested struct, or in a std::array: refused before the kernel runs.
-  for (const Args& a :
-       {Args{7, 1.f, {in, in}, Out{host.data()}}, Args{7, 1.f, {in, host_in.data()}, Out{out}}}) {
+  // A host pointer in a nested struct, or in a std::array: refused before the kernel runs, with
+  // its rank among the argument's pointers (in[0], in[1], out.p).
+  const std::pair<Args, std::string> refused[] = {
+      {Args{7, 1.f, {in, in}, Out{host.data()}}, "its pointer 2 (counted from 0 in field order)"},
+      {Args{7, 1.f, {in, host_in.data()}, Out{out}}, "its pointer 1 (counted"}};
+  for (const auto& [a, which] : refused) {
     const std::string msg = launch(a);
-    EXPECT_NE(msg.find("kernel struct_argument_kernel: a pointer in argument 0: "),
-              std::string::npos)
+    EXPECT_NE(msg.find("kernel struct_argument_kernel: argument 0, " + which), std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find("is neither device memory nor host memory registered"), std::string::npos)
         << msg;
   }
   EXPECT_EQ(host[0], -1) << "the kernel ran";
@@ -353,7 +357,7 @@ TEST(SimtRules, AHostPointerInsideAStructIsRefused) {
     launch_kernel("declared_argument_kernel", declared_argument_kernel, 1, 32, 0, nullptr,
                   OutRef(host.data()));
   });
-  EXPECT_NE(msg.find("kernel declared_argument_kernel: a pointer in argument 0: "),
+  EXPECT_NE(msg.find("kernel declared_argument_kernel: argument 0, its pointer 0 "),
             std::string::npos)
       << msg;
   const memlayers::test::MappedHost mapped(host);
