@@ -14,8 +14,10 @@
 //     lookup (a range of const void*): the way for a class with constructors or private members;
 //   - std::array, std::pair, std::tuple and C arrays: element by element;
 //   - an aggregate of at most kMaxFields public fields: field by field, recursively.
-// Anything else is not seen: a lambda's captures, a class with constructors that lists nothing, an
-// aggregate with a C array or a member with constructors (bf16) among its fields.
+// Anything else that could hold a pointer does not compile as a kernel argument: a lambda that
+// captures more than an int, a class with constructors that lists nothing, an aggregate with a C
+// array or a member with constructors (bf16) among its fields; such a type lists its pointers
+// (an empty list where it has none). What remains are scalars and classes smaller than a pointer.
 //
 // No CUDA names and no macros here.
 #pragma once
@@ -132,6 +134,14 @@ void for_each_pointer(const T& v, F& f) {
   } else if constexpr (constexpr std::size_t n = bindable_fields<T>(); n > 0) {
     auto walk = [&f](const auto& field) { for_each_pointer(field, f); };
     visit_fields<n>(v, walk);
+  } else {
+    // What is left: a scalar, or a class too small to hold a pointer (bf16); a larger class
+    // could hide one (a lambda's captures), so it does not compile.
+    static_assert(
+        !(std::is_class_v<T> || std::is_union_v<T>) || sizeof(T) < sizeof(void*),
+        "simt cannot see the pointers of this kernel argument (or of a field of it): make "
+        "it an aggregate of scalars, pointers and such aggregates, or declare "
+        "device_pointers(const T&) next to it (simt/fields.h)");
   }
 }
 

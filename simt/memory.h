@@ -15,8 +15,8 @@
 // The other direction: a kernel handed a host pointer, which a GPU would also fault on. Every
 // pointer argument of a simt launch must point into device memory or host memory registered for
 // the device (HostRegistration, as cudaHostRegister); any other is refused before the kernel
-// runs, in every build. Pointers inside a struct argument are found field by field (fields.h);
-// those a lambda captures are not.
+// runs, in every build. Pointers inside a struct argument are found field by field (fields.h); an
+// argument that could hide one (a lambda's captures) does not compile.
 //
 // Allocations are 256-byte aligned (cudaMalloc's guarantee), of exactly the size asked for (so
 // AddressSanitizer sees a kernel's overrun at the first byte past the end), and born garbage:
