@@ -34,7 +34,7 @@
 #include "harness/train.h"
 #include "subcommand.h"
 
-namespace memlayers::cli {
+namespace memlayers::cli::train_command {
 namespace {
 
 namespace fs = std::filesystem;
@@ -289,4 +289,4 @@ Action setup(CLI::App& app) {
 MEMLAYERS_SUBCOMMAND("train", setup);
 
 }  // namespace
-}  // namespace memlayers::cli
+}  // namespace memlayers::cli::train_command

@@ -30,7 +30,7 @@
 #include "run_helpers.h"
 #include "subcommand.h"
 
-namespace memlayers::cli {
+namespace memlayers::cli::embbag_command {
 namespace {
 
 struct Options {
@@ -222,4 +222,4 @@ Action setup(CLI::App& app) {
 MEMLAYERS_SUBCOMMAND("embbag", setup);
 
 }  // namespace
-}  // namespace memlayers::cli
+}  // namespace memlayers::cli::embbag_command

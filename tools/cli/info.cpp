@@ -16,7 +16,7 @@
 #include "common/registry.h"
 #include "subcommand.h"
 
-namespace memlayers::cli {
+namespace memlayers::cli::info_command {
 namespace {
 
 using nlohmann::json;
@@ -156,4 +156,4 @@ Action setup(CLI::App& app) {
 MEMLAYERS_SUBCOMMAND("info", setup);
 
 }  // namespace
-}  // namespace memlayers::cli
+}  // namespace memlayers::cli::info_command

@@ -41,7 +41,7 @@
 #include "run_helpers.h"
 #include "subcommand.h"
 
-namespace memlayers::cli {
+namespace memlayers::cli::memory_layer_command {
 namespace {
 
 namespace ml = memory_layer;
@@ -528,4 +528,4 @@ Action setup(CLI::App& app) {
 MEMLAYERS_SUBCOMMAND("memory-layer", setup);
 
 }  // namespace
-}  // namespace memlayers::cli
+}  // namespace memlayers::cli::memory_layer_command

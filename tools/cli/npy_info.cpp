@@ -12,7 +12,7 @@
 #include "npy/npy.h"
 #include "subcommand.h"
 
-namespace memlayers::cli {
+namespace memlayers::cli::npy_info_command {
 namespace {
 
 template <class T>
@@ -68,4 +68,4 @@ Action setup(CLI::App& app) {
 MEMLAYERS_SUBCOMMAND("npy-info", setup);
 
 }  // namespace
-}  // namespace memlayers::cli
+}  // namespace memlayers::cli::npy_info_command

@@ -36,7 +36,7 @@
 #include "run_helpers.h"
 #include "subcommand.h"
 
-namespace memlayers::cli {
+namespace memlayers::cli::pk_topk_command {
 namespace {
 
 struct Options {
@@ -321,4 +321,4 @@ Action setup(CLI::App& app) {
 MEMLAYERS_SUBCOMMAND("pk-topk", setup);
 
 }  // namespace
-}  // namespace memlayers::cli
+}  // namespace memlayers::cli::pk_topk_command

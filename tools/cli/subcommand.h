@@ -1,6 +1,7 @@
 // How a subcommand joins `memlayers`: its file (compiled into the memlayers executable, see
 // tools/cli/CMakeLists.txt) registers a setup function once,
 //
+//   namespace memlayers::cli::embbag_command {
 //   namespace {
 //   memlayers::cli::Action setup(CLI::App& app) {
 //     auto* sub = app.add_subcommand("embbag", "Weighted EmbeddingBag forward on .npy inputs");
@@ -10,7 +11,10 @@
 //   }
 //   MEMLAYERS_SUBCOMMAND("embbag", setup);
 //   }  // namespace
+//   }  // namespace memlayers::cli::embbag_command
 //
+// Each file keeps its internals in a namespace of its own (<name>_command): the executable is a
+// unity build, which compiles several of these files as one translation unit.
 // main() adds every registered subcommand, parses, and runs the action of the one given. Options
 // live in state the action shares, so parsing never does work: usage errors (exit 2) are all found
 // before anything runs, and an action's memlayers::Error becomes "memlayers: error: ..." (exit 1).
