@@ -14,10 +14,11 @@
 //     lookup (a range of const void*): the way for a class with constructors or private members;
 //   - std::array, std::pair, std::tuple and C arrays: element by element;
 //   - an aggregate of at most kMaxFields public fields: field by field, recursively.
-// Anything else that could hold a pointer does not compile as a kernel argument: a lambda that
-// captures more than an int, a class with constructors that lists nothing, an aggregate with a C
-// array or a member with constructors (bf16) among its fields; such a type lists its pointers
-// (an empty list where it has none). What remains are scalars and classes smaller than a pointer.
+// Anything else that could hold a pointer does not compile as a kernel argument: a lambda whose
+// captures take a pointer's size or more, a class with constructors that lists nothing, an
+// aggregate with more than kMaxFields fields or with a C array or a member with constructors (bf16)
+// among them; such a type lists its pointers (an empty list where it has none). What remains are
+// scalars and classes smaller than a pointer.
 //
 // No CUDA names and no macros here.
 #pragma once
