@@ -980,13 +980,14 @@ void trap(Site site) {
 
 void check_pointer_argument(const char* kernel, std::size_t index, const void* p,
                             std::ptrdiff_t nth_in_struct) {
-  if (std::string why = launch_pointer_problem(p); !why.empty())
-    throw KernelError(std::string("kernel ") + kernel + ": " +
-                      (nth_in_struct < 0 ? "pointer argument " + std::to_string(index)
-                                         : "argument " + std::to_string(index) + ", its pointer " +
-                                               std::to_string(nth_in_struct) +
-                                               " (counted from 0 in field order)") +
-                      ": " + why);
+  std::string why = launch_pointer_problem(p);
+  if (why.empty()) return;
+  std::string which = "argument " + std::to_string(index);
+  if (nth_in_struct < 0)
+    which = "pointer " + which;
+  else
+    which += ", its pointer " + std::to_string(nth_in_struct) + " (counted from 0 in field order)";
+  throw KernelError(std::string("kernel ") + kernel + ": " + which + ": " + why);
 }
 
 void run_grid(const char* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,

@@ -117,16 +117,22 @@ __global__ void async_copy_oversize_kernel(int* out) {
   out[0] = 1;
 }
 
-std::string launch_error(void (*kernel)(int*), const char* name, dim3 grid, dim3 block,
-                         std::size_t smem = 0) {
-  std::vector<int> out(4096, 0);
-  const memlayers::test::MappedHost mapped(out);
+// The message of a launch's refusal, or "" if it ran.
+template <class Launch>
+std::string refusal(Launch&& launch) {
   try {
-    launch_kernel(name, kernel, grid, block, smem, nullptr, out.data());
+    launch();
   } catch (const memlayers::Error& e) {
     return e.what();
   }
   return "";
+}
+
+std::string launch_error(void (*kernel)(int*), const char* name, dim3 grid, dim3 block,
+                         std::size_t smem = 0) {
+  std::vector<int> out(4096, 0);
+  const memlayers::test::MappedHost mapped(out);
+  return refusal([&] { launch_kernel(name, kernel, grid, block, smem, nullptr, out.data()); });
 }
 
 TEST(SimtRules, DivergentSyncthreadsFailsFastNamingTheKernel) {
@@ -239,13 +245,10 @@ TEST(SimtRules, NewDeviceMemoryIsGarbage) {
 // Device memory is accepted anywhere inside an allocation, up to one past its end.
 TEST(SimtRules, AKernelHandedAHostPointerIsRefused) {
   std::vector<int> host(64, -1);
-  std::string msg;
-  try {
+  const std::string msg = refusal([&] {
     launch_kernel("partial_barrier_kernel", partial_barrier_kernel, dim3(1), dim3(64), 0, nullptr,
                   host.data());
-  } catch (const memlayers::Error& e) {
-    msg = e.what();
-  }
+  });
   EXPECT_NE(msg.find("kernel partial_barrier_kernel: pointer argument 0"), std::string::npos)
       << msg;
   EXPECT_NE(msg.find("neither device memory nor host memory registered"), std::string::npos) << msg;
@@ -307,17 +310,6 @@ static_assert(simt::detail::bindable_fields<Out>() == 1);
 static_assert(simt::detail::bindable_fields<WithArray>() == 0);
 static_assert(simt::detail::bindable_fields<WithBf16>() == 0);
 static_assert(simt::detail::bindable_fields<OutRef>() == 0);
-
-// The message of the launch's refusal, or "" if it ran.
-template <class Launch>
-std::string refusal(Launch&& launch) {
-  try {
-    launch();
-  } catch (const memlayers::Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(SimtRules, AHostPointerInsideAStructIsRefused) {
   const memlayers::Memory& mem = *memlayers::backend_info(memlayers::Backend::simt).memory;
