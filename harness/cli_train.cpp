@@ -4,8 +4,8 @@
 //   memlayers train --model dense --steps 200 [--facts N --names N --subjects N --relations N
 //       --objects N --data-seed X] [--seed X] [--backend reference|cpu|cuda|simt] [--batch B]
 //       [--lr LR --values-lr LR] [--values-dtype fp32|bf16] [--eval-every K] [--d-model D --layers
-//       L --heads H
-//       --ffn-hidden F] [--checkpoint-dir DIR [--checkpoint-every K] [--resume]]
+//       L --heads H --ffn-hidden F] [--mem-heads H --mem-n-keys N --mem-k-dim N --mem-k K
+//       --mem-value-dim V --mem-qk-norm] [--checkpoint-dir DIR [--checkpoint-every K] [--resume]]
 //       [--json FILE] [--markdown FILE] [--quiet]
 //   mpirun -np P memlayers train --memory-parallel P ...   (memory parallelism, issue 8: every
 //       rank trains on its share of each batch, the value table split along its columns; rank 0
@@ -158,6 +158,7 @@ void train_on(const Options& o, dist::Comm* comm) {
         "memory parallel: {} ranks, each {} facts of a batch and {} of the table's {} "
         "columns (rank 0's)",
         comm->size(), t.config().batch / comm->size(), t.model().value_dim(), mc.table_dim()));
+  if (!mc.memory_layers.empty()) say("memory: " + h::memory_statement(mc));
   say("capacity: " + h::capacity_statement(t.knowledge_base(), t.parameters()));
   if (o.resume) {
     const std::optional<h::Resumed> r = t.resume(o.checkpoint_dir);
@@ -249,6 +250,17 @@ Action setup(CLI::App& app) {
   sub->add_option("--ffn-hidden", c.base.ffn_hidden,
                   "SwiGLU hidden width of the dense base (dense4x takes 4×)")
       ->capture_default_str();
+  // ---- the memory layers, in place of the FLOP-matching rule (0: the rule's) ----
+  h::MemoryOverrides& m = c.memory;
+  sub->add_option("--mem-heads", m.heads, "memory layers' heads h (0: the FLOP-matching rule's)");
+  sub->add_option("--mem-n-keys", m.n_keys,
+                  "sub-keys per half: the table has n_keys² rows (0: the rule's)");
+  sub->add_option("--mem-k-dim", m.k_dim, "query width n, even (0: the rule's)");
+  sub->add_option("--mem-k", m.k, "rows selected per head, ≤ n_keys (0: the rule's)");
+  sub->add_option("--mem-value-dim", m.value_dim,
+                  "memory+'s value width v (memory needs v = d-model; 0: the rule's)");
+  sub->add_flag("--mem-qk-norm", m.qk_norm,
+                "RMS-normalise each query half and each sub-key before the search");
   // ---- the knowledge base ----
   sub->add_option("--facts", c.data.facts, "facts (≤ subjects × relations)")->capture_default_str();
   sub->add_option("--names", c.data.names, "name tokens (a subject is a pair of them)")

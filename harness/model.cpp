@@ -10,6 +10,9 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include "common/error.h"
 #include "dist/sharded_embbag.h"
 #include "harness/arena.h"
@@ -247,6 +250,40 @@ Config model_config(ModelKind kind, const Config& base) {
       return c;
   }
   throw Error(fmt::format("model kind {} has no config", static_cast<int>(kind)));
+}
+
+Config model_config(ModelKind kind, const Config& base, const MemoryOverrides& o) {
+  Config c = model_config(kind, base);
+  if (!o.any()) return c;
+  MEMLAYERS_CHECK(!c.memory_layers.empty(),
+                  "model '{}' has no memory layer: accepted are memory settings on peer, memory "
+                  "and memory+ only",
+                  to_string(kind));
+  for (const auto& [name, value] : o.sizes())
+    MEMLAYERS_CHECK(value >= 0,
+                    "model '{}': memory {} is {}: accepted are ≥ 1, or 0 for the FLOP-matching "
+                    "rule's",
+                    to_string(kind), name, value);
+  MemoryConfig& m = c.memory;
+  if (o.heads) m.heads = o.heads;
+  if (o.n_keys) m.n_keys = o.n_keys;
+  if (o.k_dim) m.k_dim = o.k_dim;
+  if (o.k) m.k = o.k;
+  if (o.value_dim) m.value_dim = o.value_dim;
+  m.qk_norm = m.qk_norm || o.qk_norm;
+  c.validate();
+  return c;
+}
+
+std::string memory_statement(const Config& c) {
+  if (c.memory_layers.empty()) return "";
+  const MemoryConfig& m = c.memory;
+  return fmt::format(
+      "{} in layer(s) {}: h {}, n_keys {} ({} rows × {}), k_dim {}, k {}{}; {:.0f} FLOPs/token a "
+      "layer, the SwiGLU block's {:.0f}",
+      memory_layer::to_string(m.kind), fmt::join(c.memory_layers, ", "), m.heads, m.n_keys,
+      c.table_rows(), c.table_dim(), m.k_dim, m.k, m.qk_norm ? ", QK-norm" : "",
+      memory_layer_flops(c.layer_config()), 6.0 * double(c.d_model) * double(c.ffn_hidden));
 }
 
 double active_flops_per_token(const Config& c, int64_t seq) {

@@ -14,10 +14,12 @@
 // layers' value table is a second buffer (value_rows() × value_dim()), shared by all of them and
 // trained by the sparse optimiser from a compact gradient.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "dist/comm.h"
@@ -112,6 +114,33 @@ std::vector<int64_t> memory_plus_layers(int64_t layers);
 // is the base's memory.values_dtype (the one field of base.memory read: the FLOPs do not depend
 // on it).
 MemoryConfig memory_settings(ModelKind kind, const Config& base);
+
+// The memory layers' settings a person sets in place of memory_settings' choice, for
+// experiments off the FLOP-matching rule: each field 0 (or false) keeps the rule's value.
+struct MemoryOverrides {
+  int64_t heads = 0, n_keys = 0, k_dim = 0, k = 0, value_dim = 0;
+  bool qk_norm = false;
+  bool any() const { return heads || n_keys || k_dim || k || value_dim || qk_norm; }
+  // The integer fields by name, in declaration order (for messages and JSON).
+  std::array<std::pair<const char*, int64_t>, 5> sizes() const {
+    return {{{"heads", heads},
+             {"n_keys", n_keys},
+             {"k_dim", k_dim},
+             {"k", k},
+             {"value_dim", value_dim}}};
+  }
+};
+
+// model_config(kind, base) with the memory settings `o` sets. Throws memlayers::Error when `o`
+// sets anything on a kind without memory layers, a field is negative, or the result is refused
+// by Config::validate (k > n_keys, an odd k_dim, memory with v ≠ d, ...). The result may exceed
+// the SwiGLU block's FLOPs: active_flops_per_token says by how much.
+Config model_config(ModelKind kind, const Config& base, const MemoryOverrides& o);
+
+// The memory layers of `c` in one line, for logs and summaries: which layers, the kind, h,
+// n_keys (and the table's rows × width), k_dim, k, QK-norm, and one layer's forward FLOPs per
+// token against the SwiGLU block's 6·d·ffn_hidden that it replaces. "" without memory layers.
+std::string memory_statement(const Config& c);
 
 // Forward FLOPs per token of the model's matrix products (2 per multiply-add), counting only the
 // active parameters (a MoE's chosen experts, a memory layer's selected rows): the quantity the

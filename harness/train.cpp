@@ -77,6 +77,12 @@ std::string to_json(const TrainConfig& c) {
                {"memory_layers", b.memory_layers}};
   if (b.memory.values_dtype != DType::f32)
     j["base"]["values_dtype"] = std::string(to_string(b.memory.values_dtype));
+  if (const MemoryOverrides& m = c.memory; m.any()) {
+    j["memory"] = ordered_json::object();
+    for (const auto& [name, value] : m.sizes())
+      if (value != 0) j["memory"][name] = value;
+    if (m.qk_norm) j["memory"]["qk_norm"] = true;
+  }
   j["data"] = {{"seed", d.seed},           {"names", d.names},     {"subjects", d.subjects},
                {"relations", d.relations}, {"objects", d.objects}, {"facts", d.facts}};
   j["steps"] = c.steps;
@@ -134,7 +140,7 @@ Trainer::Trainer(const TrainConfig& c, dist::Comm* comm)
   config_.optim.validate();
   config_json_ = to_json(config_);
 
-  model_ = std::make_unique<Model>(model_config(config_.model, base), ops_, comm_);
+  model_ = std::make_unique<Model>(model_config(config_.model, base, config_.memory), ops_, comm_);
   const Config& mc = model_->config();
   const int64_t n = model_->layout().total(), rows = model_->value_rows(),
                 dim = model_->value_dim();
@@ -504,6 +510,7 @@ Summary summarize(const Trainer& t, double wall_seconds) {
   s.tokens_per_second = s.train_seconds > 0 ? double(t.tokens_trained()) / s.train_seconds : 0.0;
   s.wall_seconds = wall_seconds;
   s.capacity = capacity_statement(t.knowledge_base(), s.parameters);
+  s.memory = memory_statement(t.model().config());
   s.history = t.history();
   return s;
 }
@@ -521,6 +528,7 @@ std::string summary_json(const Summary& s) {
   j["train_seconds"] = s.train_seconds;
   j["wall_seconds"] = s.wall_seconds;
   j["capacity"] = s.capacity;
+  if (!s.memory.empty()) j["memory"] = s.memory;
   json h = json::array();
   for (const EvalPoint& p : s.history)
     h.push_back({{"step", p.step},
@@ -550,6 +558,7 @@ std::string summary_markdown(const Summary& s) {
   md += fmt::format("| steps | {} × {} facts, seed {}, lr {}, values lr {} |\n", s.steps,
                     c["batch"].get<int64_t>(), c["seed"].get<uint64_t>(),
                     c["optim"]["lr"].get<float>(), c["optim"]["values_lr"].get<float>());
+  if (!s.memory.empty()) md += fmt::format("| memory layers | {} |\n", s.memory);
   md += fmt::format("| parameters | {} |\n", s.parameters);
   md += fmt::format("| active FLOPs/token | {:.0f} |\n", s.flops_per_token);
   md += fmt::format("| final loss | {:.4f} |\n", s.final_loss);

@@ -56,6 +56,9 @@ struct TrainConfig {
   // replicated and the value table split along its columns (harness/model.h); 1: one process.
   // The Trainer is then given the group's communicator. 1 ≤ memory_parallel ≤ batch.
   int64_t memory_parallel = 1;
+  // The memory layers' settings set in place of the FLOP-matching rule's (harness/model.h;
+  // nothing set: the rule's, and the config's JSON is what it was before the option existed).
+  MemoryOverrides memory;
   // base.memory.values_dtype (f32 or bf16) is the storage of the value table the memory layers
   // read (model_config keeps it; the rest of base.memory is the kind's own). A model without a
   // table ignores it.
@@ -88,10 +91,10 @@ struct StepResult {
 
 class Trainer {
  public:
-  // Builds the knowledge base, the model (model_config(kind, base): a kind that is not built
-  // throws), the parameters (init_params, init_values from seed) and the optimiser. With `comm`
-  // (outliving the trainer; its size must be memory_parallel), the memory-parallel group: every
-  // rank makes the same calls (steps, evaluations) in the same order; the config must agree
+  // Builds the knowledge base, the model (model_config(kind, base, memory): a kind that is not
+  // built throws), the parameters (init_params, init_values from seed) and the optimiser. With
+  // `comm` (outliving the trainer; its size must be memory_parallel), the memory-parallel group:
+  // every rank makes the same calls (steps, evaluations) in the same order; the config must agree
   // across ranks (checked). Without it, memory_parallel must be 1.
   explicit Trainer(const TrainConfig& c, dist::Comm* comm = nullptr);
   ~Trainer();
@@ -213,6 +216,7 @@ struct Summary {
   double tokens_per_second = 0;
   double train_seconds = 0, wall_seconds = 0;
   std::string capacity;
+  std::string memory;  // memory_statement of the model: "" without memory layers
   std::vector<EvalPoint> history;
 };
 

@@ -742,6 +742,54 @@ TEST(ModelKinds, MemoryKindsAtTheDefaultAndATinyBase) {
   }
 }
 
+// Memory settings set in place of the FLOP-matching rule's: each set field replaces the rule's
+// and the rest stay; memory_statement says what was built; bad overrides are refused.
+TEST(ModelKinds, MemoryOverridesReplaceTheRulesSettings) {
+  Config base;
+  base.vocab = 393, base.ctx = 4, base.d_model = 32, base.layers = 4, base.heads = 2;
+  base.ffn_hidden = 86;
+  const Config rule = model_config(ModelKind::memory_plus, base);
+  EXPECT_EQ(model_config(ModelKind::memory_plus, base, MemoryOverrides{}).memory.k_dim,
+            rule.memory.k_dim);
+  MemoryOverrides o;
+  o.heads = 2, o.n_keys = 128, o.k_dim = 16, o.k = 8, o.qk_norm = true;
+  const Config c = model_config(ModelKind::memory_plus, base, o);
+  EXPECT_EQ(c.memory.heads, 2);
+  EXPECT_EQ(c.memory.n_keys, 128);
+  EXPECT_EQ(c.memory.k_dim, 16);
+  EXPECT_EQ(c.memory.k, 8);
+  EXPECT_TRUE(c.memory.qk_norm);
+  EXPECT_EQ(c.memory.value_dim, rule.memory.value_dim);
+  EXPECT_EQ(c.memory_layers, rule.memory_layers);
+  EXPECT_EQ(c.table_rows(), 128 * 128);
+  EXPECT_TRUE(c.layer_config().qk_norm);
+  // 2·32·2·16 + 2·2·128·16 + 2·2·8·32 + 4·32·32: within the SwiGLU block's 6·32·86.
+  EXPECT_EQ(memory_statement(c),
+            "memory_plus in layer(s) 1, 2, 3: h 2, n_keys 128 (16384 rows × 32), k_dim 16, k 8, "
+            "QK-norm; 15360 FLOPs/token a layer, the SwiGLU block's 16512");
+  EXPECT_EQ(memory_statement(model_config(ModelKind::dense, base)), "");
+  MemoryOverrides wide;
+  wide.k = 64;  // the bag alone: 2·4·64·32 > 16512; allowed, and the FLOPs say so
+  EXPECT_GT(active_flops_per_token(model_config(ModelKind::memory_plus, base, wide), 3),
+            active_flops_per_token(model_config(ModelKind::dense, base), 3));
+
+  MemoryOverrides bad;
+  bad.k = 4;
+  expect_error([&] { model_config(ModelKind::moe, base, bad); },
+               "model 'moe' has no memory layer: accepted are memory settings on peer, memory "
+               "and memory+ only");
+  bad.k = 0, bad.n_keys = -3;
+  expect_error([&] { model_config(ModelKind::memory, base, bad); },
+               "model 'memory': memory n_keys is -3: accepted are ≥ 1, or 0 for the "
+               "FLOP-matching rule's");
+  bad.n_keys = 16, bad.k = 17;
+  expect_error([&] { model_config(ModelKind::peer, base, bad); },
+               "memory.k 17 exceeds memory.n_keys 16");
+  bad = {}, bad.value_dim = 16;
+  expect_error([&] { model_config(ModelKind::memory, base, bad); },
+               "memory.value_dim 16 with kind memory differs from d_model 32");
+}
+
 // ---- MoE layers ----
 
 Config tiny_moe_config() {

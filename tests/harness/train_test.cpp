@@ -394,6 +394,39 @@ TEST_F(TrainTest, Bf16ResumeIsBitwise) {
   expect_error([&] { bf16.resume(other); }, "base.values_dtype is absent there and \"bf16\" here");
 }
 
+// Memory settings off the FLOP-matching rule reach the model and the config's JSON (only when
+// set, so runs without them keep their JSON and checkpoints), and a checkpoint of other settings
+// is refused naming the field.
+TEST_F(TrainTest, MemoryOverridesReachTheModelAndTheCheckpoint) {
+  TrainConfig c = tiny(ModelKind::memory_plus);
+  c.steps = 2, c.eval_every = 2;
+  EXPECT_EQ(to_json(c).find("\"memory\""), std::string::npos);
+  c.memory.k = 2, c.memory.n_keys = 24, c.memory.qk_norm = true;
+  Trainer t(c);
+  EXPECT_EQ(t.model().config().memory.k, 2);
+  EXPECT_EQ(t.model().config().memory.n_keys, 24);
+  EXPECT_TRUE(t.model().config().memory.qk_norm);
+  EXPECT_EQ(t.model().value_rows(), 24 * 24);
+  EXPECT_NE(to_json(c).find("\"memory\":{\"n_keys\":24,\"k\":2,\"qk_norm\":true}"),
+            std::string::npos)
+      << to_json(c);
+  train(t, {});
+  t.save_checkpoint(dir());
+  const Summary s = summarize(t, 1.0);
+  EXPECT_NE(s.memory.find("n_keys 24 (576 rows"), std::string::npos) << s.memory;
+  EXPECT_NE(summary_markdown(s).find("| memory layers | memory_plus in layer(s) "),
+            std::string::npos);
+
+  TrainConfig other = c;
+  other.memory.k = 3;
+  Trainer u(other);
+  expect_error([&] { u.resume(dir()); }, "memory.k");
+  other.memory = {};
+  Trainer rule(other);
+  expect_error([&] { rule.resume(dir()); },
+               "its config has memory.n_keys = 24, which this run's lacks");
+}
+
 // A bf16-table memory+ model learns like the fp32 one: over 40 steps on the tiny knowledge base
 // both losses fall by far more than their difference (measured on cpu: 3.608 → 2.707 for both).
 TEST_F(TrainTest, Bf16TableLearnsLikeFp32) {
