@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -188,8 +189,16 @@ MemoryConfig memory_settings(ModelKind kind, const Config& base) {
   MemoryConfig m;
   m.kind = lk, m.qk_norm = false;
   m.values_dtype = base.memory.values_dtype;  // storage only: the FLOPs do not depend on it
-  m.n_keys = std::min<int64_t>(2 * d, 1024);
+  m.n_keys = std::min<int64_t>(4 * d, 1024);
   const int64_t widest = std::max<int64_t>(2, (d / 2) / 2 * 2);  // even n ≤ d/2 (at least 2)
+  const int64_t k_max = std::clamp<int64_t>(m.n_keys / 16, 1, 32);
+  // (h, k) pairs, the most rows a token reads first (h·k), then the more heads.
+  std::vector<std::pair<int64_t, int64_t>> reads;
+  for (int64_t h : {4, 2, 1})
+    for (int64_t k = k_max; k >= 1; k /= 2) reads.emplace_back(h, k);
+  std::stable_sort(reads.begin(), reads.end(), [](const auto& a, const auto& b) {
+    return a.first * a.second > b.first * b.second;
+  });
   auto cost = [&](const MemoryConfig& s) {
     Config c = dense;
     c.memory = s, c.memory_layers = {0};
@@ -199,16 +208,14 @@ MemoryConfig memory_settings(ModelKind kind, const Config& base) {
   if (lk == memory_layer::Kind::memory_plus)
     for (int64_t v = d / 2; v >= 1; v /= 2) values.push_back(v);
   for (int64_t v : values) {
-    for (int64_t h : {4, 2, 1}) {
-      for (int64_t k = std::min<int64_t>(32, m.n_keys); k >= 1; k /= 2) {
-        m.value_dim = v, m.heads = h, m.k = k;
-        for (int64_t n = widest; n >= 2; n -= 2) {
-          m.k_dim = n;
-          if (cost(m) <= budget) return m;
-        }
+    for (int64_t n = widest; n >= 2; n -= 2) {
+      for (const auto& [h, k] : reads) {
+        m.value_dim = v, m.k_dim = n, m.heads = h, m.k = k;
+        if (cost(m) <= budget) return m;
       }
     }
   }
+  m.heads = 1, m.k = 1, m.k_dim = 2;
   fail(
       "model '{}' on d_model {}, ffn_hidden {}: no memory layer fits the SwiGLU block's {} FLOPs "
       "per token (the smallest, h 1, k 1, k_dim 2, n_keys {}, costs {}): accepted are bases with "

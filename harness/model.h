@@ -106,13 +106,15 @@ std::vector<int64_t> memory_plus_layers(int64_t layers);
 
 // The memory layer's settings for `kind` (peer, memory or memory+) on the dense `base`, the
 // FLOP-matching rule: the layer's forward FLOPs per token (memory_layer::Fwd::flops at batch 1)
-// must not exceed those of the SwiGLU block it replaces, 6·d·ffn_hidden. n_keys = min(2·d, 1024)
-// (the paper's 1024 at d ≥ 512; N = n_keys² rows), v = d; then the paper's h = 4 and k = min(32,
-// n_keys), and the query width n the widest even n ≤ max(2, d/2) that fits the budget. When not
-// even n = 2 fits: k is halved (down to 1), then h (4, 2, 1), then, for memory+ only, v (its
-// gating costs 4·d·v); a base where nothing fits throws naming its budget. The table's storage
-// is the base's memory.values_dtype (the one field of base.memory read: the FLOPs do not depend
-// on it).
+// must not exceed those of the SwiGLU block it replaces, 6·d·ffn_hidden. n_keys = min(4·d, 1024)
+// (the paper's 1024 from d = 256 on; N = n_keys² rows), v = d, the query width n as wide as fits
+// (even, ≤ max(2, d/2)), and at that width the most rows a token reads, h·k, that fit, with
+// h ∈ {4, 2, 1} and k ≤ min(32, n_keys/16) a power-of-two fraction of it (more heads on a tie).
+// At the paper's shape this is its h 4, k 32, n 512, n_keys 1024; at a small d it keeps a query
+// wide enough to tell the sub-keys apart and reads fewer rows instead (harness/README.md). When
+// no n ≥ 2 fits, memory+ halves v; a base where nothing fits throws naming its budget. The
+// table's storage is the base's memory.values_dtype (the one field of base.memory read: the FLOPs
+// do not depend on it).
 MemoryConfig memory_settings(ModelKind kind, const Config& base);
 
 // The memory layers' settings a person sets in place of memory_settings' choice, for

@@ -11,8 +11,9 @@
 Every model gets the same knowledge base (same seed and sizes), the same steps, batch and
 schedule; only the feed-forward blocks differ (harness/README.md, Models). A model's learning rate
 is the one of the sweep's grid with the best fact accuracy at the quick size (ties: lower loss),
-the same short sweep for every model; the value table's rate is the reference implementation's
-1e-3 for every model that has one.
+the same short sweep for every model; a model with a value table (peer, memory, memory+) then
+sweeps the table's own rate (sparse Adam) over its grid at that learning rate, the one
+hyperparameter the dense models do not have.
 
 Runs `memlayers train` (found in --build-dir, default build/release, or built through tools/run
 when missing) and reads its --json summaries; each run's summary is kept beside the report.
@@ -50,6 +51,12 @@ SIZES = {
     },
 }
 LR_GRID = [1e-3, 3e-3, 1e-2]
+# The value table's rate: memlayers train's default (1e-3) first, then the 10× and 30× that
+# product-key memories are commonly trained with (the table's rows each see a sparse share of the
+# tokens, so their updates are rarer than the dense parameters').
+VALUES_LR_GRID = [1e-3, 1e-2, 3e-2]
+DEFAULT_VALUES_LR = VALUES_LR_GRID[0]
+TABLE_MODELS = {"peer", "memory", "memory+"}
 
 
 def find_memlayers(build_dir):
@@ -62,12 +69,14 @@ def find_memlayers(build_dir):
     return exe
 
 
-def command(exe, model, size, lr, out_json, args):
+def command(exe, model, size, lr, out_json, args, values_lr=DEFAULT_VALUES_LR):
     s = SIZES[size]
     steps = args.steps or s["steps"]
     cmd = [str(exe), "train", "--model", model, "--steps", str(steps), "--batch",
            str(s["batch"]), "--eval-every", str(s["eval_every"]), "--seed", str(args.seed),
            "--backend", args.backend, "--lr", f"{lr:g}", "--json", str(out_json)]
+    if model in TABLE_MODELS:
+        cmd += ["--values-lr", f"{values_lr:g}"]
     cmd += s["kb"] + s["model"]
     if args.facts:
         i = cmd.index("--facts")
@@ -75,8 +84,8 @@ def command(exe, model, size, lr, out_json, args):
     return cmd
 
 
-def train(exe, model, size, lr, out_json, args):
-    cmd = command(exe, model, size, lr, out_json, args)
+def train(exe, model, size, lr, out_json, args, values_lr=DEFAULT_VALUES_LR):
+    cmd = command(exe, model, size, lr, out_json, args, values_lr)
     if not args.verbose:
         cmd.append("--quiet")
     t0 = time.time()
@@ -96,19 +105,42 @@ def final(summary, key):
     return math.nan if v is None else v
 
 
+def sweep_path(out_dir, model, lr, values_lr):
+    """A sweep run's summary: the learning-rate sweep's at the default table rate, the table
+    rate sweep's with that rate in the name."""
+    tail = "" if values_lr == DEFAULT_VALUES_LR else f"_vlr{values_lr:g}"
+    return out_dir / f"sweep_{slug(model)}_lr{lr:g}{tail}.json"
+
+
 def sweep(exe, args, out_dir):
-    chosen, rows = {}, []
-    for model in args.models:
+    """Per model, the learning rate of LR_GRID (at the default table rate), then, for a model
+    with a value table, the table's rate of VALUES_LR_GRID at that learning rate; each the best
+    fact accuracy at the quick size (ties: lower loss). Returns {model: (lr, values_lr)} and the
+    rows (model, lr, values_lr, accuracy, loss) of every run."""
+    chosen, rows, done = {}, [], {}
+
+    def best_of(model, points):
         best = None
-        for lr in LR_GRID:
-            s = train(exe, model, "quick", lr, out_dir / f"sweep_{slug(model)}_lr{lr:g}.json", args)
-            acc, loss = final(s, "accuracy"), final(s, "loss")
-            rows.append((model, lr, acc, loss))
+        for lr, vlr in points:
+            if (lr, vlr) not in done:
+                s = train(exe, model, "quick", lr, sweep_path(out_dir, model, lr, vlr), args, vlr)
+                done[(lr, vlr)] = (final(s, "accuracy"), final(s, "loss"))
+                rows.append((model, lr, vlr) + done[(lr, vlr)])
+            acc, loss = done[(lr, vlr)]
             key = (-acc, loss if math.isfinite(loss) else math.inf)
             if best is None or key < best[0]:
-                best = (key, lr)
-        chosen[model] = best[1]
-        print(f"== {model}: learning rate {best[1]:g}", flush=True)
+                best = (key, (lr, vlr))
+        return best[1]
+
+    for model in args.models:
+        done = {}
+        lr, vlr = best_of(model, [(lr, DEFAULT_VALUES_LR) for lr in LR_GRID])
+        if model in TABLE_MODELS:
+            lr, vlr = best_of(model, [(lr, v) for v in VALUES_LR_GRID])
+            print(f"== {model}: learning rate {lr:g}, value table {vlr:g}", flush=True)
+        else:
+            print(f"== {model}: learning rate {lr:g}", flush=True)
+        chosen[model] = (lr, vlr)
     return chosen, rows
 
 
@@ -140,23 +172,27 @@ def load_runs(runs, models, args):
             raise SystemExit(f"harness_compare --report-only: {path} is missing")
         s = json.loads(path.read_text())
         lr = float(f"{s['config']['optim']['lr']:.3g}")
+        vlr = float(f"{s['config']['optim']['values_lr']:.3g}")
         shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         c, b, d = s["config"], s["config"]["base"], s["config"]["data"]
+        table = f"--values-lr {vlr:g} " if m in TABLE_MODELS else ""
         s.setdefault("_command", (
             f"memlayers train --model {m} --steps {c['steps']} --batch {c['batch']} "
             f"--eval-every {c['eval_every']} --seed {c['seed']} --backend {c['backend']} "
-            f"--lr {lr:g} --json {shown} --names {d['names']} --subjects {d['subjects']} "
+            f"--lr {lr:g} {table}--json {shown} --names {d['names']} --subjects {d['subjects']} "
             f"--relations {d['relations']} --objects {d['objects']} --facts {d['facts']} "
             f"--d-model {b['d_model']} --layers {b['layers']} --heads {b['heads']} "
             f"--ffn-hidden {b['ffn_hidden']}"))
         s.setdefault("_wall_s", s.get("wall_seconds", 0))
         summaries[m] = s
-        chosen[m] = lr
-        for lr in LR_GRID:
-            sw = runs / f"sweep_{slug(m)}_lr{lr:g}.json"
+        chosen[m] = (lr, vlr)
+        points = [(r, DEFAULT_VALUES_LR) for r in LR_GRID]
+        points += [(lr, v) for v in VALUES_LR_GRID if v != DEFAULT_VALUES_LR]
+        for r, v in points:
+            sw = sweep_path(runs, m, r, v)
             if sw.exists():
                 d = json.loads(sw.read_text())
-                sweep_rows.append((m, lr, final(d, "accuracy"), final(d, "loss")))
+                sweep_rows.append((m, r, v, final(d, "accuracy"), final(d, "loss")))
     return summaries, chosen, sweep_rows
 
 
@@ -174,16 +210,23 @@ def write_report(out_dir, summaries, chosen, sweep_rows, args, started):
                if args.report_only else ""), ""]
     if "capacity" in any_s:
         lines += [f"Knowledge base: {any_s['capacity']}", ""]
-    lines += ["| model | parameters | active FLOPs/token | learning rate | final loss | "
-              "fact accuracy | tokens/s |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["| model | parameters | active FLOPs/token | learning rate | value table's rate | "
+              "final loss | fact accuracy | tokens/s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for model in args.models:
         s = summaries[model]
+        lr, vlr = chosen[model]
         lines.append(
             f"| {model} | {s['parameters']:,} | {s['active_flops_per_token']:,.0f} | "
-            f"{chosen[model]:g} | {final(s, 'loss'):.3f} | {final(s, 'accuracy'):.1%} | "
+            f"{lr:g} | {f'{vlr:g}' if model in TABLE_MODELS else '—'} | "
+            f"{final(s, 'loss'):.3f} | {final(s, 'accuracy'):.1%} | "
             f"{s['tokens_per_second']:,.0f} |")
     lines.append("")
+    memory = [(m, summaries[m]["memory"]) for m in args.models if "memory" in summaries[m]]
+    if memory:
+        lines += ["Memory layers as built (`memlayers train` prints the same line):", ""]
+        lines += [f"- {m}: {text}" for m, text in memory]
+        lines.append("")
     if "dense" in summaries and "memory+" in summaries:
         d, m = final(summaries["dense"], "accuracy"), final(summaries["memory+"], "accuracy")
         ratio = m / d if d > 0 else math.inf
@@ -195,8 +238,12 @@ def write_report(out_dir, summaries, chosen, sweep_rows, args, started):
         lines += ["![fact accuracy against steps](harness_accuracy.svg)", ""]
     if sweep_rows:
         lines += ["## Learning-rate sweep (quick size, same for every model)", "",
-                  "| model | lr | fact accuracy | loss |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {m} | {lr:g} | {a:.1%} | {l:.3f} |" for m, lr, a, l in sweep_rows]
+                  "The learning rate at the table's default rate, then, for a model with a value "
+                  "table, the table's rate at the chosen learning rate.", "",
+                  "| model | lr | value table's rate | fact accuracy | loss |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {m} | {lr:g} | {f'{v:g}' if m in TABLE_MODELS else '—'} | {a:.1%} | "
+                  f"{l:.3f} |" for m, lr, v, a, l in sweep_rows]
         lines.append("")
     lines += ["## Runs", ""]
     lines += [f"- {m}: `{summaries[m]['_command']}` ({summaries[m]['_wall_s']:.0f} s)"
@@ -270,6 +317,9 @@ def main():
     p.add_argument("--facts", type=int, default=0, help="override the size's facts")
     p.add_argument("--lr", type=float, default=0,
                    help="one learning rate for every model instead of the sweep")
+    p.add_argument("--values-lr", type=float, default=DEFAULT_VALUES_LR,
+                   help="with --lr (and --quick): the value table's rate for every model that "
+                        "has one (default %(default)g)")
     p.add_argument("--machine-name", default=None)
     p.add_argument("--verbose", action="store_true", help="show each run's progress")
     p.add_argument("--report-only", action="store_true",
@@ -288,7 +338,8 @@ def main():
         out_dir = Path(args.out_dir or ROOT / "build" / "harness_quick")
         out_dir.mkdir(parents=True, exist_ok=True)
         lr = args.lr or 3e-3
-        summaries = {m: train(exe, m, "quick", lr, out_dir / f"{slug(m)}.json", args)
+        summaries = {m: train(exe, m, "quick", lr, out_dir / f"{slug(m)}.json", args,
+                              args.values_lr)
                      for m in args.models}
         kb = SIZES["quick"]["kb"]
         bad = check_learns(summaries, int(kb[kb.index("--objects") + 1]))
@@ -306,10 +357,12 @@ def main():
         return
     runs.mkdir(parents=True, exist_ok=True)
     if args.lr:
-        chosen, sweep_rows = {m: args.lr for m in args.models}, []
+        chosen = {m: (args.lr, args.values_lr) for m in args.models}
+        sweep_rows = []
     else:
         chosen, sweep_rows = sweep(exe, args, runs)
-    summaries = {m: train(exe, m, "default", chosen[m], runs / f"{slug(m)}.json", args)
+    summaries = {m: train(exe, m, "default", chosen[m][0], runs / f"{slug(m)}.json", args,
+                          chosen[m][1])
                  for m in args.models}
     plot(out_dir, summaries, args.models)
     write_report(out_dir, summaries, chosen, sweep_rows, args, started)

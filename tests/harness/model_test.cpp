@@ -694,21 +694,36 @@ TEST(ModelKinds, MemoryKindsAtTheDefaultAndATinyBase) {
   base.ffn_hidden = 172;
   const Config mem = model_config(ModelKind::memory, base);
   EXPECT_EQ(mem.memory_layers, (std::vector<int64_t>{2}));
-  EXPECT_EQ(mem.memory.heads, 4);
-  EXPECT_EQ(mem.memory.n_keys, 128);
-  EXPECT_EQ(mem.memory.k, 32);
+  EXPECT_EQ(mem.memory.heads, 2);
+  EXPECT_EQ(mem.memory.n_keys, 256);
+  EXPECT_EQ(mem.memory.k, 16);
   EXPECT_EQ(mem.memory.k_dim, 32);
   EXPECT_EQ(mem.memory.value_dim, 64);
-  EXPECT_EQ(mem.table_rows(), 128 * 128);
+  EXPECT_EQ(mem.table_rows(), 256 * 256);
   EXPECT_EQ(mem.table_dim(), 64);
   const Config plus = model_config(ModelKind::memory_plus, base);
   EXPECT_EQ(plus.memory_layers, (std::vector<int64_t>{1, 2, 3}));
-  EXPECT_EQ(plus.memory.k_dim, 20);
+  EXPECT_EQ(plus.memory.heads, 2);
+  EXPECT_EQ(plus.memory.k, 16);
+  EXPECT_EQ(plus.memory.k_dim, 32);
   EXPECT_EQ(plus.memory.value_dim, 64);
   const Config peer = model_config(ModelKind::peer, base);
   EXPECT_EQ(peer.memory_layers, (std::vector<int64_t>{2}));
-  EXPECT_EQ(peer.memory.k_dim, 20);
-  EXPECT_EQ(peer.table_rows(), 2 * 128 * 128);
+  EXPECT_EQ(peer.memory.k_dim, 32);
+  EXPECT_EQ(peer.table_rows(), 2 * 256 * 256);
+  // The comparison's base (tools/harness_compare.py: d 32, ffn_hidden 86): the widest query
+  // (n 16) with 2 heads of 8 rows, rather than the paper's 4 × 32 rows through a 4-wide query.
+  Config small = base;
+  small.d_model = 32, small.heads = 2, small.ffn_hidden = 86;
+  const MemoryConfig s = model_config(ModelKind::memory_plus, small).memory;
+  EXPECT_EQ(std::vector<int64_t>({s.heads, s.n_keys, s.k_dim, s.k, s.value_dim}),
+            std::vector<int64_t>({2, 128, 16, 8, 32}));
+  // The paper's shape (d 1024, a SwiGLU of 8/3·d): its h 4, n_keys 1024, n 512, k 32.
+  Config paper = base;
+  paper.d_model = 1024, paper.heads = 16, paper.ffn_hidden = 2730;
+  const MemoryConfig p = model_config(ModelKind::memory_plus, paper).memory;
+  EXPECT_EQ(std::vector<int64_t>({p.heads, p.n_keys, p.k_dim, p.k, p.value_dim}),
+            std::vector<int64_t>({4, 1024, 512, 32, 1024}));
   EXPECT_EQ(memory_plus_layers(24), (std::vector<int64_t>{4, 12, 20}));
   EXPECT_EQ(memory_plus_layers(2), (std::vector<int64_t>{0, 1}));
 
@@ -726,7 +741,10 @@ TEST(ModelKinds, MemoryKindsAtTheDefaultAndATinyBase) {
       EXPECT_GT(per_layer, 0.5 * budget) << to_string(k) << " at d " << b.d_model;
       EXPECT_EQ(parameter_count(c), ParamLayout(c).total() + c.table_rows() * c.table_dim());
       if (at_base) {
-        EXPECT_NEAR(flops / dense, 1.0, 0.05) << to_string(k);
+        // At most the dense model's, and close: the rule leaves the layers' FLOPs below the
+        // block's when the next (h, k) up does not fit (memory: 45056 of 66048 a layer).
+        EXPECT_LE(flops / dense, 1.0) << to_string(k);
+        EXPECT_GE(flops / dense, 0.8) << to_string(k);
       }
       Model model(c, ops_for(Backend::cpu));
       const std::vector<float> params = init_params(c, 3), values = init_values(c, 3);
