@@ -78,9 +78,10 @@ def command(exe, model, size, lr, out_json, args, values_lr=DEFAULT_VALUES_LR):
     if model in TABLE_MODELS:
         cmd += ["--values-lr", f"{values_lr:g}"]
     cmd += s["kb"] + s["model"]
-    if args.facts:
-        i = cmd.index("--facts")
-        cmd[i + 1] = str(args.facts)
+    for flag, value in (("--facts", args.facts), ("--relations", args.relations)):
+        if value:
+            i = cmd.index(flag)
+            cmd[i + 1] = str(value)
     return cmd
 
 
@@ -315,6 +316,8 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--steps", type=int, default=0, help="override the size's steps")
     p.add_argument("--facts", type=int, default=0, help="override the size's facts")
+    p.add_argument("--relations", type=int, default=0,
+                   help="override the size's relations (facts ≤ subjects × relations)")
     p.add_argument("--lr", type=float, default=0,
                    help="one learning rate for every model instead of the sweep")
     p.add_argument("--values-lr", type=float, default=DEFAULT_VALUES_LR,
