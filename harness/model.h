@@ -109,7 +109,8 @@ std::vector<int64_t> memory_plus_layers(int64_t layers);
 // must not exceed those of the SwiGLU block it replaces, 6·d·ffn_hidden. n_keys = min(4·d, 1024)
 // (the paper's 1024 from d = 256 on; N = n_keys² rows), v = d, the query width n as wide as fits
 // (even, ≤ max(2, d/2)), and at that width the most rows a token reads, h·k, that fit, with
-// h ∈ {4, 2, 1} and k ≤ min(32, n_keys/16) a power-of-two fraction of it (more heads on a tie).
+// h ∈ {4, 2, 1} and k one of k_max, k_max/2, ..., 1 for k_max = min(32, n_keys/16) (more heads
+// on a tie).
 // At the paper's shape this is its h 4, k 32, n 512, n_keys 1024; at a small d it keeps a query
 // wide enough to tell the sub-keys apart and reads fewer rows instead (harness/README.md). When
 // no n ≥ 2 fits, memory+ halves v; a base where nothing fits throws naming its budget. The
