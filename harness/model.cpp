@@ -177,6 +177,13 @@ double memory_layer_flops(const memory_layer::Config& mc) {
   return memory_layer::Fwd::flops(p);
 }
 
+// Forward FLOPs per token of a SwiGLU block, w13 (d, 2·ffn_hidden) and w2 (ffn_hidden, d): the
+// budget a memory layer that replaces it must fit.
+double swiglu_flops(const Config& c) {
+  const double d = static_cast<double>(c.d_model), f = static_cast<double>(c.ffn_hidden);
+  return 2 * d * 2 * f + 2 * f * d;
+}
+
 }  // namespace
 
 MemoryConfig memory_settings(ModelKind kind, const Config& base) {
@@ -185,7 +192,7 @@ MemoryConfig memory_settings(ModelKind kind, const Config& base) {
   dense.memory_layers.clear();
   dense.validate();
   const int64_t d = base.d_model;
-  const double budget = 6.0 * double(d) * double(base.ffn_hidden);  // SwiGLU: w13 and w2
+  const double budget = swiglu_flops(base);
   MemoryConfig m;
   m.kind = lk, m.qk_norm = false;
   m.values_dtype = base.memory.values_dtype;  // storage only: the FLOPs do not depend on it
@@ -290,16 +297,16 @@ std::string memory_statement(const Config& c) {
       "layer, the SwiGLU block's {:.0f}",
       memory_layer::to_string(m.kind), fmt::join(c.memory_layers, ", "), m.heads, m.n_keys,
       c.table_rows(), c.table_dim(), m.k_dim, m.k, m.qk_norm ? ", QK-norm" : "",
-      memory_layer_flops(c.layer_config()), 6.0 * double(c.d_model) * double(c.ffn_hidden));
+      memory_layer_flops(c.layer_config()), swiglu_flops(c));
 }
 
 double active_flops_per_token(const Config& c, int64_t seq) {
   c.validate();
-  const double d = static_cast<double>(c.d_model), f = static_cast<double>(c.ffn_hidden);
+  const double d = static_cast<double>(c.d_model);
   const double attention = 2 * d * 3 * d                            // wqkv
                            + 2 * d * d                              // wo
                            + 2 * 2 * static_cast<double>(seq) * d;  // QKᵀ and PV, at seq
-  const double swiglu = 2 * d * 2 * f + 2 * f * d;                  // w13, w2
+  const double swiglu = swiglu_flops(c);
   const double memory = c.memory_layers.empty() ? 0 : memory_layer_flops(c.layer_config());
   const double moe = c.moe_layers.empty() ? 0 : MoeBlock::active_flops_per_token(c.moe, c.d_model);
   double total = 2 * d * static_cast<double>(c.vocab);

@@ -14,6 +14,7 @@
 // layers' value table is a second buffer (value_rows() × value_dim()), shared by all of them and
 // trained by the sparse optimiser from a compact gradient.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -123,7 +124,6 @@ MemoryConfig memory_settings(ModelKind kind, const Config& base);
 struct MemoryOverrides {
   int64_t heads = 0, n_keys = 0, k_dim = 0, k = 0, value_dim = 0;
   bool qk_norm = false;
-  bool any() const { return heads || n_keys || k_dim || k || value_dim || qk_norm; }
   // The integer fields by name, in declaration order (for messages and JSON).
   std::array<std::pair<const char*, int64_t>, 5> sizes() const {
     return {{{"heads", heads},
@@ -131,6 +131,10 @@ struct MemoryOverrides {
              {"k_dim", k_dim},
              {"k", k},
              {"value_dim", value_dim}}};
+  }
+  bool any() const {
+    const auto s = sizes();
+    return qk_norm || std::any_of(s.begin(), s.end(), [](const auto& f) { return f.second != 0; });
   }
 };
 

@@ -118,9 +118,10 @@ def sweep(exe, args, out_dir):
     with a value table, the table's rate of VALUES_LR_GRID at that learning rate; each the best
     fact accuracy at the quick size (ties: lower loss). Returns {model: (lr, values_lr)} and the
     rows (model, lr, values_lr, accuracy, loss) of every run."""
-    chosen, rows, done = {}, [], {}
+    chosen, rows = {}, []
 
-    def best_of(model, points):
+    def best_of(model, points, done):
+        """The best of `points` (lr, values_lr), training those not already in `done`."""
         best = None
         for lr, vlr in points:
             if (lr, vlr) not in done:
@@ -134,10 +135,10 @@ def sweep(exe, args, out_dir):
         return best[1]
 
     for model in args.models:
-        done = {}
-        lr, vlr = best_of(model, [(lr, DEFAULT_VALUES_LR) for lr in LR_GRID])
+        done = {}  # (lr, values_lr) -> (accuracy, loss) of this model's runs
+        lr, vlr = best_of(model, [(lr, DEFAULT_VALUES_LR) for lr in LR_GRID], done)
         if model in TABLE_MODELS:
-            lr, vlr = best_of(model, [(lr, v) for v in VALUES_LR_GRID])
+            lr, vlr = best_of(model, [(lr, v) for v in VALUES_LR_GRID], done)
             print(f"== {model}: learning rate {lr:g}, value table {vlr:g}", flush=True)
         else:
             print(f"== {model}: learning rate {lr:g}", flush=True)
@@ -197,6 +198,11 @@ def load_runs(runs, models, args):
     return summaries, chosen, sweep_rows
 
 
+def table_rate(model, values_lr):
+    """The value table's rate as the report shows it: a dash for a model without a table."""
+    return f"{values_lr:g}" if model in TABLE_MODELS else "—"
+
+
 def write_report(out_dir, summaries, chosen, sweep_rows, args, started):
     lines = ["# Training harness: memory layers against dense, MoE and PEER at matched compute",
              ""]
@@ -219,7 +225,7 @@ def write_report(out_dir, summaries, chosen, sweep_rows, args, started):
         lr, vlr = chosen[model]
         lines.append(
             f"| {model} | {s['parameters']:,} | {s['active_flops_per_token']:,.0f} | "
-            f"{lr:g} | {f'{vlr:g}' if model in TABLE_MODELS else '—'} | "
+            f"{lr:g} | {table_rate(model, vlr)} | "
             f"{final(s, 'loss'):.3f} | {final(s, 'accuracy'):.1%} | "
             f"{s['tokens_per_second']:,.0f} |")
     lines.append("")
@@ -243,8 +249,8 @@ def write_report(out_dir, summaries, chosen, sweep_rows, args, started):
                   "table, the table's rate at the chosen learning rate.", "",
                   "| model | lr | value table's rate | fact accuracy | loss |",
                   "| --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {m} | {lr:g} | {f'{v:g}' if m in TABLE_MODELS else '—'} | {a:.1%} | "
-                  f"{l:.3f} |" for m, lr, v, a, l in sweep_rows]
+        lines += [f"| {m} | {lr:g} | {table_rate(m, v)} | {a:.1%} | {l:.3f} |"
+                  for m, lr, v, a, l in sweep_rows]
         lines.append("")
     lines += ["## Runs", ""]
     lines += [f"- {m}: `{summaries[m]['_command']}` ({summaries[m]['_wall_s']:.0f} s)"
