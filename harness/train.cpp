@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/bf16.h"
+#include "common/blas_core.h"
 #include "common/error.h"
 #include "common/parallel.h"
 
@@ -511,6 +512,7 @@ Summary summarize(const Trainer& t, double wall_seconds) {
   s.wall_seconds = wall_seconds;
   s.capacity = capacity_statement(t.knowledge_base(), s.parameters);
   s.memory = memory_statement(t.model().config());
+  s.host_blas = host_blas::describe();
   s.history = t.history();
   return s;
 }
@@ -529,6 +531,7 @@ std::string summary_json(const Summary& s) {
   j["wall_seconds"] = s.wall_seconds;
   j["capacity"] = s.capacity;
   if (!s.memory.empty()) j["memory"] = s.memory;
+  j["host_blas"] = s.host_blas;
   json h = json::array();
   for (const EvalPoint& p : s.history)
     h.push_back({{"step", p.step},
@@ -549,7 +552,8 @@ std::string summary_markdown(const Summary& s) {
       "| model | {} (d_model {}, {} layers, {} heads, ffn_hidden {}, vocab {}, ctx {}) |\n",
       s.model, b["d_model"].get<int64_t>(), b["layers"].get<int64_t>(), b["heads"].get<int64_t>(),
       b["ffn_hidden"].get<int64_t>(), b["vocab"].get<int64_t>(), b["ctx"].get<int64_t>());
-  md += fmt::format("| backend | {} |\n", c["backend"].get<std::string>());
+  md += fmt::format("| backend | {} (host BLAS: {}) |\n", c["backend"].get<std::string>(),
+                    s.host_blas);
   md += fmt::format(
       "| knowledge base | {} facts: {} subjects ({} names), {} relations, {} objects; data seed "
       "{} |\n",

@@ -217,6 +217,9 @@ struct Summary {
   double train_seconds = 0, wall_seconds = 0;
   std::string capacity;
   std::string memory;  // memory_statement of the model: "" without memory layers
+  // The host BLAS and its kernels (host_blas::describe()): the cpu backend's GEMMs round as they
+  // do, so a run reproduces to the bit only with the same kernels.
+  std::string host_blas;
   std::vector<EvalPoint> history;
 };
 

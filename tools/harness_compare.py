@@ -211,6 +211,11 @@ def write_report(out_dir, summaries, chosen, sweep_rows, args, started):
     lines += [f"Machine: {machine}; backend {args.backend}; written "
               f"{time.strftime('%Y-%m-%d %H:%M', started)}.",
               ""]
+    # The GEMMs' kernels decide the rounding, so the runs reproduce bit for bit only with them
+    # (summaries from before memlayers recorded them have none).
+    blas = sorted({s["host_blas"] for s in summaries.values() if s.get("host_blas")})
+    if blas:
+        lines += ["Host BLAS: " + " / ".join(blas) + ".", ""]
     argv = [a for a in args.argv if a != "--report-only"]
     lines += ["Command: `tools/harness_compare.py" + "".join(" " + a for a in argv) + "`" +
               (" (this page rewritten from its saved runs by --report-only)"

@@ -294,7 +294,8 @@ def machine_section(meta, contexts, folder_arg):
     if peaks:
         out.append("| nominal peaks (for %% of peak) | %s |" % ", ".join(peaks))
     # OpenBLAS's kernels for this CPU: its generic Prescott ones (a CPU model it does not know)
-    # lower the host sgemm ceiling and the OpenBLAS variants alike.
+    # lower the host sgemm ceiling and the OpenBLAS variants alike. The benchmarks replace them at
+    # start (kernels/common/blas_core.h) and say so here; runs from before that may show them.
     blas = sorted({c.get("host_blas") for _, c in contexts if c.get("host_blas")})
     if blas:
         out.append("| host BLAS | %s |" % " / ".join(blas))

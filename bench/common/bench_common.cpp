@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "common/bf16.h"
+#include "common/blas_core.h"
 #include "common/error.h"
 
 namespace memlayers::bench {
@@ -110,7 +111,7 @@ void print_machine(int64_t host_llc, int64_t gpu_l2, int threads) {
              human_bytes(double(host_llc)),
              gpu_l2 ? fmt::format(", GPU L2 {}", human_bytes(double(gpu_l2))) : std::string(),
              human_bytes(double(host_physical_memory_bytes())), threads, host_load_average());
-  fmt::print("  host BLAS {}\n", host_blas());
+  fmt::print("  host BLAS {}\n", host_blas::describe());
 }
 
 void add_context(const std::vector<std::pair<std::string, std::string>>& entries) {
@@ -122,7 +123,7 @@ void add_machine_context(int64_t host_llc, int64_t gpu_l2, int threads, double p
                {"gpu_l2_bytes", std::to_string(gpu_l2)},
                {"threads", std::to_string(threads)},
                {"host_load_avg_1m", host_load_average()},
-               {"host_blas", host_blas()},
+               {"host_blas", host_blas::describe()},
                {"peak_gbs", fmt::format("{}", peak_gbs)}});
 }
 
@@ -463,6 +464,7 @@ int run_registered(int* argc, char** argv, const char* program, const std::atomi
 }
 
 int main_guarded(const char* program, int argc, char** argv, int (*run)(int, char**)) {
+  host_blas::use_native_core(argc, argv);  // OpenBLAS's own kernels, not its generic fallback
   try {
     return run(argc, argv);
   } catch (const std::exception& e) {

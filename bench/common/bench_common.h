@@ -149,10 +149,6 @@ std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size
 // (cuBLAS: sgemm, or bf16 inputs with fp32 compute on the tensor cores). The cuda one exists only
 // in a build with CUDA (have_cuda_gemm_ceiling()); elsewhere it throws.
 std::unique_ptr<Ceiling> host_gemm_ceiling(int64_t m, int64_t n, int64_t k);
-// The host BLAS and, for OpenBLAS, the kernel family it picked for this CPU: "OpenBLAS 0.3.21,
-// SkylakeX kernels". A CPU model OpenBLAS does not recognise gets its generic Prescott (SSE3)
-// kernels, several times slower, which lowers the sgemm ceiling and the OpenBLAS variants alike.
-std::string host_blas();
 bool have_cuda_gemm_ceiling();
 std::unique_ptr<Ceiling> cuda_gemm_ceiling(int64_t m, int64_t n, int64_t k, DType dtype);
 

@@ -98,17 +98,6 @@ struct CudaGemm {
 
 }  // namespace
 
-std::string host_blas() {
-#if defined(OPENBLAS_VERSION)
-  std::string version = OPENBLAS_VERSION;  // " OpenBLAS 0.3.21 "
-  version.erase(0, version.find_first_not_of(' '));
-  version.erase(version.find_last_not_of(' ') + 1);
-  return fmt::format("{}, {} kernels", version, openblas_get_corename());
-#else
-  return "CBLAS (not OpenBLAS: kernels unknown)";
-#endif
-}
-
 std::unique_ptr<Ceiling> host_gemm_ceiling(int64_t m, int64_t n, int64_t k) {
   auto g = std::make_shared<HostGemm>(m, n, k);
   return std::make_unique<Ceiling>(

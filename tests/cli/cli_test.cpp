@@ -15,6 +15,7 @@
 
 #include "cli_helpers.h"
 #include "common/backend.h"
+#include "common/blas_core.h"
 #include "common/registry.h"
 #include "npy/npy.h"
 
@@ -49,7 +50,7 @@ TEST(CliBinary, InfoText) {
   const Result r = run("info");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_THAT(r.out, StartsWith("memlayers " MEMLAYERS_VERSION));
-  for (const char* want : {"cpu:", "simd:", "gpu:", "backends:", "reference", "simt"})
+  for (const char* want : {"cpu:", "simd:", "blas:", "gpu:", "backends:", "reference", "simt"})
     EXPECT_THAT(r.out, HasSubstr(want));
   const std::string cuda_why = memlayers::usable(memlayers::Backend::cuda);
   if (!cuda_why.empty()) {
@@ -107,6 +108,62 @@ TEST(CliBinary, InfoJsonMatchesThisProcess) {
     targets.emplace_back(hwy::TargetName(bits & -bits));
   ASSERT_FALSE(targets.empty());
   EXPECT_EQ(j["cpu"]["simd_targets"].get<std::vector<std::string>>(), targets);
+}
+
+namespace {
+// The OpenBLAS core a describe() line names: "OpenBLAS 0.3.21, Cooperlake kernels (...)".
+std::string core_of(const std::string& blas) {
+  const auto comma = blas.find(", "), kernels = blas.find(" kernels");
+  if (comma == std::string::npos || kernels == std::string::npos || kernels < comma) return "";
+  return blas.substr(comma + 2, kernels - comma - 2);
+}
+}  // namespace
+
+TEST(BlasCore, BetterCoreOnlyReplacesPreAvx2Cores) {
+  using memlayers::host_blas::better_core;
+  using memlayers::host_blas::CpuVectors;
+  const CpuVectors sse{}, avx2{true, false, false}, avx512{true, true, false},
+      avx512_bf16{true, true, true};
+  // The fallback that Debian's OpenBLAS 0.3.21 takes on a Xeon it does not know.
+  EXPECT_EQ(better_core("Prescott", avx512_bf16), "Cooperlake");
+  EXPECT_EQ(better_core("Prescott", avx512), "SkylakeX");
+  EXPECT_EQ(better_core("prescott", avx2), "Haswell");  // names compare without case
+  EXPECT_EQ(better_core("Sandybridge", avx2), "Haswell");
+  EXPECT_EQ(better_core("Nehalem", avx512), "SkylakeX");
+  // Nothing better to run: the library's choice stands.
+  EXPECT_EQ(better_core("Prescott", sse), "");
+  // AVX2 and AVX-512 cores, and names this code does not know, are left alone.
+  for (const char* core : {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids", "Zen5"})
+    EXPECT_EQ(better_core(core, avx512_bf16), "") << core;
+}
+
+TEST(CliBinary, InfoRunsOpenBlasOwnKernelsNotItsFallback) {
+  ASSERT_EQ(std::getenv("OPENBLAS_CORETYPE"), nullptr)
+      << "run this test without OPENBLAS_CORETYPE: it checks the binary's own choice";
+  const Result r = run("info --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string blas = nlohmann::json::parse(r.out)["cpu"]["blas"].get<std::string>();
+  if (blas.rfind("OpenBLAS", 0) != 0) GTEST_SKIP() << "not OpenBLAS: " << blas;
+  const std::string core = core_of(blas);
+  ASSERT_FALSE(core.empty()) << blas;
+  // A pre-AVX2 fallback on a CPU with AVX2 or AVX-512 was replaced at start, and says so.
+  EXPECT_EQ(memlayers::host_blas::better_core(core, memlayers::host_blas::this_cpu()), "")
+      << "memlayers runs OpenBLAS's " << core << " kernels on a CPU that runs better ones";
+  if (blas.find("OPENBLAS_CORETYPE") != std::string::npos) {
+    EXPECT_THAT(blas, HasSubstr("set at start: the library alone took")) << blas;
+  }
+  EXPECT_TRUE(r.err.empty()) << r.err;
+}
+
+TEST(CliBinary, OpenBlasCoreTypeSetByTheUserIsKept) {
+  ASSERT_EQ(setenv("OPENBLAS_CORETYPE", "Prescott", 1), 0);
+  const Result r = run("info --json");
+  unsetenv("OPENBLAS_CORETYPE");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string blas = nlohmann::json::parse(r.out)["cpu"]["blas"].get<std::string>();
+  if (blas.rfind("OpenBLAS", 0) != 0) GTEST_SKIP() << "not OpenBLAS: " << blas;
+  EXPECT_THAT(blas, HasSubstr("(OPENBLAS_CORETYPE=Prescott)"));
+  EXPECT_THAT(blas, Not(HasSubstr("set at start")));
 }
 
 TEST(CliBinary, NpyInfoReadsAndReportsErrors) {

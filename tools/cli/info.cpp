@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/backend.h"
+#include "common/blas_core.h"
 #include "common/registry.h"
 #include "subcommand.h"
 
@@ -84,7 +85,8 @@ json collect() {
   j["cpu"] = {{"model", cpu_model()},
               {"cores", std::thread::hardware_concurrency()},
               {"cores_available", cores_available()},
-              {"simd_targets", simd_targets()}};
+              {"simd_targets", simd_targets()},
+              {"blas", host_blas::describe()}};
   const std::string gpu_why = usable(Backend::cuda);
   j["gpu"] = {{"present", gpu_why.empty()}, {"why_not", gpu_why}};
   return j;
@@ -109,6 +111,7 @@ void print_text(const json& j) {
   line("cpu:      {} ({} cores, {} available to this process)", cpu["model"].get<std::string>(),
        cpu["cores"].get<unsigned>(), cpu["cores_available"].get<int>());
   line("simd:     {}", fmt::join(cpu["simd_targets"].get<std::vector<std::string>>(), " "));
+  line("blas:     {}", cpu["blas"].get<std::string>());
   line("gpu:      {}", j["gpu"]["present"].get<bool>()
                            ? std::string("present")
                            : "none usable (" + j["gpu"]["why_not"].get<std::string>() + ")");

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <utility>
 
+#include "common/blas_core.h"
 #include "subcommand.h"
 
 namespace memlayers::cli {
@@ -87,4 +88,7 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace memlayers::cli
 
-int main(int argc, char** argv) { return memlayers::cli::run(argc, argv); }
+int main(int argc, char** argv) {
+  memlayers::host_blas::use_native_core(argc, argv);  // OpenBLAS's AVX kernels, not its fallback
+  return memlayers::cli::run(argc, argv);
+}
