@@ -3,14 +3,14 @@
 //
 // A DYNAMIC_ARCH OpenBLAS (Debian's) picks its kernels (its "core") from the CPU model when it
 // loads. A model newer than the library gets a pre-AVX2 fallback: Debian's 0.3.21 runs its SSE3
-// Prescott kernels on an Emerald Rapids Xeon with AVX-512, and there its sgemm reaches about a
-// third of what its AVX-512 kernels do. That lowers every OpenBLAS GEMM in the suite (the CPU
-// variants that call it, the harness's linear layers) and the benchmarks' sgemm ceiling with it,
-// so a roofline can show a kernel above its "ceiling". The library reads OPENBLAS_CORETYPE only
-// when it loads, so the fix is a restart: use_native_core() re-executes the program once with
-// OPENBLAS_CORETYPE set to the best core this CPU can run. The restart is silent; describe(), which
-// `memlayers info`, the benchmarks' headers and JSON and the training summaries show, says it
-// happened and what the library took by itself.
+// Prescott kernels on an Emerald Rapids Xeon with AVX-512, and there its sgemm reaches under a
+// quarter of what its AVX-512 kernels do (55 against 250 GFLOP/s on 2 cores). That lowers every
+// OpenBLAS GEMM in the suite (the CPU variants that call it, the harness's linear layers) and the
+// benchmarks' sgemm ceiling with it, so a roofline can show a kernel above its "ceiling". The
+// library reads OPENBLAS_CORETYPE only when it loads, so the fix is a restart: use_native_core()
+// re-executes the program once with OPENBLAS_CORETYPE set to the best core this CPU can run. The
+// restart is silent; describe(), which `memlayers info`, the benchmarks' headers and JSON and the
+// training summaries show, says it happened and what the library took by itself.
 //   memlayers::host_blas::use_native_core(argc, argv);  // first thing in main()
 //   fmt::print("{}\n", memlayers::host_blas::describe());
 // OPENBLAS_CORETYPE set by the user is left alone (OPENBLAS_CORETYPE=Prescott keeps the library's

@@ -138,8 +138,9 @@ TEST(BlasCore, BetterCoreOnlyReplacesPreAvx2Cores) {
 }
 
 TEST(CliBinary, InfoRunsOpenBlasOwnKernelsNotItsFallback) {
-  ASSERT_EQ(std::getenv("OPENBLAS_CORETYPE"), nullptr)
-      << "run this test without OPENBLAS_CORETYPE: it checks the binary's own choice";
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr)
+    GTEST_SKIP() << "OPENBLAS_CORETYPE is set: the binary keeps it, and this test checks its own "
+                    "choice";
   const Result r = run("info --json");
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string blas = nlohmann::json::parse(r.out)["cpu"]["blas"].get<std::string>();
