@@ -150,7 +150,7 @@ MEMLAYERS_REGISTER(Fwd, Variant<FwdParams>{
                                   HWY_DYNAMIC_DISPATCH(Forward)
                                   (p);
                                 },
-                            .summary = "Highway SIMD (runtime dispatch), 4 rows per pass, threads "
+                            .summary = "Highway SIMD (runtime dispatch), 8 rows per pass, threads "
                                        "over bags, next bag's rows prefetched",
                             .deterministic = true,
                         });
