@@ -1,11 +1,10 @@
-// The cpu backend of harness::Ops: the GEMMs of the linear layers by OpenBLAS cblas_sgemm (bias
-// broadcast into the output first, beta = 1; gradients accumulated with beta = 1), everything
-// else in fp32 loops threaded with kernels/common/parallel.h. Reductions over rows (dtable,
-// dscale, db) are split by column blocks, never by rows, so every sum has one fixed order and
-// the backend is deterministic. Attention is per (sequence, head) loops over the causal triangle,
-// its products in registers: at the harness's sequence lengths (≤ a few hundred) a GEMM call per
-// (sequence, head) costs more than it saves, and cblas calls from the pool's threads would
-// nest OpenBLAS's own threads inside ours.
+// The cpu backend of harness::Ops: the GEMMs of the linear layers by OpenBLAS sgemm over the
+// pool (common/blas.h; bias broadcast into the output first, beta = 1; gradients accumulated with
+// beta = 1), everything else in fp32 loops threaded with kernels/common/parallel.h. Reductions
+// over rows (dtable, dscale, db) are split by column blocks, never by rows, so every sum has one
+// fixed order and the backend is deterministic. Attention is per (sequence, head) loops over the
+// causal triangle, its products in registers: at the harness's sequence lengths (≤ a few hundred)
+// a GEMM call per (sequence, head) costs more than it saves.
 
 #include <algorithm>
 #include <cmath>

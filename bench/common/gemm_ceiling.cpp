@@ -32,7 +32,12 @@ struct HostGemm {
     fill_uniform(a.data(), m * k, DType::f32, 7);
     fill_uniform(b.data(), n * k, DType::f32, 8);
   }
+  // OpenBLAS with its own threads, one per host thread: the library's best, independent of how
+  // the kernels call it (common/blas.h sets it back to one thread on their next GEMM).
   double pass() {
+#if defined(OPENBLAS_VERSION)
+    openblas_set_num_threads(host_threads());
+#endif
     const auto t0 = std::chrono::steady_clock::now();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, a.data(),
                 int(k), b.data(), int(k), 0.0f, c.data(), int(n));

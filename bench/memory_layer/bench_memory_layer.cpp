@@ -37,9 +37,6 @@
 #include "memory_layer/memory_layer.h"
 #include "memory_layer/stage_costs.h"
 
-// OpenBLAS's thread count, set when the BLAS is OpenBLAS (weak: absent from other BLASes).
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-
 namespace {
 
 using namespace memlayers;
@@ -589,7 +586,6 @@ int run(int argc, char** argv) {
   const int64_t l2 = runnable.has_cuda ? mb::gpu_l2_bytes() : 0;
   const std::string ceiling_why = mb::finish_run_flags(flags, run, std::max(host_llc, l2));
   const int threads = mb::host_threads();
-  if (openblas_set_num_threads) openblas_set_num_threads(threads);
   const std::string shape = shape_name(o, c);
   const double table_bytes = double(c.num_values()) * double(c.value_width()) *
                              double(dtype_size(c.values_dtype)) * (c.kind == Kind::peer ? 2 : 1);

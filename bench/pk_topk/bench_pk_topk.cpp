@@ -31,9 +31,6 @@
 #include "bench/common/bench_common.h"
 #include "pk_topk/pk_topk.h"
 
-// OpenBLAS's thread count, set when the BLAS is OpenBLAS (weak: absent from other BLASes).
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-
 namespace {
 
 using namespace memlayers;
@@ -418,7 +415,6 @@ int run(int argc, char** argv) {
   const int64_t l2 = runnable.has_cuda ? mb::gpu_l2_bytes() : 0;
   const std::string ceiling_why = mb::finish_run_flags(flags, run, std::max(host_llc, l2));
   const int threads = mb::host_threads();
-  if (openblas_set_num_threads) openblas_set_num_threads(threads);
   const GemmShape gemm{c.batch, c.n_keys, c.half()};
 
   fmt::print("bench_pk_topk configuration\n");

@@ -1,9 +1,11 @@
 // kernels/common/parallel.h: every index visited exactly once, exceptions reach the caller,
-// nested and concurrent calls fall back to serial instead of deadlocking.
+// nested and concurrent calls fall back to serial instead of deadlocking, spinning and sleeping
+// workers both pick up jobs.
 // Build and run: cmake --build build --target embbag_test && ctest --test-dir build -L embbag
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -61,6 +63,32 @@ TEST(ParallelFor, NestedAndConcurrentCallsComplete) {
   other.join();
   EXPECT_EQ(both.load(), 100 * 1000);
   EXPECT_GE(num_threads(), 1);
+}
+
+TEST(ParallelPool, SpinningAndSleepingThreadsRunEveryJob) {
+  // Back-to-back jobs meet spinning workers; jobs after a pause longer than the spin meet
+  // sleeping ones; a spin of 0 sleeps at once. Every job visits every index once either way.
+  using std::chrono::microseconds;
+  for (microseconds spin : {microseconds(0), microseconds(50), microseconds(20000)}) {
+    parallel_detail::Pool pool(3, spin);
+    for (int j = 0; j < 60; ++j) {
+      if (j % 20 == 19) std::this_thread::sleep_for(microseconds(200));
+      std::vector<std::atomic<int>> seen(1000);
+      auto body = [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) seen[static_cast<std::size_t>(i)].fetch_add(1);
+      };
+      parallel_detail::Job job;
+      job.call = [](void* ctx, int64_t b, int64_t e) {
+        (*static_cast<decltype(body)*>(ctx))(b, e);
+      };
+      job.ctx = &body;
+      job.n = 1000;
+      job.grain = 7;
+      ASSERT_TRUE(pool.run(job)) << "spin " << spin.count() << " us, job " << j;
+      for (const auto& v : seen)
+        ASSERT_EQ(v.load(), 1) << "spin " << spin.count() << " us, job " << j;
+    }
+  }
 }
 
 }  // namespace

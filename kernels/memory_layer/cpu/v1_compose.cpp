@@ -1,7 +1,8 @@
 // v1_compose — the memory layer's forward and backward on the CPU, composed from the suite's
 // parts (the first optimised backend of the layer; the reference is fp64 loops):
 //  - the GEMMs (query projection, memory+'s W1 and W2, and their data and weight gradients) by
-//    OpenBLAS cblas_sgemm, biases broadcast into the output first (beta = 1);
+//    OpenBLAS sgemm over the pool (common/blas.h), biases broadcast into the output first
+//    (beta = 1);
 //  - the search and its backward by the best registered CPU pk_topk variant, looked up at launch:
 //    pk_topk_fwd "v2_fused_pruned", else the highest-numbered deterministic cpu variant that
 //    supports the input (parts::find_part), else the reference; pk_topk_bwd the highest-numbered
@@ -132,12 +133,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int
   host_blas::gemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
 }
 
-// y = op(A)·x for a row-major (rows, cols) A.
-void gemv(bool ta, int64_t rows, int64_t cols, const float* a, const float* x, float* y) {
-  cblas_sgemv(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, host_blas::blas_int(rows, "rows"),
-              host_blas::blas_int(cols, "cols"), 1.0f, a, host_blas::blas_int(cols, "lda"), x, 1,
-              0.0f, y, 1);
-}
+using host_blas::gemv;
 
 using parts::any_output;
 using parts::bag_bwd;

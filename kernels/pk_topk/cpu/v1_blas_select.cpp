@@ -3,10 +3,9 @@
 //  - bf16 inputs widened to fp32 and, with qk_norm, each query half and each sub-key row
 //    RMS-normalised (fp32) into scratch copies first; fp32 inputs without the norm are used in
 //    place;
-//  - per head, both (batch, n_keys) score matrices by OpenBLAS cblas_sgemm (OpenBLAS's own
-//  threads),
-//    materialised in full (in row chunks of at most 64 MiB per half, so a huge batch cannot exhaust
-//    memory) and read back;
+//  - per head, both (batch, n_keys) score matrices by OpenBLAS sgemm (common/blas.h: one OpenBLAS
+//    thread on each thread of the pool), materialised in full (in row chunks of at most 64 MiB
+//    per half, so a huge batch cannot exhaust memory) and read back;
 //  - per (b, h) row, threaded over rows (kernels/common/parallel.h): std::nth_element of each
 //    half's (score, index) pairs, the k best sorted, then the pruned k×k candidate step
 //    ((i+1)(j+1) <= k) and the final top-k.
@@ -16,12 +15,11 @@
 // v2_fused_pruned in the same process, medians of 5): B=4096, h=4, n_keys=1024, k_dim=512, k=32,
 // fp32, 2 threads — 993-1019 ms wall, 651-674 ms CPU; one thread at B=1024, 158 ms CPU, of which
 // the sgemm is ~51 ms (OpenBLAS ~84 GFLOP/s per core) and the selection the rest.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "common/blas.h"
 #include "common/parallel.h"
 #include "pk_topk/cpu/common.h"
 #include "pk_topk/pk_topk.h"
@@ -61,11 +59,8 @@ void forward(const FwdParams& p, Stream) {
     for (int64_t b0 = 0; b0 < B; b0 += chunk) {
       const int64_t rows = std::min(chunk, B - b0);
       for (int c = 0; c < 2; ++c)  // scores[c] (rows, nk) = q_c (rows, half) · K_c[h]ᵀ
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
-                    static_cast<int>(nk), static_cast<int>(half), 1.0f,
-                    q + (b0 * H + h) * p.k_dim + c * half, static_cast<int>(H * p.k_dim),
-                    keys[c] + h * nk * half, static_cast<int>(half), 0.0f, scores[c].data(),
-                    static_cast<int>(nk));
+        host_blas::gemm(false, true, rows, nk, half, 1.0f, q + (b0 * H + h) * p.k_dim + c * half,
+                        H * p.k_dim, keys[c] + h * nk * half, half, 0.0f, scores[c].data(), nk);
       parallel_for(rows, balanced_grain(rows, std::max<int64_t>(1, 16384 / nk)),
                    [&](int64_t r0, int64_t r1) {
                      std::vector<Entry> all(static_cast<std::size_t>(nk)),

@@ -13,12 +13,11 @@
 //    complemented: one compare, no NaN branch), nth_element keeps the k best;
 //  - the pruned k×k candidate step ((i+1)(j+1) <= k, further cut at the better k-th sum of row 0
 //    and column 0) on rank keys, shared with v1;
-//  - threads over (head, query block) (kernels/common/parallel.h). No OpenBLAS call, so no
-//    OpenBLAS thread pool nested in ours and no global openblas_set_num_threads to touch.
+//  - threads over (head, query block) (kernels/common/parallel.h). No OpenBLAS call.
 // Why a micro-kernel rather than OpenBLAS sgemm on a cache-resident tile: single-threaded OpenBLAS
 // measured 72-77 GFLOP/s per core on the (96 × 1024 × 256) tile and 84 on a whole
 // (1024 × 1024 × 256) product; the micro-kernel ~83 (perf share × CPU time) inside v2, with the
-// selection reading its output while it is hot, and without OpenBLAS's threads to tame.
+// selection reading its output while it is hot.
 // A running sorted top-k per row (insert each survivor) was tried first: ~143 insertions per row
 // half for k = 32 made selection as costly as scoring; a compacting buffer ~40%; the per-chunk
 // bound brought it to ~25% of the time.
