@@ -5,8 +5,12 @@
 // Build and run: cmake --build build --target embbag_test && ctest --test-dir build -L embbag
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -458,6 +462,45 @@ TEST_P(EmbbagBwdDeterminism, IdenticalBytes) {
 INSTANTIATE_TEST_SUITE_P(Registered, EmbbagBwdDeterminism,
                          ::testing::ValuesIn(deterministic_variants(Registry<Bwd>::of())),
                          [](const auto& i) { return i.param.second; });
+
+// ---- subnormal weights: the CPU variants flush them (common/denormals.h) ----
+
+// MXCSR's control bits (rounding, flush-to-zero, denormals-are-zero, exception masks); its low six
+// bits are sticky exception flags, which any arithmetic may set.
+#if defined(__x86_64__) || defined(__i386__)
+unsigned float_mode() { return _mm_getcsr() & ~0x3Fu; }
+#else
+unsigned float_mode() { return 0; }
+#endif
+
+// A third of the weights and of dy subnormal (as a softmax weight below e^-87 of its bag's largest
+// is): every variant still matches the reference, and the calling thread's floating-point mode
+// (which the CPU variants switch to flush-to-zero inside their chunks) is as it was.
+TEST(EmbbagSubnormal, WeightsAndGradientsMatchTheReferenceAndLeaveTheModeAlone) {
+  const Shape s{64, 32, 100};
+  Problem pr = make_problem("subnormal", s, DType::f32, DType::i64);
+  for (std::size_t i = 0; i < pr.weights.size(); i += 3) pr.weights[i] = i % 2 ? 3e-39f : -2e-39f;
+  for (std::size_t i = 0; i < pr.grad_out.size(); i += 3) pr.grad_out[i] = 5e-39f;
+  ASSERT_LT(std::fabs(pr.weights[0]), 1.17549435e-38f) << "the test's weights are not subnormal";
+  for (const auto* v : Registry<Fwd>::of()) {
+    const unsigned mode = float_mode();
+    FwdOut out;
+    if (std::string why = launch_fwd(*v, pr, DType::f32, out); !why.empty()) continue;
+    EXPECT_EQ(float_mode(), mode) << variant_label(v->backend, v->name)
+                                  << " left the floating-point mode changed";
+    const CheckResult r = check_fwd(pr, DType::f32, out);
+    EXPECT_TRUE(r.ok) << variant_label(v->backend, v->name) << ": " << r.message;
+  }
+  for (const auto* v : Registry<Bwd>::of()) {
+    const unsigned mode = float_mode();
+    BwdOut out;
+    if (std::string why = launch_bwd(*v, pr, Outputs::all, out); !why.empty()) continue;
+    EXPECT_EQ(float_mode(), mode) << variant_label(v->backend, v->name)
+                                  << " left the floating-point mode changed";
+    const CheckResult r = check_bwd(pr, Outputs::all, out);
+    EXPECT_TRUE(r.ok) << variant_label(v->backend, v->name) << ": " << r.message;
+  }
+}
 
 // ---- planted bugs: the checker must reject them ----
 

@@ -7,7 +7,9 @@
 //  - dw is fused into the same pass: a row of V is read once per unique row, for all its
 //    occurrences, while it is in cache, instead of once per (bag, slot);
 //  - Highway SIMD (runtime dispatch) for the axpy into dV and the dot for dw, in one loop over dy;
-//  - dense dV zeroes only the untouched rows, in parallel, and writes touched rows once.
+//  - dense dV zeroes only the untouched rows, in parallel, and writes touched rows once;
+//  - subnormal weights and products flushed to zero (common/denormals.h): with a third of the
+//    weights subnormal the backward ran 1.8× slower.
 // Measured when it landed (same loaded 2-core VM, so roughly): dim 1024, k 32, fp32, B 4096 over
 // 2^20 rows, dw + compact dV — 211 ms against 1035 ms for v1_bwd_scalar.
 #include <algorithm>
@@ -17,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/denormals.h"
 #include "common/parallel.h"
 #include "embbag/cpu/common.h"
 #include "embbag/embbag.h"
@@ -135,7 +138,10 @@ void RunSegments(const BwdParams& p, const RowPos* pairs, const int64_t* starts,
   // Segments are claimed in small chunks: their sizes vary with how popular a row is.
   const int64_t per_segment = std::max<int64_t>(1, p.batch * p.k / num_segments) * p.dim;
   const int64_t grain = balanced_grain(num_segments, std::max<int64_t>(1, 16384 / per_segment), 16);
-  parallel_for(num_segments, grain, [&](int64_t u0, int64_t u1) { fn(p, pairs, starts, u0, u1); });
+  parallel_for(num_segments, grain, [&](int64_t u0, int64_t u1) {
+    const FlushDenormals ftz;  // subnormal weights or products: a microcode assist per FMA
+    fn(p, pairs, starts, u0, u1);
+  });
 }
 
 }  // namespace HWY_NAMESPACE
