@@ -73,7 +73,8 @@ bool spin_until(std::chrono::microseconds spin, Done&& done) {
 // Workers wait for jobs, and the caller for the workers, by spinning a short while and then
 // sleeping on a condition variable. The spin is for the many short parallel_for calls in a row of
 // a training step: a sleeping worker costs a futex wake-up, and on a VM an idle core's wake-up
-// too, tens of µs each time; the cpu harness's dense model trained 1.2× slower that way.
+// too, tens of µs each time. 1500 steps of the cpu harness's dense model took 8.7-9.6 s without
+// the spin and 6.4-6.8 s with it (2-core Xeon VM).
 class Pool {
  public:
   explicit Pool(int threads, std::chrono::microseconds spin) : spin_(spin) {
