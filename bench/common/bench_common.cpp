@@ -15,6 +15,7 @@
 #include "common/bf16.h"
 #include "common/blas_core.h"
 #include "common/error.h"
+#include "common/parallel.h"
 
 namespace memlayers::bench {
 
@@ -83,13 +84,7 @@ int64_t host_physical_memory_bytes() {
   return pages > 0 && page > 0 ? int64_t{pages} * page : 0;
 }
 
-int host_threads() {
-  if (const char* env = std::getenv("MEMLAYERS_THREADS")) {
-    const int n = std::atoi(env);
-    if (n > 0) return n;
-  }
-  return int(std::max(1u, std::thread::hardware_concurrency()));
-}
+int host_threads() { return parallel_detail::configured_threads(); }
 
 std::string host_load_average() {
   const std::string line = read_line("/proc/loadavg");

@@ -46,14 +46,19 @@ struct Job {
 
 inline thread_local bool in_pool_thread = false;
 
+// The integer in environment variable `name` when it is set and at least `least`, else `fallback`.
+inline int env_int(const char* name, int least, int fallback) {
+  if (const char* env = std::getenv(name)) {
+    const int v = std::atoi(env);
+    if (v >= least) return v;
+  }
+  return fallback;
+}
+
 // How long an idle thread spins before it sleeps: MEMLAYERS_SPIN_US microseconds (default 100;
 // 0 sleeps at once).
 inline std::chrono::microseconds configured_spin() {
-  if (const char* env = std::getenv("MEMLAYERS_SPIN_US")) {
-    const int us = std::atoi(env);
-    if (us >= 0) return std::chrono::microseconds(us);
-  }
-  return std::chrono::microseconds(100);
+  return std::chrono::microseconds(env_int("MEMLAYERS_SPIN_US", 0, 100));
 }
 
 // Polls `done` until it holds or `spin` has passed; true when it holds.
@@ -151,12 +156,10 @@ class Pool {
   std::atomic<bool> stop_{false};
 };
 
+// Threads of the pool, caller included: MEMLAYERS_THREADS (default: hardware threads).
 inline int configured_threads() {
-  if (const char* env = std::getenv("MEMLAYERS_THREADS")) {
-    int n = std::atoi(env);
-    if (n >= 1) return n;
-  }
-  return std::max(1u, std::thread::hardware_concurrency());
+  return env_int("MEMLAYERS_THREADS", 1,
+                 static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
 }
 
 inline Pool& pool() {
