@@ -25,13 +25,14 @@ void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const
               b, blas_int(ldb, "ldb"), beta, c, blas_int(ldc, "ldc"));
 }
 
-}  // namespace
-
+// Sets OpenBLAS to one thread when it has more; a no-op for another BLAS.
 void use_one_blas_thread() {
 #if defined(OPENBLAS_VERSION)
   if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
 #endif
 }
+
+}  // namespace
 
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {

@@ -40,7 +40,4 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
 // y = op(A)·x for a row-major (rows, cols) A (ta: Aᵀ·x); on the calling thread.
 void gemv(bool ta, int64_t rows, int64_t cols, const float* a, const float* x, float* y);
 
-// Sets OpenBLAS to one thread when it has more (gemm() calls it); a no-op for another BLAS.
-void use_one_blas_thread();
-
 }  // namespace memlayers::host_blas
