@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/bf16.h"
+#include "common/parallel.h"
 #include "pk_topk/pk_topk.h"
 #include "reference/pk_topk.h"
 #include "tests/common/buffer.h"
@@ -582,6 +583,32 @@ TEST_P(PkTopkBwdDeterminism, IdenticalBytes) {
 INSTANTIATE_TEST_SUITE_P(Registered, PkTopkBwdDeterminism,
                          ::testing::ValuesIn(test::deterministic_variants(Registry<Bwd>::of())),
                          [](const auto& i) { return i.param.second; });
+
+// v2_bwd_grouped sums each key row in bag order, whichever thread runs which of its chunks. Run
+// inside a chunk of the pool, every parallel_for it calls runs serially on that one thread; the
+// bytes must equal a threaded run's (and TSan watches the threaded one).
+TEST(PkTopkBwdGrouped, SameBytesWhenItsLoopsRunOnOneThread) {
+  const Variant<BwdParams>& v = Registry<Bwd>::find(Backend::cpu, "v2_bwd_grouped");
+  for (bool norm : {false, true}) {
+    const Problem pr =
+        make_problem("grouped_one_thread", {3000, 2, 40, 16, 16}, DType::f32, DType::i64, norm);
+    const auto idx = forward_indices(pr);
+    BwdOut threaded, serial;
+    ASSERT_EQ(launch_bwd(&v, pr, idx, Outputs::all, threaded), "");
+    std::string why = "not run";
+    parallel_for(1, 1,
+                 [&](int64_t, int64_t) { why = launch_bwd(&v, pr, idx, Outputs::all, serial); });
+    ASSERT_EQ(why, "");
+    EXPECT_TRUE(test::same_bytes(threaded.dq, serial.dq)) << "dq, norm " << norm;
+    for (auto [a, b] : {std::pair{&threaded.g1, &serial.g1}, std::pair{&threaded.g2, &serial.g2}}) {
+      EXPECT_TRUE(test::same_bytes(a->dense, b->dense)) << "dense dK, norm " << norm;
+      ASSERT_TRUE(test::same_bytes(a->count, b->count));
+      const auto u = static_cast<std::size_t>(a->count[0]);
+      EXPECT_TRUE(test::same_bytes(a->rows, b->rows, u));
+      EXPECT_TRUE(test::same_bytes(a->compact, b->compact, u * 5)) << "compact dK, norm " << norm;
+    }
+  }
+}
 
 class PkTopkFwdDeterminism
     : public ::testing::TestWithParam<std::pair<const Variant<FwdParams>*, std::string>> {};
