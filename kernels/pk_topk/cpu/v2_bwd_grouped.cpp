@@ -65,7 +65,7 @@ struct Ctx {
   const BwdParams* p;
   HalfTerms ht[2];
   bool dk[2];                    // the key gradient of half c is requested
-  std::vector<float> key_rms;    // qk_norm with dq: 1/rms of every sub-key row, half 1's first
+  std::vector<float> key_rms;    // qk_norm with dq: 1/rms of every sub-key row, K1's first
   std::vector<float> query_rms;  // qk_norm: 1/rms of each bag's query halves, [r·2 + c]
   int64_t block = 1;             // tokens per unit of pass 1
   std::vector<Part> parts;
@@ -276,10 +276,24 @@ void Scatter(const Ctx& x, const Part& part) {
   }
 }
 
-// Pass 1 (every unit of the halves in use) or pass 3 (every part).
+// Pass 0 (qk_norm with dq: key_rms), pass 1 (every unit of the halves in use) or pass 3 (every
+// part).
 void Run(Ctx& x, int pass) {
   const BwdParams& p = *x.p;
   const bool bf16 = p.dtype == DType::bf16;
+  if (pass == 0) {
+    const int64_t rows = p.heads * p.n_keys, half = p.k_dim / 2;
+    parallel_for(2 * rows, balanced_grain(2 * rows, std::max<int64_t>(1, 4096 / half)),
+                 [&](int64_t r0, int64_t r1) {
+                   for (int64_t r = r0; r < r1; ++r) {
+                     const void* key = row_at(r < rows ? p.keys1 : p.keys2, p.dtype,
+                                              (r < rows ? r : r - rows) * half);
+                     x.key_rms[r] = static_cast<float>(bf16 ? InvRms<true>(key, half)
+                                                            : InvRms<false>(key, half));
+                   }
+                 });
+    return;
+  }
   if (pass == 1) {
     const int64_t blocks = (p.batch + x.block - 1) / x.block, units = 2 * p.heads * blocks;
     parallel_for(units, 1, [&](int64_t u0, int64_t u1) {
@@ -310,18 +324,6 @@ namespace {
 using grouped::Ctx;
 using grouped::Part;
 using grouped::Term;
-
-// 1/rms of every sub-key row of one table, as the forward normalises them.
-void row_rms(const void* keys, DType t, int64_t rows, int64_t half, float* out) {
-  parallel_for(rows, balanced_grain(rows, std::max<int64_t>(1, 4096 / half)),
-               [&](int64_t r0, int64_t r1) {
-                 std::vector<float> x(static_cast<std::size_t>(half));
-                 for (int64_t r = r0; r < r1; ++r) {
-                   widen(keys, t, r * half, half, x.data());
-                   out[r] = inv_rms(x.data(), half);
-                 }
-               });
-}
 
 // Pass 2: the slots of each group (in parallel), numbered across the heads of each half, and
 // the parts: about 4 per thread in all, a group's share following its share of the terms, its
@@ -402,8 +404,7 @@ void backward(const BwdParams& p, Stream) {
   if (p.qk_norm) x.query_rms.resize(static_cast<std::size_t>(2 * R));
   if (p.qk_norm && p.grad_queries) {
     x.key_rms.resize(static_cast<std::size_t>(2 * num_rows));
-    row_rms(p.keys1, p.dtype, num_rows, half, x.key_rms.data());
-    row_rms(p.keys2, p.dtype, num_rows, half, x.key_rms.data() + num_rows);
+    HWY_DYNAMIC_DISPATCH(Run)(x, 0);
   }
   // Pass 1's units: each (half, head) group cut into blocks of tokens, about 8 units per thread.
   const int64_t units_wanted = 8 * int64_t{num_threads()};
