@@ -10,6 +10,12 @@
 //  - dense dV zeroes only the untouched rows, in parallel, and writes touched rows once;
 //  - subnormal weights and products flushed to zero (common/denormals.h): with a third of the
 //    weights subnormal the backward ran 1.8× slower.
+//  - each row's dV is summed in an aligned scratch row, then written with non-temporal stores
+//    (where the destination row is vector-aligned): a plain store first reads the line it
+//    overwrites, ~500 MB of reads the op does not need at dim 1024, k 32, B 4096;
+//  - the next segment's value row (into L2) and its first dy row are prefetched meanwhile.
+//    With both, on a 2-core Xeon: 49.6-50.7 ms (67% of the streaming read) became 42.2 ms (80%);
+//    the memory layer's bag backward (memory+, B 256) 11.7 ms became 9.4-9.9 ms.
 // Measured when it landed (same loaded 2-core VM, so roughly): dim 1024, k 32, fp32, B 4096 over
 // 2^20 rows, dw + compact dV — 211 ms against 1035 ms for v1_bwd_scalar.
 #include <algorithm>
@@ -36,6 +42,8 @@ struct RowPos {
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "embbag/cpu/v2_bwd_sorted.cpp"
+#include <hwy/aligned_allocator.h>
+#include <hwy/cache_control.h>
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
@@ -105,20 +113,45 @@ void Segment(const BwdParams& p, const RowPos* pairs, int64_t s, int64_t e, floa
   }
 }
 
+// dst[0, dim) = src[0, dim) with non-temporal stores where dst is vector-aligned: a dV row is
+// written once and not read again here, and a plain store would first read its line from memory.
+HWY_INLINE void StreamRow(float* HWY_RESTRICT dst, const float* HWY_RESTRICT src, int64_t dim) {
+  const DF df;
+  const auto N = static_cast<int64_t>(hn::Lanes(df));
+  if (reinterpret_cast<uintptr_t>(dst) % (N * sizeof(float)) != 0) {
+    std::memcpy(dst, src, static_cast<std::size_t>(dim) * sizeof(float));
+    return;
+  }
+  int64_t d = 0;
+  for (; d + N <= dim; d += N) hn::Stream(hn::Load(df, src + d), df, dst + d);
+  for (; d < dim; ++d) dst[d] = src[d];
+}
+
 template <bool kBf16, bool kDV, bool kDW>
 void Segments(const BwdParams& p, const RowPos* pairs, const int64_t* starts, int64_t u0,
               int64_t u1) {
+  const int64_t vs = p.values_stride ? p.values_stride : p.dim;
+  const auto elem = static_cast<int64_t>(dtype_size(p.values_dtype));
+  const int64_t row_bytes = p.dim * elem;
+  auto scratch = hwy::AllocateAligned<float>(static_cast<std::size_t>(kDV ? p.dim : 1));
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t row = pairs[starts[u]].row;
-    float* acc = nullptr;
-    if constexpr (kDV)
-      acc = p.grad_values_compact ? p.grad_values_compact + u * p.dim
-                                  : p.grad_values_dense + row * p.dim;
-    Segment<kBf16, kDV, kDW>(p, pairs, starts[u], starts[u + 1], acc);
-    if (kDV && p.grad_values_compact && p.grad_values_dense)
-      std::memcpy(p.grad_values_dense + row * p.dim, acc,
-                  static_cast<std::size_t>(p.dim) * sizeof(float));
+    if (u + 1 < u1) {  // the next segment's value row (to L2) and first dy row, meanwhile
+      const RowPos& next = pairs[starts[u + 1]];
+      if constexpr (kDW) {
+        const char* v = static_cast<const char*>(p.values) + next.row * vs * elem;
+        for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(v + o, 0, 2);
+      }
+      const char* dy = reinterpret_cast<const char*>(p.grad_out + next.pos / p.k * p.dim);
+      for (int64_t o = 0; o < p.dim * 4; o += 64) __builtin_prefetch(dy + o, 0, 3);
+    }
+    Segment<kBf16, kDV, kDW>(p, pairs, starts[u], starts[u + 1], scratch.get());
+    if constexpr (kDV) {
+      if (p.grad_values_compact) StreamRow(p.grad_values_compact + u * p.dim, scratch.get(), p.dim);
+      if (p.grad_values_dense) StreamRow(p.grad_values_dense + row * p.dim, scratch.get(), p.dim);
+    }
   }
+  hwy::FlushStream();
 }
 
 using SegmentsFn = void (*)(const BwdParams&, const RowPos*, const int64_t*, int64_t, int64_t);
