@@ -133,11 +133,23 @@ PackedKeys PackKeys(const FwdParams& p, int64_t nr) {
   return pk;
 }
 
+// A buffer that only grows and is never cleared: what it holds is written before it is read, and
+// zero-filling it (a vector's resize) cost the harness's small searches ~8% of a training step.
+template <class T>
+struct Scratch {
+  hwy::AlignedFreeUniquePtr<T[]> data;
+  int64_t size = 0;
+  T* at_least(int64_t n) {
+    if (n > size) data = hwy::AllocateAligned<T>(static_cast<std::size_t>(n)), size = n;
+    return data.get();
+  }
+};
+
 // The per-row state of one query block.
 struct BlockState {
-  std::vector<float> qpack;   // [half c][group][d][rows of the group]
-  std::vector<float> scores;  // [row][chunk key]: the block's scores for one chunk of keys
-  std::vector<uint64_t> keys;
+  std::vector<float> qpack;  // [half c][group][d][rows of the group]
+  Scratch<float> scores;     // [row][chunk key]: the block's scores for one chunk of keys
+  Scratch<uint64_t> keys;
   std::vector<TopKBuffer> lists;  // [row][half]
   std::vector<Entry> best;        // the two sorted half lists of one row
   std::vector<uint64_t> cand;
@@ -298,7 +310,8 @@ void SelectChunk(const float* s, int64_t n, int64_t base, TopKBuffer& l) {
 void Block(const FwdParams& p, const PackedKeys& pk, int64_t h, int64_t b0, int64_t rows,
            BlockState& st) {
   const int64_t half = pk.half, k = p.k, nk = p.n_keys, H = p.heads, nr = pk.nr;
-  const int64_t chunk_panels = std::max<int64_t>(1, kChunk / nr), ld = chunk_panels * nr;
+  const int64_t chunk_panels = std::clamp<int64_t>(kChunk / nr, 1, pk.panels);
+  const int64_t ld = chunk_panels * nr;
   // Pack the block's query halves as [c][group of MR rows][d][row in group].
   st.qpack.resize(static_cast<std::size_t>(2 * rows * half));
   std::vector<float> row(static_cast<std::size_t>(half));
@@ -310,11 +323,11 @@ void Block(const FwdParams& p, const PackedKeys& pk, int64_t h, int64_t b0, int6
       float* dst = st.qpack.data() + c * rows * half + g0 * half;
       for (int64_t d = 0; d < half; ++d) dst[d * mr + (r - g0)] = row[d];
     }
-  st.scores.resize(static_cast<std::size_t>(rows * ld));
+  float* scores = st.scores.at_least(rows * ld);
   const int64_t cap = k + ld;  // the k best so far plus one chunk
-  st.keys.resize(static_cast<std::size_t>(rows * 2 * cap));
+  uint64_t* keys = st.keys.at_least(rows * 2 * cap);
   st.lists.resize(static_cast<std::size_t>(rows * 2));
-  for (int64_t i = 0; i < rows * 2; ++i) st.lists[i].reset(k, st.keys.data() + i * cap);
+  for (int64_t i = 0; i < rows * 2; ++i) st.lists[i].reset(k, keys + i * cap);
   st.best.resize(static_cast<std::size_t>(2 * k));
 
   for (int c = 0; c < 2; ++c)
@@ -327,14 +340,14 @@ void Block(const FwdParams& p, const PackedKeys& pk, int64_t h, int64_t b0, int6
         for (int64_t g0 = 0; g0 < rows; g0 += kMR) {
           const int64_t mr = std::min<int64_t>(kMR, rows - g0);
           kTiles[mr](st.qpack.data() + c * rows * half + g0 * half, panel, half,
-                     st.scores.data() + g0 * ld + (j - j0) * nr, ld);
+                     scores + g0 * ld + (j - j0) * nr, ld);
         }
       }
       const int64_t base = j0 * nr, n = std::min(nk, j1 * nr) - base;
       for (int64_t r = 0; r < rows; ++r) {
         TopKBuffer& l = st.lists[r * 2 + c];
         l.compact();  // the k best of the earlier chunks, and their k-th best as threshold
-        SelectChunk(st.scores.data() + r * ld, n, base, l);
+        SelectChunk(scores + r * ld, n, base, l);
       }
     }
   for (int64_t r = 0; r < rows; ++r) {
