@@ -18,6 +18,12 @@
 // ds flushed (common/denormals.h) as in the EmbeddingBag.
 // Bottleneck it targets: v1_bwd_compose's per-slot work (one row read and one row scatter per
 // slot, a sort of every slot, each through the whole 8 MiB of sub-keys at once).
+// What is left: pass 3 updates each term's dK row in L2 (a 1 KiB read and write a term), and
+// pass 1 reads a sub-key row from L2 a term; they take about half the time each at the default
+// shape (the plan ~5%).
+// Measured (bench_pk_topk, 2-core Xeon VM; B 4096, h 4, n_keys 1024, n 512, k 32, fp32, dq and
+// compact dK): 13.6-13.8 ms against 56-61 ms for v1_bwd_compose; with qk_norm 20.5 against
+// 90.6 ms; at B 256, 1.20 against 2.73 ms (qk_norm 2.22 against 13.2 ms).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
