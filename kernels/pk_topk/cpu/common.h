@@ -1,7 +1,6 @@
 // Pieces shared by the CPU variants of the product-key top-k search (host only): typed views of
-// the Params' untyped pointers, the fp32 RMS norm and its backward, the ranking, the sorted
-// per-half list and the pruned k×k candidate step. The scoring engines differ between variants;
-// these do not.
+// the Params' untyped pointers, the fp32 RMS norm, the ranking, the sorted per-half list and the
+// pruned k×k candidate step. The scoring engines differ between variants; these do not.
 #pragma once
 #include <algorithm>
 #include <bit>
@@ -54,19 +53,6 @@ inline void load_row(const void* src, DType t, int64_t off, int64_t n, bool norm
     const float r = inv_rms(dst, n);
     for (int64_t i = 0; i < n; ++i) dst[i] *= r;
   }
-}
-
-// dx̂ → dx in place through x̂ = x / rms(x), for one row of width n; x is the raw (widened) row.
-// In fp64: for narrow rows (n = 1 is the extreme, where dx = dx̂·(1 − x̂²)/rms) the difference
-// cancels almost completely, and fp32 would keep only its rounding error.
-inline void norm_backward(float* g, const float* x, int64_t n) {
-  double ss = 0;
-  for (int64_t i = 0; i < n; ++i) ss += double{x[i]} * x[i];
-  const double r = 1.0 / std::sqrt(ss / static_cast<double>(n) + double{kNormEps});
-  double m = 0;
-  for (int64_t i = 0; i < n; ++i) m += double{g[i]} * (x[i] * r);
-  m /= static_cast<double>(n);
-  for (int64_t i = 0; i < n; ++i) g[i] = static_cast<float>((g[i] - x[i] * r * m) * r);
 }
 
 // Ranking of pk_topk.h: higher score first; NaN below every number (-inf included); equal scores

@@ -32,6 +32,19 @@
 namespace memlayers::pk_topk::cpu {
 namespace {
 
+// dx̂ → dx in place through x̂ = x / rms(x), for one row of width n; x is the raw (widened) row.
+// In fp64: for narrow rows (n = 1 is the extreme, where dx = dx̂·(1 − x̂²)/rms) the difference
+// cancels almost completely, and fp32 would keep only its rounding error.
+void norm_backward(float* g, const float* x, int64_t n) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += double{x[i]} * x[i];
+  const double r = 1.0 / std::sqrt(ss / static_cast<double>(n) + double{kNormEps});
+  double m = 0;
+  for (int64_t i = 0; i < n; ++i) m += double{g[i]} * (x[i] * r);
+  m /= static_cast<double>(n);
+  for (int64_t i = 0; i < n; ++i) g[i] = static_cast<float>((g[i] - x[i] * r * m) * r);
+}
+
 // The bag layout handed to the EmbeddingBag: `sub` sub-bags of `slots` slots per (b, h).
 struct Bags {
   int64_t sub, slots, count;  // count = batch·heads·sub

@@ -177,8 +177,8 @@ HWY_INLINE double InvRms(const void* x, int64_t n) {
   return 1.0 / std::sqrt(DotF64<kBf16, kBf16>(x, x, n) / static_cast<double>(n) + double{kNormEps});
 }
 
-// dx̂ → dx in place through x̂ = x / rms(x) (common.h's norm_backward, vectorised), r = InvRms(x):
-// g fp32, x the raw row, fp32 or bf16; in fp64, where narrow rows need it.
+// dx̂ → dx in place through x̂ = x / rms(x) (v1_bwd_compose's norm_backward, vectorised), r =
+// InvRms(x): g fp32, x the raw row, fp32 or bf16; in fp64, where narrow rows need it.
 template <bool kBf16>
 HWY_INLINE void NormBackward(float* HWY_RESTRICT g, const void* x, int64_t n, double r) {
   const double rm = r * (DotF64<false, kBf16>(g, x, n) * r / static_cast<double>(n));
