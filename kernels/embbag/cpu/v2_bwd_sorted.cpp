@@ -9,7 +9,7 @@
 //  - Highway SIMD (runtime dispatch) for the axpy into dV and the dot for dw, in one loop over dy;
 //  - dense dV zeroes only the untouched rows, in parallel, and writes touched rows once;
 //  - subnormal weights and products flushed to zero (common/denormals.h): with a third of the
-//    weights subnormal the backward ran 1.8× slower.
+//    weights subnormal the backward ran 1.8× slower;
 //  - each row's dV is summed in an aligned scratch row, then written with non-temporal stores
 //    (where the destination row is vector-aligned): a plain store first reads the line it
 //    overwrites, ~500 MB of reads the op does not need at dim 1024, k 32, B 4096;
