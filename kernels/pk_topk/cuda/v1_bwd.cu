@@ -14,53 +14,15 @@
 // Bottleneck: the sort's B·h·k·(8 + 4)·2 bytes per half and dependent gathers of q̂ rows through
 // the permutation; with qk_norm also the full normalised copy of both key tables.
 // Measured: not yet on a GPU (simt-correct).
-#include "common/device_sort.cuh"
-#include "pk_topk/cuda/common.cuh"
+#include "pk_topk/cuda/bwd.cuh"
 
 namespace memlayers::pk_topk {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
-
-// Sum of v over the block, the same value in every thread; fixed order (deterministic).
-// `red` holds kWarps doubles of shared memory.
-__device__ __forceinline__ double block_sum(double v, double* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // red is free (a previous call's readers are done)
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  double s = 0.0;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) s += red[w];
-  return s;
-}
-
-// The RMS-norm backward runs in fp64: dx = (dx̂ − x̂·mean(dx̂·x̂)) / rms(x) cancels almost
-// exactly for narrow rows (a half-width of 1 leaves dx̂·(1 − x̂²), with 1 − x̂² ~ eps / x²), so
-// x̂ = x / rms(x) is recomputed from the raw x in fp64 rather than read as a rounded fp32 copy.
-// With mean(dx̂·x̂) = Σ dx̂·x / (rms(x)·width), one pass collects Σ x² and Σ dx̂·x.
-struct NormSums {
-  double ss = 0.0, dot = 0.0;
-  __device__ __forceinline__ void add(float x, float dxhat) {
-    ss += static_cast<double>(x) * x;
-    dot += static_cast<double>(dxhat) * x;
-  }
-};
-struct NormBack {
-  double inv = 1.0, scale = 0.0;  // 1 / rms(x); mean(dx̂·x̂)·inv
-  __device__ __forceinline__ float operator()(float x, float dxhat) const {
-    return static_cast<float>((static_cast<double>(dxhat) - static_cast<double>(x) * scale) * inv);
-  }
-};
-__device__ __forceinline__ NormBack norm_back(NormSums s, int64_t width, double* red) {
-  const double ss = block_sum(s.ss, red), dot = block_sum(s.dot, red);
-  NormBack b;
-  b.inv = 1.0 / sqrt(ss / static_cast<double>(width) + static_cast<double>(kNormEps));
-  b.scale = dot * b.inv / static_cast<double>(width) * b.inv;
-  return b;
-}
+using bwd::kThreads;
+using bwd::kWarps;
+using bwd::NormBack;
+using bwd::NormSums;
 
 // dq: a block per row (grid-stride). U: the element type of the (normalised or raw) keys the
 // sums read; T: the raw inputs' type; the norm backward reads the raw query `qraw`.
@@ -95,24 +57,12 @@ __global__ void __launch_bounds__(kThreads)
         if (norm) sums.add(to_f32(x[e]), acc);
       }
       if (norm) {  // uniform across the block
-        const NormBack back = norm_back(sums, half, red);
+        const NormBack back = bwd::norm_back(sums, half, red);
         // Each thread rereads the columns it wrote: no barrier needed.
         for (int64_t e = threadIdx.x; e < half; e += blockDim.x)
           out[e] = back(to_f32(x[e]), out[e]);
       }
     }
-  }
-}
-
-template <class I>
-__global__ void make_pairs_kernel(const I* __restrict__ indices, uint64_t* __restrict__ keys,
-                                  uint32_t* __restrict__ pos, int64_t n, int64_t heads,
-                                  int64_t n_keys, int64_t k, int half_index) {
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t m = read_index(indices, e), h = e / k % heads;
-    keys[e] = static_cast<uint64_t>(h * n_keys + (half_index == 0 ? m / n_keys : m % n_keys));
-    pos[e] = static_cast<uint32_t>(e);
   }
 }
 
@@ -150,7 +100,7 @@ __global__ void __launch_bounds__(kThreads, 4)
       if (norm) sums.add(to_f32(x[e]), acc);
     }
     if (norm) {
-      const NormBack back = norm_back(sums, half, red);
+      const NormBack back = bwd::norm_back(sums, half, red);
       for (int64_t e = threadIdx.x; e < half; e += blockDim.x) {
         const float v = back(to_f32(x[e]), primary[e]);
         primary[e] = v;
@@ -160,41 +110,18 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
 }
 
-inline int key_bits(int64_t num_rows) {
-  int bits = 1;
-  while (bits < 64 && (uint64_t{1} << bits) < static_cast<uint64_t>(num_rows)) ++bits;
-  return bits;
-}
-
 template <class U, class T, class I>
 void key_grad(const BwdParams& p, const BwdParams::KeyGrad& g, int half_index, const U* q,
               const T* kraw, Stream stream) {
-  const int64_t n64 = p.batch * p.heads * p.k, half = p.k_dim / 2;
-  const int n = static_cast<int>(n64);
-  dev::Buffer<uint64_t> pair_keys(n64, stream), sorted(n64, stream);
-  dev::Buffer<uint32_t> pos(n64, stream), perm(n64, stream), counts(n64, stream),
-      offsets(n64, stream);
-  const bool compact = g.has_compact();
-  dev::Buffer<uint64_t> unique_scratch(compact ? 0 : n64, stream);
-  dev::Buffer<int64_t> runs_scratch(compact ? 0 : 1, stream);
-  uint64_t* unique = compact ? reinterpret_cast<uint64_t*>(g.rows) : unique_scratch.get();
-  int64_t* num_runs = compact ? g.num_rows : runs_scratch.get();
-
-  launch_kernel("pk_topk_bwd_make_pairs", make_pairs_kernel<I>,
-                dim3(grid_cap(ceil_div(n64, int64_t{256}))), dim3(256), 0, stream,
-                static_cast<const I*>(p.indices), pair_keys.get(), pos.get(), n64, p.heads,
-                p.n_keys, p.k, half_index);
-  dev::sort_pairs(pair_keys.get(), sorted.get(), pos.get(), perm.get(), n,
-                  key_bits(p.heads * p.n_keys), stream);
-  // Counts past the last run are never written by the encoder; the scan reads all n of them.
-  dev::fill_bytes(counts.get(), 0, n64 * sizeof(uint32_t), stream);
-  dev::run_length_encode(sorted.get(), unique, counts.get(), num_runs, n, stream);
-  dev::exclusive_sum(counts.get(), offsets.get(), n, stream);
+  const int64_t half = p.k_dim / 2;
+  bwd::Runs r(p, g, stream);
+  bwd::sort_into_runs<I>(p, half_index, r, stream);
   if (g.dense) dev::fill_bytes(g.dense, 0, p.heads * p.n_keys * half * sizeof(float), stream);
   launch_kernel("pk_topk_bwd_v1_key_grad", key_grad_kernel<U, T>,
-                dim3(grid_cap(std::min(n64, compact_capacity(p)))), dim3(kThreads), 0, stream, q,
-                half_index * half, kraw, unique, counts.get(), offsets.get(), num_runs, perm.get(),
-                p.grad_scores, compact ? g.compact : nullptr, g.dense, p.k, p.k_dim, p.qk_norm);
+                dim3(grid_cap(std::min(r.n, compact_capacity(p)))), dim3(kThreads), 0, stream, q,
+                half_index * half, kraw, r.unique, r.counts.get(), r.offsets.get(), r.num_runs,
+                r.perm.get(), p.grad_scores, g.has_compact() ? g.compact : nullptr, g.dense, p.k,
+                p.k_dim, p.qk_norm);
 }
 
 // U: the type the sums read (float when normalised copies were made, else T).
@@ -229,12 +156,7 @@ void launch(const BwdParams& p, Stream stream) {
   });
 }
 
-std::string supports(const BwdParams& p) {
-  if (p.batch * p.heads * p.k >= (int64_t{1} << 31))
-    return "batch·heads·k = " + std::to_string(p.batch * p.heads * p.k) +
-           " entries; the sort takes < 2^31";
-  return "";
-}
+std::string supports(const BwdParams& p) { return bwd::sort_supports(p); }
 
 MEMLAYERS_REGISTER(Bwd,
                    Variant<BwdParams>{"v1_bwd_sorted", MEMLAYERS_KERNEL_BACKEND, launch, supports,
