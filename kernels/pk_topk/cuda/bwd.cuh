@@ -110,6 +110,27 @@ void sort_into_runs(const BwdParams& p, int half_index, Runs& r, Stream stream) 
   dev::exclusive_sum(r.counts.get(), r.offsets.get(), n, stream);
 }
 
+// Calls f(Tag<T>, Tag<I>, q, k1, k2): T the inputs' dtype, I the index dtype, and the queries and
+// sub-key tables the sums read: fp32 normalised copies (made here, the forward's norm kernel)
+// with qk_norm, else the inputs as they are.
+template <class F>
+void with_inputs(const BwdParams& p, Stream stream, F&& f) {
+  dispatch(p, [&](auto t, auto i) {
+    using T = typename decltype(t)::type;
+    const auto* q = static_cast<const T*>(p.queries);
+    const auto* k1 = static_cast<const T*>(p.keys1);
+    const auto* k2 = static_cast<const T*>(p.keys2);
+    if (p.qk_norm) {
+      Normalised nz(p.batch, p.heads, p.n_keys, p.k_dim, stream);
+      normalise_inputs(q, k1, k2, p.batch, p.heads, p.n_keys, p.k_dim, nz, stream);
+      f(t, i, static_cast<const float*>(nz.q.get()), static_cast<const float*>(nz.k1.get()),
+        static_cast<const float*>(nz.k2.get()));
+    } else {
+      f(t, i, q, k1, k2);
+    }
+  });
+}
+
 // What the sorting variants cannot take.
 inline std::string sort_supports(const BwdParams& p) {
   if (p.batch * p.heads * p.k >= (int64_t{1} << 31))

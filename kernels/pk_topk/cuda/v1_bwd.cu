@@ -140,19 +140,9 @@ void run(const BwdParams& p, const U* q, const U* k1, const U* k2, Stream stream
 }
 
 void launch(const BwdParams& p, Stream stream) {
-  dispatch(p, [&](auto t, auto i) {
-    using T = typename decltype(t)::type;
-    using I = typename decltype(i)::type;
-    const auto* q = static_cast<const T*>(p.queries);
-    const auto* k1 = static_cast<const T*>(p.keys1);
-    const auto* k2 = static_cast<const T*>(p.keys2);
-    if (p.qk_norm) {
-      Normalised nz(p.batch, p.heads, p.n_keys, p.k_dim, stream);
-      normalise_inputs(q, k1, k2, p.batch, p.heads, p.n_keys, p.k_dim, nz, stream);
-      run<float, T, I>(p, nz.q.get(), nz.k1.get(), nz.k2.get(), stream);
-    } else {
-      run<T, T, I>(p, q, k1, k2, stream);
-    }
+  bwd::with_inputs(p, stream, [&](auto t, auto i, const auto* q, const auto* k1, const auto* k2) {
+    using U = std::remove_cv_t<std::remove_pointer_t<decltype(q)>>;
+    run<U, typename decltype(t)::type, typename decltype(i)::type>(p, q, k1, k2, stream);
   });
 }
 
