@@ -3,6 +3,8 @@
 // (CUB; std::stable_sort under simt) and cut into runs of equal rows (run-length encode +
 // exclusive scan). The run list is the compact form directly: rows ascending, count in num_rows.
 #pragma once
+#include <algorithm>
+#include <cstddef>
 #include <string>
 
 #include "common/device_sort.cuh"
@@ -108,6 +110,51 @@ void sort_into_runs(const BwdParams& p, int half_index, Runs& r, Stream stream) 
   dev::fill_bytes(r.counts.get(), 0, r.n * sizeof(uint32_t), stream);
   dev::run_length_encode(sorted.get(), r.unique, r.counts.get(), r.num_runs, n, stream);
   dev::exclusive_sum(r.counts.get(), r.offsets.get(), n, stream);
+}
+
+// A variant's two kernels. U: the element type the sums read (fp32 normalised copies with
+// qk_norm, else T); T: the inputs' dtype; I: the index dtype.
+//  dq:  a block per (b, h) row, grid-stride: (raw q, K̂1, K̂2, indices, ds, dq, rows, heads,
+//       n_keys, k_dim, k, norm), with dq_smem_per_slot·k bytes of dynamic shared memory;
+//  key: a block per run of one half, grid-stride: (q̂, the half's offset in a q̂ row, raw keys,
+//       unique, counts, offsets, num_runs, perm, ds, compact, dense, k, k_dim, norm).
+template <class U, class T, class I>
+struct Kernels {
+  using Dq = void (*)(const T*, const U*, const U*, const I*, const float*, float*, int64_t,
+                      int64_t, int64_t, int64_t, int64_t, bool);
+  using Key = void (*)(const U*, int64_t, const T*, const uint64_t*, const uint32_t*,
+                       const uint32_t*, const int64_t*, const uint32_t*, const float*, float*,
+                       float*, int64_t, int64_t, bool);
+  const char* dq_name;
+  Dq dq;
+  std::size_t dq_smem_per_slot;
+  const char* key_name;
+  Key key;
+};
+
+// Runs a backward with the variant's kernels: dq when asked, then each requested key half (its
+// slots sorted into runs, the dense form zeroed, the runs summed).
+template <class U, class T, class I>
+void run(const BwdParams& p, const U* q, const U* k1, const U* k2, const Kernels<U, T, I>& kern,
+         Stream stream) {
+  const int64_t rows = p.batch * p.heads, half = p.k_dim / 2;
+  if (p.grad_queries)
+    launch_kernel(kern.dq_name, kern.dq, dim3(grid_cap(rows)), dim3(kThreads),
+                  p.k * kern.dq_smem_per_slot, stream, static_cast<const T*>(p.queries), k1, k2,
+                  static_cast<const I*>(p.indices), p.grad_scores, p.grad_queries, rows, p.heads,
+                  p.n_keys, p.k_dim, p.k, p.qk_norm);
+  for (int c = 0; c < 2; ++c) {
+    const BwdParams::KeyGrad& g = c == 0 ? p.grad_keys1 : p.grad_keys2;
+    if (!g.any()) continue;
+    Runs r(p, g, stream);
+    sort_into_runs<I>(p, c, r, stream);
+    if (g.dense) dev::fill_bytes(g.dense, 0, p.heads * p.n_keys * half * sizeof(float), stream);
+    launch_kernel(kern.key_name, kern.key, dim3(grid_cap(std::min(r.n, compact_capacity(p)))),
+                  dim3(kThreads), 0, stream, q, c * half,
+                  static_cast<const T*>(c == 0 ? p.keys1 : p.keys2), r.unique, r.counts.get(),
+                  r.offsets.get(), r.num_runs, r.perm.get(), p.grad_scores,
+                  g.has_compact() ? g.compact : nullptr, g.dense, p.k, p.k_dim, p.qk_norm);
+  }
 }
 
 // Calls f(Tag<T>, Tag<I>, q, k1, k2): T the inputs' dtype, I the index dtype, and the queries and

@@ -181,39 +181,15 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
 }
 
-template <class U, class T, class I>
-void key_grad(const BwdParams& p, const BwdParams::KeyGrad& g, int half_index, const U* q,
-              const T* kraw, Stream stream) {
-  const int64_t half = p.k_dim / 2;
-  bwd::Runs r(p, g, stream);
-  bwd::sort_into_runs<I>(p, half_index, r, stream);
-  if (g.dense) dev::fill_bytes(g.dense, 0, p.heads * p.n_keys * half * sizeof(float), stream);
-  launch_kernel("pk_topk_bwd_v2_key_grad", key_grad_kernel<U, T>,
-                dim3(grid_cap(std::min(r.n, compact_capacity(p)))), dim3(kThreads), 0, stream, q,
-                half_index * half, kraw, r.unique, r.counts.get(), r.offsets.get(), r.num_runs,
-                r.perm.get(), p.grad_scores, g.has_compact() ? g.compact : nullptr, g.dense, p.k,
-                p.k_dim, p.qk_norm);
-}
-
-// U: the type the sums read (float when normalised copies were made, else T).
-template <class U, class T, class I>
-void run(const BwdParams& p, const U* q, const U* k1, const U* k2, Stream stream) {
-  const int64_t rows = p.batch * p.heads;
-  if (p.grad_queries)
-    launch_kernel("pk_topk_bwd_v2_dq", dq_kernel<U, T, I>, dim3(grid_cap(rows)), dim3(kThreads),
-                  p.k * 2 * (sizeof(int64_t) + sizeof(float)), stream,
-                  static_cast<const T*>(p.queries), k1, k2, static_cast<const I*>(p.indices),
-                  p.grad_scores, p.grad_queries, rows, p.heads, p.n_keys, p.k_dim, p.k, p.qk_norm);
-  if (p.grad_keys1.any())
-    key_grad<U, T, I>(p, p.grad_keys1, 0, q, static_cast<const T*>(p.keys1), stream);
-  if (p.grad_keys2.any())
-    key_grad<U, T, I>(p, p.grad_keys2, 1, q, static_cast<const T*>(p.keys2), stream);
-}
-
 void launch(const BwdParams& p, Stream stream) {
   bwd::with_inputs(p, stream, [&](auto t, auto i, const auto* q, const auto* k1, const auto* k2) {
     using U = std::remove_cv_t<std::remove_pointer_t<decltype(q)>>;
-    run<U, typename decltype(t)::type, typename decltype(i)::type>(p, q, k1, k2, stream);
+    using T = typename decltype(t)::type;
+    using I = typename decltype(i)::type;
+    const bwd::Kernels<U, T, I> kern{"pk_topk_bwd_v2_dq", dq_kernel<U, T, I>,
+                                     2 * (sizeof(int64_t) + sizeof(float)),
+                                     "pk_topk_bwd_v2_key_grad", key_grad_kernel<U, T>};
+    bwd::run(p, q, k1, k2, kern, stream);
   });
 }
 
