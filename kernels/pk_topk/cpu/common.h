@@ -99,13 +99,21 @@ inline float key_score(uint64_t key) {
 }
 inline int64_t key_index(uint64_t key) { return 0xffffffffu - static_cast<uint32_t>(key); }
 
+// The k largest of keys[0, n) (n >= k), in descending order at keys[0, k).
+inline void largest_sorted(uint64_t* keys, int64_t n, int64_t k) {
+  std::nth_element(keys, keys + (k - 1), keys + n, std::greater<>());
+  std::sort(keys, keys + k, std::greater<>());
+}
+
 // The pruned candidate step (pk_topk.h): the pairs (i, j) of the two sorted half lists with
 // (i+1)(j+1) <= k, summed in fp32, and the k best of them written to scores/indices at `out`.
 // `cand` is scratch the caller keeps between rows. Combined indices below 2^32 (n_keys <= 65536)
-// are ranked as rank_key integers, larger ones with the comparator.
-inline void combine(const Entry* h1, const Entry* h2, int64_t k, int64_t n_keys,
-                    std::vector<uint64_t>& cand, float* scores, void* indices, DType index_dtype,
-                    int64_t out) {
+// are ranked as rank_key integers, put in order by `select(keys, n, k)` (as largest_sorted does),
+// larger ones with the comparator.
+template <class Select>
+void combine_with(Select&& select, const Entry* h1, const Entry* h2, int64_t k, int64_t n_keys,
+                  std::vector<uint64_t>& cand, float* scores, void* indices, DType index_dtype,
+                  int64_t out) {
   if (n_keys > 65536) {
     std::vector<Scored> all;
     for (int64_t i = 0; i < k; ++i)
@@ -132,12 +140,16 @@ inline void combine(const Entry* h1, const Entry* h2, int64_t k, int64_t n_keys,
     }
   }
   // At least k candidates (row i = 0 or column j = 0 in full), all distinct indices.
-  std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<>());
-  std::sort(cand.begin(), cand.begin() + k, std::greater<>());
+  select(cand.data(), static_cast<int64_t>(cand.size()), k);
   for (int64_t t = 0; t < k; ++t) {
     scores[out + t] = key_score(cand[t]);
     store_index(indices, index_dtype, out + t, key_index(cand[t]));
   }
+}
+inline void combine(const Entry* h1, const Entry* h2, int64_t k, int64_t n_keys,
+                    std::vector<uint64_t>& cand, float* scores, void* indices, DType index_dtype,
+                    int64_t out) {
+  combine_with(largest_sorted, h1, h2, k, n_keys, cand, scores, indices, index_dtype, out);
 }
 
 }  // namespace memlayers::pk_topk::cpu

@@ -70,13 +70,6 @@ struct TopKBuffer {
     threshold = key_score(keys[k - 1]);
   }
   void append(float s, int64_t i) { keys[size++] = rank_key(s, i); }
-  // The k best in ranking order into out[0, k). Needs at least k appends.
-  void finish(Entry* out) {
-    if (size > 2 * k) std::nth_element(keys, keys + (k - 1), keys + size, std::greater<>());
-    std::sort(keys, keys + std::min(size, 2 * k), std::greater<>());
-    for (int64_t t = 0; t < k; ++t)
-      out[t] = {key_score(keys[t]), static_cast<int32_t>(key_index(keys[t]))};
-  }
 };
 
 }  // namespace memlayers::pk_topk::cpu
@@ -316,6 +309,41 @@ void SelectChunk(const float* s, int64_t n, int64_t base, TopKBuffer& l) {
     if (!(s[i] < bound) && !(s[i] <= thr)) l.append(s[i], base + i);
 }
 
+constexpr int64_t kRankMax = 128;  // LargestSorted ranks by counting up to this many keys
+
+// As largest_sorted (the k largest of the distinct keys[0, n), n >= k, in descending order at
+// keys[0, k)), by counting for n <= kRankMax: a key's place is the number of keys above it, n
+// SIMD compares a key and no data-dependent branch, where nth_element and sort mispredicted over
+// the ~k-sized lists of the harness's shapes (~30% of its searches).
+void LargestSorted(uint64_t* keys, int64_t n, int64_t k) {
+  if (k > kRankMax) return largest_sorted(keys, n, k);
+  if (n > kRankMax) {
+    std::nth_element(keys, keys + (k - 1), keys + n, std::greater<>());
+    n = k;
+  }
+  const hn::ScalableTag<uint64_t> du;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(du));
+  HWY_ALIGN uint64_t held[kRankMax + hn::MaxLanes(du)];
+  HWY_ALIGN uint64_t placed[kRankMax];
+  std::copy_n(keys, n, held);
+  std::fill(held + n, held + (n + N - 1) / N * N, uint64_t{0});  // above no key
+  for (int64_t i = 0; i < n; ++i) {
+    const auto key = hn::Set(du, held[i]);
+    std::size_t above = 0;
+    for (int64_t j = 0; j < n; j += N)
+      above += hn::CountTrue(du, hn::Gt(hn::Load(du, held + j), key));
+    placed[above] = held[i];  // distinct keys: the places are a permutation of [0, n)
+  }
+  std::copy_n(placed, k, keys);
+}
+
+// The k best of a row half's list, in ranking order, into out[0, k). Needs at least k appends.
+void FinishList(TopKBuffer& l, Entry* out) {
+  LargestSorted(l.keys, l.size, l.k);
+  for (int64_t t = 0; t < l.k; ++t)
+    out[t] = {key_score(l.keys[t]), static_cast<int32_t>(key_index(l.keys[t]))};
+}
+
 void Block(const FwdParams& p, const PackedKeys& pk, int64_t h, int64_t b0, int64_t rows,
            BlockState& st) {
   const int64_t half = pk.half, k = p.k, nk = p.n_keys, H = p.heads, nr = pk.nr;
@@ -360,10 +388,10 @@ void Block(const FwdParams& p, const PackedKeys& pk, int64_t h, int64_t b0, int6
       }
     }
   for (int64_t r = 0; r < rows; ++r) {
-    st.lists[r * 2].finish(st.best.data());
-    st.lists[r * 2 + 1].finish(st.best.data() + k);
-    combine(st.best.data(), st.best.data() + k, k, nk, st.cand, p.scores, p.indices, p.index_dtype,
-            ((b0 + r) * H + h) * k);
+    FinishList(st.lists[r * 2], st.best.data());
+    FinishList(st.lists[r * 2 + 1], st.best.data() + k);
+    combine_with(LargestSorted, st.best.data(), st.best.data() + k, k, nk, st.cand, p.scores,
+                 p.indices, p.index_dtype, ((b0 + r) * H + h) * k);
   }
 }
 
