@@ -7,10 +7,11 @@
 //    panels that stay in L1 while every query of the block passes over them;
 //  - selects from that cache-hot (rows × 1024) chunk right away, per (row, half), with a threshold
 //    filter: the chunk's own lower bound on the k-th best (the k-th largest of the 2k values held
-//    by a per-lane running top-m, m = 2k/lanes, kept in registers during one SIMD pass) and the
-//    running k-th best of the earlier chunks; one SIMD comparison pair per 8 scores rejects ~95%
-//    of them, survivors (~k + a few) become integer rank keys (score bits made monotone, index
-//    complemented: one compare, no NaN branch), nth_element keeps the k best;
+//    by a per-lane running top-m, m = 2k/lanes, kept in registers during one SIMD pass, found by
+//    counting) and the running k-th best of the earlier chunks; one SIMD comparison pair per 8
+//    scores rejects ~95% of them, survivors (~k + a few) become integer rank keys (score bits
+//    made monotone, index complemented: one compare, no NaN branch), and the k best of them are
+//    put in order by counting, each key's place the number of keys above it (LargestSorted);
 //  - the pruned k×k candidate step ((i+1)(j+1) <= k, further cut at the better k-th sum of row 0
 //    and column 0) on rank keys, shared with v1;
 //  - threads over (head, query block) (kernels/common/parallel.h). No OpenBLAS call.
@@ -20,7 +21,10 @@
 // selection reading its output while it is hot.
 // A running sorted top-k per row (insert each survivor) was tried first: ~143 insertions per row
 // half for k = 32 made selection as costly as scoring; a compacting buffer ~40%; the per-chunk
-// bound brought it to ~25% of the time.
+// bound brought it to ~25% of the time. Counting in place of nth_element and sort (the bound, the
+// lists' order, the candidate step) then took bench_pk_topk from 88 to 77 ms at the default
+// shape (second Xeon host, reports/cpu-intel-xeon) and from 0.88 to 0.43 ms at the harness's
+// (B 768, h 2, n_keys 128, n 16, k 8), where selection had been ~70% of the search.
 // Bottleneck it targets: v1's score-matrix traffic and its nth_element over every score; what
 // remains is the 2·B·h·n_keys·k_dim flops of scoring (~57% of the time, FMA-bound) and selection.
 // Measured (scratch timing program, 2-core AMD EPYC VM shared with other jobs, load average 50-250
