@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common/denormals.h"
+#include "common/dense_rows.h"
 #include "common/parallel.h"
 #include "embbag/cpu/common.h"
 #include "embbag/embbag.h"
@@ -221,20 +222,9 @@ void bwd_v2_sorted(const BwdParams& p, Stream) {
     *p.num_unique = num_segments;
   }
   if (p.grad_values_dense) {
-    // Untouched rows only, by ranges of rows; touched rows are written once, by their segment.
-    parallel_for(
-        p.num_rows, balanced_grain(p.num_rows, std::max<int64_t>(1, 65536 / p.dim)),
-        [&](int64_t r0, int64_t r1) {
-          auto it = std::lower_bound(starts.begin(), starts.end() - 1, r0,
-                                     [&](int64_t s, int64_t r) { return pairs[s].row < r; });
-          for (int64_t r = r0; r < r1;) {
-            const int64_t touched = it == starts.end() - 1 ? r1 : std::min(r1, pairs[*it].row);
-            std::memset(p.grad_values_dense + r * p.dim, 0,
-                        static_cast<std::size_t>((touched - r) * p.dim) * sizeof(float));
-            r = touched + 1;
-            if (it != starts.end() - 1) ++it;
-          }
-        });
+    // Untouched rows only; touched rows are written once, by their segment.
+    zero_untouched_rows(p.grad_values_dense, p.num_rows, p.dim, num_segments,
+                        [&](int64_t u) { return pairs[starts[u]].row; });
   }
   HWY_DYNAMIC_DISPATCH(RunSegments)(p, pairs.data(), starts.data(), num_segments);
 }

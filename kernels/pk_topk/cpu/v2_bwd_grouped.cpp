@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "common/denormals.h"
+#include "common/dense_rows.h"
 #include "common/error.h"
 #include "common/parallel.h"
 #include "pk_topk/cpu/common.h"
@@ -425,17 +426,8 @@ void backward(const BwdParams& p, Stream) {
     const std::vector<int64_t>& rows = x.ht[c].rows;
     if (out[c]->has_compact()) *out[c]->num_rows = static_cast<int64_t>(rows.size());
     if (!out[c]->dense) continue;
-    float* dense = out[c]->dense;
-    parallel_for(num_rows, balanced_grain(num_rows, std::max<int64_t>(1, 65536 / half)),
-                 [&](int64_t r0, int64_t r1) {
-                   auto it = std::lower_bound(rows.begin(), rows.end(), r0);
-                   for (int64_t r = r0; r < r1; ++r) {
-                     if (it != rows.end() && *it == r)
-                       ++it;
-                     else
-                       std::fill_n(dense + r * half, half, 0.0f);
-                   }
-                 });
+    zero_untouched_rows(out[c]->dense, num_rows, half, static_cast<int64_t>(rows.size()),
+                        [&](int64_t i) { return rows[i]; });
   }
   HWY_DYNAMIC_DISPATCH(Run)(x, 3);
 }
