@@ -21,11 +21,12 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 using DF = hn::ScalableTag<float>;
 
-template <bool kBf16>
-HWY_INLINE hn::Vec<DF> LoadRow(DF df, const void* row, int64_t d) {
+// D: any fp32 tag (full or capped vectors).
+template <bool kBf16, class D>
+HWY_INLINE hn::Vec<D> LoadRow(D df, const void* row, int64_t d) {
   if constexpr (kBf16) {
-    const hn::Rebind<uint16_t, DF> d16;
-    const hn::RebindToUnsigned<DF> d32;
+    const hn::Rebind<uint16_t, D> d16;
+    const hn::RebindToUnsigned<D> d32;
     const auto bits = hn::PromoteTo(d32, hn::LoadU(d16, static_cast<const uint16_t*>(row) + d));
     return hn::BitCast(df, hn::ShiftLeft<16>(bits));
   } else {

@@ -135,6 +135,17 @@ HWY_INLINE void Axpy(float* HWY_RESTRICT acc, const void* row, float w, int64_t 
   }
   for (; d + N <= n; d += N)
     hn::StoreU(hn::MulAdd(vw, LoadRow<kBf16>(df, row, d), hn::LoadU(df, acc + d)), df, acc + d);
+  // What is left of a vector on wide targets, 8 and then 4 lanes at a time: the harness's rows
+  // are 8 wide, all tail on AVX-512. Fused like the scalar fma, so the bits do not change.
+  const auto narrow = [&](auto dn) {
+    const auto Nn = static_cast<int64_t>(hn::Lanes(dn));
+    if (Nn >= N || d + Nn > n) return;
+    const auto v = hn::MulAdd(hn::Set(dn, w), LoadRow<kBf16>(dn, row, d), hn::LoadU(dn, acc + d));
+    hn::StoreU(v, dn, acc + d);
+    d += Nn;
+  };
+  narrow(hn::CappedTag<float, 8>());
+  narrow(hn::CappedTag<float, 4>());
   for (; d < n; ++d) acc[d] = std::fma(w, LoadScalar<kBf16>(row, d), acc[d]);
 }
 
