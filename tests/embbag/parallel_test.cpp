@@ -1,15 +1,18 @@
 // kernels/common/parallel.h: every index visited exactly once, exceptions reach the caller,
 // nested and concurrent calls fall back to serial instead of deadlocking, spinning and sleeping
-// workers both pick up jobs.
+// workers both pick up jobs. kernels/common/dense_rows.h: zero_untouched_rows zeroes exactly the
+// rows not listed.
 // Build and run: cmake --build build --target embbag_test && ctest --test-dir build -L embbag
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <random>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
+#include "common/dense_rows.h"
 #include "common/parallel.h"
 
 namespace memlayers {
@@ -89,6 +92,34 @@ TEST(ParallelPool, SpinningAndSleepingThreadsRunEveryJob) {
         ASSERT_EQ(v.load(), 1) << "spin " << spin.count() << " us, job " << j;
     }
   }
+}
+
+TEST(DenseRows, ZeroesExactlyTheRowsNotTouched) {
+  std::mt19937_64 rng(7);
+  for (int64_t rows : {1, 5, 1000, 100003})
+    for (int64_t width : {1, 3, 100})
+      for (int pattern = 0; pattern < 5; ++pattern) {
+        // none, all, the first and last, about a third at random, about 1 in 97 at random
+        std::vector<int64_t> touched;
+        for (int64_t r = 0; r < rows; ++r) {
+          const bool t = pattern == 1 || (pattern == 2 && (r == 0 || r == rows - 1)) ||
+                         (pattern == 3 && r % 3 == static_cast<int64_t>(rng() % 3)) ||
+                         (pattern == 4 && rng() % 97 == 0);
+          if (t) touched.push_back(r);
+        }
+        std::vector<float> dense(static_cast<std::size_t>(rows * width), 7.0f);
+        zero_untouched_rows(dense.data(), rows, width, static_cast<int64_t>(touched.size()),
+                            [&](int64_t i) { return touched[static_cast<std::size_t>(i)]; });
+        std::size_t next = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const bool t = next < touched.size() && touched[next] == r;
+          next += t;
+          for (int64_t e = 0; e < width; ++e)
+            ASSERT_EQ(dense[static_cast<std::size_t>(r * width + e)], t ? 7.0f : 0.0f)
+                << "rows " << rows << ", width " << width << ", pattern " << pattern << ", row "
+                << r << ", element " << e;
+        }
+      }
 }
 
 }  // namespace
