@@ -157,24 +157,16 @@ void run(const BwdParams& p, const U* q, const U* k1, const U* k2, const Kernels
   }
 }
 
-// Calls f(Tag<T>, Tag<I>, q, k1, k2): T the inputs' dtype, I the index dtype, and the queries and
-// sub-key tables the sums read: fp32 normalised copies (made here, the forward's norm kernel)
-// with qk_norm, else the inputs as they are.
-template <class F>
-void with_inputs(const BwdParams& p, Stream stream, F&& f) {
+// Runs a backward with the kernels that pick(Tag<U>, Tag<T>, Tag<I>) returns (a Kernels<U, T,
+// I>), U float when qk_norm made normalised copies to sum over, else T.
+template <class Pick>
+void launch(const BwdParams& p, Stream stream, Pick&& pick) {
   dispatch(p, [&](auto t, auto i) {
-    using T = typename decltype(t)::type;
-    const auto* q = static_cast<const T*>(p.queries);
-    const auto* k1 = static_cast<const T*>(p.keys1);
-    const auto* k2 = static_cast<const T*>(p.keys2);
-    if (p.qk_norm) {
-      Normalised nz(p.batch, p.heads, p.n_keys, p.k_dim, stream);
-      normalise_inputs(q, k1, k2, p.batch, p.heads, p.n_keys, p.k_dim, nz, stream);
-      f(t, i, static_cast<const float*>(nz.q.get()), static_cast<const float*>(nz.k1.get()),
-        static_cast<const float*>(nz.k2.get()));
-    } else {
-      f(t, i, q, k1, k2);
-    }
+    with_normalised<typename decltype(t)::type>(
+        p, stream, [&](const auto* q, const auto* k1, const auto* k2) {
+          using U = std::remove_cv_t<std::remove_pointer_t<decltype(q)>>;
+          run(p, q, k1, k2, pick(Tag<U>{}, t, i), stream);
+        });
   });
 }
 

@@ -548,20 +548,30 @@ void score_matrices(const T* q, const T* k1, const T* k2, int64_t batch, int64_t
 #endif
 }
 
-// Score matrices of a forward, with the norm applied first when asked. s1, s2: (B·h·n_keys).
-template <class T>
-void forward_scores(const FwdParams& p, float* s1, float* s2, Stream stream) {
+// Calls f(q, k1, k2) with a search's queries and sub-key tables as its sums read them: fp32
+// normalised copies (made here, living through the call) with qk_norm, else the inputs as stored
+// (T). P: FwdParams or BwdParams.
+template <class T, class P, class F>
+void with_normalised(const P& p, Stream stream, F&& f) {
   const auto* q = static_cast<const T*>(p.queries);
   const auto* k1 = static_cast<const T*>(p.keys1);
   const auto* k2 = static_cast<const T*>(p.keys2);
   if (p.qk_norm) {
     Normalised n(p.batch, p.heads, p.n_keys, p.k_dim, stream);
     normalise_inputs(q, k1, k2, p.batch, p.heads, p.n_keys, p.k_dim, n, stream);
-    score_matrices<float>(n.q.get(), n.k1.get(), n.k2.get(), p.batch, p.heads, p.n_keys, p.k_dim,
-                          s1, s2, stream);
+    f(static_cast<const float*>(n.q.get()), static_cast<const float*>(n.k1.get()),
+      static_cast<const float*>(n.k2.get()));
   } else {
-    score_matrices<T>(q, k1, k2, p.batch, p.heads, p.n_keys, p.k_dim, s1, s2, stream);
+    f(q, k1, k2);
   }
+}
+
+// Score matrices of a forward, with the norm applied first when asked. s1, s2: (B·h·n_keys).
+template <class T>
+void forward_scores(const FwdParams& p, float* s1, float* s2, Stream stream) {
+  with_normalised<T>(p, stream, [&](const auto* q, const auto* k1, const auto* k2) {
+    score_matrices(q, k1, k2, p.batch, p.heads, p.n_keys, p.k_dim, s1, s2, stream);
+  });
 }
 
 // What the materialising variants (v1, v2) cannot take.

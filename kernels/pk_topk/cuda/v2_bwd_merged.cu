@@ -182,14 +182,13 @@ __global__ void __launch_bounds__(kThreads, 4)
 }
 
 void launch(const BwdParams& p, Stream stream) {
-  bwd::with_inputs(p, stream, [&](auto t, auto i, const auto* q, const auto* k1, const auto* k2) {
-    using U = std::remove_cv_t<std::remove_pointer_t<decltype(q)>>;
+  bwd::launch(p, stream, [](auto u, auto t, auto i) {
+    using U = typename decltype(u)::type;
     using T = typename decltype(t)::type;
     using I = typename decltype(i)::type;
-    const bwd::Kernels<U, T, I> kern{"pk_topk_bwd_v2_dq", dq_kernel<U, T, I>,
-                                     2 * (sizeof(int64_t) + sizeof(float)),
-                                     "pk_topk_bwd_v2_key_grad", key_grad_kernel<U, T>};
-    bwd::run(p, q, k1, k2, kern, stream);
+    return bwd::Kernels<U, T, I>{"pk_topk_bwd_v2_dq", dq_kernel<U, T, I>,
+                                 2 * (sizeof(int64_t) + sizeof(float)), "pk_topk_bwd_v2_key_grad",
+                                 key_grad_kernel<U, T>};
   });
 }
 
