@@ -6,8 +6,11 @@
 //    and eight row streams are in flight at once (eight measured 64–87% of the read ceiling where
 //    four measured 63% on the same noisy VM: see reports/);
 //  - threads over bags (kernels/common/parallel.h), each thread owning whole output rows;
-//  - prefetches the next bag's rows into L2 while gathering the current bag: a bag is a run of
-//    random row addresses, each of which the hardware prefetcher would only pick up after a miss.
+//  - prefetches rows into L2 32 slots ahead of the rows it gathers (fewer when 32 rows pass
+//    128 KiB), in the chunk's (bag, slot) order: a bag is a run of random row addresses, each of
+//    which the hardware prefetcher would only pick up after a miss. The first version prefetched
+//    the next bag, a distance that grew with k and dim: 512 KiB at the memory layer's bag of
+//    4 heads × 32 at dim 1024, where it read 70% of the streaming read (see reports/.../notes.md).
 // Ragged dims run full vectors then a scalar tail; the dtype branch is hoisted out of the loops.
 // Subnormal weights and products are flushed to zero (common/denormals.h): with a third of the
 // weights subnormal the forward ran 4× slower.
@@ -35,7 +38,7 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // acc[0, dim) (=|+=) Σ_g w[g]·rows[g][0, dim), G rows at once. While at byte offset o of the
-// current rows, the same offset of the next bag's rows is prefetched: one line per 64 bytes.
+// current rows, the same offset of the G rows in `next` is prefetched: one line per 64 bytes.
 template <int G, bool kBf16, bool kFirst>
 HWY_NOINLINE void FoldRows(float* HWY_RESTRICT acc, const void* const* rows, const float* w,
                            const char* const* next, int64_t dim) {
@@ -88,6 +91,10 @@ HWY_INLINE void FoldGroup(int g, float* acc, const void* const* rows, const floa
 
 constexpr int64_t kGroup = 8;  // rows folded per pass over the accumulator
 
+// The prefetch distance, in slots of the chunk's (bag, slot) order: 32 rows, fewer where 32 rows
+// pass 128 KiB, never under one group. The header says what was measured.
+constexpr int64_t kAheadRows = 32, kAheadBytes = int64_t{128} << 10;
+
 template <bool kBf16>
 void Bags(const FwdParams& p, int64_t b0, int64_t b1) {
   const int64_t k = p.k, dim = p.dim;
@@ -97,21 +104,22 @@ void Bags(const FwdParams& p, int64_t b0, int64_t b1) {
   const char* base = static_cast<const char*>(p.values);
   const bool out_f32 = p.out_dtype == DType::f32;
   HWY_ALIGN float scratch[kMaxDim];  // the fp32 accumulator when the output is bf16
+  const auto row = [&](int64_t t) {  // the row of flat slot t = bag · k + slot
+    return base + load_index(p.indices, p.index_dtype, t) * row_bytes;
+  };
+  const int64_t ahead = std::clamp<int64_t>(kAheadBytes / row_bytes, kGroup, kAheadRows);
+  const int64_t end = b1 * k;  // the chunk's slots end here: nothing past it is prefetched
   const void* rows[kMaxK];
-  const char* next[kMaxK];
-  for (int64_t j = 0; j < k; ++j)
-    next[j] = base + load_index(p.indices, p.index_dtype, b0 * k + j) * row_bytes;
+  const char* next[kMaxK];  // next[j]: the row of slot j + ahead, prefetched while j is read
   for (int64_t b = b0; b < b1; ++b) {
-    for (int64_t j = 0; j < k; ++j) rows[j] = next[j];
-    const bool has_next = b + 1 < b1;
-    if (has_next)
-      for (int64_t j = 0; j < k; ++j)
-        next[j] = base + load_index(p.indices, p.index_dtype, (b + 1) * k + j) * row_bytes;
-    const float* w = p.weights + b * k;
+    const int64_t t0 = b * k, n_next = std::clamp<int64_t>(end - t0 - ahead, 0, k);
+    for (int64_t j = 0; j < k; ++j) rows[j] = row(t0 + j);
+    for (int64_t j = 0; j < n_next; ++j) next[j] = row(t0 + ahead + j);
+    const float* w = p.weights + t0;
     float* acc = out_f32 ? static_cast<float*>(p.out) + b * os : scratch;
     for (int64_t j = 0; j < k; j += kGroup) {
       const int g = static_cast<int>(std::min<int64_t>(kGroup, k - j));
-      const char* const* nx = has_next ? next + j : nullptr;
+      const char* const* nx = j + g <= n_next ? next + j : nullptr;
       if (j == 0)
         FoldGroup<kBf16, true>(g, acc, rows + j, w + j, nx, dim);
       else
