@@ -163,7 +163,7 @@ MEMLAYERS_REGISTER(Fwd, Variant<FwdParams>{
                                   (p);
                                 },
                             .summary = "Highway SIMD (runtime dispatch), 8 rows per pass, threads "
-                                       "over bags, next bag's rows prefetched",
+                                       "over bags, rows prefetched 32 slots ahead",
                             .deterministic = true,
                         });
 
