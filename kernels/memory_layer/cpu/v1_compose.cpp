@@ -7,8 +7,9 @@
 //    pk_topk_fwd "v2_fused_pruned", else the highest-numbered deterministic cpu variant that
 //    supports the input (parts::find_part), else the reference; pk_topk_bwd the highest-numbered
 //    deterministic cpu variant, else the reference (v1_compose_parts() says which ran);
-//  - the softmax, its backward, the SiLU / GELU gating and the scalar gate in plain loops over
-//    tokens (kernels/common/parallel.h);
+//  - memory+'s SiLU gating by SIMD passes with a vector exp (cpu/silu.h); the softmax, its
+//    backward, PEER's GELU and the scalar gate in plain loops; all threaded over tokens
+//    (kernels/common/parallel.h);
 //  - the bag by the CPU EmbeddingBag (embbag_fwd "v2_hwy_threads", embbag_bwd "v2_bwd_sorted"):
 //    one bag of heads·k rows per token, weighted by the softmax; dV (dense and/or compact) comes
 //    straight from the bag's backward. PEER reuses it three ways: U[I]·x is the bag backward's dw
@@ -36,6 +37,7 @@
 #include "common/parallel.h"
 #include "common/stages.h"
 #include "embbag/embbag.h"
+#include "memory_layer/cpu/silu.h"
 #include "memory_layer/memory_layer.h"
 #include "memory_layer/parts.h"
 #include "pk_topk/pk_topk.h"
@@ -93,11 +95,6 @@ void run_bag(BagOverride* bag, const typename Op::Params& p, const char* preferr
 // ---- small helpers ----
 
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
-float silu(float z) { return z * sigmoid(z); }
-float silu_grad(float z) {
-  const float s = sigmoid(z);
-  return s * (1.0f + z * (1.0f - s));
-}
 float normal_cdf(float z) { return 0.5f * std::erfc(-z * float(1 / std::numbers::sqrt2)); }
 float gelu(float z) { return z * normal_cdf(z); }
 float gelu_grad(float z) {
@@ -194,9 +191,7 @@ void forward(const FwdParams& p, Stream stream) {
     broadcast_rows(hid, W.b1, B, v);
     gemm(false, false, B, v, d, p.x, d, W.w1, v, 1.0f, hid, v);
     m_.resize(static_cast<std::size_t>(B * v));
-    parallel_rows(B, v, [&](int64_t b) {
-      for (int64_t e = b * v; e < (b + 1) * v; ++e) m_[e] = y[e] * silu(hid[e]);
-    });
+    parallel_rows(B, v, [&](int64_t b) { silu_product(y + b * v, hid + b * v, &m_[b * v], v); });
     broadcast_rows(pre, W.b2, B, d);
     gemm(false, false, B, d, v, m_.data(), v, W.w2, d, 1.0f, pre, d);
   } else {  // peer
@@ -263,9 +258,9 @@ void backward(const BwdParams& p, Stream stream) {
       const float* dout = p.grad_out + b * d;
       double dot = 0;
       if (c.kind == Kind::memory_plus) {
+        silu_product(s.y + b * v, s.hidden + b * v, &m_[b * v], v);
         for (int64_t e = 0; e < v; ++e) {
           const int64_t i = b * v + e;
-          m_[i] = s.y[i] * silu(s.hidden[i]);
           dot += double{m_[i]} * u_[i];
           u_[i] *= sg;  // now dm
         }
@@ -338,20 +333,16 @@ void backward(const BwdParams& p, Stream stream) {
         u_.resize(static_cast<std::size_t>(B * v));
         m_.resize(static_cast<std::size_t>(B * v));
         gemm(false, true, B, v, d, dpre, d, W.w2, d, 0.0f, u_.data(), v);
-        parallel_rows(B, v, [&](int64_t b) {
-          for (int64_t i = b * v; i < (b + 1) * v; ++i) m_[i] = s.y[i] * silu(s.hidden[i]);
-        });
+        parallel_rows(
+            B, v, [&](int64_t b) { silu_product(s.y + b * v, s.hidden + b * v, &m_[b * v], v); });
       }
       if (G.w2) gemm(true, false, v, d, B, m_.data(), v, dpre, d, 0.0f, G.w2, d);
       if (G.b2) column_sums(dpre, B, d, G.b2);
       dy_.resize(static_cast<std::size_t>(B * v));
       std::vector<float> dh(dy_.size());
       parallel_rows(B, v, [&](int64_t b) {
-        for (int64_t i = b * v; i < (b + 1) * v; ++i) {
-          const float h = s.hidden[i];
-          dy_[i] = u_[i] * silu(h);
-          dh[i] = u_[i] * s.y[i] * silu_grad(h);
-        }
+        const int64_t o = b * v;
+        silu_backward(&u_[o], s.y + o, s.hidden + o, &dy_[o], &dh[o], v);
       });
       dy = dy_.data();
       if (G.w1) gemm(true, false, d, v, B, p.x, d, dh.data(), v, 0.0f, G.w1, v);
