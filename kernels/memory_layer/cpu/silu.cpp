@@ -27,7 +27,7 @@ HWY_INLINE VF Sigmoid(DF df, VF h) {
   return hn::IfThenElse(hn::Ge(h, hn::Zero(df)), r, hn::Mul(e, r));
 }
 
-// One vector of m = y·silu(h) at p[i].
+// One vector of m = y·silu(h) at element i.
 HWY_INLINE void ProductAt(DF df, const float* y, const float* h, float* m, int64_t i) {
   const VF hv = hn::LoadU(df, h + i);
   hn::StoreU(hn::Mul(hn::LoadU(df, y + i), hn::Mul(hv, Sigmoid(df, hv))), df, m + i);
