@@ -1,8 +1,9 @@
 // The cpu backend of harness::Ops: the GEMMs of the linear layers by OpenBLAS sgemm over the
 // pool (common/blas.h; bias broadcast into the output first, beta = 1; gradients accumulated with
-// beta = 1), everything else in fp32 loops threaded with kernels/common/parallel.h. Reductions
-// over rows (dtable, dscale, db) are split by column blocks, never by rows, so every sum has one
-// fixed order and the backend is deterministic. Attention is per (sequence, head) loops over the
+// beta = 1), the SwiGLU by SIMD passes with a vector exp (common/silu.h), everything else in fp32
+// loops threaded with kernels/common/parallel.h. Reductions over rows (dtable, dscale, db) are
+// split by column blocks, never by rows, so every sum has one fixed order and the backend is
+// deterministic. Attention is per (sequence, head) loops over the
 // causal triangle, its products in registers: at the harness's sequence lengths (≤ a few hundred)
 // a GEMM call per (sequence, head) costs more than it saves.
 
@@ -14,6 +15,7 @@
 #include "common/blas.h"
 #include "common/error.h"
 #include "common/parallel.h"
+#include "common/silu.h"
 #include "harness/ops.h"
 #include "harness/ops_internal.h"
 
@@ -26,8 +28,6 @@ template <class F>
 void each_column_block(int64_t cols, F&& fn) {
   parallel_for(cols, balanced_grain(cols, 64), fn);
 }
-
-float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 
 // ---- embedding ----
 
@@ -202,22 +202,14 @@ void attention_bwd(const AttentionBwd& p) {
 
 void swiglu_fwd(const SwigluFwd& p) {
   parallel_rows(p.rows, p.hidden, [&](int64_t r) {
-    const float* a = p.a + r * p.ld_ab;
-    const float* b = p.b + r * p.ld_ab;
-    float* out = p.out + r * p.hidden;
-    for (int64_t c = 0; c < p.hidden; ++c) out[c] = a[c] * sigmoid(a[c]) * b[c];
+    silu_product(p.b + r * p.ld_ab, p.a + r * p.ld_ab, p.out + r * p.hidden, p.hidden);
   });
 }
 
 void swiglu_bwd(const SwigluBwd& p) {
   parallel_rows(p.rows, p.hidden, [&](int64_t r) {
-    const int64_t o = r * p.ld_ab;
-    const float* dout = p.dout + r * p.hidden;
-    for (int64_t c = 0; c < p.hidden; ++c) {
-      const float a = p.a[o + c], b = p.b[o + c], s = sigmoid(a);
-      p.da[o + c] = dout[c] * b * s * (1.0f + a * (1.0f - s));
-      p.db[o + c] = dout[c] * a * s;
-    }
+    const int64_t o = r * p.ld_ab;  // db = dout·silu(a), da = dout·b·silu'(a)
+    silu_backward(p.dout + r * p.hidden, p.b + o, p.a + o, p.db + o, p.da + o, p.hidden);
   });
 }
 

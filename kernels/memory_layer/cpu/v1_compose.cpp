@@ -7,7 +7,7 @@
 //    pk_topk_fwd "v2_fused_pruned", else the highest-numbered deterministic cpu variant that
 //    supports the input (parts::find_part), else the reference; pk_topk_bwd the highest-numbered
 //    deterministic cpu variant, else the reference (v1_compose_parts() says which ran);
-//  - memory+'s SiLU gating by SIMD passes with a vector exp (cpu/silu.h); the softmax, its
+//  - memory+'s SiLU gating by SIMD passes with a vector exp (common/silu.h); the softmax, its
 //    backward, PEER's GELU and the scalar gate in plain loops; all threaded over tokens
 //    (kernels/common/parallel.h);
 //  - the bag by the CPU EmbeddingBag (embbag_fwd "v2_hwy_threads", embbag_bwd "v2_bwd_sorted"):
@@ -35,9 +35,9 @@
 
 #include "common/blas.h"
 #include "common/parallel.h"
+#include "common/silu.h"
 #include "common/stages.h"
 #include "embbag/embbag.h"
-#include "memory_layer/cpu/silu.h"
 #include "memory_layer/memory_layer.h"
 #include "memory_layer/parts.h"
 #include "pk_topk/pk_topk.h"

@@ -1,18 +1,18 @@
 // See silu.h.
-#include "memory_layer/cpu/silu.h"
+#include "common/silu.h"
 
 #include <algorithm>
 #include <initializer_list>
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "memory_layer/cpu/silu.cpp"
+#define HWY_TARGET_INCLUDE "common/silu.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
 #include <hwy/contrib/math/math-inl.h>
 
 HWY_BEFORE_NAMESPACE();
-namespace memlayers::memory_layer::cpu {
+namespace memlayers::silu_simd {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
@@ -79,21 +79,25 @@ void SiluBackward(const float* u, const float* y, const float* h, float* dy, flo
 }
 
 }  // namespace HWY_NAMESPACE
-}  // namespace memlayers::memory_layer::cpu
+}  // namespace memlayers::silu_simd
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
-namespace memlayers::memory_layer::cpu {
+namespace memlayers {
+namespace silu_simd {
 HWY_EXPORT(SiluProduct);
 HWY_EXPORT(SiluBackward);
+}  // namespace silu_simd
 
 void silu_product(const float* y, const float* h, float* m, int64_t n) {
+  using namespace silu_simd;
   HWY_DYNAMIC_DISPATCH(SiluProduct)(y, h, m, n);
 }
 
 void silu_backward(const float* u, const float* y, const float* h, float* dy, float* dh,
                    int64_t n) {
+  using namespace silu_simd;
   HWY_DYNAMIC_DISPATCH(SiluBackward)(u, y, h, dy, dh, n);
 }
-}  // namespace memlayers::memory_layer::cpu
+}  // namespace memlayers
 #endif  // HWY_ONCE
