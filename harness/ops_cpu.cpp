@@ -3,9 +3,9 @@
 // beta = 1), the SwiGLU by SIMD passes with a vector exp (common/silu.h), everything else in fp32
 // loops threaded with kernels/common/parallel.h. Reductions over rows (dtable, dscale, db) are
 // split by column blocks, never by rows, so every sum has one fixed order and the backend is
-// deterministic. Attention is per (sequence, head) loops over the
-// causal triangle, its products in registers: at the harness's sequence lengths (≤ a few hundred)
-// a GEMM call per (sequence, head) costs more than it saves.
+// deterministic. Attention is per (sequence, head) loops over the causal triangle, its products
+// in registers: at the harness's sequence lengths (≤ a few hundred) a GEMM call per (sequence,
+// head) costs more than it saves.
 
 #include <algorithm>
 #include <cmath>
