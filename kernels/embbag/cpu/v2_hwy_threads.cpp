@@ -10,7 +10,8 @@
 //    128 KiB), in the chunk's (bag, slot) order: a bag is a run of random row addresses, each of
 //    which the hardware prefetcher would only pick up after a miss. The first version prefetched
 //    the next bag, a distance that grew with k and dim: 512 KiB at the memory layer's bag of
-//    4 heads × 32 at dim 1024, where it read 70% of the streaming read (see reports/.../notes.md).
+//    4 heads × 32 at dim 1024, where it read 70% of the streaming read
+//    (reports/cpu-intel-xeon/notes.md).
 // Ragged dims run full vectors then a scalar tail; the dtype branch is hoisted out of the loops.
 // Subnormal weights and products are flushed to zero (common/denormals.h): with a third of the
 // weights subnormal the forward ran 4× slower.

@@ -259,7 +259,7 @@ float LaneBound(const float* s, int64_t n, int64_t k) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const int64_t m = (k + N - 1) / N;
-  switch (m <= kMaxPerLane ? m : 0) {
+  switch (m) {  // above kMaxPerLane: the default
     case 1:
       return LaneBoundM<1>(s, n, k);
     case 2:
