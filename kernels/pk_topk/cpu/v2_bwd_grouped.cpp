@@ -6,7 +6,8 @@
 //     that chose them summed in slot order. A bag's k best pairs share rows: at the default
 //     shape 32 slots hold ~12 distinct rows per half, so ~2.7× fewer rows to read and to scatter
 //     than one per slot. Then dq̂_c = Σ w·K̂_c[h, i] over those rows, through the RMS-norm
-//     backward when qk_norm (K̂ = K·rms⁻¹(K): the norm folds into the weight), written to dq.
+//     backward when qk_norm (K̂ = K·rms⁻¹(K): the norm folds into the weight), written to dq;
+//     the sum is held in registers a block of columns at a time across the bag's rows.
 //  2. Plan, per group: each touched row gets a slot (ascending row ids: the compact form's
 //     order), and the groups' slots are cut into parts of about equal work.
 //  3. Per part: the bags of its group in token order, each term that lands in its slots adding
@@ -19,11 +20,15 @@
 // Bottleneck it targets: v1_bwd_compose's per-slot work (one row read and one row scatter per
 // slot, a sort of every slot, each through the whole 8 MiB of sub-keys at once).
 // What is left: pass 3 updates each term's dK row in L2 (a 1 KiB read and write a term), and
-// pass 1 reads a sub-key row from L2 a term; they take about half the time each at the default
-// shape (the plan ~5%).
+// pass 1 reads a sub-key row from L2 a term and merges the bag's slots; they take about half
+// the time each at the default shape (the plan ~5%). Prefetching pass 3's rows a term or more
+// ahead (for reading or for writing) made it slower: its rows' traffic with L2 bounds it, not
+// their latency.
 // Measured (bench_pk_topk, 2-core Xeon VM; B 4096, h 4, n_keys 1024, n 512, k 32, fp32, dq and
 // compact dK): 13.6-13.8 ms against 56-61 ms for v1_bwd_compose; with qk_norm 20.5 against
-// 90.6 ms; at B 256, 1.20 against 2.73 ms (qk_norm 2.22 against 13.2 ms).
+// 90.6 ms; at B 256, 1.20 against 2.73 ms (qk_norm 2.22 against 13.2 ms). Pass 1's dq summed in
+// registers (in place of an axpy per row on dq) took the default shape from 17.2-18.2 to
+// 15.6-16.8 ms on a busier day, bf16 16.6 to 14.5-15.6 ms, qk_norm 21.4-24.0 to 20.5-20.9 ms.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -149,6 +154,51 @@ HWY_INLINE void Axpy(float* HWY_RESTRICT acc, const void* row, float w, int64_t 
   for (; d < n; ++d) acc[d] = std::fma(w, LoadScalar<kBf16>(row, d), acc[d]);
 }
 
+// out[0, n) = Σ_u w[u] · rows[u][0, n) over u in [0, m), the rows fp32 or bf16: the sums held in
+// registers a few vectors at a time across all the rows, so no partial sum goes through memory,
+// and the rows' loads of one column block issue together. Each element's sum starts at 0 and adds
+// the rows in order by fma, the bits of m Axpy calls on a zeroed out.
+template <bool kBf16>
+HWY_INLINE void SumRows(float* HWY_RESTRICT out, const void* const* rows, const float* w, int32_t m,
+                        int64_t n) {
+  const hn::ScalableTag<float> df;
+  const auto N = static_cast<int64_t>(hn::Lanes(df));
+  int64_t d = 0;
+  for (; d + 4 * N <= n; d += 4 * N) {
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+    for (int32_t u = 0; u < m; ++u) {
+      const auto vw = hn::Set(df, w[u]);
+      a0 = hn::MulAdd(vw, LoadRow<kBf16>(df, rows[u], d), a0);
+      a1 = hn::MulAdd(vw, LoadRow<kBf16>(df, rows[u], d + N), a1);
+      a2 = hn::MulAdd(vw, LoadRow<kBf16>(df, rows[u], d + 2 * N), a2);
+      a3 = hn::MulAdd(vw, LoadRow<kBf16>(df, rows[u], d + 3 * N), a3);
+    }
+    hn::StoreU(a0, df, out + d);
+    hn::StoreU(a1, df, out + d + N);
+    hn::StoreU(a2, df, out + d + 2 * N);
+    hn::StoreU(a3, df, out + d + 3 * N);
+  }
+  // The rest a vector, then 8 and 4 lanes, then an element at a time.
+  const auto column = [&](auto dn) {
+    const auto Nn = static_cast<int64_t>(hn::Lanes(dn));
+    if (Nn > N) return;
+    for (; d + Nn <= n; d += Nn) {
+      auto a = hn::Zero(dn);
+      for (int32_t u = 0; u < m; ++u)
+        a = hn::MulAdd(hn::Set(dn, w[u]), LoadRow<kBf16>(dn, rows[u], d), a);
+      hn::StoreU(a, dn, out + d);
+    }
+  };
+  column(df);
+  column(hn::CappedTag<float, 8>());
+  column(hn::CappedTag<float, 4>());
+  for (; d < n; ++d) {
+    float a = 0.0f;
+    for (int32_t u = 0; u < m; ++u) a = std::fma(w[u], LoadScalar<kBf16>(rows[u], d), a);
+    out[d] = a;
+  }
+}
+
 // A row's elements [i, i + Lanes(dd)) widened to fp64 (from fp32 or bf16).
 template <bool kBf16, class DD>
 HWY_INLINE hn::Vec<DD> LoadF64(DD dd, const void* row, int64_t i) {
@@ -217,6 +267,8 @@ void Bags(Ctx& x, int c, int64_t h, int64_t b0, int64_t b1) {
   HalfTerms& ht = x.ht[c];
   const Divider div(nk);
   std::vector<int32_t> first(static_cast<std::size_t>(nk), -1);  // row i → its term, this bag
+  std::vector<const void*> rows(static_cast<std::size_t>(k));    // a bag's rows and weights
+  std::vector<float> w(static_cast<std::size_t>(k));
   const float* rms =
       p.qk_norm && p.grad_queries ? x.key_rms.data() + (c * p.heads + h) * nk : nullptr;
   int64_t pos = (h * p.batch + b0) * k;
@@ -245,10 +297,11 @@ void Bags(Ctx& x, int c, int64_t h, int64_t b0, int64_t b1) {
     if (p.qk_norm) x.query_rms[r * 2 + c] = static_cast<float>(rq);
     if (!p.grad_queries) continue;
     float* dq = p.grad_queries + q_off;
-    std::fill_n(dq, half, 0.0f);
-    for (int32_t u = 0; u < n; ++u)
-      Axpy<kBf16>(dq, row_at(keys, p.dtype, (h * nk + t[u].at) * half),
-                  rms ? t[u].w * rms[t[u].at] : t[u].w, half);
+    for (int32_t u = 0; u < n; ++u) {
+      rows[u] = row_at(keys, p.dtype, (h * nk + t[u].at) * half);
+      w[u] = rms ? t[u].w * rms[t[u].at] : t[u].w;
+    }
+    SumRows<kBf16>(dq, rows.data(), w.data(), n, half);
     if (p.qk_norm) NormBackward<kBf16>(dq, q, half, rq);
   }
 }
