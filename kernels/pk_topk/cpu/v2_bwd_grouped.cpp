@@ -11,10 +11,10 @@
 //  2. Plan, per group: each touched row gets a slot (ascending row ids: the compact form's
 //     order), and the groups' slots are cut into parts of about equal work.
 //  3. Per part: the bags of its group in token order, each term that lands in its slots adding
-//     w·q̂ to its row. The part's rows stay in cache and the query rows stream in order; no
-//     atomics, and each row sums its terms in bag order whatever the thread count or the cut, so
-//     the result is bitwise the same on any number of threads. Then the norm backward of each
-//     touched row, and the copies into the forms requested.
+//     w·q̂ to its row (the row's first term writes it). The part's rows stay in cache and the query
+//     rows stream in order; no atomics, and each row sums its terms in bag order whatever the
+//     thread count or the cut, so the result is bitwise the same on any number of threads. Then the
+//     norm backward of each touched row, and the copies into the forms requested.
 // Highway SIMD (runtime dispatch) for the row updates, bf16 rows widened in registers; subnormal
 // ds flushed (common/denormals.h) as in the EmbeddingBag.
 // Bottleneck it targets: v1_bwd_compose's per-slot work (one row read and one row scatter per
@@ -29,6 +29,8 @@
 // 90.6 ms; at B 256, 1.20 against 2.73 ms (qk_norm 2.22 against 13.2 ms). Pass 1's dq summed in
 // registers (in place of an axpy per row on dq) took the default shape from 17.2-18.2 to
 // 15.6-16.8 ms on a busier day, bf16 16.6 to 14.5-15.6 ms, qk_norm 21.4-24.0 to 20.5-20.9 ms.
+// Pass 3 writing each row's first term in place of zeroing the part first: B 256 1.28-1.41 to
+// 1.16-1.26 ms, the default shape 16.0-16.7 to 15.5-15.6 ms.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -125,33 +127,40 @@ using grouped::Part;
 using grouped::row_at;
 using grouped::Term;
 
-// acc[0, n) += w · row[0, n), the row fp32 or bf16.
-template <bool kBf16>
+// acc[0, n) += w · row[0, n), the row fp32 or bf16; kFirst: acc = 0 + w · row, acc not read (the
+// bits of zeroing it first).
+template <bool kBf16, bool kFirst = false>
 HWY_INLINE void Axpy(float* HWY_RESTRICT acc, const void* row, float w, int64_t n) {
   const hn::ScalableTag<float> df;
   const auto N = static_cast<int64_t>(hn::Lanes(df));
   const auto vw = hn::Set(df, w);
+  const auto old = [&](auto dn, int64_t i) {
+    if constexpr (kFirst)
+      return hn::Zero(dn);
+    else
+      return hn::LoadU(dn, acc + i);
+  };
   int64_t d = 0;
   for (; d + 2 * N <= n; d += 2 * N) {
-    const auto a0 = hn::MulAdd(vw, LoadRow<kBf16>(df, row, d), hn::LoadU(df, acc + d));
-    const auto a1 = hn::MulAdd(vw, LoadRow<kBf16>(df, row, d + N), hn::LoadU(df, acc + d + N));
+    const auto a0 = hn::MulAdd(vw, LoadRow<kBf16>(df, row, d), old(df, d));
+    const auto a1 = hn::MulAdd(vw, LoadRow<kBf16>(df, row, d + N), old(df, d + N));
     hn::StoreU(a0, df, acc + d);
     hn::StoreU(a1, df, acc + d + N);
   }
   for (; d + N <= n; d += N)
-    hn::StoreU(hn::MulAdd(vw, LoadRow<kBf16>(df, row, d), hn::LoadU(df, acc + d)), df, acc + d);
+    hn::StoreU(hn::MulAdd(vw, LoadRow<kBf16>(df, row, d), old(df, d)), df, acc + d);
   // What is left of a vector on wide targets, 8 and then 4 lanes at a time: the harness's rows
   // are 8 wide, all tail on AVX-512. Fused like the scalar fma, so the bits do not change.
   const auto narrow = [&](auto dn) {
     const auto Nn = static_cast<int64_t>(hn::Lanes(dn));
     if (Nn >= N || d + Nn > n) return;
-    const auto v = hn::MulAdd(hn::Set(dn, w), LoadRow<kBf16>(dn, row, d), hn::LoadU(dn, acc + d));
+    const auto v = hn::MulAdd(hn::Set(dn, w), LoadRow<kBf16>(dn, row, d), old(dn, d));
     hn::StoreU(v, dn, acc + d);
     d += Nn;
   };
   narrow(hn::CappedTag<float, 8>());
   narrow(hn::CappedTag<float, 4>());
-  for (; d < n; ++d) acc[d] = std::fma(w, LoadScalar<kBf16>(row, d), acc[d]);
+  for (; d < n; ++d) acc[d] = std::fma(w, LoadScalar<kBf16>(row, d), kFirst ? 0.0f : acc[d]);
 }
 
 // out[0, n) = Σ_u w[u] · rows[u][0, n) over u in [0, m), the rows fp32 or bf16: the sums held in
@@ -306,8 +315,8 @@ void Bags(Ctx& x, int c, int64_t h, int64_t b0, int64_t b1) {
   }
 }
 
-// Pass 3, one part: its rows zeroed, every term in its slots added in bag order, then each row's
-// norm backward and its copies.
+// Pass 3, one part: every term in its slots added in bag order to its row (the first written),
+// then each row's norm backward and its copies.
 template <bool kBf16>
 void Scatter(const Ctx& x, const Part& part) {
   const BwdParams& p = *x.p;
@@ -321,15 +330,26 @@ void Scatter(const Ctx& x, const Part& part) {
     return out.has_compact() ? out.compact + (base + s) * half
                              : out.dense + ht.rows[base + s] * half;
   };
-  for (int64_t s = part.lo; s < part.hi; ++s) std::fill_n(dst(s), half, 0.0f);
+  // Every slot has a term (the plan made slots of touched rows only); a row's first term writes
+  // it, in place of zeroing the part's rows first (at B 256 a group's rows are ~1 MiB: a pass
+  // through L2 of its own).
+  std::vector<uint8_t> written(static_cast<std::size_t>(part.hi - part.lo), 0);
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t r = b * p.heads + h, bg = h * p.batch + b;
     const Term* t = ht.terms.get() + ht.start[bg];
     const void* q = row_at(p.queries, p.dtype, r * p.k_dim + c * half);
     const float scale = p.qk_norm ? x.query_rms[r * 2 + c] : 1.0f;
-    for (int32_t u = 0; u < ht.count[bg]; ++u)
-      if (t[u].at >= part.lo && t[u].at < part.hi)
-        Axpy<kBf16>(dst(t[u].at), q, p.qk_norm ? t[u].w * scale : t[u].w, half);
+    for (int32_t u = 0; u < ht.count[bg]; ++u) {
+      const int64_t s = t[u].at;
+      if (s < part.lo || s >= part.hi) continue;
+      const float w = p.qk_norm ? t[u].w * scale : t[u].w;
+      if (written[s - part.lo]) {
+        Axpy<kBf16>(dst(s), q, w, half);
+      } else {
+        Axpy<kBf16, true>(dst(s), q, w, half);
+        written[s - part.lo] = 1;
+      }
+    }
   }
   const void* keys = c == 0 ? p.keys1 : p.keys2;
   for (int64_t s = part.lo; s < part.hi; ++s) {
