@@ -10,19 +10,22 @@
 #
 #   tools/device_check.sh                        # build here (build/device, CMake preset 'device')
 #   tools/device_check.sh --prebuilt DIR         # binaries + libmemlayers.so (+ their libraries)
+#   tools/device_check.sh --prebuilt DIR.tar.gz  # the same, packed (unpacked into a temporary folder)
 #   tools/device_check.sh --dry-run [...]        # list the steps, check the binaries exist
-#   tools/device_check.sh --bundle DIR [--build-dir build/device]   # make DIR for --prebuilt
+#   tools/device_check.sh --bundle DIR [--build-dir build/device]   # make DIR and DIR.tar.gz
 #
 # Two ways to get binaries onto a GPU machine (it may have no package registry):
 #  1. Build there: `cmake --preset device` needs the Debian packages of tools/install_deps.sh
 #     (fmt, Highway, Google Benchmark/Test, OpenBLAS, CLI11, nlohmann-json) besides nvcc.
-#  2. Build elsewhere with nvcc (`cmake --preset device && cmake --build --preset device`), then
+#  2. Build elsewhere with nvcc (`cmake --preset device && cmake --build --preset device`; the
+#     release preset builds the same CUDA code wherever nvcc is on PATH), then
 #     `tools/device_check.sh --bundle out/bundle` copies the binaries, libmemlayers.so and the
-#     non-system shared libraries they need (fmt, benchmark, hwy, OpenBLAS, ...) into one folder;
-#     bring it (and this checkout, for the scripts) and run `tools/device_check.sh --prebuilt
-#     out/bundle`. The binaries find libmemlayers.so through their $ORIGIN rpath in a build tree
-#     and through LD_LIBRARY_PATH=DIR in a bundle; the CUDA runtime and cuBLAS come from the GPU
-#     machine's toolkit.
+#     non-system shared libraries they need (fmt, benchmark, hwy, OpenBLAS, ...) into one folder
+#     (~72 MB) and packs it into out/bundle.tar.gz (~23 MB); bring that (and this checkout, for the
+#     scripts) and run `tools/device_check.sh --prebuilt out/bundle.tar.gz`. The binaries find
+#     libmemlayers.so through their $ORIGIN rpath in a build tree and through LD_LIBRARY_PATH=DIR
+#     in a bundle; the CUDA runtime and cuBLAS come from the GPU machine: its toolkit
+#     (/usr/local/cuda*), else the nvidia-* Python wheels of its python3 (PyTorch's).
 # Options:
 #   --out DIR        output folder (default: $OUT, else out/device-check-<date>)
 #   --budget S       seconds for the whole run (default 450)
@@ -77,6 +80,19 @@ declares tests/dist/gpu dist_nccl_comm_check && checks+=(dist_nccl_comm_check)
 declares tests/simt simt_test && checks+=(simt_test)
 needed=(memlayers "${benches[@]}" "${tests[@]}" "${checks[@]}")
 
+if [ -n "$prebuilt" ] && [ -f "$prebuilt" ]; then
+  # A packed bundle: unpacked into a temporary folder, which then serves as the bundle.
+  case "$prebuilt" in
+    *.tar.gz|*.tgz) ;;
+    *) echo "device_check: --prebuilt $prebuilt: a folder or a .tar.gz from --bundle is accepted" >&2; exit 2 ;;
+  esac
+  unpacked=$(mktemp -d) || exit 1
+  trap 'rm -rf "$unpacked"' EXIT
+  tar xzf "$prebuilt" -C "$unpacked" || { echo "device_check: --prebuilt $prebuilt: cannot unpack" >&2; exit 2; }
+  # The archive holds one folder (the bundle's own name); its files, or the archive's top level.
+  inner=$(find "$unpacked" -mindepth 1 -maxdepth 1 -type d)
+  [ "$(echo "$inner" | grep -c .)" -eq 1 ] && prebuilt="$inner" || prebuilt="$unpacked"
+fi
 if [ -n "$prebuilt" ]; then
   bin_root="$(cd "$prebuilt" 2>/dev/null && pwd)" || { echo "device_check: --prebuilt $prebuilt: no such folder" >&2; exit 2; }
   export LD_LIBRARY_PATH="$bin_root${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -89,6 +105,30 @@ fi
 for d in /usr/local/cuda/lib64 /usr/local/cuda/lib; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
 done
+# The CUDA libraries that libmemlayers.so needs and the loader cannot find yet (a GPU image may
+# keep them outside /usr/local/cuda: another toolkit folder, or PyTorch's nvidia-* wheels).
+cuda_lib_dirs() {
+  ls -d /usr/local/cuda*/lib64 /usr/local/cuda*/targets/*/lib 2>/dev/null
+  python3 - <<'PY' 2>/dev/null
+import glob, os, site
+for base in site.getsitepackages() + [site.getusersitepackages()]:
+    for d in sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib"))):
+        print(d)
+PY
+}
+add_missing_cuda_libs() {
+  local lib="$1" so d
+  [ -f "$lib" ] || return 0
+  for so in $(ldd "$lib" 2>/dev/null | awk '/not found/ {print $1}'); do
+    for d in $(cuda_lib_dirs); do
+      if [ -e "$d/$so" ]; then
+        export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+        echo "device_check: $so from $d"
+        break
+      fi
+    done
+  done
+}
 
 # The path of binary $1 under bin_root (a bundle is flat; a build tree has bench/<op>/, ...).
 find_bin() {
@@ -122,6 +162,10 @@ if [ -n "$bundle" ]; then
   done
   echo "device_check: bundle in $bundle ($(du -sh "$bundle" | cut -f1)):"
   ls "$bundle"
+  # Packed, for runners that carry a limited number of bytes (the folder itself is ~72 MB).
+  bundle_abs="$(cd "$bundle" && pwd)"
+  tar czf "$bundle_abs.tar.gz" -C "$(dirname "$bundle_abs")" "$(basename "$bundle_abs")" || exit 1
+  echo "device_check: packed into ${bundle%/}.tar.gz ($(du -h "$bundle_abs.tar.gz" | cut -f1)); on the GPU machine: tools/device_check.sh --prebuilt ${bundle%/}.tar.gz --pack"
   exit $missing
 fi
 
@@ -202,6 +246,7 @@ sanitizer_filter="${SANITIZER_FILTER:-Sweep/*cuda_*f32_i32*k7*:Sweep/*cuda_v*_fu
 sanitizer_filter_memory_layer="${SANITIZER_FILTER_MEMORY_LAYER:-Sweep/*cuda_*_f32_*b5_d24*}"
 
 # ---- dry run: what would run, and whether the binaries exist ----
+add_missing_cuda_libs "$(find "$bin_root" -maxdepth 3 -name libmemlayers.so -not -path '*/CMakeFiles/*' 2>/dev/null | head -n 1)"
 declare -A bin
 missing_bins=() missing_gpu=()
 for b in "${needed[@]}"; do
@@ -267,6 +312,7 @@ else
   run_step build 300 bash -c "cmake -S . -B '$bin_root' -G Ninja -DCMAKE_BUILD_TYPE=Release -DMEMLAYERS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DMEMLAYERS_WERROR=ON && cmake --build '$bin_root' -j\$(nproc) --target ${targets[*]}"
   if [ "$dry_run" = no ]; then
     for b in "${needed[@]}"; do p=$(find_bin "$b"); [ -n "$p" ] && bin[$b]="$p"; done
+    add_missing_cuda_libs "$(find "$bin_root" -maxdepth 3 -name libmemlayers.so -not -path '*/CMakeFiles/*' 2>/dev/null | head -n 1)"
   fi
 fi
 

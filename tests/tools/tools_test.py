@@ -274,6 +274,29 @@ class DeviceCheckDryRun(unittest.TestCase):
         self.assertNotIn("MISSING", p.stdout)
         self.assertTrue(re.search(r"(?m)^(missing on this machine|GPU tools present)", p.stdout))
 
+    def test_packed_bundle(self):
+        """--bundle packs the build into DIR.tar.gz; --prebuilt takes that archive as it takes
+        the folder (unpacked into a temporary folder, removed at the end)."""
+        if not BUILD_DIR:
+            self.skipTest("--build-dir not given")
+        work = tempfile.mkdtemp(prefix="bundle_")
+        try:
+            bundle = os.path.join(work, "bundle")
+            p = run(["bash", os.path.join(ROOT, "tools", "device_check.sh"), "--bundle", bundle,
+                     "--build-dir", BUILD_DIR], check=False)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertTrue(os.path.isfile(bundle + ".tar.gz"))
+            shutil.rmtree(bundle)  # only the archive travels
+            p = self.dry("--prebuilt", bundle + ".tar.gz")
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertRegex(p.stdout, r"(?m)^found: memlayers bench_embbag")
+            self.assertNotIn("MISSING", p.stdout)
+            p = self.dry("--prebuilt", os.path.join(ROOT, "README.md"))
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("a folder or a .tar.gz from --bundle is accepted", p.stderr)
+        finally:
+            shutil.rmtree(work)
+
     def test_missing_binaries_fail(self):
         empty = tempfile.mkdtemp(prefix="prebuilt_")
         try:
