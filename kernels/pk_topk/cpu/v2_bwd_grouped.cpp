@@ -23,7 +23,10 @@
 // pass 1 reads a sub-key row from L2 a term and merges the bag's slots; they take about half
 // the time each at the default shape (the plan ~5%). Prefetching pass 3's rows a term or more
 // ahead (for reading or for writing) made it slower: its rows' traffic with L2 bounds it, not
-// their latency.
+// their latency. Pass 1's merge of a bag's slots (about half of pass 1 in a perf profile) ran
+// slower when split into a loop that finds the slots' rows and one that merges them (16.8-17.3
+// against 15.3-16.0 ms), and slower still with the rows' first slots written beforehand, from
+// the last slot down, so that no lookup waits on the slot before (18.6-19.3 against 16.3-17.6).
 // Measured (bench_pk_topk, 2-core Xeon VM; B 4096, h 4, n_keys 1024, n 512, k 32, fp32, dq and
 // compact dK): 13.6-13.8 ms against 56-61 ms for v1_bwd_compose; with qk_norm 20.5 against
 // 90.6 ms; at B 256, 1.20 against 2.73 ms (qk_norm 2.22 against 13.2 ms). Pass 1's dq summed in
