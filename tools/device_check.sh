@@ -209,6 +209,7 @@ run_step() {
   rc=$?
   local dt=$(( $(date +%s) - t0 ))
   if [ $rc -eq 0 ]; then record "$name" passed "$dt" "logs/$name.log"
+  elif [ $rc -eq 78 ]; then record "$name" passed "$dt" "$(tail -n 1 "$out_dir/logs/$name.log"): logs/$name.log"
   elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then record "$name" failed "$dt" "timed out after ${box}s: logs/$name.log"
   elif [ $rc -eq 77 ]; then record "$name" skipped "$dt" "$(tail -n 1 "$out_dir/logs/$name.log")"
   else record "$name" failed "$dt" "exit $rc: logs/$name.log"; tail -n 5 "$out_dir/logs/$name.log" | sed 's/^/    /'
@@ -330,6 +331,7 @@ gtest_run() {
   [ "$rc" -ne 0 ] && return "$rc"
   if [ "${ran:-0}" -eq 0 ]; then echo "no test matched the filter (a library without cuda variants?)"; return 1; fi
   if [ "${skipped_n:-0}" -eq "$ran" ]; then echo "all $ran tests skipped themselves (no usable GPU?)"; return 77; fi
+  if [ "${skipped_n:-0}" -gt 0 ]; then echo "passed, but $skipped_n of $ran tests skipped themselves"; return 78; fi
   return 0
 }
 for t in "${tests[@]}"; do
@@ -365,12 +367,19 @@ nccl_comm_check() {  # BIN
     pip_nccl=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null)
     [ -n "$pip_nccl" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$pip_nccl" && echo "libnccl from $pip_nccl"
   fi
+  local log rc
+  log=$(mktemp)
   if command -v mpirun >/dev/null; then
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 1 "$1"
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 1 "$1" 2>&1 | tee "$log"
   else
     echo "mpirun is not on PATH: one rank started alone (MPI's singleton start)"
-    "$1"
+    "$1" 2>&1 | tee "$log"
   fi
+  rc=${PIPESTATUS[0]}
+  # With no usable GPU the check prints "no GPU: skipped" and exits 0: a skip, not a pass.
+  if [ "$rc" -eq 0 ] && grep -q 'no GPU: skipped' "$log"; then rc=77; fi
+  rm -f "$log"
+  return "$rc"
 }
 if [ -n "${bin[dist_nccl_comm_check]:-}" ]; then
   run_step nccl_comm 60 nccl_comm_check "${bin[dist_nccl_comm_check]}"
