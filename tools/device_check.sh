@@ -136,6 +136,8 @@ find_bin() {
   hit=$(find "$bin_root" -maxdepth 4 -type f -name "$1" -perm -u+x -not -path '*/CMakeFiles/*' 2>/dev/null | head -n 1)
   echo "$hit"
 }
+# The library the binaries load, under bin_root (empty when it is not built yet).
+find_lib() { find "$bin_root" -maxdepth 3 -name libmemlayers.so -not -path '*/CMakeFiles/*' 2>/dev/null | head -n 1; }
 
 # ---- a bundle for --prebuilt ----
 if [ -n "$bundle" ]; then
@@ -146,7 +148,7 @@ if [ -n "$bundle" ]; then
     if [ -z "$p" ]; then echo "device_check: $b not found under $bin_root (build it first)" >&2; missing=1; continue; fi
     cp "$p" "$bundle/"
   done
-  lib=$(find "$bin_root" -maxdepth 3 -name libmemlayers.so -not -path '*/CMakeFiles/*' | head -n 1)
+  lib=$(find_lib)
   [ -n "$lib" ] && cp "$lib" "$bundle/" || { echo "device_check: libmemlayers.so not found under $bin_root" >&2; missing=1; }
   # Libraries a GPU image may lack; glibc, libstdc++ and the CUDA toolkit's own are left to it
   # (libnccl too, some 200 MB: the toolkit's or PyTorch's wheel's is used there, step nccl_comm).
@@ -247,7 +249,7 @@ sanitizer_filter="${SANITIZER_FILTER:-Sweep/*cuda_*f32_i32*k7*:Sweep/*cuda_v*_fu
 sanitizer_filter_memory_layer="${SANITIZER_FILTER_MEMORY_LAYER:-Sweep/*cuda_*_f32_*b5_d24*}"
 
 # ---- dry run: what would run, and whether the binaries exist ----
-add_missing_cuda_libs "$(find "$bin_root" -maxdepth 3 -name libmemlayers.so -not -path '*/CMakeFiles/*' 2>/dev/null | head -n 1)"
+add_missing_cuda_libs "$(find_lib)"
 declare -A bin
 missing_bins=() missing_gpu=()
 for b in "${needed[@]}"; do
@@ -313,7 +315,7 @@ else
   run_step build 300 bash -c "cmake -S . -B '$bin_root' -G Ninja -DCMAKE_BUILD_TYPE=Release -DMEMLAYERS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DMEMLAYERS_WERROR=ON && cmake --build '$bin_root' -j\$(nproc) --target ${targets[*]}"
   if [ "$dry_run" = no ]; then
     for b in "${needed[@]}"; do p=$(find_bin "$b"); [ -n "$p" ] && bin[$b]="$p"; done
-    add_missing_cuda_libs "$(find "$bin_root" -maxdepth 3 -name libmemlayers.so -not -path '*/CMakeFiles/*' 2>/dev/null | head -n 1)"
+    add_missing_cuda_libs "$(find_lib)"
   fi
 fi
 
