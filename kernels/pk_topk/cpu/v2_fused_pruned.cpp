@@ -45,44 +45,15 @@
 
 #include "common/parallel.h"
 #include "pk_topk/cpu/common.h"
+#include "pk_topk/cpu/select.h"
 #include "pk_topk/pk_topk.h"
-
-// foreach_target includes this file once per SIMD target: declare the scalar types once.
-#ifndef MEMLAYERS_PK_TOPK_V2_FUSED_PRUNED_TYPES
-#define MEMLAYERS_PK_TOPK_V2_FUSED_PRUNED_TYPES
-namespace memlayers::pk_topk::cpu {
-
-// The running k best of one half's scores, fed chunk by chunk in ascending index order: an
-// unsorted buffer of keys; after a chunk, nth_element keeps the k best and `threshold` becomes the
-// k-th best score. A later score (higher index, so it loses ties) can only be among the k best if
-// it ranks before that one: s > threshold, or any number when the threshold is NaN. So
-// !(s <= threshold) is its filter, with threshold NaN (passing everything) before the first
-// compaction.
-struct TopKBuffer {
-  int64_t k = 0, size = 0;
-  uint64_t* keys = nullptr;
-  float threshold = std::numeric_limits<float>::quiet_NaN();
-
-  void reset(int64_t k_, uint64_t* buffer) {
-    k = k_, size = 0, keys = buffer;
-    threshold = std::numeric_limits<float>::quiet_NaN();
-  }
-  void compact() {
-    if (size <= k) return;
-    std::nth_element(keys, keys + (k - 1), keys + size, std::greater<>());
-    size = k;
-    threshold = key_score(keys[k - 1]);
-  }
-  void append(float s, int64_t i) { keys[size++] = rank_key(s, i); }
-};
-
-}  // namespace memlayers::pk_topk::cpu
-#endif
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "pk_topk/cpu/v2_fused_pruned.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
+
+#include "pk_topk/cpu/select-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace memlayers::pk_topk::cpu {
@@ -92,7 +63,6 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 constexpr int kMR = 6;            // query rows per register tile
 constexpr int64_t kChunk = 1024;  // keys scored per row before a selection pass
-constexpr int kMaxPerLane = 8;    // the per-lane top-m bound is used for k <= lanes·8
 
 // The sub-keys of every (head, half), fp32 (normalised), in panels of nr keys: panel j holds keys
 // [j·nr, j·nr + nr) as [d][nr], zero-padded past n_keys.
@@ -129,18 +99,6 @@ PackedKeys PackKeys(const FwdParams& p, int64_t nr) {
                });
   return pk;
 }
-
-// A buffer that only grows and is never cleared: what it holds is written before it is read, and
-// zero-filling it (a vector's resize) cost the harness's small searches ~8% of a training step.
-template <class T>
-struct Scratch {
-  hwy::AlignedFreeUniquePtr<T[]> data;
-  int64_t size = 0;
-  T* at_least(int64_t n) {
-    if (n > size) data = hwy::AllocateAligned<T>(static_cast<std::size_t>(n)), size = n;
-    return data.get();
-  }
-};
 
 // The per-row state of one query block.
 struct BlockState {
@@ -210,144 +168,6 @@ HWY_NOINLINE void TilePanel6(const float* HWY_RESTRICT a, const float* HWY_RESTR
 using TileFn = void (*)(const float*, const float*, int64_t, float*, int64_t);
 constexpr TileFn kTiles[kMR + 1] = {nullptr,      TilePanel<1>, TilePanel<2>, TilePanel<3>,
                                     TilePanel<4>, TilePanel<5>, TilePanel6};
-
-// A lower bound on the k-th best of s[0, n), from the m largest scores of each lane (m·lanes >= k):
-// these are distinct elements, so the k-th largest of them bounds the k-th best from below. Twice
-// as many a lane (a tighter bound, fewer survivors) measured no faster at the default shape and
-// k 64, and 5-6% slower where a chunk is 128-256 keys. NaN when a score is NaN (then nothing is
-// filtered), -inf when too few scores or k too large for the registers.
-template <int M>
-HWY_INLINE float LaneBoundM(const float* s, int64_t n, int64_t k) {
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const auto ninf = hn::Set(df, -std::numeric_limits<float>::infinity());
-  hn::Vec<DF> t[M];
-  for (int i = 0; i < M; ++i) t[i] = ninf;
-  auto nan = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + N <= n; i += N) {
-    auto x = hn::LoadU(df, s + i);
-    nan = hn::Or(nan, hn::VecFromMask(df, hn::Ne(x, x)));
-    for (int j = 0; j < M; ++j) {  // insert x into the sorted per-lane list t
-      const auto hi = hn::Max(t[j], x);
-      x = hn::Min(t[j], x);
-      t[j] = hi;
-    }
-  }
-  for (; i < n; ++i)
-    if (std::isnan(s[i])) return std::numeric_limits<float>::quiet_NaN();
-  if (!hn::AllTrue(df, hn::Eq(nan, hn::Zero(df)))) return std::numeric_limits<float>::quiet_NaN();
-  if (M * N <= k) return hn::GetLane(hn::MinOfLanes(df, t[M - 1]));
-  // The k-th largest of the M·N held values (unfilled slots hold -inf, which is then the bound:
-  // still valid, it filters nothing). A held value v is at or below it exactly when at least k
-  // held values are >= v, so it is the largest such v: M compares and counts per held value,
-  // each independent of the others, where an nth_element over the held values took ~half of a
-  // search at the harness's shapes (n_keys 128, k 8: one chunk, little scoring per row).
-  HWY_ALIGN float held[M * hn::MaxLanes(df)];
-  for (int j = 0; j < M; ++j) hn::Store(t[j], df, held + j * N);
-  float best = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < M * N; ++j) {
-    const auto v = hn::Set(df, held[j]);
-    std::size_t at_least = 0;
-    for (int r = 0; r < M; ++r) at_least += hn::CountTrue(df, hn::Ge(t[r], v));
-    best = at_least >= static_cast<std::size_t>(k) ? std::max(best, held[j]) : best;
-  }
-  return best;
-}
-
-float LaneBound(const float* s, int64_t n, int64_t k) {
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t m = (k + N - 1) / N;
-  switch (m) {  // above kMaxPerLane: the default
-    case 1:
-      return LaneBoundM<1>(s, n, k);
-    case 2:
-      return LaneBoundM<2>(s, n, k);
-    case 3:
-      return LaneBoundM<3>(s, n, k);
-    case 4:
-      return LaneBoundM<4>(s, n, k);
-    case 5:
-      return LaneBoundM<5>(s, n, k);
-    case 6:
-      return LaneBoundM<6>(s, n, k);
-    case 7:
-      return LaneBoundM<7>(s, n, k);
-    case 8:
-      return LaneBoundM<8>(s, n, k);
-    default:
-      return -std::numeric_limits<float>::infinity();
-  }
-}
-
-// Feeds one row's chunk of scores s[0, n) (keys base + i) into its top-k: keeps a score when it
-// can still be among the k best, i.e. !(s < bound) (the chunk's own lower bound; an equal score
-// may still win its tie) and !(s <= threshold) (the k best of the earlier chunks, which win ties);
-// a NaN bound or threshold passes everything. One comparison pair per vector rejects most scores.
-void SelectChunk(const float* s, int64_t n, int64_t base, TopKBuffer& l) {
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const float bound = LaneBound(s, n, l.k), thr = l.threshold;
-  const auto bv = hn::Set(df, bound), tv = hn::Set(df, thr);
-  // The survivors of 64 scores as one bit mask, then one append per set bit: a branch per 64
-  // scores instead of one per vector (which survivors, few and random, would mispredict).
-  const int64_t span = 64 / N * N;
-  int64_t i = 0;
-  for (; i + span <= n; i += span) {
-    uint64_t bits = 0;
-    for (int64_t v = 0; v < span; v += N) {
-      const auto x = hn::LoadU(df, s + i + v);
-      const auto keep = hn::And(hn::Not(hn::Lt(x, bv)), hn::Not(hn::Le(x, tv)));
-      uint8_t bytes[8] = {};
-      hn::StoreMaskBits(df, keep, bytes);
-      uint64_t m;
-      std::memcpy(&m, bytes, sizeof(m));
-      bits |= m << v;
-    }
-    for (; bits; bits &= bits - 1) {
-      const int t = std::countr_zero(bits);
-      l.append(s[i + t], base + i + t);
-    }
-  }
-  for (; i < n; ++i)
-    if (!(s[i] < bound) && !(s[i] <= thr)) l.append(s[i], base + i);
-}
-
-constexpr int64_t kRankMax = 128;  // LargestSorted ranks by counting up to this many keys
-
-// As largest_sorted (the k largest of the distinct keys[0, n), n >= k, in descending order at
-// keys[0, k)), by counting for n <= kRankMax: a key's place is the number of keys above it, n
-// SIMD compares a key and no data-dependent branch, where nth_element and sort mispredicted over
-// the ~k-sized lists of the harness's shapes (~30% of its searches).
-void LargestSorted(uint64_t* keys, int64_t n, int64_t k) {
-  if (k > kRankMax) return largest_sorted(keys, n, k);
-  if (n > kRankMax) {
-    std::nth_element(keys, keys + (k - 1), keys + n, std::greater<>());
-    n = k;
-  }
-  const hn::ScalableTag<uint64_t> du;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(du));
-  HWY_ALIGN uint64_t held[kRankMax + hn::MaxLanes(du)];
-  HWY_ALIGN uint64_t placed[kRankMax];
-  std::copy_n(keys, n, held);
-  std::fill(held + n, held + (n + N - 1) / N * N, uint64_t{0});  // above no key
-  for (int64_t i = 0; i < n; ++i) {
-    const auto key = hn::Set(du, held[i]);
-    std::size_t above = 0;
-    for (int64_t j = 0; j < n; j += N)
-      above += hn::CountTrue(du, hn::Gt(hn::Load(du, held + j), key));
-    placed[above] = held[i];  // distinct keys: the places are a permutation of [0, n)
-  }
-  std::copy_n(placed, k, keys);
-}
-
-// The k best of a row half's list, in ranking order, into out[0, k). Needs at least k appends.
-void FinishList(TopKBuffer& l, Entry* out) {
-  LargestSorted(l.keys, l.size, l.k);
-  for (int64_t t = 0; t < l.k; ++t)
-    out[t] = {key_score(l.keys[t]), static_cast<int32_t>(key_index(l.keys[t]))};
-}
 
 void Block(const FwdParams& p, const PackedKeys& pk, int64_t h, int64_t b0, int64_t rows,
            BlockState& st) {

@@ -1,0 +1,180 @@
+// The selection passes of the fused CPU searches (v2_fused_pruned, v3_amx_rescored), per SIMD
+// target: a chunk's lower bound on the k-th best from per-lane running maxima, the threshold filter
+// that feeds a row half's TopKBuffer, and the ordering of the k best by counting. Per-target header
+// (Highway's -inl.h convention): each file that runs foreach_target includes it after
+// <hwy/highway.h>.
+#if defined(MEMLAYERS_PK_TOPK_CPU_SELECT_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef MEMLAYERS_PK_TOPK_CPU_SELECT_INL_H_
+#undef MEMLAYERS_PK_TOPK_CPU_SELECT_INL_H_
+#else
+#define MEMLAYERS_PK_TOPK_CPU_SELECT_INL_H_
+#endif
+
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "common/error.h"
+#include "pk_topk/cpu/select.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace memlayers::pk_topk::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// A lower bound on the k-th best of s[0, n), from the m largest scores of each lane (m·lanes >= k):
+// these are distinct elements, so the k-th largest of them bounds the k-th best from below. Twice
+// as many a lane (a tighter bound, fewer survivors) measured no faster at the default shape and
+// k 64, and 5-6% slower where a chunk is 128-256 keys. NaN when a score is NaN (then nothing is
+// filtered), -inf when too few scores or k too large for the registers.
+template <int M>
+HWY_INLINE float LaneBoundM(const float* s, int64_t n, int64_t k) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto ninf = hn::Set(df, -std::numeric_limits<float>::infinity());
+  hn::Vec<hn::ScalableTag<float>> t[M];
+  for (int i = 0; i < M; ++i) t[i] = ninf;
+  auto nan = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    auto x = hn::LoadU(df, s + i);
+    nan = hn::Or(nan, hn::VecFromMask(df, hn::Ne(x, x)));
+    for (int j = 0; j < M; ++j) {  // insert x into the sorted per-lane list t
+      const auto hi = hn::Max(t[j], x);
+      x = hn::Min(t[j], x);
+      t[j] = hi;
+    }
+  }
+  for (; i < n; ++i)
+    if (std::isnan(s[i])) return std::numeric_limits<float>::quiet_NaN();
+  if (!hn::AllTrue(df, hn::Eq(nan, hn::Zero(df)))) return std::numeric_limits<float>::quiet_NaN();
+  if (M * N <= k) return hn::GetLane(hn::MinOfLanes(df, t[M - 1]));
+  // The k-th largest of the M·N held values (unfilled slots hold -inf, which is then the bound:
+  // still valid, it filters nothing). A held value v is at or below it exactly when at least k
+  // held values are >= v, so it is the largest such v: M compares and counts per held value,
+  // each independent of the others, where an nth_element over the held values took ~half of a
+  // search at the harness's shapes (n_keys 128, k 8: one chunk, little scoring per row).
+  HWY_ALIGN float held[M * hn::MaxLanes(df)];
+  for (int j = 0; j < M; ++j) hn::Store(t[j], df, held + j * N);
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < M * N; ++j) {
+    const auto v = hn::Set(df, held[j]);
+    std::size_t at_least = 0;
+    for (int r = 0; r < M; ++r) at_least += hn::CountTrue(df, hn::Ge(t[r], v));
+    best = at_least >= static_cast<std::size_t>(k) ? std::max(best, held[j]) : best;
+  }
+  return best;
+}
+
+// `wider` held values a lane than the ⌈k/lanes⌉ needed give a tighter bound (v3_amx_rescored,
+// where each survivor costs a dot product), as long as that stays within 8 a lane.
+inline float LaneBound(const float* s, int64_t n, int64_t k, int64_t wider = 1) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t need = (k + N - 1) / N;
+  const int64_t m = need * wider <= 8 ? need * wider : need;
+  switch (m) {  // above 8 a lane: the default (no bound)
+    case 1:
+      return LaneBoundM<1>(s, n, k);
+    case 2:
+      return LaneBoundM<2>(s, n, k);
+    case 3:
+      return LaneBoundM<3>(s, n, k);
+    case 4:
+      return LaneBoundM<4>(s, n, k);
+    case 5:
+      return LaneBoundM<5>(s, n, k);
+    case 6:
+      return LaneBoundM<6>(s, n, k);
+    case 7:
+      return LaneBoundM<7>(s, n, k);
+    case 8:
+      return LaneBoundM<8>(s, n, k);
+    default:
+      return -std::numeric_limits<float>::infinity();
+  }
+}
+
+// Feeds one row's chunk of scores s[0, n) (keys base + i) into its top-k: keeps a score when it
+// can still be among the k best, i.e. !(s < bound) (the chunk's own lower bound; an equal score
+// may still win its tie) and !(s <= threshold) (the k best of the earlier chunks, which win ties);
+// a NaN bound or threshold passes everything. One comparison pair per vector rejects most scores.
+inline void SelectChunk(const float* s, int64_t n, int64_t base, TopKBuffer& l) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const float bound = LaneBound(s, n, l.k), thr = l.threshold;
+  const auto bv = hn::Set(df, bound), tv = hn::Set(df, thr);
+  // The survivors of 64 scores as one bit mask, then one append per set bit: a branch per 64
+  // scores instead of one per vector (which survivors, few and random, would mispredict).
+  const int64_t span = 64 / N * N;
+  int64_t i = 0;
+  for (; i + span <= n; i += span) {
+    uint64_t bits = 0;
+    for (int64_t v = 0; v < span; v += N) {
+      const auto x = hn::LoadU(df, s + i + v);
+      const auto keep = hn::And(hn::Not(hn::Lt(x, bv)), hn::Not(hn::Le(x, tv)));
+      uint8_t bytes[8] = {};
+      hn::StoreMaskBits(df, keep, bytes);
+      uint64_t m;
+      std::memcpy(&m, bytes, sizeof(m));
+      bits |= m << v;
+    }
+    for (; bits; bits &= bits - 1) {
+      const int t = std::countr_zero(bits);
+      l.append(s[i + t], base + i + t);
+    }
+  }
+  for (; i < n; ++i)
+    if (!(s[i] < bound) && !(s[i] <= thr)) l.append(s[i], base + i);
+}
+
+constexpr int64_t kRankMax = 128;  // LargestSorted ranks by counting up to this many keys
+
+// As largest_sorted (the k largest of the distinct keys[0, n), n >= k, in descending order at
+// keys[0, k)), by counting for n <= kRankMax: a key's place is the number of keys above it, n
+// SIMD compares a key and no data-dependent branch, where nth_element and sort mispredicted over
+// the ~k-sized lists of the harness's shapes (~30% of its searches).
+inline void LargestSorted(uint64_t* keys, int64_t n, int64_t k) {
+  if (k > kRankMax) return largest_sorted(keys, n, k);
+  if (n > kRankMax) {
+    std::nth_element(keys, keys + (k - 1), keys + n, std::greater<>());
+    n = k;
+  }
+  const hn::ScalableTag<uint64_t> du;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(du));
+  HWY_ALIGN uint64_t held[kRankMax + hn::MaxLanes(du)];
+  HWY_ALIGN uint64_t placed[kRankMax];
+  std::copy_n(keys, n, held);
+  std::fill(held + n, held + (n + N - 1) / N * N, uint64_t{0});  // above no key
+  for (int64_t i = 0; i < n; ++i) {
+    const auto key = hn::Set(du, held[i]);
+    std::size_t above = 0;
+    for (int64_t j = 0; j < n; j += N)
+      above += hn::CountTrue(du, hn::Gt(hn::Load(du, held + j), key));
+    placed[above] = held[i];  // distinct keys: the places are a permutation of [0, n)
+  }
+  std::copy_n(placed, k, keys);
+}
+
+// The k best of a row half's list, in ranking order, into out[0, k). Needs at least k appends,
+// which a right lower bound guarantees: a list short of them is a bug in a bound, reported here
+// rather than read past its end.
+inline void FinishList(TopKBuffer& l, Entry* out) {
+  if (l.size < l.k)
+    fail("pk_topk cpu: a row half's list kept {} keys of the {} it needs (a wrong bound)", l.size,
+         l.k);
+  LargestSorted(l.keys, l.size, l.k);
+  for (int64_t t = 0; t < l.k; ++t)
+    out[t] = {key_score(l.keys[t]), static_cast<int32_t>(key_index(l.keys[t]))};
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace memlayers::pk_topk::cpu
+HWY_AFTER_NAMESPACE();
+
+#endif  // include guard
