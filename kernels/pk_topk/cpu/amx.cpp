@@ -1,0 +1,115 @@
+// AMX tile scoring (amx.h). Each AMX function carries its own target attribute, so this file
+// builds with the project's flags and runs only where amx_unavailable() is "".
+#include "pk_topk/cpu/amx.h"
+
+#include <cstdint>
+#include <string>
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define MEMLAYERS_HAVE_AMX 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define MEMLAYERS_HAVE_AMX 0
+#endif
+
+namespace memlayers::pk_topk::cpu {
+
+#if MEMLAYERS_HAVE_AMX
+namespace {
+
+constexpr long kArchReqXcompPerm = 0x1023;  // arch_prctl: ask for an extended state component
+constexpr long kXfeatureXtiledata = 18;     // the tile data
+
+// ldtilecfg's 64-byte operand, palette 1: per tile its rows and bytes per row; all eight tiles
+// 16 rows × 64 bytes. A constant in memory: the intrinsic's asm reads it through a pointer the
+// compiler does not follow, so a stack copy's field stores would be dropped as dead.
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+constexpr TileConfig kTileConfig = {
+    1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+std::string probe() {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16"))
+    return "needs AMX-TILE and AMX-BF16 (Intel Sapphire Rapids or later); this CPU has none";
+  // Linux hands out the 8 KiB of tile state only to a process that asks for it.
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+    return "the CPU has AMX but Linux refused the tile state (arch_prctl ARCH_REQ_XCOMP_PERM)";
+  return {};
+}
+
+}  // namespace
+
+const std::string& amx_unavailable() {
+  static const std::string why = probe();
+  return why;
+}
+
+namespace {
+
+__attribute__((target("amx-tile"))) void load_tile_config() { _tile_loadconfig(&kTileConfig); }
+
+__attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
+
+}  // namespace
+
+AmxTiles::AmxTiles() { load_tile_config(); }
+AmxTiles::~AmxTiles() { release_tiles(); }
+
+// Tiles: 0, 1 the two 16-row halves of 32 query rows (A); 2, 3 the panel's two 16-key B tiles;
+// 4-7 the 32 × 32 fp32 scores. Four loads feed four tile products a k-step; the panel (2 KiB a
+// k-step) stays in L1 while every row group passes over it.
+__attribute__((target("amx-tile,amx-bf16"))) void amx_score(const uint16_t* a, int64_t lda,
+                                                            int64_t rows, const uint16_t* panels,
+                                                            int64_t n_panels, int64_t depth,
+                                                            float* out, int64_t ld) {
+  const int64_t steps = depth / kAmxDepth, a_stride = lda * 2, c_stride = ld * 4;
+  for (int64_t p = 0; p < n_panels; ++p) {
+    const uint16_t* panel = panels + p * steps * 2 * 16 * kAmxDepth;
+    for (int64_t g = 0; g < rows; g += kAmxRows) {
+      _tile_zero(4);
+      _tile_zero(5);
+      _tile_zero(6);
+      _tile_zero(7);
+      const uint16_t* a0 = a + g * lda;
+      const uint16_t* a1 = a0 + 16 * lda;
+      for (int64_t s = 0; s < steps; ++s) {
+        const uint16_t* b = panel + s * 2 * 16 * kAmxDepth;
+        _tile_loadd(0, a0 + s * kAmxDepth, a_stride);
+        _tile_loadd(1, a1 + s * kAmxDepth, a_stride);
+        _tile_loadd(2, b, 64);
+        _tile_loadd(3, b + 16 * kAmxDepth, 64);
+        _tile_dpbf16ps(4, 0, 2);
+        _tile_dpbf16ps(5, 0, 3);
+        _tile_dpbf16ps(6, 1, 2);
+        _tile_dpbf16ps(7, 1, 3);
+      }
+      float* c = out + g * ld + p * kAmxKeys;
+      _tile_stored(4, c, c_stride);
+      _tile_stored(5, c + 16, c_stride);
+      _tile_stored(6, c + 16 * ld, c_stride);
+      _tile_stored(7, c + 16 * ld + 16, c_stride);
+    }
+  }
+}
+
+#else  // no AMX on this platform or compiler
+
+const std::string& amx_unavailable() {
+  static const std::string why = "needs AMX-BF16 on x86-64 Linux; this build targets neither";
+  return why;
+}
+AmxTiles::AmxTiles() = default;
+AmxTiles::~AmxTiles() = default;
+void amx_score(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, float*,
+               int64_t) {}
+
+#endif
+
+}  // namespace memlayers::pk_topk::cpu

@@ -1,0 +1,361 @@
+// v3_amx_rescored — v2_fused_pruned's search with the scores on the CPU's matrix units: AMX
+// tiles (Intel Sapphire Rapids and later; supports() says why not elsewhere). Over v2:
+//  - a block of 96 queries (bf16, rows padded to 32, the half width to 32) is scored against each
+//    1024-key chunk by amx_score (amx.h): bf16 × bf16 products summed in fp32, 32 queries × 32
+//    keys a pass, the keys packed once per call in AMX's pair layout. One core's tiles ran
+//    ~850 GFLOP/s on operands from L2 (1.6 TFLOP/s from L1), where v2's fp32 FMA tiles reach
+//    the ~170 GFLOP/s a core's sgemm does: the scoring went from ~70% of v2's time to ~15%;
+//  - bf16 inputs: those sums are the scores (each product is exact in fp32), selected as v2 does;
+//  - fp32 inputs, rounded to bf16 for the tiles: each approximate score is within a bound e of
+//    the fp32 score, e = (2⁻⁷ + 2⁻¹⁶ + (2n + 8)·2⁻²⁴)·‖q̂‖·max‖k̂‖ over the chunk (bf16 rounding
+//    of both rows, the fp32 sums and the scalings; norms bounded from above). Only the keys whose
+//    approximation is within 2e of a lower bound on the chunk's k-th best can be among its k
+//    best; those (~60 of 1024 at the default shape, ~6%) are scored again in fp32 from the
+//    params' rows and go through v2's selection, so every score returned is an fp32 dot product,
+//    and the result is as exact as v2's (a NaN or infinite row makes e infinite: all rescored);
+//  - qk_norm: the tiles take the raw rows and the scores are scaled by r_q·r_k after.
+// Bottleneck it targets: v2's FMA-bound scoring. What remains at the default shape (fp32): the
+// rescoring (~1.9 M dot products of 256, ~40% of the time; each reads a 1 KiB key row from L2
+// or L3, so prefetching, four rows a pass and a key-major order were tried: no faster), the
+// selection (LaneBound, LargestSorted, the candidate step: ~30%) and the tiles (~15%).
+// Measured (2-core Xeon VM with AMX, shared; bench_pk_topk --backend cpu --direction fwd, the
+// two variants alternating): default shape fp32 61.7-63.8 ms against v2's 84.0-89.0 (1.36×);
+// --dtype bf16 37.4 against 84.6 ms (2.3×).
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include <hwy/aligned_allocator.h>
+
+#include "common/parallel.h"
+#include "pk_topk/cpu/amx.h"
+#include "pk_topk/cpu/common.h"
+#include "pk_topk/cpu/select.h"
+#include "pk_topk/pk_topk.h"
+
+// foreach_target includes this file once per SIMD target: declare the scalar parts once.
+#ifndef MEMLAYERS_PK_TOPK_V3_AMX_RESCORED_ONCE
+#define MEMLAYERS_PK_TOPK_V3_AMX_RESCORED_ONCE
+namespace memlayers::pk_topk::cpu {
+
+constexpr int64_t kV3Chunk = 1024;    // keys scored per row before a selection pass
+constexpr int64_t kV3BlockRows = 96;  // queries a block (a multiple of kAmxRows)
+// Twice the held values a lane of v2's bound: at the default shape it let ~60 keys of 1024
+// through to the rescoring, against ~130 with v2's, for 62 against 81 ms; three times, ~57 keys,
+// ran no faster.
+constexpr int64_t kBoundWider = 2;
+constexpr int64_t kTileElems = 16 * kAmxDepth;  // bf16 elements in one B tile (1 KiB)
+
+// |x| rounded to an fp32 upper bound of sqrt(Σ x²) from an fp32 sum of squares: the sum's
+// rounding (n·2⁻²⁴ of it, n <= kMaxKDim) and the sqrt's are inside the 2⁻⁹ margin, and
+// sqrt(n)·2⁻⁶⁰ covers squares that underflowed. Infinite when the sum is not finite.
+inline float norm_bound(float sum_sq, int64_t n) {
+  if (!(sum_sq < std::numeric_limits<float>::infinity()))
+    return std::numeric_limits<float>::infinity();
+  const double b = std::sqrt(double(sum_sq) * (1.0 + 0x1p-9)) + std::sqrt(double(n)) * 0x1p-60;
+  return static_cast<float>(b * (1.0 + 0x1p-20));
+}
+
+// fp32 to bf16 bits, round to nearest even (a NaN may become an infinity: norm_bound has then
+// made the row's bound infinite, so every score of it is computed again in fp32).
+inline uint16_t to_bf16_rne(float f) {
+  const uint32_t u = std::bit_cast<uint32_t>(f);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// The sub-keys of every (head, half) as bf16 panels of kAmxKeys keys in AMX's layout (amx.h),
+// zero past n_keys and past the half width; per key its RMS scale (1 without qk_norm), and per
+// panel an upper bound on its keys' scaled norms r·‖k‖ (infinite where a key is not finite).
+struct AmxKeys {
+  int64_t depth = 0, panels = 0;  // depth: the half width rounded up to kAmxDepth
+  hwy::AlignedFreeUniquePtr<uint16_t[]> data;
+  std::vector<float> scale, panel_norm;
+  const uint16_t* panel(int64_t head_half, int64_t j) const {
+    return data.get() + (head_half * panels + j) * kAmxKeys * depth;
+  }
+};
+
+}  // namespace memlayers::pk_topk::cpu
+#endif
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "pk_topk/cpu/v3_amx_rescored.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include "pk_topk/cpu/select-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace memlayers::pk_topk::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+
+// Σ x[i]² in fp32.
+float SumSquares(const float* x, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto acc = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::LoadU(df, x + i);
+    acc = hn::MulAdd(v, v, acc);
+  }
+  float s = hn::GetLane(hn::SumOfLanes(df, acc));
+  for (; i < n; ++i) s += x[i] * x[i];
+  return s;
+}
+
+// Σ a[i]·b[i] in fp32, four accumulators, a fixed order.
+float Dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto c0 = hn::Zero(df), c1 = c0, c2 = c0, c3 = c0;
+  int64_t i = 0;
+  for (; i + 4 * N <= n; i += 4 * N) {
+    c0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), c0);
+    c1 = hn::MulAdd(hn::LoadU(df, a + i + N), hn::LoadU(df, b + i + N), c1);
+    c2 = hn::MulAdd(hn::LoadU(df, a + i + 2 * N), hn::LoadU(df, b + i + 2 * N), c2);
+    c3 = hn::MulAdd(hn::LoadU(df, a + i + 3 * N), hn::LoadU(df, b + i + 3 * N), c3);
+  }
+  for (; i + N <= n; i += N) c0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), c0);
+  float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(c0, c1), hn::Add(c2, c3))));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// One row half as AMX reads it: `row` (fp32, n wide) rounded to bf16 into dst[0, n), dst[n, depth)
+// zero. Returns the row's RMS scale (1 without norm) and, through norm, a bound on r·‖row‖.
+float PackRow(const float* row, int64_t n, int64_t depth, bool qk_norm, uint16_t* dst,
+              float* norm) {
+  for (int64_t d = 0; d < n; ++d) dst[d] = to_bf16_rne(row[d]);
+  std::fill(dst + n, dst + depth, uint16_t{0});
+  const float r = qk_norm ? inv_rms(row, n) : 1.0f;
+  *norm =
+      static_cast<float>(double(norm_bound(SumSquares(row, n), n)) * double(r) * (1.0 + 0x1p-20));
+  return r;
+}
+
+AmxKeys PackAmxKeys(const FwdParams& p) {
+  const int64_t half = p.k_dim / 2, nk = p.n_keys;
+  AmxKeys ak;
+  ak.depth = (half + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
+  ak.panels = (nk + kAmxKeys - 1) / kAmxKeys;
+  const int64_t jobs = p.heads * 2 * ak.panels;
+  ak.data = hwy::AllocateAligned<uint16_t>(static_cast<std::size_t>(jobs * kAmxKeys * ak.depth));
+  ak.scale.assign(static_cast<std::size_t>(p.heads * 2 * nk), 1.0f);
+  ak.panel_norm.assign(static_cast<std::size_t>(jobs), 0.0f);
+  parallel_for(jobs, balanced_grain(jobs, 1), [&](int64_t j0, int64_t j1) {
+    std::vector<float> row(static_cast<std::size_t>(half));
+    std::vector<uint16_t> bits(static_cast<std::size_t>(ak.depth));
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t hh = j / ak.panels, pan = j % ak.panels, h = hh / 2, c = hh % 2;
+      uint16_t* dst = ak.data.get() + j * kAmxKeys * ak.depth;
+      std::fill(dst, dst + kAmxKeys * ak.depth, uint16_t{0});
+      float worst = 0;
+      for (int64_t t = 0; t < kAmxKeys && pan * kAmxKeys + t < nk; ++t) {
+        const int64_t key = pan * kAmxKeys + t;
+        widen(c == 0 ? p.keys1 : p.keys2, p.dtype, (h * nk + key) * half, half, row.data());
+        float norm = 0;
+        ak.scale[static_cast<std::size_t>(hh * nk + key)] =
+            PackRow(row.data(), half, ak.depth, p.qk_norm, bits.data(), &norm);
+        worst = std::isnan(norm) ? std::numeric_limits<float>::infinity() : std::max(worst, norm);
+        // AMX's B layout: per k-step, tile t / 16, row d / 2 (a pair of elements), column
+        // t % 16, element d % 2.
+        for (int64_t d = 0; d < half; ++d) {
+          const int64_t s = d / kAmxDepth, within = d % kAmxDepth;
+          dst[(s * 2 + t / 16) * kTileElems + (within / 2) * 32 + (t % 16) * 2 + within % 2] =
+              bits[static_cast<std::size_t>(d)];
+        }
+      }
+      ak.panel_norm[static_cast<std::size_t>(j)] = worst;
+    }
+  });
+  return ak;
+}
+
+// The per-block state of one thread.
+struct AmxBlockState {
+  Scratch<uint16_t> qbits;           // [half][row][depth]: the block's query halves, bf16
+  std::vector<float> qscale, qnorm;  // [half][row]
+  Scratch<float> scores;             // [row][chunk key]
+  Scratch<uint64_t> keys;
+  std::vector<TopKBuffer> lists;  // [row][half]
+  std::vector<Entry> best;
+  std::vector<uint64_t> cand;
+  std::vector<float> row;
+};
+
+// x rounded toward -inf to fp32 (a NaN stays NaN).
+inline float DownToFloat(double x) {
+  float f = static_cast<float>(x);
+  if (double(f) > x) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+  return f;
+}
+
+// Feeds one row half's chunk of approximate scores s[0, n) (bf16 products, fp32 sums; keys
+// base + i) into its top-k with fp32 scores. Each approximation is within e of the fp32 score
+// that the rescoring computes, rq·rk·(q·k) from the params' fp32 rows. The chunk's k best
+// approximations are >= bound (LaneBound), so their keys score >= bound - e in fp32: the chunk's
+// k-th best is >= bound - e, and a key whose approximation is below bound - 2e cannot reach it.
+// The others are scored again, and kept by !(v < bound - e) and the earlier chunks' threshold,
+// as SelectChunk keeps its scores. A NaN bound or e rescores and keeps every key.
+void RescoreChunk(const float* s, int64_t n, int64_t base, float e, const float* q, float rq,
+                  const float* keys, const float* key_scale, int64_t half, TopKBuffer& l) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const float bound = LaneBound(s, n, l.k, kBoundWider), thr = l.threshold;
+  const float cut = DownToFloat(double(bound) - 2.0 * double(e));
+  const float keep = DownToFloat(double(bound) - double(e));
+  const auto cv = hn::Set(df, cut);
+  auto rescore = [&](int64_t i) {
+    const int64_t key = base + i;
+    const float v = rq * key_scale[key] * Dot(q, keys + key * half, half);
+    if (!(v < keep) && !(v <= thr)) l.append(v, key);
+  };
+  const int64_t span = 64 / N * N;
+  int64_t i = 0;
+  for (; i + span <= n; i += span) {
+    uint64_t bits = 0;
+    for (int64_t v = 0; v < span; v += N) {
+      uint8_t bytes[8] = {};
+      hn::StoreMaskBits(df, hn::Not(hn::Lt(hn::LoadU(df, s + i + v), cv)), bytes);
+      uint64_t m;
+      std::memcpy(&m, bytes, sizeof(m));
+      bits |= m << v;
+    }
+    for (; bits; bits &= bits - 1) rescore(i + std::countr_zero(bits));
+  }
+  for (; i < n; ++i)
+    if (!(s[i] < cut)) rescore(i);
+}
+
+// s[i] *= rq · key_scale[i] for i in [0, n).
+void ScaleRow(float* s, int64_t n, float rq, const float* key_scale) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto r = hn::Set(df, rq);
+  int64_t i = 0;
+  for (; i + N <= n; i += N)
+    hn::StoreU(hn::Mul(hn::LoadU(df, s + i), hn::Mul(r, hn::LoadU(df, key_scale + i))), df, s + i);
+  for (; i < n; ++i) s[i] *= rq * key_scale[i];
+}
+
+void AmxBlock(const FwdParams& p, const AmxKeys& ak, int64_t h, int64_t b0, int64_t rows,
+              AmxBlockState& st) {
+  const int64_t half = p.k_dim / 2, depth = ak.depth, k = p.k, nk = p.n_keys, H = p.heads;
+  const int64_t chunk_panels = std::clamp<int64_t>(kV3Chunk / kAmxKeys, 1, ak.panels);
+  const int64_t ld = chunk_panels * kAmxKeys;
+  const int64_t padded = (rows + kAmxRows - 1) / kAmxRows * kAmxRows;
+  const bool exact = p.dtype == DType::bf16;  // bf16 products are exact in fp32: no rescoring
+
+  uint16_t* qbits = st.qbits.at_least(2 * padded * depth);
+  st.qscale.resize(static_cast<std::size_t>(2 * rows));
+  st.qnorm.resize(static_cast<std::size_t>(2 * rows));
+  st.row.resize(static_cast<std::size_t>(half));
+  for (int c = 0; c < 2; ++c) {
+    for (int64_t r = 0; r < rows; ++r) {
+      widen(p.queries, p.dtype, ((b0 + r) * H + h) * p.k_dim + c * half, half, st.row.data());
+      st.qscale[static_cast<std::size_t>(c * rows + r)] =
+          PackRow(st.row.data(), half, depth, p.qk_norm, qbits + (c * padded + r) * depth,
+                  &st.qnorm[static_cast<std::size_t>(c * rows + r)]);
+    }
+    std::fill(qbits + (c * padded + rows) * depth, qbits + (c + 1) * padded * depth, uint16_t{0});
+  }
+  float* scores = st.scores.at_least(padded * ld);
+  const int64_t cap = k + ld;
+  uint64_t* keys = st.keys.at_least(rows * 2 * cap);
+  st.lists.resize(static_cast<std::size_t>(rows * 2));
+  for (int64_t i = 0; i < rows * 2; ++i) st.lists[i].reset(k, keys + i * cap);
+  st.best.resize(static_cast<std::size_t>(2 * k));
+
+  const AmxTiles tiles;
+  for (int c = 0; c < 2; ++c) {
+    const void* raw_keys = c == 0 ? p.keys1 : p.keys2;  // fp32 when rescored
+    for (int64_t j0 = 0; j0 < ak.panels; j0 += chunk_panels) {
+      const int64_t j1 = std::min(ak.panels, j0 + chunk_panels);
+      amx_score(qbits + c * padded * depth, depth, padded, ak.panel(h * 2 + c, j0), j1 - j0, depth,
+                scores, ld);
+      const int64_t base = j0 * kAmxKeys, n = std::min(nk, j1 * kAmxKeys) - base;
+      const float* key_scale = ak.scale.data() + (h * 2 + c) * nk;
+      float knorm = 0;
+      for (int64_t j = j0; j < j1; ++j)
+        knorm =
+            std::max(knorm, ak.panel_norm[static_cast<std::size_t>((h * 2 + c) * ak.panels + j)]);
+      for (int64_t r = 0; r < rows; ++r) {
+        TopKBuffer& l = st.lists[r * 2 + c];
+        float* s = scores + r * ld;
+        const float rq = st.qscale[static_cast<std::size_t>(c * rows + r)];
+        if (p.qk_norm) ScaleRow(s, n, rq, key_scale + base);
+        l.compact();
+        if (exact) {
+          SelectChunk(s, n, base, l);
+          continue;
+        }
+        // |approximation - fp32 score| <= e: bf16 rounding of both rows (2⁻⁷ + 2⁻¹⁶ of
+        // Σ|q||k| <= ‖q‖‖k‖), both fp32 sums and the scalings ((2n + 8)·2⁻²⁴, with margin), and
+        // the products AMX flushes to zero (below 2⁻¹²⁶ a term, the 2⁻⁸⁰ term).
+        const double nq = st.qnorm[static_cast<std::size_t>(c * rows + r)];
+        const double rel = 0x1p-7 + 0x1p-16 + double(2 * half + 8) * 0x1p-24 * 1.01;
+        const float e = static_cast<float>((rel * nq * knorm + 0x1p-80 * (1 + nq) * (1 + knorm)) *
+                                           (1.0 + 0x1p-20));
+        const float* q =
+            static_cast<const float*>(p.queries) + ((b0 + r) * H + h) * p.k_dim + c * half;
+        RescoreChunk(s, n, base, e, q, rq, static_cast<const float*>(raw_keys) + h * nk * half,
+                     key_scale, half, l);
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    FinishList(st.lists[r * 2], st.best.data());
+    FinishList(st.lists[r * 2 + 1], st.best.data() + k);
+    combine_with(LargestSorted, st.best.data(), st.best.data() + k, k, nk, st.cand, p.scores,
+                 p.indices, p.index_dtype, ((b0 + r) * H + h) * k);
+  }
+}
+
+void AmxForward(const FwdParams& p) {
+  const AmxKeys ak = PackAmxKeys(p);
+  const int64_t mb = kV3BlockRows;
+  const int64_t blocks = (p.batch + mb - 1) / mb, tasks = p.heads * blocks;
+  parallel_for(tasks, balanced_grain(tasks, 1, 8), [&](int64_t t0, int64_t t1) {
+    AmxBlockState st;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t h = t % p.heads, b0 = t / p.heads * mb;
+      AmxBlock(p, ak, h, b0, std::min(mb, p.batch - b0), st);
+    }
+  });
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace memlayers::pk_topk::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace memlayers::pk_topk::cpu {
+HWY_EXPORT(AmxForward);
+namespace {
+
+MEMLAYERS_REGISTER(Fwd, Variant<FwdParams>{
+                            .name = "v3_amx_rescored",
+                            .backend = Backend::cpu,
+                            .launch =
+                                [](const FwdParams& p, Stream) {
+                                  HWY_DYNAMIC_DISPATCH(AmxForward)
+                                  (p);
+                                },
+                            .supports = [](const FwdParams&) { return amx_unavailable(); },
+                            .summary = "bf16 tile products on AMX per 96-query block and 1024-key "
+                                       "chunk; fp32 inputs: the keys within the bf16 error bound "
+                                       "of the k-th best scored again in fp32",
+                            .deterministic = true,
+                        });
+
+}  // namespace
+}  // namespace memlayers::pk_topk::cpu
+#endif  // HWY_ONCE
