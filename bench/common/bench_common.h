@@ -149,6 +149,12 @@ std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size
 // (cuBLAS: sgemm, or bf16 inputs with fp32 compute on the tensor cores). The cuda one exists only
 // in a build with CUDA (have_cuda_gemm_ceiling()); elsewhere it throws.
 std::unique_ptr<Ceiling> host_gemm_ceiling(int64_t m, int64_t n, int64_t k);
+// "ceiling/host/amx_bf16_MxNxK": bf16 × bf16 → fp32 products on the CPU's AMX tiles, where the CPU
+// has them (amx_unavailable() is ""; it throws elsewhere), the host's bf16 compute ceiling: m and
+// k padded to the tiles' 32, n to 32 keys, the padded flops counted (the tiles' own rate). The
+// kernels' way: B packed once (L2), A streamed from memory, C into a per-thread block of 96 rows
+// that stays in cache, every thread of the pool.
+std::unique_ptr<Ceiling> host_amx_ceiling(int64_t m, int64_t n, int64_t k);
 bool have_cuda_gemm_ceiling();
 std::unique_ptr<Ceiling> cuda_gemm_ceiling(int64_t m, int64_t n, int64_t k, DType dtype);
 

@@ -1,7 +1,8 @@
-// The compute ceilings: an OpenBLAS sgemm on the host, a cuBLAS GEMM on the GPU, each over
-// buffers the ceiling owns (bench_common.h).
+// The compute ceilings: an OpenBLAS sgemm on the host (and bf16 products on AMX tiles where the
+// CPU has them), a cuBLAS GEMM on the GPU, each over buffers the ceiling owns (bench_common.h).
 #include <cblas.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -9,8 +10,12 @@
 
 #include <fmt/format.h>
 
+#include <hwy/aligned_allocator.h>
+
 #include "bench/common/bench_common.h"
+#include "common/amx.h"
 #include "common/error.h"
+#include "common/parallel.h"
 
 #if MEMLAYERS_BENCH_CUBLAS
 #include <cublas_v2.h>
@@ -41,6 +46,39 @@ struct HostGemm {
     const auto t0 = std::chrono::steady_clock::now();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, a.data(),
                 int(k), b.data(), int(k), 0.0f, c.data(), int(n));
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+};
+
+// C = A·Bᵀ on AMX tiles, shapes padded to the tiles (host_amx_ceiling).
+struct HostAmx {
+  static constexpr int64_t kBlock = 96;  // rows a C block: 3 passes of kAmxRows, as v3 takes
+  int64_t m, n, k;                       // padded
+  hwy::AlignedFreeUniquePtr<uint16_t[]> a, b;
+  HostAmx(int64_t m_, int64_t n_, int64_t k_)
+      : m((m_ + kAmxRows - 1) / kAmxRows * kAmxRows),
+        n((n_ + kAmxKeys - 1) / kAmxKeys * kAmxKeys),
+        k((k_ + kAmxDepth - 1) / kAmxDepth * kAmxDepth),
+        a(hwy::AllocateAligned<uint16_t>(std::size_t(m * k))),
+        b(hwy::AllocateAligned<uint16_t>(std::size_t(n * k))) {
+    MEMLAYERS_CHECK(amx_unavailable().empty(), "the AMX ceiling {}", amx_unavailable());
+    fill_uniform(a.get(), m * k, DType::bf16, 12);
+    std::vector<uint16_t> rows(std::size_t(n * k));
+    fill_uniform(rows.data(), n * k, DType::bf16, 13);
+    std::fill(b.get(), b.get() + n * k, uint16_t{0});
+    for (int64_t j = 0; j < n; ++j)
+      amx_pack_row(rows.data() + j * k, k, j % kAmxKeys, b.get() + j / kAmxKeys * kAmxKeys * k);
+  }
+  double flops() const { return gemm_flops(m, n, k); }
+  double pass() {
+    const int64_t blocks = (m + kBlock - 1) / kBlock;
+    const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(blocks, balanced_grain(blocks, 1), [&](int64_t b0, int64_t b1) {
+      const AmxTiles tiles;
+      auto c = hwy::AllocateAligned<float>(std::size_t(kBlock * n));
+      for (int64_t blk = b0; blk < b1; ++blk)
+        amx_gemm_bf16(a.get() + blk * kBlock * k, k, kBlock, b.get(), n / kAmxKeys, k, c.get(), n);
+    });
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 };
@@ -107,6 +145,13 @@ std::unique_ptr<Ceiling> host_gemm_ceiling(int64_t m, int64_t n, int64_t k) {
   auto g = std::make_shared<HostGemm>(m, n, k);
   return std::make_unique<Ceiling>(
       fmt::format("ceiling/host/sgemm_{}x{}x{}", m, n, k), gemm_flops(m, n, k),
+      [g] { return g->pass(); }, CeilingKind::compute);
+}
+
+std::unique_ptr<Ceiling> host_amx_ceiling(int64_t m, int64_t n, int64_t k) {
+  auto g = std::make_shared<HostAmx>(m, n, k);
+  return std::make_unique<Ceiling>(
+      fmt::format("ceiling/host/amx_bf16_{}x{}x{}", g->m, g->n, g->k), g->flops(),
       [g] { return g->pass(); }, CeilingKind::compute);
 }
 

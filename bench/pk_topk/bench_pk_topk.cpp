@@ -1,8 +1,8 @@
 // bench_pk_topk: every registered product-key top-k variant, forward and backward, timed against
 // the floor that the same run measures: max(flops / compute ceiling, bytes / bandwidth ceiling)
 // (DESIGN.md §5). Compute ceiling: an OpenBLAS sgemm (cuBLAS on the GPU) of the shape of one
-// half's scores; bandwidth ceiling: an all-core streaming read (a device-to-device copy on the
-// GPU).
+// half's scores, or for bf16 on a CPU with AMX the same product on its AMX tiles; bandwidth
+// ceiling: an all-core streaming read (a device-to-device copy on the GPU).
 //
 // Build: cmake -S . -B build -G Ninja && cmake --build build --target bench_pk_topk
 // Run:   build/bench/pk_topk/bench_pk_topk                       (the paper's shape, fp32)
@@ -29,6 +29,7 @@
 #include <fmt/ranges.h>
 
 #include "bench/common/bench_common.h"
+#include "common/amx.h"
 #include "pk_topk/pk_topk.h"
 
 namespace {
@@ -82,7 +83,9 @@ Counters: TFLOP/s and GB/s from the counted flops and bytes over the time;
   pct_peak_tflops = % of --peak-tflops, floor_ms, and the label says which ceiling bounds it.
 Ceiling rows (measured in the same run, median of their repetitions):
   host: ceiling/host/sgemm_MxNxK = OpenBLAS cblas_sgemm C(B x n_keys) = Q(B x n/2) * K(n_keys x n/2)^T
-        (one head, one half of the scores, fp32 for both dtypes, MEMLAYERS_THREADS threads), and
+        (one head, one half of the scores, fp32, MEMLAYERS_THREADS threads); --dtype bf16 on a
+        CPU with AMX-BF16: ceiling/host/amx_bf16_MxNxK, the same product in bf16 with fp32 sums
+        on the AMX tiles (shapes padded to the tiles' 32), as v3_amx_rescored scores; and
         ceiling/host/stream_read_SIZE = all-core streaming read of a buffer that no cache holds.
   cuda: ceiling/cuda/sgemm_MxNxK = cuBLAS sgemm of the same shape (default math: fp32, no TF32;
         --dtype bf16: cublasGemmEx bf16 x bf16 -> fp32 on the tensor cores), and
@@ -416,6 +419,8 @@ int run(int argc, char** argv) {
   const std::string ceiling_why = mb::finish_run_flags(flags, run, std::max(host_llc, l2));
   const int threads = mb::host_threads();
   const GemmShape gemm{c.batch, c.n_keys, c.half()};
+  // bf16 on a CPU with AMX: the tiles are the host's bf16 roof (its fp32 FMAs are not).
+  const bool host_amx = c.data_dtype() == DType::bf16 && amx_unavailable().empty();
 
   fmt::print("bench_pk_topk configuration\n");
   fmt::print("  batch {}, heads {}, n_keys {} (N = {}), k_dim {}, k {}, dtype {}, index {}{}\n",
@@ -427,8 +432,9 @@ int run(int argc, char** argv) {
   fmt::print(
       "  bandwidth ceiling over {} ({}); compute ceiling {}; nominal peaks {} GB/s, {} "
       "TFLOP/s\n",
-      mb::human_bytes(double(c.ceiling_bytes)), ceiling_why, gemm.name(), c.peak_gbs,
-      c.peak_tflops);
+      mb::human_bytes(double(c.ceiling_bytes)), ceiling_why,
+      host_amx ? fmt::format("amx_bf16_{}x{}x{} on the host", gemm.m, gemm.n, gemm.k) : gemm.name(),
+      c.peak_gbs, c.peak_tflops);
   {
     const FwdParams p = shape_params<FwdParams>(c);
     fmt::print("  fwd counts {:.3f} GFLOP, {} (a score-matrix variant moves {} more)\n",
@@ -481,7 +487,8 @@ int run(int argc, char** argv) {
   if (runnable.any_host) {
     stream_buf.reset(host_memory().alloc(std::size_t(c.ceiling_bytes)));
     mb::fill_uniform(stream_buf.get(), c.ceiling_bytes / 4, DType::f32, 11);
-    ceilings.push_back(mb::host_gemm_ceiling(gemm.m, gemm.n, gemm.k));
+    ceilings.push_back(host_amx ? mb::host_amx_ceiling(gemm.m, gemm.n, gemm.k)
+                                : mb::host_gemm_ceiling(gemm.m, gemm.n, gemm.k));
     host_ceil.compute = ceilings.back().get();
     ceilings.push_back(mb::host_stream_ceiling(stream_buf.get(), double(c.ceiling_bytes), threads));
     host_ceil.bandwidth = ceilings.back().get();

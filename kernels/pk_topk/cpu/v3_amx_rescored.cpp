@@ -1,9 +1,9 @@
 // v3_amx_rescored — v2_fused_pruned's search with the scores on the CPU's matrix units: AMX
 // tiles (Intel Sapphire Rapids and later; supports() says why not elsewhere). Over v2:
 //  - a block of 96 queries (bf16, rows padded to 32, the half width to 32) is scored against each
-//    1024-key chunk by amx_score (amx.h): bf16 × bf16 products summed in fp32, 32 queries × 32
-//    keys a pass, the keys packed once per call in AMX's pair layout. One core's tiles ran
-//    ~850 GFLOP/s on operands from L2 (1.6 TFLOP/s from L1), where v2's fp32 FMA tiles reach
+//    1024-key chunk by amx_gemm_bf16 (common/amx.h): bf16 × bf16 products summed in fp32, 32
+//    queries × 32 keys a pass, the keys packed once per call in AMX's pair layout. One core's tiles
+//    ran ~850 GFLOP/s on operands from L2 (1.6 TFLOP/s from L1), where v2's fp32 FMA tiles reach
 //    the ~170 GFLOP/s a core's sgemm does: the scoring went from ~70% of v2's time to ~15%;
 //  - bf16 inputs: those sums are the scores (each product is exact in fp32), selected as v2 does;
 //  - fp32 inputs, rounded to bf16 for the tiles: each approximate score is within a bound e of
@@ -31,8 +31,8 @@
 
 #include <hwy/aligned_allocator.h>
 
+#include "common/amx.h"
 #include "common/parallel.h"
-#include "pk_topk/cpu/amx.h"
 #include "pk_topk/cpu/common.h"
 #include "pk_topk/cpu/select.h"
 #include "pk_topk/pk_topk.h"
@@ -48,7 +48,6 @@ constexpr int64_t kV3BlockRows = 96;  // queries a block (a multiple of kAmxRows
 // through to the rescoring, against ~130 with v2's, for 62 against 81 ms; three times, ~57 keys,
 // ran no faster.
 constexpr int64_t kBoundWider = 2;
-constexpr int64_t kTileElems = 16 * kAmxDepth;  // bf16 elements in one B tile (1 KiB)
 
 // |x| rounded to an fp32 upper bound of sqrt(Σ x²) from an fp32 sum of squares: the sum's
 // rounding (n·2⁻²⁴ of it, n <= kMaxKDim) and the sqrt's are inside the 2⁻⁹ margin, and
@@ -165,13 +164,7 @@ AmxKeys PackAmxKeys(const FwdParams& p) {
         ak.scale[static_cast<std::size_t>(hh * nk + key)] =
             PackRow(row.data(), half, ak.depth, p.qk_norm, bits.data(), &norm);
         worst = std::isnan(norm) ? std::numeric_limits<float>::infinity() : std::max(worst, norm);
-        // AMX's B layout: per k-step, tile t / 16, row d / 2 (a pair of elements), column
-        // t % 16, element d % 2.
-        for (int64_t d = 0; d < half; ++d) {
-          const int64_t s = d / kAmxDepth, within = d % kAmxDepth;
-          dst[(s * 2 + t / 16) * kTileElems + (within / 2) * 32 + (t % 16) * 2 + within % 2] =
-              bits[static_cast<std::size_t>(d)];
-        }
+        amx_pack_row(bits.data(), half, t, dst);
       }
       ak.panel_norm[static_cast<std::size_t>(j)] = worst;
     }
@@ -279,8 +272,8 @@ void AmxBlock(const FwdParams& p, const AmxKeys& ak, int64_t h, int64_t b0, int6
     const void* raw_keys = c == 0 ? p.keys1 : p.keys2;  // fp32 when rescored
     for (int64_t j0 = 0; j0 < ak.panels; j0 += chunk_panels) {
       const int64_t j1 = std::min(ak.panels, j0 + chunk_panels);
-      amx_score(qbits + c * padded * depth, depth, padded, ak.panel(h * 2 + c, j0), j1 - j0, depth,
-                scores, ld);
+      amx_gemm_bf16(qbits + c * padded * depth, depth, padded, ak.panel(h * 2 + c, j0), j1 - j0,
+                    depth, scores, ld);
       const int64_t base = j0 * kAmxKeys, n = std::min(nk, j1 * kAmxKeys) - base;
       const float* key_scale = ak.scale.data() + (h * 2 + c) * nk;
       float knorm = 0;

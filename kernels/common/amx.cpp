@@ -1,6 +1,6 @@
-// AMX tile scoring (amx.h). Each AMX function carries its own target attribute, so this file
-// builds with the project's flags and runs only where amx_unavailable() is "".
-#include "pk_topk/cpu/amx.h"
+// AMX bf16 matrix products (amx.h). Each AMX function carries its own target attribute, so this
+// file builds with the project's flags and runs only where amx_unavailable() is "".
+#include "common/amx.h"
 
 #include <cstdint>
 #include <string>
@@ -14,7 +14,7 @@
 #define MEMLAYERS_HAVE_AMX 0
 #endif
 
-namespace memlayers::pk_topk::cpu {
+namespace memlayers {
 
 #if MEMLAYERS_HAVE_AMX
 namespace {
@@ -65,10 +65,11 @@ AmxTiles::~AmxTiles() { release_tiles(); }
 // Tiles: 0, 1 the two 16-row halves of 32 query rows (A); 2, 3 the panel's two 16-key B tiles;
 // 4-7 the 32 × 32 fp32 scores. Four loads feed four tile products a k-step; the panel (2 KiB a
 // k-step) stays in L1 while every row group passes over it.
-__attribute__((target("amx-tile,amx-bf16"))) void amx_score(const uint16_t* a, int64_t lda,
-                                                            int64_t rows, const uint16_t* panels,
-                                                            int64_t n_panels, int64_t depth,
-                                                            float* out, int64_t ld) {
+__attribute__((target("amx-tile,amx-bf16"))) void amx_gemm_bf16(const uint16_t* a, int64_t lda,
+                                                                int64_t rows,
+                                                                const uint16_t* panels,
+                                                                int64_t n_panels, int64_t depth,
+                                                                float* out, int64_t ld) {
   const int64_t steps = depth / kAmxDepth, a_stride = lda * 2, c_stride = ld * 4;
   for (int64_t p = 0; p < n_panels; ++p) {
     const uint16_t* panel = panels + p * steps * 2 * 16 * kAmxDepth;
@@ -107,9 +108,9 @@ const std::string& amx_unavailable() {
 }
 AmxTiles::AmxTiles() = default;
 AmxTiles::~AmxTiles() = default;
-void amx_score(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, float*,
-               int64_t) {}
+void amx_gemm_bf16(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, float*,
+                   int64_t) {}
 
 #endif
 
-}  // namespace memlayers::pk_topk::cpu
+}  // namespace memlayers

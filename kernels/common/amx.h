@@ -1,0 +1,50 @@
+// bf16 matrix products on the CPU's matrix units, AMX (Intel Sapphire Rapids and later: AMX-TILE,
+// AMX-BF16): C = A·Bᵀ with fp32 sums, B packed in AMX's pair layout. The scoring of pk_topk's
+// v3_amx_rescored and the host bf16 compute ceiling of bench_pk_topk. Host only, x86-64 Linux;
+// elsewhere amx_unavailable() says why not and nothing here runs.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace memlayers {
+
+// "" when this process can run AMX-BF16 tiles (the CPU has them and Linux granted the tile state
+// on request, once per process), else why not.
+const std::string& amx_unavailable();
+
+inline constexpr int64_t kAmxRows = 32;   // query rows a pass: two A tiles of 16
+inline constexpr int64_t kAmxKeys = 32;   // B rows (keys) a panel: two B tiles of 16
+inline constexpr int64_t kAmxDepth = 32;  // bf16 elements of a row a k-step (64 bytes)
+
+// The tile state of the calling thread: configured on construction (eight tiles of 16 rows × 64
+// bytes), released on destruction. amx_gemm_bf16 needs one alive on its thread.
+class AmxTiles {
+ public:
+  AmxTiles();
+  ~AmxTiles();
+  AmxTiles(const AmxTiles&) = delete;
+  AmxTiles& operator=(const AmxTiles&) = delete;
+};
+
+// Row t (in [0, kAmxKeys)) of a B panel: row[0, n) written into the panel's AMX layout (per
+// k-step, tile t / 16, tile row d / 2, column t % 16, element d % 2). The panel holds
+// kAmxKeys × depth elements (depth a multiple of kAmxDepth); zero it first for the elements from
+// n to depth.
+inline void amx_pack_row(const uint16_t* row, int64_t n, int64_t t, uint16_t* panel) {
+  for (int64_t d = 0; d < n; ++d) {
+    const int64_t s = d / kAmxDepth, within = d % kAmxDepth;
+    panel[(s * 2 + t / 16) * 16 * kAmxDepth + (within / 2) * 32 + (t % 16) * 2 + within % 2] =
+        row[d];
+  }
+}
+
+// out[r·ld + j] = Σ_d a[r·lda + d] · (row j of B)[d], in fp32, for rows r in [0, rows) and the
+// B rows of `n_panels` consecutive panels, j in [0, n_panels·kAmxKeys).
+//   a:      bf16 bits, rows × depth (row stride lda elements);
+//   panels: bf16 bits, per panel and k-step two B tiles (keys 0-15, 16-31) of 16 pairs of
+//           elements × 16 keys × 2 (AMX's VNNI layout), 2 KiB a k-step, depth / kAmxDepth k-steps;
+//   rows a multiple of kAmxRows, depth of kAmxDepth.
+void amx_gemm_bf16(const uint16_t* a, int64_t lda, int64_t rows, const uint16_t* panels,
+                   int64_t n_panels, int64_t depth, float* out, int64_t ld);
+
+}  // namespace memlayers
