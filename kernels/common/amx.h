@@ -4,6 +4,7 @@
 // elsewhere amx_unavailable() says why not and nothing here runs.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 namespace memlayers {
@@ -26,15 +27,14 @@ class AmxTiles {
   AmxTiles& operator=(const AmxTiles&) = delete;
 };
 
-// Row t (in [0, kAmxKeys)) of a B panel: row[0, n) written into the panel's AMX layout (per
-// k-step, tile t / 16, tile row d / 2, column t % 16, element d % 2). The panel holds
-// kAmxKeys × depth elements (depth a multiple of kAmxDepth); zero it first for the elements from
-// n to depth.
+// Row t (in [0, kAmxKeys)) of a B panel: row[0, n) written into the panel's AMX layout, where a
+// pair of elements (2P, 2P + 1) is one 32-bit word of a tile: k-step P / 16, tile t / 16, tile row
+// P % 16, column t % 16 (an odd n's last pair is padded with 0). The panel holds kAmxKeys × depth
+// elements (depth a multiple of kAmxDepth); zero it first for the pairs past n.
 inline void amx_pack_row(const uint16_t* row, int64_t n, int64_t t, uint16_t* panel) {
-  for (int64_t d = 0; d < n; ++d) {
-    const int64_t s = d / kAmxDepth, within = d % kAmxDepth;
-    panel[(s * 2 + t / 16) * 16 * kAmxDepth + (within / 2) * 32 + (t % 16) * 2 + within % 2] =
-        row[d];
+  for (int64_t P = 0; 2 * P < n; ++P) {
+    const uint32_t w = uint32_t{row[2 * P]} | uint32_t{2 * P + 1 < n ? row[2 * P + 1] : 0u} << 16;
+    std::memcpy(panel + 2 * ((P / 16 * 2 + t / 16) * 256 + P % 16 * 16 + t % 16), &w, 4);
   }
 }
 

@@ -128,11 +128,28 @@ float Dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, int64_t n) {
   return s;
 }
 
+// dst[0, n) = x rounded to bf16 bits (to nearest even, as to_bf16_rne).
+void ToBf16(const float* HWY_RESTRICT x, int64_t n, uint16_t* HWY_RESTRICT dst) {
+  const DF df;
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<uint16_t, DF> d16;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto half_ulp = hn::Set(du, 0x7fffu), one = hn::Set(du, 1u);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto u = hn::BitCast(du, hn::LoadU(df, x + i));
+    const auto r = hn::Add(u, hn::Add(half_ulp, hn::And(hn::ShiftRight<16>(u), one)));
+    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, hn::ShiftRight<16>(r))), d16, dst + i);
+  }
+  for (; i < n; ++i) dst[i] = to_bf16_rne(x[i]);
+}
+
 // One row half as AMX reads it: `row` (fp32, n wide) rounded to bf16 into dst[0, n), dst[n, depth)
 // zero. Returns the row's RMS scale (1 without norm) and, through norm, a bound on r·‖row‖.
 float PackRow(const float* row, int64_t n, int64_t depth, bool qk_norm, uint16_t* dst,
               float* norm) {
-  for (int64_t d = 0; d < n; ++d) dst[d] = to_bf16_rne(row[d]);
+  ToBf16(row, n, dst);
   std::fill(dst + n, dst + depth, uint16_t{0});
   const float r = qk_norm ? inv_rms(row, n) : 1.0f;
   *norm =
