@@ -4,9 +4,11 @@
 //    OpenBLAS sgemm over the pool (common/blas.h), biases broadcast into the output first
 //    (beta = 1);
 //  - the search and its backward by the best registered CPU pk_topk variant, looked up at launch:
-//    pk_topk_fwd "v2_fused_pruned", else the highest-numbered deterministic cpu variant that
-//    supports the input (parts::find_part), else the reference; pk_topk_bwd the highest-numbered
-//    deterministic cpu variant, else the reference (v1_compose_parts() says which ran);
+//    pk_topk_fwd "v3_amx_rescored" on a CPU with AMX where the shape is the paper's size or larger
+//    (SearchPreference), else "v2_fused_pruned", else the highest-numbered deterministic cpu
+//    variant that supports the input (parts::find_part), else the reference; pk_topk_bwd the
+//    highest-numbered deterministic cpu variant, else the reference (v1_compose_parts() says which
+//    ran);
 //  - memory+'s SiLU gating by SIMD passes with a vector exp (common/silu.h); the softmax, its
 //    backward, PEER's GELU and the scalar gate in plain loops; all threaded over tokens
 //    (kernels/common/parallel.h);
@@ -33,6 +35,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/amx.h"
 #include "common/blas.h"
 #include "common/parallel.h"
 #include "common/silu.h"
@@ -69,6 +72,15 @@ const Variant<typename Op::Params>& pick(const typename Op::Params& p, const cha
   }
   why = " (no cpu variant registered or supporting this input)";
   return Registry<Op>::find(Backend::reference, "reference");
+}
+
+// The forward search to prefer: v3's AMX tiles pay where the scoring is large (n_keys 1024,
+// n 512: the B-256 search 5.0 against v2's 6.2 ms); at the training harness's n_keys 128, n 16
+// its bf16 padding (a half width of 8 runs as 32) and the rescoring band make it slower (0.71
+// against 0.45 ms), and through n 128 no faster.
+const char* SearchPreference(const pk_topk::FwdParams& p) {
+  const bool large = p.n_keys >= 512 && p.k_dim >= 256;
+  return large && amx_unavailable().empty() ? "v3_amx_rescored" : "v2_fused_pruned";
 }
 
 template <class Op>
@@ -159,7 +171,7 @@ void forward(const FwdParams& p, Stream stream) {
 
   const pk_topk::FwdParams sp = parts::search_fwd(c, W, q, scores, idx, B);
   stage.to("search");
-  run_part<pk_topk::Fwd>(sp, "v2_fused_pruned", parts);
+  run_part<pk_topk::Fwd>(sp, SearchPreference(sp), parts);
 
   stage.to("softmax");  // per (token, head), in fp32
   parallel_rows(B * c.heads, c.k, [&](int64_t r) {
