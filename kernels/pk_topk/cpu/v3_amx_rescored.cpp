@@ -66,13 +66,24 @@ inline uint16_t to_bf16_rne(float f) {
   return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// Upper bounds on a row's scaled norm r·‖x‖ and on the scaled norm r·‖x - x̃‖ of what rounding it
+// to bf16 (x̃) left out: the two terms of the rescoring's error bound (AmxBlock).
+struct RowNorms {
+  float norm = 0, resid = 0;
+  void widen_to(const RowNorms& o) {  // the larger of each; NaN (a NaN row) as infinity
+    norm = std::isnan(o.norm) ? std::numeric_limits<float>::infinity() : std::max(norm, o.norm);
+    resid = std::isnan(o.resid) ? std::numeric_limits<float>::infinity() : std::max(resid, o.resid);
+  }
+};
+
 // The sub-keys of every (head, half) as bf16 panels of kAmxKeys keys in AMX's layout (amx.h),
 // zero past n_keys and past the half width; per key its RMS scale (1 without qk_norm), and per
-// panel an upper bound on its keys' scaled norms r·‖k‖ (infinite where a key is not finite).
+// panel the largest of its keys' RowNorms (infinite where a key is not finite).
 struct AmxKeys {
   int64_t depth = 0, panels = 0;  // depth: the half width rounded up to kAmxDepth
   hwy::AlignedFreeUniquePtr<uint16_t[]> data;
-  std::vector<float> scale, panel_norm;
+  std::vector<float> scale;
+  std::vector<RowNorms> panel_norms;
   const uint16_t* panel(int64_t head_half, int64_t j) const {
     return data.get() + (head_half * panels + j) * kAmxKeys * depth;
   }
@@ -145,15 +156,39 @@ void ToBf16(const float* HWY_RESTRICT x, int64_t n, uint16_t* HWY_RESTRICT dst) 
   for (; i < n; ++i) dst[i] = to_bf16_rne(x[i]);
 }
 
+// Σ (x[i] - bf16 bits[i])² in fp32; each difference is exact in fp32.
+float ResidualSquares(const float* HWY_RESTRICT x, const uint16_t* HWY_RESTRICT bits, int64_t n) {
+  const DF df;
+  const hn::RebindToUnsigned<DF> du;
+  const hn::Rebind<uint16_t, DF> d16;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto acc = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto rounded =
+        hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(d16, bits + i))));
+    const auto d = hn::Sub(hn::LoadU(df, x + i), rounded);
+    acc = hn::MulAdd(d, d, acc);
+  }
+  float s = hn::GetLane(hn::SumOfLanes(df, acc));
+  for (; i < n; ++i) {
+    const float d = x[i] - bf16_bits_to_float(bits[i]);
+    s += d * d;
+  }
+  return s;
+}
+
 // One row half as AMX reads it: `row` (fp32, n wide) rounded to bf16 into dst[0, n), dst[n, depth)
-// zero. Returns the row's RMS scale (1 without norm) and, through norm, a bound on r·‖row‖.
+// zero. Returns the row's RMS scale r (1 without norm) and, through norms, bounds on r·‖row‖ and
+// on r·‖row - its bf16 rounding‖.
 float PackRow(const float* row, int64_t n, int64_t depth, bool qk_norm, uint16_t* dst,
-              float* norm) {
+              RowNorms* norms) {
   ToBf16(row, n, dst);
   std::fill(dst + n, dst + depth, uint16_t{0});
   const float r = qk_norm ? inv_rms(row, n) : 1.0f;
-  *norm =
-      static_cast<float>(double(norm_bound(SumSquares(row, n), n)) * double(r) * (1.0 + 0x1p-20));
+  const double scale = double(r) * (1.0 + 0x1p-20);
+  norms->norm = static_cast<float>(double(norm_bound(SumSquares(row, n), n)) * scale);
+  norms->resid = static_cast<float>(double(norm_bound(ResidualSquares(row, dst, n), n)) * scale);
   return r;
 }
 
@@ -165,7 +200,7 @@ AmxKeys PackAmxKeys(const FwdParams& p) {
   const int64_t jobs = p.heads * 2 * ak.panels;
   ak.data = hwy::AllocateAligned<uint16_t>(static_cast<std::size_t>(jobs * kAmxKeys * ak.depth));
   ak.scale.assign(static_cast<std::size_t>(p.heads * 2 * nk), 1.0f);
-  ak.panel_norm.assign(static_cast<std::size_t>(jobs), 0.0f);
+  ak.panel_norms.assign(static_cast<std::size_t>(jobs), RowNorms{});
   parallel_for(jobs, balanced_grain(jobs, 1), [&](int64_t j0, int64_t j1) {
     std::vector<float> row(static_cast<std::size_t>(half));
     std::vector<uint16_t> bits(static_cast<std::size_t>(ak.depth));
@@ -173,17 +208,17 @@ AmxKeys PackAmxKeys(const FwdParams& p) {
       const int64_t hh = j / ak.panels, pan = j % ak.panels, h = hh / 2, c = hh % 2;
       uint16_t* dst = ak.data.get() + j * kAmxKeys * ak.depth;
       std::fill(dst, dst + kAmxKeys * ak.depth, uint16_t{0});
-      float worst = 0;
+      RowNorms worst;
       for (int64_t t = 0; t < kAmxKeys && pan * kAmxKeys + t < nk; ++t) {
         const int64_t key = pan * kAmxKeys + t;
         widen(c == 0 ? p.keys1 : p.keys2, p.dtype, (h * nk + key) * half, half, row.data());
-        float norm = 0;
+        RowNorms norms;
         ak.scale[static_cast<std::size_t>(hh * nk + key)] =
-            PackRow(row.data(), half, ak.depth, p.qk_norm, bits.data(), &norm);
-        worst = std::isnan(norm) ? std::numeric_limits<float>::infinity() : std::max(worst, norm);
+            PackRow(row.data(), half, ak.depth, p.qk_norm, bits.data(), &norms);
+        worst.widen_to(norms);
         amx_pack_row(bits.data(), half, t, dst);
       }
-      ak.panel_norm[static_cast<std::size_t>(j)] = worst;
+      ak.panel_norms[static_cast<std::size_t>(j)] = worst;
     }
   });
   return ak;
@@ -191,9 +226,10 @@ AmxKeys PackAmxKeys(const FwdParams& p) {
 
 // The per-block state of one thread.
 struct AmxBlockState {
-  Scratch<uint16_t> qbits;           // [half][row][depth]: the block's query halves, bf16
-  std::vector<float> qscale, qnorm;  // [half][row]
-  Scratch<float> scores;             // [row][chunk key]
+  Scratch<uint16_t> qbits;       // [half][row][depth]: the block's query halves, bf16
+  std::vector<float> qscale;     // [half][row]
+  std::vector<RowNorms> qnorms;  // [half][row]
+  Scratch<float> scores;         // [row][chunk key]
   Scratch<uint64_t> keys;
   std::vector<TopKBuffer> lists;  // [row][half]
   std::vector<Entry> best;
@@ -266,14 +302,14 @@ void AmxBlock(const FwdParams& p, const AmxKeys& ak, int64_t h, int64_t b0, int6
 
   uint16_t* qbits = st.qbits.at_least(2 * padded * depth);
   st.qscale.resize(static_cast<std::size_t>(2 * rows));
-  st.qnorm.resize(static_cast<std::size_t>(2 * rows));
+  st.qnorms.resize(static_cast<std::size_t>(2 * rows));
   st.row.resize(static_cast<std::size_t>(half));
   for (int c = 0; c < 2; ++c) {
     for (int64_t r = 0; r < rows; ++r) {
       widen(p.queries, p.dtype, ((b0 + r) * H + h) * p.k_dim + c * half, half, st.row.data());
       st.qscale[static_cast<std::size_t>(c * rows + r)] =
           PackRow(st.row.data(), half, depth, p.qk_norm, qbits + (c * padded + r) * depth,
-                  &st.qnorm[static_cast<std::size_t>(c * rows + r)]);
+                  &st.qnorms[static_cast<std::size_t>(c * rows + r)]);
     }
     std::fill(qbits + (c * padded + rows) * depth, qbits + (c + 1) * padded * depth, uint16_t{0});
   }
@@ -293,10 +329,9 @@ void AmxBlock(const FwdParams& p, const AmxKeys& ak, int64_t h, int64_t b0, int6
                     depth, scores, ld);
       const int64_t base = j0 * kAmxKeys, n = std::min(nk, j1 * kAmxKeys) - base;
       const float* key_scale = ak.scale.data() + (h * 2 + c) * nk;
-      float knorm = 0;
+      RowNorms kn;  // the chunk's largest
       for (int64_t j = j0; j < j1; ++j)
-        knorm =
-            std::max(knorm, ak.panel_norm[static_cast<std::size_t>((h * 2 + c) * ak.panels + j)]);
+        kn.widen_to(ak.panel_norms[static_cast<std::size_t>((h * 2 + c) * ak.panels + j)]);
       for (int64_t r = 0; r < rows; ++r) {
         TopKBuffer& l = st.lists[r * 2 + c];
         float* s = scores + r * ld;
@@ -307,13 +342,18 @@ void AmxBlock(const FwdParams& p, const AmxKeys& ak, int64_t h, int64_t b0, int6
           SelectChunk(s, n, base, l);
           continue;
         }
-        // |approximation - fp32 score| <= e: bf16 rounding of both rows (2⁻⁷ + 2⁻¹⁶ of
-        // Σ|q||k| <= ‖q‖‖k‖), both fp32 sums and the scalings ((2n + 8)·2⁻²⁴, with margin), and
-        // the products AMX flushes to zero (below 2⁻¹²⁶ a term, the 2⁻⁸⁰ term).
-        const double nq = st.qnorm[static_cast<std::size_t>(c * rows + r)];
-        const double rel = 0x1p-7 + 0x1p-16 + double(2 * half + 8) * 0x1p-24 * 1.01;
-        const float e = static_cast<float>((rel * nq * knorm + 0x1p-80 * (1 + nq) * (1 + knorm)) *
-                                           (1.0 + 0x1p-20));
+        // |approximation - fp32 score| <= e. With x̃ the bf16 rounding of x and δx = x - x̃,
+        // |q̃·k̃ - q·k| = |q̃·δk + δq·k| <= ‖q̃‖‖δk‖ + ‖δq‖‖k‖ (Cauchy-Schwarz over the actual
+        // residuals: ~2.5× tighter than the elementwise 2⁻⁷·‖q‖‖k‖), ‖q̃‖ <= ‖q‖ + ‖δq‖; both fp32
+        // sums and the scalings round within (2n + 8)·2⁻²⁴ of ‖q̃‖‖k̃‖ + ‖q‖‖k‖; the products
+        // AMX flushes to zero (below 2⁻¹²⁶ a term) within the 2⁻⁸⁰ term. All norms scaled by
+        // the rows' RMS scales and bounded from above.
+        const RowNorms qn = st.qnorms[static_cast<std::size_t>(c * rows + r)];
+        const double Q = qn.norm, Qd = qn.resid, K = kn.norm, Kd = kn.resid;
+        const double gamma = double(2 * half + 8) * 0x1p-24 * 1.01;
+        const double bound = (Q + Qd) * Kd + Qd * K + gamma * ((Q + Qd) * (K + Kd) + Q * K) +
+                             0x1p-80 * (1 + Q + Qd) * (1 + K + Kd);
+        const float e = static_cast<float>(bound * (1.0 + 0x1p-20));
         const float* q =
             static_cast<const float*>(p.queries) + ((b0 + r) * H + h) * p.k_dim + c * half;
         RescoreChunk(s, n, base, e, q, rq, static_cast<const float*>(raw_keys) + h * nk * half,
