@@ -75,9 +75,9 @@ const Variant<typename Op::Params>& pick(const typename Op::Params& p, const cha
 }
 
 // The forward search to prefer: v3's AMX tiles pay where the scoring is large (n_keys 1024,
-// n 512: the B-256 search 5.0 against v2's 6.2 ms); at the training harness's n_keys 128, n 16
-// its bf16 padding (a half width of 8 runs as 32) and the rescoring band make it slower (0.71
-// against 0.45 ms), and through n 128 no faster.
+// n 512: the layer's B-256 search stage 4.45-4.64 against v2's 5.82-6.02 ms, alternating); at
+// the training harness's n_keys 128, n 16 its bf16 padding (a half width of 8 runs as 32) and
+// the rescoring band make it slower (0.65 against 0.44 ms).
 const char* SearchPreference(const pk_topk::FwdParams& p) {
   const bool large = p.n_keys >= 512 && p.k_dim >= 256;
   return large && amx_unavailable().empty() ? "v3_amx_rescored" : "v2_fused_pruned";

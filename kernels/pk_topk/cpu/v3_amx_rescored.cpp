@@ -7,20 +7,30 @@
 //    the ~170 GFLOP/s a core's sgemm does: the scoring went from ~70% of v2's time to ~15%;
 //  - bf16 inputs: those sums are the scores (each product is exact in fp32), selected as v2 does;
 //  - fp32 inputs, rounded to bf16 for the tiles: each approximate score is within a bound e of
-//    the fp32 score, e = (2⁻⁷ + 2⁻¹⁶ + (2n + 8)·2⁻²⁴)·‖q̂‖·max‖k̂‖ over the chunk (bf16 rounding
-//    of both rows, the fp32 sums and the scalings; norms bounded from above). Only the keys whose
-//    approximation is within 2e of a lower bound on the chunk's k-th best can be among its k
-//    best; those (~60 of 1024 at the default shape, ~6%) are scored again in fp32 from the
+//    the fp32 score, from the rows' actual rounding residuals δ: |q̃·k̃ - q·k| <= ‖q̃‖‖δk‖ +
+//    ‖δq‖‖k‖ (Cauchy-Schwarz), plus the fp32 sums and scalings, the norms bounded from above and
+//    the keys' taken as the chunk's largest (AmxBlock). Only the keys whose approximation is
+//    within 2e of a lower bound on the chunk's k-th best can be among its k best; those (~42 of
+//    1024 at the default shape, of which 32 are the answer) are scored again in fp32 from the
 //    params' rows and go through v2's selection, so every score returned is an fp32 dot product,
 //    and the result is as exact as v2's (a NaN or infinite row makes e infinite: all rescored);
 //  - qk_norm: the tiles take the raw rows and the scores are scaled by r_q·r_k after.
-// Bottleneck it targets: v2's FMA-bound scoring. What remains at the default shape (fp32): the
-// rescoring (~1.9 M dot products of 256, ~40% of the time; each reads a 1 KiB key row from L2
-// or L3, so prefetching, four rows a pass and a key-major order were tried: no faster), the
-// selection (LaneBound, LargestSorted, the candidate step: ~30%) and the tiles (~15%).
-// Measured (2-core Xeon VM with AMX, shared; bench_pk_topk --backend cpu --direction fwd, the
-// two variants alternating): default shape fp32 61.7-63.8 ms against v2's 84.0-89.0 (1.36×);
-// --dtype bf16 37.4 against 84.6 ms (2.3×).
+// Bottleneck it targets: v2's FMA-bound scoring. What remains at the default shape (fp32, a perf
+// profile): the rescoring (~1.4 M dot products of 256, ~40% of the time; each reads a 1 KiB key
+// row from L2 or L3: prefetching, four rows a pass and a key-major order were tried, no faster),
+// the selection (LaneBound ~19%, LargestSorted and the candidate step ~18%) and the tiles (~19%).
+// The elementwise bound 2⁻⁷·‖q‖‖k‖ let ~60 keys a row half through, and ran 60-64 ms.
+// Measured (2-core Xeon VM with AMX, shared and ~20% slower than at its report's run;
+// bench_pk_topk --backend cpu --direction fwd, the two variants alternating, two rounds):
+//   default shape (B 4096, h 4, n_keys 1024, n 512, k 32) fp32   52.2-53.9 ms, v2 83.4-83.5 ms
+//   --dtype bf16                                                 37.8-40.3 ms, v2 85.0-88.6 ms
+//   --qk-norm                                                    59.9-62.2 ms, v2 93.0-95.0 ms
+//   --k 64 / --k 8                                   86.8-87.6 / 30.2-32.3 ms, v2 112-114 / 74-77
+//   ms
+//   --batch 256                                                  4.42-4.45 ms, v2 5.73-5.99 ms
+//   the training harness's (B 768, h 2, n_keys 128, n 16, k 8)   0.65-0.66 ms, v2 0.43-0.44 ms
+// (a half width of 8 runs as 32 on the tiles, and the rescoring band costs more than the scoring
+// it saves: the memory layer keeps v2 there, memory_layer/cpu/v1_compose.cpp).
 #include <algorithm>
 #include <bit>
 #include <cmath>
