@@ -18,9 +18,12 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "pk_topk/cpu/select.h"
+#include "pk_topk/pk_topk.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace memlayers::pk_topk::cpu {
@@ -171,6 +174,35 @@ inline void FinishList(TopKBuffer& l, Entry* out) {
   LargestSorted(l.keys, l.size, l.k);
   for (int64_t t = 0; t < l.k; ++t)
     out[t] = {key_score(l.keys[t]), static_cast<int32_t>(key_index(l.keys[t]))};
+}
+
+// The last step of a block of `rows` queries from b0, head h: each row's two half lists put in
+// order (`lists` by row, then half), then the pruned candidate step into the outputs.
+inline void FinishRows(const FwdParams& p, int64_t h, int64_t b0, int64_t rows,
+                       std::vector<TopKBuffer>& lists, std::vector<Entry>& best,
+                       std::vector<uint64_t>& cand) {
+  const int64_t k = p.k;
+  best.resize(static_cast<std::size_t>(2 * k));
+  for (int64_t r = 0; r < rows; ++r) {
+    FinishList(lists[r * 2], best.data());
+    FinishList(lists[r * 2 + 1], best.data() + k);
+    combine_with(LargestSorted, best.data(), best.data() + k, k, p.n_keys, cand, p.scores,
+                 p.indices, p.index_dtype, ((b0 + r) * p.heads + h) * k);
+  }
+}
+
+// block(head, b0, rows, state) for every (head, block of up to mb queries), threaded over the
+// pool; one State per chunk of blocks, reused from block to block.
+template <class State, class Block>
+void ForEachBlock(const FwdParams& p, int64_t mb, Block&& block) {
+  const int64_t blocks = (p.batch + mb - 1) / mb, tasks = p.heads * blocks;
+  parallel_for(tasks, balanced_grain(tasks, 1, 8), [&](int64_t t0, int64_t t1) {
+    State st;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t h = t % p.heads, b0 = t / p.heads * mb;
+      block(h, b0, std::min(mb, p.batch - b0), st);
+    }
+  });
 }
 
 }  // namespace HWY_NAMESPACE

@@ -190,7 +190,6 @@ void Block(const FwdParams& p, const PackedKeys& pk, int64_t h, int64_t b0, int6
   uint64_t* keys = st.keys.at_least(rows * 2 * cap);
   st.lists.resize(static_cast<std::size_t>(rows * 2));
   for (int64_t i = 0; i < rows * 2; ++i) st.lists[i].reset(k, keys + i * cap);
-  st.best.resize(static_cast<std::size_t>(2 * k));
 
   for (int c = 0; c < 2; ++c)
     for (int64_t j0 = 0; j0 < pk.panels; j0 += chunk_panels) {
@@ -212,12 +211,7 @@ void Block(const FwdParams& p, const PackedKeys& pk, int64_t h, int64_t b0, int6
         SelectChunk(scores + r * ld, n, base, l);
       }
     }
-  for (int64_t r = 0; r < rows; ++r) {
-    FinishList(st.lists[r * 2], st.best.data());
-    FinishList(st.lists[r * 2 + 1], st.best.data() + k);
-    combine_with(LargestSorted, st.best.data(), st.best.data() + k, k, nk, st.cand, p.scores,
-                 p.indices, p.index_dtype, ((b0 + r) * H + h) * k);
-  }
+  FinishRows(p, h, b0, rows, st.lists, st.best, st.cand);
 }
 
 void Forward(const FwdParams& p) {
@@ -231,13 +225,8 @@ void Forward(const FwdParams& p) {
   // 256/512/1024 keys tried, 96 × 1024 best by 5-10%.
   const int64_t fit = (192 << 10) / (2 * half * 4);
   const int64_t mb = std::clamp<int64_t>(fit / kMR * kMR, kMR, 96);
-  const int64_t blocks = (p.batch + mb - 1) / mb, tasks = p.heads * blocks;
-  parallel_for(tasks, balanced_grain(tasks, 1, 8), [&](int64_t t0, int64_t t1) {
-    BlockState st;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t h = t % p.heads, b0 = t / p.heads * mb;
-      Block(p, pk, h, b0, std::min(mb, p.batch - b0), st);
-    }
+  ForEachBlock<BlockState>(p, mb, [&](int64_t h, int64_t b0, int64_t rows, BlockState& st) {
+    Block(p, pk, h, b0, rows, st);
   });
 }
 

@@ -54,9 +54,10 @@ namespace memlayers::pk_topk::cpu {
 
 constexpr int64_t kV3Chunk = 1024;    // keys scored per row before a selection pass
 constexpr int64_t kV3BlockRows = 96;  // queries a block (a multiple of kAmxRows)
-// Twice the held values a lane of v2's bound: at the default shape it let ~60 keys of 1024
-// through to the rescoring, against ~130 with v2's, for 62 against 81 ms; three times, ~57 keys,
-// ran no faster.
+// Twice the held values a lane of v2's bound (LaneBound), for a bound closer to the k-th best:
+// with the first, elementwise error bound it let ~60 keys of 1024 through to the rescoring at
+// the default shape, against ~130 with v2's, for 62 against 81 ms; three times, ~57 keys, ran no
+// faster.
 constexpr int64_t kBoundWider = 2;
 
 // |x| rounded to an fp32 upper bound of sqrt(Σ x²) from an fp32 sum of squares: the sum's
@@ -328,7 +329,6 @@ void AmxBlock(const FwdParams& p, const AmxKeys& ak, int64_t h, int64_t b0, int6
   uint64_t* keys = st.keys.at_least(rows * 2 * cap);
   st.lists.resize(static_cast<std::size_t>(rows * 2));
   for (int64_t i = 0; i < rows * 2; ++i) st.lists[i].reset(k, keys + i * cap);
-  st.best.resize(static_cast<std::size_t>(2 * k));
 
   const AmxTiles tiles;
   for (int c = 0; c < 2; ++c) {
@@ -371,24 +371,14 @@ void AmxBlock(const FwdParams& p, const AmxKeys& ak, int64_t h, int64_t b0, int6
       }
     }
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    FinishList(st.lists[r * 2], st.best.data());
-    FinishList(st.lists[r * 2 + 1], st.best.data() + k);
-    combine_with(LargestSorted, st.best.data(), st.best.data() + k, k, nk, st.cand, p.scores,
-                 p.indices, p.index_dtype, ((b0 + r) * H + h) * k);
-  }
+  FinishRows(p, h, b0, rows, st.lists, st.best, st.cand);
 }
 
 void AmxForward(const FwdParams& p) {
   const AmxKeys ak = PackAmxKeys(p);
   const int64_t mb = kV3BlockRows;
-  const int64_t blocks = (p.batch + mb - 1) / mb, tasks = p.heads * blocks;
-  parallel_for(tasks, balanced_grain(tasks, 1, 8), [&](int64_t t0, int64_t t1) {
-    AmxBlockState st;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t h = t % p.heads, b0 = t / p.heads * mb;
-      AmxBlock(p, ak, h, b0, std::min(mb, p.batch - b0), st);
-    }
+  ForEachBlock<AmxBlockState>(p, mb, [&](int64_t h, int64_t b0, int64_t rows, AmxBlockState& st) {
+    AmxBlock(p, ak, h, b0, rows, st);
   });
 }
 
