@@ -77,7 +77,8 @@ struct HostAmx {
       const AmxTiles tiles;
       auto c = hwy::AllocateAligned<float>(std::size_t(kBlock * n));
       for (int64_t blk = b0; blk < b1; ++blk)
-        amx_gemm_bf16(a.get() + blk * kBlock * k, k, kBlock, b.get(), n / kAmxKeys, k, c.get(), n);
+        amx_gemm_bf16(a.get() + blk * kBlock * k, k, std::min(kBlock, m - blk * kBlock), b.get(),
+                      n / kAmxKeys, k, c.get(), n);
     });
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
