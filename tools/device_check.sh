@@ -129,6 +129,8 @@ add_missing_cuda_libs() {
     done
   done
 }
+# Steps that are shell functions run in a child bash (run_step): nccl_comm_check calls these.
+export -f cuda_lib_dirs add_missing_cuda_libs
 
 # The path of binary $1 under bin_root (a bundle is flat; a build tree has bench/<op>/, ...).
 find_bin() {
@@ -364,11 +366,7 @@ done
 # NCCL refuses two ranks on one GPU and one GPU is lent, so no byte goes to a peer here (set-up,
 # own-block copies, the rank-order sum kernel, host sums and refusals are what -np 1 checks).
 nccl_comm_check() {  # BIN
-  if ! ldd "$1" | grep -q 'libnccl.*=> /'; then  # the toolkit's libnccl missing: PyTorch's wheel has one
-    local pip_nccl
-    pip_nccl=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null)
-    [ -n "$pip_nccl" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$pip_nccl" && echo "libnccl from $pip_nccl"
-  fi
+  add_missing_cuda_libs "$1"  # the toolkit's libnccl missing: PyTorch's nvidia-nccl wheel has one
   local log rc
   log=$(mktemp)
   if command -v mpirun >/dev/null; then
