@@ -103,37 +103,42 @@ inline float LaneBound(const float* s, int64_t n, int64_t k, int64_t wider = 1) 
   }
 }
 
-// Feeds one row's chunk of scores s[0, n) (keys base + i) into its top-k: keeps a score when it
-// can still be among the k best, i.e. !(s < bound) (the chunk's own lower bound; an equal score
-// may still win its tie) and !(s <= threshold) (the k best of the earlier chunks, which win ties);
-// a NaN bound or threshold passes everything. One comparison pair per vector rejects most scores.
-inline void SelectChunk(const float* s, int64_t n, int64_t base, TopKBuffer& l) {
+// take(i) for each i in [0, n), ascending, where at_least(s[i]) holds, with at_least(x) =
+// !(x < cut) and, when `thr` is set, !(x <= thr) (a NaN cut or thr passes everything). The
+// survivors of 64 scores as one bit mask, then one call per set bit: a branch per 64 scores
+// instead of one per vector (which survivors, few and random, would mispredict).
+template <bool kThr, class Take>
+HWY_INLINE void ForEachKept(const float* s, int64_t n, float cut, float thr, Take&& take) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const float bound = LaneBound(s, n, l.k), thr = l.threshold;
-  const auto bv = hn::Set(df, bound), tv = hn::Set(df, thr);
-  // The survivors of 64 scores as one bit mask, then one append per set bit: a branch per 64
-  // scores instead of one per vector (which survivors, few and random, would mispredict).
+  const auto cv = hn::Set(df, cut), tv = hn::Set(df, thr);
   const int64_t span = 64 / N * N;
   int64_t i = 0;
   for (; i + span <= n; i += span) {
     uint64_t bits = 0;
     for (int64_t v = 0; v < span; v += N) {
       const auto x = hn::LoadU(df, s + i + v);
-      const auto keep = hn::And(hn::Not(hn::Lt(x, bv)), hn::Not(hn::Le(x, tv)));
+      auto keep = hn::Not(hn::Lt(x, cv));
+      if constexpr (kThr) keep = hn::And(keep, hn::Not(hn::Le(x, tv)));
       uint8_t bytes[8] = {};
       hn::StoreMaskBits(df, keep, bytes);
       uint64_t m;
       std::memcpy(&m, bytes, sizeof(m));
       bits |= m << v;
     }
-    for (; bits; bits &= bits - 1) {
-      const int t = std::countr_zero(bits);
-      l.append(s[i + t], base + i + t);
-    }
+    for (; bits; bits &= bits - 1) take(i + std::countr_zero(bits));
   }
   for (; i < n; ++i)
-    if (!(s[i] < bound) && !(s[i] <= thr)) l.append(s[i], base + i);
+    if (!(s[i] < cut) && !(kThr && s[i] <= thr)) take(i);
+}
+
+// Feeds one row's chunk of scores s[0, n) (keys base + i) into its top-k: keeps a score when it
+// can still be among the k best, i.e. !(s < bound) (the chunk's own lower bound; an equal score
+// may still win its tie) and !(s <= threshold) (the k best of the earlier chunks, which win ties);
+// a NaN bound or threshold passes everything. One comparison pair per vector rejects most scores.
+inline void SelectChunk(const float* s, int64_t n, int64_t base, TopKBuffer& l) {
+  ForEachKept<true>(s, n, LaneBound(s, n, l.k), l.threshold,
+                    [&](int64_t i) { l.append(s[i], base + i); });
 }
 
 constexpr int64_t kRankMax = 128;  // LargestSorted ranks by counting up to this many keys

@@ -35,7 +35,6 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -264,32 +263,13 @@ inline float DownToFloat(double x) {
 // as SelectChunk keeps its scores. A NaN bound or e rescores and keeps every key.
 void RescoreChunk(const float* s, int64_t n, int64_t base, float e, const float* q, float rq,
                   const float* keys, const float* key_scale, int64_t half, TopKBuffer& l) {
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const float bound = LaneBound(s, n, l.k, kBoundWider), thr = l.threshold;
-  const float cut = DownToFloat(double(bound) - 2.0 * double(e));
   const float keep = DownToFloat(double(bound) - double(e));
-  const auto cv = hn::Set(df, cut);
-  auto rescore = [&](int64_t i) {
+  ForEachKept<false>(s, n, DownToFloat(double(bound) - 2.0 * double(e)), 0.0f, [&](int64_t i) {
     const int64_t key = base + i;
     const float v = rq * key_scale[key] * Dot(q, keys + key * half, half);
     if (!(v < keep) && !(v <= thr)) l.append(v, key);
-  };
-  const int64_t span = 64 / N * N;
-  int64_t i = 0;
-  for (; i + span <= n; i += span) {
-    uint64_t bits = 0;
-    for (int64_t v = 0; v < span; v += N) {
-      uint8_t bytes[8] = {};
-      hn::StoreMaskBits(df, hn::Not(hn::Lt(hn::LoadU(df, s + i + v), cv)), bytes);
-      uint64_t m;
-      std::memcpy(&m, bytes, sizeof(m));
-      bits |= m << v;
-    }
-    for (; bits; bits &= bits - 1) rescore(i + std::countr_zero(bits));
-  }
-  for (; i < n; ++i)
-    if (!(s[i] < cut)) rescore(i);
+  });
 }
 
 // s[i] *= rq · key_scale[i] for i in [0, n).
