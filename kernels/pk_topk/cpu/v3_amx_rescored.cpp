@@ -88,7 +88,7 @@ struct RowNorms {
 
 // The sub-keys of every (head, half) as bf16 panels of kAmxKeys keys in AMX's layout (amx.h),
 // zero past n_keys and past the half width; per key its RMS scale (1 without qk_norm), and per
-// panel the largest of its keys' RowNorms (infinite where a key is not finite).
+// panel the largest of its keys' RowNorms (infinite where a key is not finite; fp32 keys only).
 struct AmxKeys {
   int64_t depth = 0, panels = 0;  // depth: the half width rounded up to kAmxDepth
   hwy::AlignedFreeUniquePtr<uint16_t[]> data;
@@ -115,21 +115,6 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 using DF = hn::ScalableTag<float>;
-
-// Σ x[i]² in fp32.
-float SumSquares(const float* x, int64_t n) {
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto acc = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + N <= n; i += N) {
-    const auto v = hn::LoadU(df, x + i);
-    acc = hn::MulAdd(v, v, acc);
-  }
-  float s = hn::GetLane(hn::SumOfLanes(df, acc));
-  for (; i < n; ++i) s += x[i] * x[i];
-  return s;
-}
 
 // Σ a[i]·b[i] in fp32, four accumulators, a fixed order.
 float Dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, int64_t n) {
@@ -189,16 +174,18 @@ float ResidualSquares(const float* HWY_RESTRICT x, const uint16_t* HWY_RESTRICT 
 }
 
 // One row half as AMX reads it: `row` (fp32, n wide) rounded to bf16 into dst[0, n), dst[n, depth)
-// zero. Returns the row's RMS scale r (1 without norm) and, through norms, bounds on r·‖row‖ and
-// on r·‖row - its bf16 rounding‖.
+// zero. Returns the row's RMS scale r (1 without norm) and, through norms when the rescoring needs
+// them (fp32 inputs; else null), bounds on r·‖row‖ and on r·‖row - its bf16 rounding‖.
 float PackRow(const float* row, int64_t n, int64_t depth, bool qk_norm, uint16_t* dst,
               RowNorms* norms) {
   ToBf16(row, n, dst);
   std::fill(dst + n, dst + depth, uint16_t{0});
   const float r = qk_norm ? inv_rms(row, n) : 1.0f;
-  const double scale = double(r) * (1.0 + 0x1p-20);
-  norms->norm = static_cast<float>(double(norm_bound(SumSquares(row, n), n)) * scale);
-  norms->resid = static_cast<float>(double(norm_bound(ResidualSquares(row, dst, n), n)) * scale);
+  if (norms) {
+    const double scale = double(r) * (1.0 + 0x1p-20);
+    norms->norm = static_cast<float>(double(norm_bound(Dot(row, row, n), n)) * scale);
+    norms->resid = static_cast<float>(double(norm_bound(ResidualSquares(row, dst, n), n)) * scale);
+  }
   return r;
 }
 
@@ -208,6 +195,7 @@ AmxKeys PackAmxKeys(const FwdParams& p) {
   ak.depth = (half + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
   ak.panels = (nk + kAmxKeys - 1) / kAmxKeys;
   const int64_t jobs = p.heads * 2 * ak.panels;
+  const bool rescored = p.dtype == DType::f32;  // only the rescoring reads the norms
   ak.data = hwy::AllocateAligned<uint16_t>(static_cast<std::size_t>(jobs * kAmxKeys * ak.depth));
   ak.scale.assign(static_cast<std::size_t>(p.heads * 2 * nk), 1.0f);
   ak.panel_norms.assign(static_cast<std::size_t>(jobs), RowNorms{});
@@ -223,8 +211,8 @@ AmxKeys PackAmxKeys(const FwdParams& p) {
         const int64_t key = pan * kAmxKeys + t;
         widen(c == 0 ? p.keys1 : p.keys2, p.dtype, (h * nk + key) * half, half, row.data());
         RowNorms norms;
-        ak.scale[static_cast<std::size_t>(hh * nk + key)] =
-            PackRow(row.data(), half, ak.depth, p.qk_norm, bits.data(), &norms);
+        ak.scale[static_cast<std::size_t>(hh * nk + key)] = PackRow(
+            row.data(), half, ak.depth, p.qk_norm, bits.data(), rescored ? &norms : nullptr);
         worst.widen_to(norms);
         amx_pack_row(bits.data(), half, t, dst);
       }
@@ -300,7 +288,7 @@ void AmxBlock(const FwdParams& p, const AmxKeys& ak, int64_t h, int64_t b0, int6
       widen(p.queries, p.dtype, ((b0 + r) * H + h) * p.k_dim + c * half, half, st.row.data());
       st.qscale[static_cast<std::size_t>(c * rows + r)] =
           PackRow(st.row.data(), half, depth, p.qk_norm, qbits + (c * padded + r) * depth,
-                  &st.qnorms[static_cast<std::size_t>(c * rows + r)]);
+                  exact ? nullptr : &st.qnorms[static_cast<std::size_t>(c * rows + r)]);
     }
     std::fill(qbits + (c * padded + rows) * depth, qbits + (c + 1) * padded * depth, uint16_t{0});
   }
