@@ -35,7 +35,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "common/amx.h"
 #include "common/blas.h"
 #include "common/parallel.h"
 #include "common/silu.h"
@@ -78,9 +77,13 @@ const Variant<typename Op::Params>& pick(const typename Op::Params& p, const cha
 // n 512: the layer's B-256 search stage 4.45-4.64 against v2's 5.82-6.02 ms, alternating); at
 // the training harness's n_keys 128, n 16 its bf16 padding (a half width of 8 runs as 32) and
 // the rescoring band make it slower (0.65 against 0.44 ms).
+// Whether v3 runs here at all (a CPU with AMX) is its own supports()' to say.
 const char* SearchPreference(const pk_topk::FwdParams& p) {
+  constexpr const char* kAmx = "v3_amx_rescored";
   const bool large = p.n_keys >= 512 && p.k_dim >= 256;
-  return large && amx_unavailable().empty() ? "v3_amx_rescored" : "v2_fused_pruned";
+  return large && Registry<pk_topk::Fwd>::find(Backend::cpu, kAmx).supports(p).empty()
+             ? kAmx
+             : "v2_fused_pruned";
 }
 
 template <class Op>
