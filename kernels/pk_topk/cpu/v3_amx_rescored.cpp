@@ -16,9 +16,10 @@
 //    and the result is as exact as v2's (a NaN or infinite row makes e infinite: all rescored);
 //  - qk_norm: the tiles take the raw rows and the scores are scaled by r_q·r_k after.
 // Bottleneck it targets: v2's FMA-bound scoring. What remains at the default shape (fp32, a perf
-// profile): the rescoring (~1.4 M dot products of 256, ~40% of the time; each reads a 1 KiB key
+// profile): the rescoring (~1.4 M dot products of 256, ~45% of the time; each reads a 1 KiB key
 // row from L2 or L3: prefetching, four rows a pass and a key-major order were tried, no faster),
-// the selection (LaneBound ~19%, LargestSorted and the candidate step ~18%) and the tiles (~19%).
+// the tiles (~25%), LargestSorted and the candidate step (~19%), and LaneBound (~8%, ~19% before
+// its held values' bound became a bisection, select-inl.h's HeldBound).
 // The elementwise bound 2⁻⁷·‖q‖‖k‖ let ~60 keys a row half through, and ran 60-64 ms.
 // Measured (2-core Xeon VM with AMX, shared and ~20% slower than at its report's run;
 // bench_pk_topk --backend cpu --direction fwd, the two variants alternating, two rounds):
