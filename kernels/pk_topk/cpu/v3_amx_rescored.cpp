@@ -19,7 +19,11 @@
 // profile): the rescoring (~1.4 M dot products of 256, ~45% of the time; each reads a 1 KiB key
 // row from L2 or L3: prefetching, four rows a pass and a key-major order were tried, no faster),
 // the tiles (~25%), LargestSorted and the candidate step (~19%), and LaneBound (~8%, ~19% before
-// its held values' bound became a bisection, select-inl.h's HeldBound).
+// its held values' bound became a bisection, select-inl.h's HeldBound). Tried and not kept:
+// deferring the rescoring to the candidate step, for only the keys of pairs that can reach a
+// lower bound on the k-th best sum (~20 of the ~42 a row half): the rescoring took ~7 ms less,
+// and the bounds, the extra passes over the lists and their ordering ~7 ms more (no faster at the
+// default shape and --k 64, 25% slower at the harness's).
 // The elementwise bound 2⁻⁷·‖q‖‖k‖ let ~60 keys a row half through, and ran 60-64 ms.
 // Measured (2-core Xeon VM with AMX, shared and ~20% slower than at its report's run;
 // bench_pk_topk --backend cpu --direction fwd, the two variants alternating, two rounds):
