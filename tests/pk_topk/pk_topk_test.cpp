@@ -233,6 +233,8 @@ std::vector<Shape> sweep_shapes() {
       {2, 1, 1000, 64, 1000},    // k = n_keys large: every candidate path at scale
       {20, 1, 300, 96, 8},       // 16-byte rows (v4/v5's cp.async ring, wrapping) over 3 key
                                  // tiles and 2 query tiles, small enough for the sanitizers
+      {5, 2, 1100, 16, 32},      // more keys than the cpu searches' 1024-key chunk: the k best
+                                 // of the chunks before filter a short last chunk
   };
 }
 
