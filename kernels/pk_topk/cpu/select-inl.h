@@ -36,9 +36,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 // lane's ⌈k/lanes⌉-th value is such an x; bisecting between it and the largest held value, keeping
 // that property, closes in on the k-th largest: 8 rounds of m compares and counts, where finding
 // it exactly took one round per held value (~19% of v3_amx_rescored at m 4). Unfilled slots (-inf)
-// and infinite scores take that exact search, which stays valid for them. Out of line: it runs
-// only where m·lanes > k (v3's wider bound, small chunks), and inlined it slowed v2's default
-// shape, which never calls it, by ~5%.
+// and infinite scores take that exact search, which stays valid for them. Out of line: inlined,
+// it slowed v2's default shape by ~5% when v2 did not yet call it there.
 HWY_NOINLINE inline float HeldBound(const float* held, int64_t m, int64_t k) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
@@ -67,10 +66,9 @@ HWY_NOINLINE inline float HeldBound(const float* held, int64_t m, int64_t k) {
 }
 
 // A lower bound on the k-th best of s[0, n), from the m largest scores of each lane (m·lanes >= k):
-// these are distinct elements, so the k-th largest of them bounds the k-th best from below. Twice
-// as many a lane (a tighter bound, fewer survivors) measured no faster at the default shape and
-// k 64, and 5-6% slower where a chunk is 128-256 keys. NaN when a score is NaN (then nothing is
-// filtered), -inf when too few scores or k too large for the registers.
+// these are distinct elements, so the k-th largest of them bounds the k-th best from below. NaN
+// when a score is NaN (then nothing is filtered), -inf when too few scores or k too large for the
+// registers.
 template <int M>
 HWY_INLINE float LaneBoundM(const float* s, int64_t n, int64_t k) {
   const hn::ScalableTag<float> df;
@@ -98,20 +96,22 @@ HWY_INLINE float LaneBoundM(const float* s, int64_t n, int64_t k) {
   return HeldBound(held, M, k);
 }
 
-// `wider` held values a lane than the ⌈k/lanes⌉ needed give a tighter bound (v3_amx_rescored,
-// where each survivor costs a dot product), as long as that stays within 8 a lane.
-inline float LaneBound(const float* s, int64_t n, int64_t k, int64_t wider = 1) {
+// LaneBoundM with twice the ⌈k/lanes⌉ values a lane that the bound needs, while that is at most 8
+// (else ⌈k/lanes⌉): a bound closer to the k-th best, so fewer scores pass it to the selection, or
+// to v3_amx_rescored's fp32 rescoring. With HeldBound's bisection, against ⌈k/lanes⌉ (the builds
+// alternating): v2_fused_pruned 88.4-90.2 against 93.2-95.2 ms at the default shape, 106-109
+// against 119-123 at k 64, 6.0-6.3 against 6.5 at B 256, 0.79-0.81 against 0.96-0.99 at the
+// training harness's memory+ (B 768, h 2, n_keys 256, n 32, k 16). v3 let ~60 keys of 1024 through
+// to its rescoring with it, ~130 without (62 against 81 ms, its first error bound). Three times
+// ran slower for v3 (53.7-54.6 against 48.6-50.9 ms) and no faster for v2.
+inline float LaneBound(const float* s, int64_t n, int64_t k) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const int64_t need = (k + N - 1) / N;
-  const int64_t m = need * wider <= 8 ? need * wider : need;
-  switch (m) {  // above 8 a lane: the default (no bound)
-    case 1:
-      return LaneBoundM<1>(s, n, k);
+  const int64_t m = 2 * need <= 8 ? 2 * need : need;
+  switch (m) {  // 2, 4, 5, 6, 7 or 8; above 8 a lane: the default (no bound)
     case 2:
       return LaneBoundM<2>(s, n, k);
-    case 3:
-      return LaneBoundM<3>(s, n, k);
     case 4:
       return LaneBoundM<4>(s, n, k);
     case 5:

@@ -7,11 +7,12 @@
 //    panels that stay in L1 while every query of the block passes over them;
 //  - selects from that cache-hot (rows × 1024) chunk right away, per (row, half), with a threshold
 //    filter: the chunk's own lower bound on the k-th best (the k-th largest of the values held
-//    by a per-lane running top-m, m = ⌈k/lanes⌉, kept in registers during one SIMD pass, found
-//    by counting) and the running k-th best of the earlier chunks; one SIMD comparison pair per 8
-//    scores rejects ~95% of them, survivors (~k + a few) become integer rank keys (score bits
-//    made monotone, index complemented: one compare, no NaN branch), and the k best of them are
-//    put in order by counting, each key's place the number of keys above it (LargestSorted);
+//    by a per-lane running top-m, m = 2·⌈k/lanes⌉ up to 8, kept in registers during one SIMD pass,
+//    closed in on by bisection: select-inl.h's LaneBound) and the running k-th best of the
+//    earlier chunks; one SIMD comparison pair per 8 scores rejects ~95% of them, survivors
+//    (~k + a few) become integer rank keys (score bits made monotone, index complemented: one
+//    compare, no NaN branch), and the k best of them are put in order by counting, each key's
+//    place the number of keys above it (LargestSorted);
 //  - the pruned k×k candidate step ((i+1)(j+1) <= k, further cut at the better k-th sum of row 0
 //    and column 0) on rank keys, shared with v1;
 //  - threads over (head, query block) (kernels/common/parallel.h). No OpenBLAS call.

@@ -61,11 +61,6 @@ namespace memlayers::pk_topk::cpu {
 
 constexpr int64_t kV3Chunk = 1024;    // keys scored per row before a selection pass
 constexpr int64_t kV3BlockRows = 96;  // queries a block (a multiple of kAmxRows)
-// Twice the held values a lane of v2's bound (LaneBound), for a bound closer to the k-th best:
-// with the first, elementwise error bound it let ~60 keys of 1024 through to the rescoring at
-// the default shape, against ~130 with v2's, for 62 against 81 ms; three times, ~57 keys, ran no
-// faster.
-constexpr int64_t kBoundWider = 2;
 
 // |x| rounded to an fp32 upper bound of sqrt(Σ x²) from an fp32 sum of squares: the sum's
 // rounding (n·2⁻²⁴ of it, n <= kMaxKDim) and the sqrt's are inside the 2⁻⁹ margin, and
@@ -259,7 +254,7 @@ inline float DownToFloat(double x) {
 // as SelectChunk keeps its scores. A NaN bound or e rescores and keeps every key.
 void RescoreChunk(const float* s, int64_t n, int64_t base, float e, const float* q, float rq,
                   const float* keys, const float* key_scale, int64_t half, TopKBuffer& l) {
-  const float bound = LaneBound(s, n, l.k, kBoundWider), thr = l.threshold;
+  const float bound = LaneBound(s, n, l.k), thr = l.threshold;
   const float keep = DownToFloat(double(bound) - double(e));
   ForEachKept<false>(s, n, DownToFloat(double(bound) - 2.0 * double(e)), 0.0f, [&](int64_t i) {
     const int64_t key = base + i;
