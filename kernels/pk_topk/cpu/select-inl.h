@@ -100,10 +100,11 @@ HWY_INLINE float LaneBoundM(const float* s, int64_t n, int64_t k) {
 // (else ⌈k/lanes⌉): a bound closer to the k-th best, so fewer scores pass it to the selection, or
 // to v3_amx_rescored's fp32 rescoring. With HeldBound's bisection, against ⌈k/lanes⌉ (the builds
 // alternating): v2_fused_pruned 88.4-90.2 against 93.2-95.2 ms at the default shape, 106-109
-// against 119-123 at k 64, 6.0-6.3 against 6.5 at B 256, 0.79-0.81 against 0.96-0.99 at the
-// training harness's memory+ (B 768, h 2, n_keys 256, n 32, k 16). v3 let ~60 keys of 1024 through
-// to its rescoring with it, ~130 without (62 against 81 ms, its first error bound). Three times
-// ran slower for v3 (53.7-54.6 against 48.6-50.9 ms) and no faster for v2.
+// against 119-123 at k 64, 6.0-6.3 against 6.5 at B 256, 0.79-0.81 against 0.96-0.99 ms at the
+// search of `memlayers train --model memory+` (B 768, h 2, n_keys 256, n 32, k 16) and 0.43
+// against 0.46 at that of the harness comparison's smaller base (n_keys 128, n 16, k 8). v3 let
+// ~60 keys of 1024 through to its rescoring with it, ~130 without (62 against 81 ms, its first
+// error bound). Three times ran slower for v3 (53.7-54.6 against 48.6-50.9 ms), no faster for v2.
 inline float LaneBound(const float* s, int64_t n, int64_t k) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
