@@ -1,6 +1,12 @@
 // v2_hwy_threads — embbag forward for bandwidth: over v1_scalar it
 //  - vectorises with Highway, the instruction set chosen at run time (SSE4/AVX2/AVX-512), FMA
-//    accumulation in fp32, bf16 rows widened in registers (a shift, no table);
+//    accumulation in fp32, bf16 rows widened in registers (a shift, no table). bf16 rows are
+//    loaded 2N elements at a time as N 32-bit pairs, the odd elements kept by a mask and the even
+//    ones by a shift, into an accumulator that holds each chunk's evens then its odds and is put
+//    back in order once a bag (FoldPairs): one load and no shuffle per 2N elements, where a
+//    zero-extending load per N took two loads and two shuffles. At dim 1024, k 32, B 4096 bf16
+//    (the two builds alternating, 4 rounds): 15.4-16.2 ms against 17.0-17.8 ms; one thread
+//    30.8-31.8 against 34.6-38.1 ms; dim 100: 3.08-3.44 against 3.42-3.80 ms;
 //  - folds eight rows per pass over the accumulator, so the accumulator row (the output row itself
 //    when it is fp32) is loaded and stored once per eight gathered rows instead of once per row,
 //    and eight row streams are in flight at once (eight measured 64–87% of the read ceiling where
@@ -13,6 +19,12 @@
 //    4 heads × 32 at dim 1024, where it read 70% of the streaming read
 //    (reports/cpu-intel-xeon/notes.md).
 // Ragged dims run full vectors then a scalar tail; the dtype branch is hoisted out of the loops.
+// Smaller rows read less of the streaming-read ceiling (fp32, k 32, B 4096, one run each: dim 100
+// 43%, 256 56%, 512 69%, 1024 82%; bf16 at dim 1024, 2 KiB rows, 64%). The limit is each core's:
+// one thread reads half of what two do at every dim, and prefetching 32 to 256 rows ahead gave
+// the same time at dim 100. A plain gather of random 384-byte rows with no arithmetic
+// (prefetched, two threads) read about as much, 14-15 GB/s: a core's outstanding misses,
+// not this loop, bound a gather of short rows.
 // Subnormal weights and products are flushed to zero (common/denormals.h): with a third of the
 // weights subnormal the forward ran 4× slower.
 // Measured when it landed (2-core AMD EPYC VM under heavy load from other jobs, so roughly): dim
@@ -67,26 +79,88 @@ HWY_NOINLINE void FoldRows(float* HWY_RESTRICT acc, const void* const* rows, con
   }
 }
 
+// bf16 rows over [0, pairs): each load takes 2N elements as N 32-bit pairs, widened with a mask
+// (the odd elements) and a shift (the even ones) instead of a zero-extending shuffle per N
+// elements. acc[c, c + 2N) then holds the chunk's even elements, then its odd ones (Interleave
+// puts them back in order). pairs is a multiple of 2N.
+template <int G, bool kFirst>
+HWY_NOINLINE void FoldPairs(float* HWY_RESTRICT acc, const void* const* rows, const float* w,
+                            const char* const* next, int64_t pairs) {
+  constexpr int64_t kLine = 32;  // bf16 elements per cache line
+  const DF df;
+  const hn::RebindToUnsigned<DF> du;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto high = hn::Set(du, 0xffff0000u);
+  hn::Vec<DF> vw[G];
+  for (int g = 0; g < G; ++g) vw[g] = hn::Set(df, w[g]);
+  for (int64_t d = 0; d < pairs; d += 2 * N) {
+    if (next && d % kLine < 2 * N)
+      for (int g = 0; g < G; ++g) __builtin_prefetch(next[g] + d * 2, 0, 2);
+    hn::Vec<DF> even, odd;
+    for (int g = 0; g < G; ++g) {
+      const auto u = hn::LoadU(
+          du, reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(rows[g]) + d));
+      const auto e = hn::BitCast(df, hn::ShiftLeft<16>(u)), o = hn::BitCast(df, hn::And(u, high));
+      if (g == 0 && kFirst) {
+        even = hn::Mul(vw[0], e);
+        odd = hn::Mul(vw[0], o);
+      } else if (g == 0) {
+        even = hn::MulAdd(vw[0], e, hn::LoadU(df, acc + d));
+        odd = hn::MulAdd(vw[0], o, hn::LoadU(df, acc + d + N));
+      } else {
+        even = hn::MulAdd(vw[g], e, even);
+        odd = hn::MulAdd(vw[g], o, odd);
+      }
+    }
+    hn::StoreU(even, df, acc + d);
+    hn::StoreU(odd, df, acc + d + N);
+  }
+}
+
+// out[0, pairs) = FoldPairs' accumulator back in element order; out may be acc.
+void Interleave(const float* acc, int64_t pairs, float* out) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t d = 0; d < pairs; d += 2 * N)
+    hn::StoreInterleaved2(hn::LoadU(df, acc + d), hn::LoadU(df, acc + d + N), df, out + d);
+}
+
+// G rows of a group: bf16 rows in pairs over [0, pairs), then [pairs, dim) one element a lane.
+template <int G, bool kBf16, bool kFirst>
+HWY_INLINE void Fold(float* acc, const void* const* rows, const float* w, const char* const* next,
+                     int64_t pairs, int64_t dim) {
+  if (!kBf16 || pairs == 0) return FoldRows<G, kBf16, kFirst>(acc, rows, w, next, dim);
+  FoldPairs<G, kFirst>(acc, rows, w, next, pairs);
+  if (pairs == dim) return;
+  const void* tail[G];
+  const char* tail_next[G];
+  for (int g = 0; g < G; ++g) {
+    tail[g] = static_cast<const uint16_t*>(rows[g]) + pairs;
+    if (next) tail_next[g] = next[g] + pairs * 2;
+  }
+  FoldRows<G, kBf16, kFirst>(acc + pairs, tail, w, next ? tail_next : nullptr, dim - pairs);
+}
+
 template <bool kBf16, bool kFirst>
 HWY_INLINE void FoldGroup(int g, float* acc, const void* const* rows, const float* w,
-                          const char* const* next, int64_t dim) {
+                          const char* const* next, int64_t pairs, int64_t dim) {
   switch (g) {
     case 1:
-      return FoldRows<1, kBf16, kFirst>(acc, rows, w, next, dim);
+      return Fold<1, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
     case 2:
-      return FoldRows<2, kBf16, kFirst>(acc, rows, w, next, dim);
+      return Fold<2, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
     case 3:
-      return FoldRows<3, kBf16, kFirst>(acc, rows, w, next, dim);
+      return Fold<3, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
     case 4:
-      return FoldRows<4, kBf16, kFirst>(acc, rows, w, next, dim);
+      return Fold<4, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
     case 5:
-      return FoldRows<5, kBf16, kFirst>(acc, rows, w, next, dim);
+      return Fold<5, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
     case 6:
-      return FoldRows<6, kBf16, kFirst>(acc, rows, w, next, dim);
+      return Fold<6, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
     case 7:
-      return FoldRows<7, kBf16, kFirst>(acc, rows, w, next, dim);
+      return Fold<7, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
     default:
-      return FoldRows<8, kBf16, kFirst>(acc, rows, w, next, dim);
+      return Fold<8, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
   }
 }
 
@@ -104,7 +178,10 @@ void Bags(const FwdParams& p, int64_t b0, int64_t b1) {
   const int64_t row_bytes = vs * (kBf16 ? 2 : 4);
   const char* base = static_cast<const char*>(p.values);
   const bool out_f32 = p.out_dtype == DType::f32;
-  HWY_ALIGN float scratch[kMaxDim];  // the fp32 accumulator when the output is bf16
+  // bf16 rows: [0, pairs) is folded two elements a 32-bit lane (FoldPairs).
+  const int64_t pairs = kBf16 ? dim / (2 * hn::Lanes(DF())) * (2 * hn::Lanes(DF())) : 0;
+  // The fp32 accumulator when the output is bf16 or the rows are folded in pairs.
+  HWY_ALIGN float scratch[kMaxDim];
   const auto row = [&](int64_t t) {  // the row of flat slot t = bag · k + slot
     return base + load_index(p.indices, p.index_dtype, t) * row_bytes;
   };
@@ -117,14 +194,19 @@ void Bags(const FwdParams& p, int64_t b0, int64_t b1) {
     for (int64_t j = 0; j < k; ++j) rows[j] = row(t0 + j);
     for (int64_t j = 0; j < n_next; ++j) next[j] = row(t0 + ahead + j);
     const float* w = p.weights + t0;
-    float* acc = out_f32 ? static_cast<float*>(p.out) + b * os : scratch;
+    float* const out_row = out_f32 ? static_cast<float*>(p.out) + b * os : nullptr;
+    float* acc = out_f32 && !pairs ? out_row : scratch;
     for (int64_t j = 0; j < k; j += kGroup) {
       const int g = static_cast<int>(std::min<int64_t>(kGroup, k - j));
       const char* const* nx = j + g <= n_next ? next + j : nullptr;
       if (j == 0)
-        FoldGroup<kBf16, true>(g, acc, rows + j, w + j, nx, dim);
+        FoldGroup<kBf16, true>(g, acc, rows + j, w + j, nx, pairs, dim);
       else
-        FoldGroup<kBf16, false>(g, acc, rows + j, w + j, nx, dim);
+        FoldGroup<kBf16, false>(g, acc, rows + j, w + j, nx, pairs, dim);
+    }
+    if (pairs) {  // acc is scratch: back in element order, into the output row when fp32
+      Interleave(acc, pairs, out_f32 ? out_row : acc);
+      if (out_f32) std::copy(acc + pairs, acc + dim, out_row + pairs);
     }
     if (!out_f32) {
       auto* out = static_cast<uint16_t*>(p.out) + b * os;
