@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Reruns this machine's CPU benchmarks with the PyTorch peers beside them, saves their JSON under
 # reports/cpu-<model>/, records the machine (machine.json) and regenerates the report.
-#   tools/report_run.sh                                  # bench_embbag --dim 1024 --k 32, bench_pk_topk,
+#   tools/report_run.sh                                  # bench_embbag --dim 1024 --k 32, the same
+#                                                        # in bf16, bench_pk_topk,
 #                                                        # bench_memory_layer --batch 256
 #   tools/report_run.sh --embbag "--dim 4096 --k 32" --pk-topk "--dtype bf16 --qk-norm"
+#   tools/report_run.sh --embbag-bf16 ""                 # no bf16 EmbeddingBag run
 #   tools/report_run.sh --memory-layer "--batch 128 --kind memory --reps 5"
 #   BUILD_DIR=build/h-bench tools/report_run.sh --only memory_layer
 # --only embbag,pk_topk,memory_layer reruns just those (the other JSON stays; machine.json keeps
@@ -20,9 +22,12 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 emb_args=(--dim 1024 --k 32) pk_args=() ml_args=(--batch 256) old=() only=embbag,pk_topk,memory_layer
+# The second EmbeddingBag run, into *_bf16_cpu.json: a bf16 table halves the bytes a bag reads.
+emb_bf16_args=(--dim 1024 --k 32 --dtype bf16)
 while [ $# -gt 0 ]; do
   case "$1" in
     --embbag) read -r -a emb_args <<< "$2"; shift 2 ;;
+    --embbag-bf16) read -r -a emb_bf16_args <<< "$2"; shift 2 ;;
     --pk-topk) read -r -a pk_args <<< "$2"; shift 2 ;;
     --memory-layer) read -r -a ml_args <<< "$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
@@ -63,6 +68,12 @@ if wanted embbag; then
     --benchmark_out="$dir/bench_embbag_cpu.json" --benchmark_out_format=json
   [ $have_torch = yes ] && run python3 tools/peers/embbag_torch.py "${emb_args[@]}" --device cpu \
     --json "$dir/embbag_torch_cpu.json"
+  if [ ${#emb_bf16_args[@]} -gt 0 ]; then
+    run bench bench_embbag "${emb_bf16_args[@]}" --backend cpu \
+      --benchmark_out="$dir/bench_embbag_bf16_cpu.json" --benchmark_out_format=json
+    [ $have_torch = yes ] && run python3 tools/peers/embbag_torch.py "${emb_bf16_args[@]}" \
+      --device cpu --json "$dir/embbag_torch_bf16_cpu.json"
+  fi
 fi
 
 if wanted pk_topk && [ -f bench/pk_topk/CMakeLists.txt ]; then
