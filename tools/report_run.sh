@@ -107,7 +107,8 @@ rerun = only.split(",")
 if set(rerun) != {"embbag", "pk_topk", "memory_layer"} and os.path.exists(path):
     # a partial rerun keeps the commands of the runs it left alone
     kept = [c for c in json.load(open(path)).get("commands", [])
-            if c != "tools/report_run.sh" and not any(r in c for r in rerun)]
+            if c != "tools/report_run.sh" and not c.startswith("(--only")
+            and not any(r in c for r in rerun)]
     commands = commands[:1] + ["(--only %s; earlier:)" % only] + kept + commands[1:]
 flags = []
 for line in open("/proc/cpuinfo"):
