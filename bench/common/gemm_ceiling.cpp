@@ -65,9 +65,8 @@ struct HostAmx {
     fill_uniform(a.get(), m * k, DType::bf16, 12);
     std::vector<uint16_t> rows(std::size_t(n * k));
     fill_uniform(rows.data(), n * k, DType::bf16, 13);
-    std::fill(b.get(), b.get() + n * k, uint16_t{0});
-    for (int64_t j = 0; j < n; ++j)
-      amx_pack_row(rows.data() + j * k, k, j % kAmxKeys, b.get() + j / kAmxKeys * kAmxKeys * k);
+    for (int64_t j = 0; j < n; j += kAmxKeys)
+      amx_pack_panel(rows.data() + j * k, k, kAmxKeys, k, k, b.get() + j * k);
   }
   double flops() const { return gemm_flops(m, n, k); }
   double pass() {

@@ -1,8 +1,9 @@
 // The AMX bf16 products (kernels/common/amx.h) that v3_amx_rescored scores with and the bench's
-// host bf16 ceiling times: amx_pack_row's layout and amx_gemm_bf16's sums against a plain loop.
+// host bf16 ceiling times: amx_pack_panel's layout and amx_gemm_bf16's sums against a plain loop.
 // Skipped where the CPU has no AMX-BF16 (the reason printed).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -32,10 +33,11 @@ TEST_P(AmxGemm, MatchesPlainSums) {
   for (int64_t r = 0; r < c.rows; ++r)
     for (int64_t d = 0; d < c.n; ++d) a[r * c.lda + d] = float_to_bf16_bits(rng.signed_unit());
   for (auto& x : b) x = float_to_bf16_bits(rng.signed_unit());
-  std::vector<uint16_t> packed(static_cast<std::size_t>(panels * kAmxKeys * depth), 0);
-  for (int64_t j = 0; j < c.keys; ++j)
-    amx_pack_row(b.data() + j * c.n, c.n, j % kAmxKeys,
-                 packed.data() + j / kAmxKeys * kAmxKeys * depth);
+  // Poisoned: amx_pack_panel writes every element of a panel, the padding included.
+  std::vector<uint16_t> packed(static_cast<std::size_t>(panels * kAmxKeys * depth), 0x7fc1);
+  for (int64_t j = 0; j < c.keys; j += kAmxKeys)
+    amx_pack_panel(b.data() + j * c.n, c.n, std::min(kAmxKeys, c.keys - j), c.n, depth,
+                   packed.data() + j * depth);
   std::vector<float> out(static_cast<std::size_t>(c.rows * c.ld), NAN);
   {
     const AmxTiles tiles;

@@ -39,6 +39,13 @@
 // Since then LaneBound's bisection (HeldBound), the two builds alternating on a slower day:
 // 53.9-54.2 against 58.2-60.4 ms at the default shape, 79.9-81.0 against 86.8-91.9 at --k 64,
 // 0.62-0.66 against 0.69-0.72 at the harness's.
+// The keys are packed on every call (they train: nothing is cached), a panel of 32 at a time:
+// their bf16 rows into a buffer, then amx_pack_panel writes the panel in its own order, and fp32
+// keys are read in place. Packing a row at a time (a word every 64 bytes, and a copy of each fp32
+// row first) took ~29% of the time at --batch 256, ~20% now (perf). Alternating: --batch 256
+// 3.34-3.52 against 3.98-4.41 ms, --batch 256 --dtype bf16 --qk-norm 3.36-3.66 against
+// 3.80-4.08, the default shape 46.9-49.4 against 48.1-49.8; the memory layer's search stage
+// (bench_memory_layer --batch 256) 4.14-4.43 against 4.53-5.00 ms.
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -203,22 +210,26 @@ AmxKeys PackAmxKeys(const FwdParams& p) {
   ak.scale.assign(static_cast<std::size_t>(p.heads * 2 * nk), 1.0f);
   ak.panel_norms.assign(static_cast<std::size_t>(jobs), RowNorms{});
   parallel_for(jobs, balanced_grain(jobs, 1), [&](int64_t j0, int64_t j1) {
-    std::vector<float> row(static_cast<std::size_t>(half));
-    std::vector<uint16_t> bits(static_cast<std::size_t>(ak.depth));
+    std::vector<float> row(static_cast<std::size_t>(p.dtype == DType::f32 ? 0 : half));
+    std::vector<uint16_t> bits(static_cast<std::size_t>(kAmxKeys * ak.depth));  // the panel's rows
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t hh = j / ak.panels, pan = j % ak.panels, h = hh / 2, c = hh % 2;
-      uint16_t* dst = ak.data.get() + j * kAmxKeys * ak.depth;
-      std::fill(dst, dst + kAmxKeys * ak.depth, uint16_t{0});
+      const int64_t keys = std::min(kAmxKeys, nk - pan * kAmxKeys);
       RowNorms worst;
-      for (int64_t t = 0; t < kAmxKeys && pan * kAmxKeys + t < nk; ++t) {
+      for (int64_t t = 0; t < keys; ++t) {
         const int64_t key = pan * kAmxKeys + t;
-        widen(c == 0 ? p.keys1 : p.keys2, p.dtype, (h * nk + key) * half, half, row.data());
+        const void* src = c == 0 ? p.keys1 : p.keys2;
+        const int64_t off = (h * nk + key) * half;
+        const bool in_place = p.dtype == DType::f32;  // fp32 keys are read where they are
+        if (!in_place) widen(src, p.dtype, off, half, row.data());
+        const float* x = in_place ? static_cast<const float*>(src) + off : row.data();
         RowNorms norms;
         ak.scale[static_cast<std::size_t>(hh * nk + key)] = PackRow(
-            row.data(), half, ak.depth, p.qk_norm, bits.data(), rescored ? &norms : nullptr);
+            x, half, ak.depth, p.qk_norm, bits.data() + t * ak.depth, rescored ? &norms : nullptr);
         worst.widen_to(norms);
-        amx_pack_row(bits.data(), half, t, dst);
       }
+      amx_pack_panel(bits.data(), ak.depth, keys, half, ak.depth,
+                     ak.data.get() + j * kAmxKeys * ak.depth);
       ak.panel_norms[static_cast<std::size_t>(j)] = worst;
     }
   });
