@@ -206,21 +206,21 @@ AmxKeys PackAmxKeys(const FwdParams& p) {
   ak.panels = (nk + kAmxKeys - 1) / kAmxKeys;
   const int64_t jobs = p.heads * 2 * ak.panels;
   const bool rescored = p.dtype == DType::f32;  // only the rescoring reads the norms
+  const bool in_place = p.dtype == DType::f32;  // fp32 keys are read where they are, not widened
   ak.data = hwy::AllocateAligned<uint16_t>(static_cast<std::size_t>(jobs * kAmxKeys * ak.depth));
   ak.scale.assign(static_cast<std::size_t>(p.heads * 2 * nk), 1.0f);
   ak.panel_norms.assign(static_cast<std::size_t>(jobs), RowNorms{});
   parallel_for(jobs, balanced_grain(jobs, 1), [&](int64_t j0, int64_t j1) {
-    std::vector<float> row(static_cast<std::size_t>(p.dtype == DType::f32 ? 0 : half));
+    std::vector<float> row(static_cast<std::size_t>(in_place ? 0 : half));
     std::vector<uint16_t> bits(static_cast<std::size_t>(kAmxKeys * ak.depth));  // the panel's rows
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t hh = j / ak.panels, pan = j % ak.panels, h = hh / 2, c = hh % 2;
       const int64_t keys = std::min(kAmxKeys, nk - pan * kAmxKeys);
+      const void* src = c == 0 ? p.keys1 : p.keys2;
       RowNorms worst;
       for (int64_t t = 0; t < keys; ++t) {
         const int64_t key = pan * kAmxKeys + t;
-        const void* src = c == 0 ? p.keys1 : p.keys2;
         const int64_t off = (h * nk + key) * half;
-        const bool in_place = p.dtype == DType::f32;  // fp32 keys are read where they are
         if (!in_place) widen(src, p.dtype, off, half, row.data());
         const float* x = in_place ? static_cast<const float*>(src) + off : row.data();
         RowNorms norms;
