@@ -2,6 +2,11 @@
 # Installs the Debian packages memlayers builds with, when any is missing. Nothing else is fetched.
 # Usage: tools/install_deps.sh [--check]   (--check: only report what is missing, exit 1 if any)
 set -euo pipefail
+case "${1:-}" in
+  "" | --check) ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) echo "install_deps.sh: unknown option '$1' (accepted: --check, --help)" >&2; exit 2 ;;
+esac
 
 packages=(
   cmake ninja-build g++ python3

@@ -16,6 +16,10 @@
 # clang-format 14 and cppcheck 2.10): its findings are then printed as advice and fail nothing.
 # Usage: tools/lint.sh [BUILD_DIR]   (default build/release: needs its compile_commands.json)
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  -*) echo "lint.sh: unknown option '$1' (usage: tools/lint.sh [BUILD_DIR])" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 build=${1:-build/release}
 db="$build/compile_commands.json"

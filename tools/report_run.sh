@@ -11,7 +11,6 @@
 # --only embbag,pk_topk,memory_layer reruns just those (the other JSON stays; machine.json keeps
 # their commands). BUILD_DIR: take the binaries from that build folder instead of building the
 # release preset through tools/run.
-#   tools/report_run.sh --dim 1024 --k 32                # (old form) flags for bench_embbag only
 # bench_pk_topk and its peer run when this checkout has them and bench_pk_topk builds; otherwise
 # the report has the EmbeddingBag only; so for bench_memory_layer and its peer, which run with the
 # same flags (the paper's shape at a batch that keeps a run to a few minutes on 2 cores). A
@@ -21,7 +20,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-emb_args=(--dim 1024 --k 32) pk_args=() ml_args=(--batch 256) old=() only=embbag,pk_topk,memory_layer
+emb_args=(--dim 1024 --k 32) pk_args=() ml_args=(--batch 256) only=embbag,pk_topk,memory_layer
 # The second EmbeddingBag run, into *_bf16_cpu.json: a bf16 table halves the bytes a bag reads.
 emb_bf16_args=(--dim 1024 --k 32 --dtype bf16)
 while [ $# -gt 0 ]; do
@@ -31,10 +30,18 @@ while [ $# -gt 0 ]; do
     --pk-topk) read -r -a pk_args <<< "$2"; shift 2 ;;
     --memory-layer) read -r -a ml_args <<< "$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
-    *) old+=("$1"); shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "report_run: unknown option '$1' (accepted: --embbag, --embbag-bf16, --pk-topk," \
+         "--memory-layer, each with a quoted flag string, --only LIST, --help)" >&2; exit 2 ;;
   esac
 done
-[ ${#old[@]} -gt 0 ] && emb_args=("${old[@]}")
+for part in ${only//,/ }; do
+  case "$part" in
+    embbag | pk_topk | memory_layer) ;;
+    *) echo "report_run: --only '$part' is not a run (accepted: embbag, pk_topk, memory_layer)" >&2
+       exit 2 ;;
+  esac
+done
 model=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 slug=$(echo "$model" | tr 'A-Z' 'a-z' | sed -E 's/\(r\)|\(tm\)|cpu|processor|[0-9]+-core//g; s/@.*//; s/[^a-z0-9]+/-/g; s/^-|-$//g' | cut -c1-40)
 dir="${REPORT_DIR:-reports/cpu-${slug:-unknown}}"  # REPORT_DIR: elsewhere (trying the script out)

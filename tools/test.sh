@@ -15,7 +15,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=no
-[ "${1:-}" = "--quick" ] && quick=yes
+case "${1:-}" in
+  "") ;;
+  --quick) quick=yes ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) echo "test.sh: unknown option '$1' (accepted: --quick, --help)" >&2; exit 2 ;;
+esac
 
 start=$(date +%s)
 step() { echo; echo "==== $* [$(($(date +%s) - start)) s]"; }
