@@ -25,6 +25,10 @@ emb_args=(--dim 1024 --k 32) pk_args=() ml_args=(--batch 256) only=embbag,pk_top
 emb_bf16_args=(--dim 1024 --k 32 --dtype bf16)
 while [ $# -gt 0 ]; do
   case "$1" in
+    --embbag | --embbag-bf16 | --pk-topk | --memory-layer | --only)
+      [ $# -ge 2 ] || { echo "report_run: $1 needs a value (a quoted flag string or, for --only, a list)" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     --embbag) read -r -a emb_args <<< "$2"; shift 2 ;;
     --embbag-bf16) read -r -a emb_bf16_args <<< "$2"; shift 2 ;;
     --pk-topk) read -r -a pk_args <<< "$2"; shift 2 ;;
