@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/error.h"
+
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
 #define MEMLAYERS_HAVE_AMX 1
 #include <immintrin.h>
@@ -72,12 +74,77 @@ void touch_spans(const uint16_t* a, int64_t lda, int64_t rows, const uint16_t* p
     out[r * ld + n_panels * kAmxKeys - 1] = 0;
   }
 }
+// The same for amx_pack_panel's masked loads: each row's first and last element it reads, as
+// volatile reads the compiler keeps.
+void touch_rows(const uint16_t* rows, int64_t ld, int64_t keys, int64_t n) {
+  const volatile uint16_t* v = rows;
+  for (int64_t t = 0; n > 0 && t < keys; ++t) (void)(v[t * ld] + v[t * ld + n - 1]);
+}
 #else
 void touch_spans(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, float*,
                  int64_t) {}
+void touch_rows(const uint16_t*, int64_t, int64_t, int64_t) {}
 #endif
 
+// GCC 12's AVX-512 intrinsics fill their unused operands from a self-initialised variable
+// (_mm512_undefined_epi32), which -Wmaybe-uninitialized reports once inlined (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// The 16 × 16 32-bit words of r transposed in place: word j of r[i] becomes word i of r[j].
+__attribute__((target("avx512f"))) inline void transpose_words(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {  // rows i, i + 1 interleaved a word at a time
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  // u[4g + c]: in each 128-bit lane L, word 4L + c of rows 4g .. 4g + 3
+  for (int g = 0; g < 16; g += 4) {
+    u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+    u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+    u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+    u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+  }
+  // word 4L + c of all 16 rows: lane L of u[c], u[4 + c], u[8 + c], u[12 + c]
+  for (int c = 0; c < 4; ++c) {
+    const __m512i even01 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);  // lanes 0, 2 of each
+    const __m512i odd01 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);   // lanes 1, 3
+    const __m512i even23 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512i odd23 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_i32x4(even01, even23, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(odd01, odd23, 0x88);
+    r[8 + c] = _mm512_shuffle_i32x4(even01, even23, 0xDD);
+    r[12 + c] = _mm512_shuffle_i32x4(odd01, odd23, 0xDD);
+  }
+}
+
 }  // namespace
+
+// A k-step's 16 rows of a tile are 16 words each (elements [32·step, 32·step + 32), the ones past
+// n masked to 0): transposed, they are the tile's 16 rows of 16 keys.
+__attribute__((target("avx512f,avx512bw"))) void amx_pack_panel(const uint16_t* rows, int64_t ld,
+                                                                int64_t keys, int64_t n,
+                                                                int64_t depth, uint16_t* panel) {
+  touch_rows(rows, ld, keys, n);
+  __m512i r[16];
+  for (int64_t e0 = 0; e0 < depth; e0 += kAmxDepth) {
+    const int64_t left = n - e0;
+    const __mmask32 mask = left >= 32  ? ~__mmask32{0}
+                           : left <= 0 ? __mmask32{0}
+                                       : (__mmask32{1} << left) - 1;
+    for (int64_t tile = 0; tile < 2; ++tile) {
+      for (int64_t c = 0; c < 16; ++c) {
+        const int64_t t = tile * 16 + c;
+        r[c] = t < keys && mask ? _mm512_maskz_loadu_epi16(mask, rows + t * ld + e0)
+                                : _mm512_setzero_si512();
+      }
+      transpose_words(r);
+      for (int64_t w = 0; w < 16; ++w, panel += 2 * 16) _mm512_storeu_si512(panel, r[w]);
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
 
 AmxTiles::AmxTiles() { load_tile_config(); }
 AmxTiles::~AmxTiles() { release_tiles(); }
@@ -129,8 +196,13 @@ const std::string& amx_unavailable() {
 }
 AmxTiles::AmxTiles() = default;
 AmxTiles::~AmxTiles() = default;
+void amx_pack_panel(const uint16_t*, int64_t, int64_t, int64_t, int64_t, uint16_t*) {
+  fail("amx_pack_panel: {}", amx_unavailable());
+}
 void amx_gemm_bf16(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, float*,
-                   int64_t) {}
+                   int64_t) {
+  fail("amx_gemm_bf16: {}", amx_unavailable());
+}
 
 #endif
 

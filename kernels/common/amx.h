@@ -4,7 +4,6 @@
 // elsewhere amx_unavailable() says why not and nothing here runs.
 #pragma once
 #include <cstdint>
-#include <cstring>
 #include <string>
 
 namespace memlayers {
@@ -31,27 +30,11 @@ class AmxTiles {
 // element of the panel is 0. AMX's layout: a pair of elements (2P, 2P + 1) of row t is one 32-bit
 // word of a tile, k-step P / 16, tile t / 16, tile row P % 16, column t % 16 (an odd n's last pair
 // padded with 0); the panel holds kAmxKeys × depth elements (depth a multiple of kAmxDepth, n <=
-// depth). Written in the panel's order, one word after the other: written a row at a time, a
-// word every 64 bytes, the packing was ~29% of v3_amx_rescored's time at B 256, now ~20%.
-inline void amx_pack_panel(const uint16_t* rows, int64_t ld, int64_t keys, int64_t n, int64_t depth,
-                           uint16_t* panel) {
-  uint32_t* out = reinterpret_cast<uint32_t*>(panel);
-  for (int64_t step = 0; step < depth / kAmxDepth; ++step)
-    for (int64_t tile = 0; tile < 2; ++tile)
-      for (int64_t r = 0; r < 16; ++r) {
-        const int64_t e = 2 * (step * 16 + r);  // the pair's first element
-        for (int64_t c = 0; c < 16; ++c, ++out) {
-          const int64_t t = tile * 16 + c;
-          uint32_t w = 0;
-          if (t < keys && e + 1 < n) {
-            std::memcpy(&w, rows + t * ld + e, 4);
-          } else if (t < keys && e < n) {
-            w = rows[t * ld + e];
-          }
-          std::memcpy(out, &w, 4);
-        }
-      }
-}
+// depth). Each k-step's tile is a 16 × 16 transpose of 32-bit words, done in AVX-512 registers
+// (every AMX CPU has AVX-512BW); rows are read only in [0, n). Runs only where amx_unavailable()
+// is "", as amx_gemm_bf16.
+void amx_pack_panel(const uint16_t* rows, int64_t ld, int64_t keys, int64_t n, int64_t depth,
+                    uint16_t* panel);
 
 // out[r·ld + j] = Σ_d a[r·lda + d] · (row j of B)[d], in fp32, for rows r in [0, rows) and the
 // B rows of `n_panels` consecutive panels, j in [0, n_panels·kAmxKeys).

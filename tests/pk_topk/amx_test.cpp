@@ -15,6 +15,36 @@
 namespace memlayers {
 namespace {
 
+// amx_pack_panel against its documented layout, written as a plain loop: pair (2P, 2P + 1) of row
+// t is word (P % 16) · 16 + t % 16 of tile t / 16 of k-step P / 16; past n or keys, zero.
+TEST(AmxPack, LayoutAsDocumented) {
+  if (!amx_unavailable().empty()) GTEST_SKIP() << amx_unavailable();
+  struct Shape {
+    int64_t keys, n, ld, depth;
+  };
+  // a full panel; odd n, keys past one tile; ld past n; a k-step wholly past n; one key, n 1
+  for (const Shape sh : {Shape{32, 64, 64, 64}, Shape{17, 19, 19, 32}, Shape{30, 40, 56, 64},
+                         Shape{32, 31, 31, 96}, Shape{1, 1, 1, 32}}) {
+    test::Rng rng("amx_pack_" + std::to_string(sh.keys) + "_" + std::to_string(sh.n));
+    // Exactly the rows read: the last row ends at n, so a read past it is ASan's to catch.
+    std::vector<uint16_t> rows(static_cast<std::size_t>((sh.keys - 1) * sh.ld + sh.n));
+    for (auto& x : rows) x = static_cast<uint16_t>(rng.index(65536));
+    std::vector<uint16_t> got(static_cast<std::size_t>(kAmxKeys * sh.depth), 0x7fc1);
+    amx_pack_panel(rows.data(), sh.ld, sh.keys, sh.n, sh.depth, got.data());
+    int64_t bad = 0;
+    for (int64_t t = 0; t < kAmxKeys; ++t)
+      for (int64_t e = 0; e < sh.depth; ++e) {
+        const int64_t p = e / 2, step = p / 16, tile = t / 16;
+        const int64_t word = ((step * 2 + tile) * 16 + p % 16) * 16 + t % 16;
+        const uint16_t want = t < sh.keys && e < sh.n ? rows[t * sh.ld + e] : uint16_t{0};
+        if (got[word * 2 + e % 2] != want && ++bad <= 5)
+          ADD_FAILURE() << "keys " << sh.keys << ", n " << sh.n << ": row " << t << ", element "
+                        << e << " is " << got[word * 2 + e % 2] << ", want " << want;
+      }
+    EXPECT_EQ(bad, 0) << "keys " << sh.keys << ", n " << sh.n;
+  }
+}
+
 struct AmxCase {
   int64_t rows, keys, n, lda, ld;  // n: elements a row uses, depth: n padded to 32
 };
