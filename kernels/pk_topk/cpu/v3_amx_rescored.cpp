@@ -45,12 +45,17 @@
 // row first) took ~29% of the time at --batch 256, ~20% now (perf). Alternating: --batch 256
 // 3.34-3.52 against 3.98-4.41 ms, --batch 256 --dtype bf16 --qk-norm 3.36-3.66 against
 // 3.80-4.08, the default shape 46.9-49.4 against 48.1-49.8; the memory layer's search stage
-// (bench_memory_layer --batch 256) 4.14-4.43 against 4.53-5.00 ms.
+// (bench_memory_layer --batch 256) 4.14-4.43 against 4.53-5.00 ms. Then amx_pack_panel's
+// transposes moved to AVX-512 registers, and each fp32 row is read once for its rounding and both
+// sums of squares (ToBf16Squares), where three passes read it: --batch 256 2.77-2.92 (both),
+// 2.93-3.07 (the transposes only) and 3.05-3.17 ms (neither), alternating; the default shape
+// 41.1-41.8 against 42.1-43.6; the memory layer's search stage 3.14-3.18 against 3.33-3.60 ms.
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include <hwy/aligned_allocator.h>
@@ -161,26 +166,38 @@ void ToBf16(const float* HWY_RESTRICT x, int64_t n, uint16_t* HWY_RESTRICT dst) 
   for (; i < n; ++i) dst[i] = to_bf16_rne(x[i]);
 }
 
-// Σ (x[i] - bf16 bits[i])² in fp32; each difference is exact in fp32.
-float ResidualSquares(const float* HWY_RESTRICT x, const uint16_t* HWY_RESTRICT bits, int64_t n) {
+// ToBf16 in the same pass as the row's two sums of squares, each in fp32: Σ x[i]² (first) and
+// Σ (x[i] - the bf16 dst[i])² (second; each difference is exact in fp32). One read of the row
+// where rounding, a dot product and a residual pass read it three times.
+std::pair<float, float> ToBf16Squares(const float* HWY_RESTRICT x, int64_t n,
+                                      uint16_t* HWY_RESTRICT dst) {
   const DF df;
   const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
   const hn::Rebind<uint16_t, DF> d16;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto acc = hn::Zero(df);
+  const auto half_ulp = hn::Set(du, 0x7fffu), one = hn::Set(du, 1u);
+  auto squares = hn::Zero(df), resid = squares;
   int64_t i = 0;
   for (; i + N <= n; i += N) {
-    const auto rounded =
-        hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(d16, bits + i))));
-    const auto d = hn::Sub(hn::LoadU(df, x + i), rounded);
-    acc = hn::MulAdd(d, d, acc);
+    const auto v = hn::LoadU(df, x + i);
+    const auto u = hn::BitCast(du, v);
+    const auto r =
+        hn::ShiftRight<16>(hn::Add(u, hn::Add(half_ulp, hn::And(hn::ShiftRight<16>(u), one))));
+    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, r)), d16, dst + i);
+    const auto d = hn::Sub(v, hn::BitCast(df, hn::ShiftLeft<16>(r)));
+    squares = hn::MulAdd(v, v, squares);
+    resid = hn::MulAdd(d, d, resid);
   }
-  float s = hn::GetLane(hn::SumOfLanes(df, acc));
+  float sq = hn::GetLane(hn::SumOfLanes(df, squares));
+  float rs = hn::GetLane(hn::SumOfLanes(df, resid));
   for (; i < n; ++i) {
-    const float d = x[i] - bf16_bits_to_float(bits[i]);
-    s += d * d;
+    dst[i] = to_bf16_rne(x[i]);
+    const float d = x[i] - bf16_bits_to_float(dst[i]);
+    sq += x[i] * x[i];
+    rs += d * d;
   }
-  return s;
+  return {sq, rs};
 }
 
 // One row half as AMX reads it: `row` (fp32, n wide) rounded to bf16 into dst[0, n), dst[n, depth)
@@ -188,13 +205,18 @@ float ResidualSquares(const float* HWY_RESTRICT x, const uint16_t* HWY_RESTRICT 
 // them (fp32 inputs; else null), bounds on r·‖row‖ and on r·‖row - its bf16 rounding‖.
 float PackRow(const float* row, int64_t n, int64_t depth, bool qk_norm, uint16_t* dst,
               RowNorms* norms) {
-  ToBf16(row, n, dst);
+  std::pair<float, float> squares{0.0f, 0.0f};
+  if (norms) {
+    squares = ToBf16Squares(row, n, dst);
+  } else {
+    ToBf16(row, n, dst);
+  }
   std::fill(dst + n, dst + depth, uint16_t{0});
   const float r = qk_norm ? inv_rms(row, n) : 1.0f;
   if (norms) {
     const double scale = double(r) * (1.0 + 0x1p-20);
-    norms->norm = static_cast<float>(double(norm_bound(Dot(row, row, n), n)) * scale);
-    norms->resid = static_cast<float>(double(norm_bound(ResidualSquares(row, dst, n), n)) * scale);
+    norms->norm = static_cast<float>(double(norm_bound(squares.first, n)) * scale);
+    norms->resid = static_cast<float>(double(norm_bound(squares.second, n)) * scale);
   }
   return r;
 }
