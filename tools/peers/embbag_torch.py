@@ -175,7 +175,7 @@ def main(argv=None):
     if a.zipf_s <= 0:
         p.error(f"--zipf-s {a.zipf_s}: must be > 0")
 
-    torch = import_torch("embbag_torch", a.device, a.threads)
+    torch = import_torch("embbag_torch", a.device, a.threads, thp=not a.no_thp)
     if torch is None:
         return SKIP
     import torch.nn.functional as F

@@ -398,7 +398,7 @@ def main(argv=None):
     if a.kind == "memory" and a.value_dim != a.d_model:
         p.error(f"--value-dim {a.value_dim} with --kind memory: must equal --d-model {a.d_model}")
 
-    torch = import_torch("memory_layer_torch", a.device, a.threads)
+    torch = import_torch("memory_layer_torch", a.device, a.threads, thp=not a.no_thp)
     if torch is None:
         return SKIP
     values_dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32

@@ -16,9 +16,14 @@ SKIP = 77  # ctest's skip code (SKIP_RETURN_CODE in tools/peers/CMakeLists.txt)
 
 # ---- torch ----
 
-def import_torch(prog, device, threads):
+def import_torch(prog, device, threads, thp=True):
     """torch, set to `threads` CPU threads when > 0; None after saying why on stderr when torch is
-    missing or sees no GPU for --device cuda (the caller returns SKIP)."""
+    missing or sees no GPU for --device cuda (the caller returns SKIP). On the CPU, `thp` has
+    torch's allocator advise its buffers of 2 MiB or more onto transparent huge pages
+    (THP_MEM_ALLOC_ENABLE, read once when torch loads), as memlayers' host allocator does for its
+    tables: a gather of random rows otherwise pays a TLB miss per row that the suite's does not."""
+    if device == "cpu":
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1" if thp else "0"
     try:
         import torch
     except ImportError:
@@ -40,6 +45,9 @@ def add_run_args(p, sets_help):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--peak-gbs", type=float, default=3350, help="nominal peak for pct_peak (H100)")
+    p.add_argument("--no-thp", action="store_true",
+                   help="on the CPU, leave torch's buffers off transparent huge pages (by default "
+                        "they are advised onto them, as memlayers' tables are)")
 
 
 def torch_dtypes(torch, dtype, index):
@@ -51,8 +59,14 @@ def torch_dtypes(torch, dtype, index):
 
 def torch_line(torch, device):
     """The configuration block's torch line."""
-    return (f"  torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-            f"load average {load_average()}")
+    thp = f", THP_MEM_ALLOC_ENABLE {thp_setting()}" if device == "cpu" else ""
+    return (f"  torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}"
+            f"{thp}, load average {load_average()}")
+
+
+def thp_setting():
+    """"1" when torch's CPU allocator advises large buffers onto huge pages, else "0"."""
+    return os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
 
 
 # ---- machine ----
@@ -146,6 +160,7 @@ def write_json(path, executable, torch, device, context, rows):
             "peer": f"torch {torch.__version__}",
             "device": device if device == "cpu" else torch.cuda.get_device_name(0),
             "threads": str(torch.get_num_threads()),
+            **({"torch_thp_mem_alloc": thp_setting()} if device == "cpu" else {}),
             **context,
             "host_load_avg_1m": load_average(),
         },

@@ -124,7 +124,7 @@ def main(argv=None):
     if a.index == "int32" and a.n_keys * a.n_keys > 2**31 - 1:
         p.error(f"--index int32 with --n-keys {a.n_keys}: N = n_keys^2 does not fit")
 
-    torch = import_torch("pk_topk_torch", a.device, a.threads)
+    torch = import_torch("pk_topk_torch", a.device, a.threads, thp=not a.no_thp)
     if torch is None:
         return SKIP
 
