@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes a machine's report from the saved benchmark JSON: reports/<machine>/README.md + SVG plots.
 
-Every *.json in the folder except machine.json is read: the Google Benchmark output of the bench_*
+Every *.json in the folder except machine.json is read (one without a "benchmarks" list, another
+tool's record, is skipped with a note): the Google Benchmark output of the bench_*
 binaries (rows `<op>/<backend>/<variant>/<shape>`, ceilings `ceiling/<host|cuda>/<what>`) and of
 the peers in tools/peers/ (same layout, backend `torch_cpu` / `torch_cuda`). The report holds:
   - the machine: CPU model and features, cores, caches, GPU name, driver and clocks (from
@@ -66,9 +67,12 @@ def load_runs(folder):
                 data = json.load(fh)
             except json.JSONDecodeError as e:
                 sys.exit("report: %s is not valid JSON: %s" % (os.path.join(folder, f), e))
-        if not isinstance(data, dict) or "benchmarks" not in data:
-            sys.exit("report: %s has no 'benchmarks' list: not Google Benchmark JSON"
-                     % os.path.join(folder, f))
+        if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+            # Other tools keep their records beside the runs (sharded_bench.py's
+            # sharded_embbag_p*.json, for one): their own pages cover them.
+            print("report: skipping %s: no 'benchmarks' list, not Google Benchmark JSON"
+                  % os.path.join(folder, f), file=sys.stderr)
+            continue
         runs.append((f, data))
     if not runs:
         sys.exit("report: no benchmark *.json in %s: run the bench_* binaries with "

@@ -72,6 +72,13 @@ class Report(unittest.TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
+    def test_other_tools_json_is_skipped(self):
+        # sharded_embbag_p1.json (sharded_bench.py's record) sits beside the runs, as in a
+        # machine's folder: named as skipped, and the page still written from the rest
+        self.assertIn("skipping", self.proc.stderr)
+        self.assertIn("sharded_embbag_p1.json", self.proc.stderr)
+        self.assertIn("## Best variant per op", self.md)
+
     def test_machine_and_ceilings(self):
         m = section(self.md, "Machine")
         self.assertIn("AMD EPYC (fixture)", m)
@@ -211,8 +218,9 @@ class Report(unittest.TestCase):
         with open(os.path.join(bad, "x.json"), "w") as f:
             json.dump({"not": "a benchmark"}, f)
         p = run([sys.executable, os.path.join(ROOT, "tools", "report.py"), bad], check=False)
-        self.assertNotEqual(p.returncode, 0)
+        self.assertNotEqual(p.returncode, 0)  # skipped, so no run is left
         self.assertIn("no 'benchmarks' list", p.stderr)
+        self.assertIn("no benchmark *.json", p.stderr)
 
 
 class NcuSummary(unittest.TestCase):
