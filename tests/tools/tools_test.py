@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Tests of the report and profiling tools, on saved fixtures (fixtures/README.md says what they
-are). Run by ctest (label "tools"), or by hand:
+are), and of the peers' shared torch set-up. Run by ctest (label "tools"), or by hand:
 
     python3 tests/tools/tools_test.py                      # everything but the dry run
     python3 tests/tools/tools_test.py DeviceCheckDryRun --build-dir build/release
@@ -221,6 +221,29 @@ class Report(unittest.TestCase):
         self.assertNotEqual(p.returncode, 0)  # skipped, so no run is left
         self.assertIn("no 'benchmarks' list", p.stderr)
         self.assertIn("no benchmark *.json", p.stderr)
+
+
+class PeerCommon(unittest.TestCase):
+    """tools/peers/peer_common.py: on the CPU torch's allocator is put on huge pages (or kept off
+    with --no-thp) before torch loads. Run with `import torch` made to fail, so torch need not be
+    installed and is never loaded."""
+
+    def env_after_import(self, device, thp):
+        code = ("import os, sys; sys.path.insert(0, %r); sys.modules['torch'] = None; "
+                "os.environ.pop('THP_MEM_ALLOC_ENABLE', None); import peer_common; "
+                "assert peer_common.import_torch('t', %r, 0, thp=%r) is None; "
+                "print(os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset'))"
+                % (os.path.join(ROOT, "tools", "peers"), device, thp))
+        p = run([sys.executable, "-c", code])
+        self.assertIn("torch is not installed", p.stderr)
+        return p.stdout.strip()
+
+    def test_cpu_gets_huge_pages_unless_told_not_to(self):
+        self.assertEqual(self.env_after_import("cpu", True), "1")
+        self.assertEqual(self.env_after_import("cpu", False), "0")
+
+    def test_cuda_leaves_the_setting_alone(self):
+        self.assertEqual(self.env_after_import("cuda", True), "unset")
 
 
 class NcuSummary(unittest.TestCase):
