@@ -144,6 +144,7 @@ class Ceiling:
         self.b = b
         self.compute = b.get("GB/s") is None and gflops_of(b) is not None
         self.value = gflops_of(b) if self.compute else b.get("GB/s")  # GFLOP/s or GB/s
+        self.gather = self.what.startswith("gather_")  # a gather of rows, not a stream
 
 
 class Stage:
@@ -182,11 +183,17 @@ def collect(runs):
 
 
 def ceilings_for(ceilings, device, files):
-    """The bandwidth and compute ceilings of `device` measured by the runs in `files` (the
-    first such file that has one); any run's when none of those measured it."""
+    """The bandwidth, compute and gather ceilings of `device` measured by the runs in `files` (the
+    first such file that has one); any run's when none of those measured it. A gather ceiling
+    (bench_embbag's `gather_<bytes>B_rows`, informational) is never the bandwidth roof."""
     out = {}
-    for kind in ("bandwidth", "compute"):
-        pick = [c for c in ceilings if c.device == device and c.compute == (kind == "compute")]
+    kinds = {
+        "bandwidth": lambda c: not c.compute and not c.gather,
+        "compute": lambda c: c.compute,
+        "gather": lambda c: c.gather,
+    }
+    for kind, wanted in kinds.items():
+        pick = [c for c in ceilings if c.device == device and wanted(c)]
         same = [c for c in pick if c.file in files]
         chosen = (same or pick)
         out[kind] = chosen[0] if chosen else None
@@ -324,6 +331,7 @@ COLUMNS = [
     ("GB/s", "GB/s", 2),
     ("TFLOP/s", "TFLOP/s", 3),
     ("pct_ceiling", "% of BW ceiling", 1),
+    ("pct_gather", "% of gather ceiling", 1),
     ("pct_compute", "% of compute ceiling", 1),
     ("pct_floor", "% of floor", 1),
     ("pct_peak", "% of peak BW", 2),
@@ -332,14 +340,17 @@ COLUMNS = [
 
 
 def derived(row, ceil):
-    """pct_ceiling, pct_compute, pct_floor for a row that lacks them (a peer), from the same
-    device's ceilings; None where a count or a ceiling is missing."""
+    """pct_ceiling, pct_gather, pct_compute, pct_floor for a row that lacks them (a peer), from
+    the same device's ceilings; None where a count or a ceiling is missing."""
     t = ms(row.b) / 1e3
     gbs, gfl = row.get("GB/s"), gflops_of(row.b)
     out = {}
     bw, comp = ceil["bandwidth"], ceil["compute"]
     if gbs is not None and bw and bw.value:
         out["pct_ceiling"] = 100 * gbs / bw.value
+    gather = ceil.get("gather")
+    if gbs is not None and gather and gather.value:
+        out["pct_gather"] = 100 * gbs / gather.value
     if gfl is not None and comp and comp.value:
         out["pct_compute"] = 100 * gfl / comp.value
     if gbs is not None and gfl is not None and bw and comp and bw.value and comp.value and t > 0:
@@ -553,7 +564,8 @@ def ceilings_section(ceilings):
     out = ["## Ceilings measured in the same runs\n"]
     lines = []
     for c in ceilings:
-        lines.append([c.device, c.what, "compute" if c.compute else "bandwidth",
+        kind = "compute" if c.compute else "gather" if c.gather else "bandwidth"
+        lines.append([c.device, c.what, kind,
                       fmt(ms(c.b), 3 if ms(c.b) < 1 else 2),
                       fmt(c.value, 2) + (" GFLOP/s" if c.compute else " GB/s")
                       + (" (%s TFLOP/s)" % fmt(c.value / 1e3, 2) if c.compute else ""), c.file])

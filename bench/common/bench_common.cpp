@@ -7,8 +7,10 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <thread>
 #include <utility>
 
@@ -222,6 +224,22 @@ std::unique_ptr<Ceiling> host_stream_ceiling(const void* data, double bytes, int
                                    });
 }
 
+std::unique_ptr<Ceiling> host_gather_ceiling(const void* data, int64_t table_rows,
+                                             int64_t row_bytes, int64_t rows, int threads) {
+  MEMLAYERS_CHECK(table_rows > 0 && row_bytes > 0 && rows > 0,
+                  "gather ceiling: table_rows {}, row_bytes {}, rows {}: each must be > 0",
+                  table_rows, row_bytes, rows);
+  std::vector<int64_t> offsets(static_cast<std::size_t>(rows));
+  std::mt19937_64 gen(0x6a7468);  // fixed: every run gathers the same rows
+  std::uniform_int_distribution<int64_t> pick(0, table_rows - 1);
+  for (auto& o : offsets) o = pick(gen) * row_bytes;
+  return std::make_unique<Ceiling>(fmt::format("ceiling/host/gather_{}B_rows", row_bytes),
+                                   double(rows) * double(row_bytes),
+                                   [data, offsets = std::move(offsets), row_bytes, threads] {
+                                     return host_gather_seconds(data, offsets, row_bytes, threads);
+                                   });
+}
+
 std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size_t bytes) {
   return std::make_unique<Ceiling>(
       fmt::format("ceiling/cuda/d2d_copy_{}", human_bytes(double(bytes))), 2.0 * double(bytes),
@@ -229,11 +247,69 @@ std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size
 }
 
 uint64_t sum_words_simd(const uint64_t* p, std::size_t n);  // stream_read.cpp
+uint64_t sum_row_group_simd(const uint64_t* const* rows, const uint64_t* const* next,
+                            std::size_t words);
 
 namespace {
 std::atomic<uint64_t> g_sink{0};
 
 }  // namespace
+
+double host_gather_seconds(const void* data, const std::vector<int64_t>& offsets, int64_t row_bytes,
+                           int threads, uint64_t* sum) {
+  constexpr int64_t kGroup = 8, kAhead = 32;  // the EmbeddingBag forward's group and distance
+  const auto* base = static_cast<const unsigned char*>(data);
+  const auto n = static_cast<int64_t>(offsets.size());
+  const auto words = static_cast<std::size_t>(row_bytes / 8);
+  threads = std::max(1, threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> pool;
+  std::vector<uint64_t> partial(static_cast<std::size_t>(threads), 0);
+  for (int t = 0; t < threads; ++t) {
+    const int64_t begin = n * t / threads, end = n * (t + 1) / threads;
+    pool.emplace_back([&, t, begin, end] {
+      const auto row = [&](int64_t j) {
+        return reinterpret_cast<const uint64_t*>(base + offsets[static_cast<std::size_t>(j)]);
+      };
+      const auto bytes_past_words = [&](const uint64_t* r) {  // rows of odd byte lengths
+        uint64_t s = 0;
+        for (int64_t b = int64_t(words) * 8; b < row_bytes; ++b)
+          s += reinterpret_cast<const unsigned char*>(r)[b];
+        return s;
+      };
+      uint64_t acc = 0;
+      const uint64_t* rows[kGroup];
+      const uint64_t* next[kGroup];
+      int64_t j = begin;
+      for (; j + kGroup <= end; j += kGroup) {
+        const bool ahead = j + kAhead + kGroup <= end;
+        for (int64_t g = 0; g < kGroup; ++g) {
+          rows[g] = row(j + g);
+          next[g] = ahead ? row(j + kAhead + g) : nullptr;
+        }
+        acc += sum_row_group_simd(rows, ahead ? next : nullptr, words);
+        for (int64_t g = 0; g < kGroup; ++g) acc += bytes_past_words(rows[g]);
+      }
+      for (; j < end; ++j) {  // the last rows, fewer than a group
+        const auto* r = reinterpret_cast<const unsigned char*>(row(j));
+        for (std::size_t i = 0; i < words; ++i) {
+          uint64_t w;
+          std::memcpy(&w, r + 8 * i, sizeof(w));
+          acc += w;
+        }
+        acc += bytes_past_words(row(j));
+      }
+      partial[static_cast<std::size_t>(t)] = acc;
+    });
+  }
+  for (auto& th : pool) th.join();
+  const auto t1 = std::chrono::steady_clock::now();
+  uint64_t total = 0;
+  for (uint64_t p : partial) total += p;
+  g_sink.fetch_xor(total, std::memory_order_relaxed);
+  if (sum) *sum = total;
+  return std::chrono::duration<double>(t1 - t0).count();
+}
 
 double host_stream_read_seconds(const void* data, std::size_t bytes, int threads) {
   const auto* bytes_ptr = static_cast<const unsigned char*>(data);

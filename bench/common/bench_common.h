@@ -140,6 +140,14 @@ class Ceiling {
 // The host bandwidth ceiling "ceiling/host/stream_read_SIZE": an all-core streaming read of
 // `bytes` at `data`, which must outlive the ceiling.
 std::unique_ptr<Ceiling> host_stream_ceiling(const void* data, double bytes, int threads);
+// The host gather ceiling "ceiling/host/gather_BYTESB_rows": `rows` rows of `row_bytes` at
+// uniform random row indices of a table of `table_rows` rows (row stride `row_bytes`) at `data`,
+// read with no arithmetic but a sum, 8 rows at a time, the next rows prefetched 32 rows ahead, as
+// the EmbeddingBag forward gathers. What the memory system gives a gather of rows of that size:
+// random rows read less of DRAM than a stream (each row a fresh burst), the shorter the less.
+// Informational beside the streaming read, which stays the roof of every row.
+std::unique_ptr<Ceiling> host_gather_ceiling(const void* data, int64_t table_rows,
+                                             int64_t row_bytes, int64_t rows, int threads);
 // The CUDA bandwidth ceiling "ceiling/cuda/d2d_copy_SIZE": a device-to-device copy of `bytes` from
 // `src` to `dst` (read + write bytes counted).
 std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size_t bytes);
@@ -161,6 +169,11 @@ std::unique_ptr<Ceiling> cuda_gemm_ceiling(int64_t m, int64_t n, int64_t k, DTyp
 // One pass of a multithreaded streaming read over a host buffer: every thread sums its slice
 // with the widest vectors the CPU has (stream_read.cpp). Returns seconds.
 double host_stream_read_seconds(const void* data, std::size_t bytes, int threads);
+// One pass of host_gather_ceiling's gather over the rows at `offsets` (bytes from `data`), split
+// over `threads` threads. Returns seconds; `sum`, when given, gets what was read: per row the sum
+// of its whole 64-bit words (native order) plus its remaining bytes, summed over the rows.
+double host_gather_seconds(const void* data, const std::vector<int64_t>& offsets, int64_t row_bytes,
+                           int threads, uint64_t* sum = nullptr);
 
 // One device-to-device copy of `bytes` with the backend's copy_within, timed by its events
 // (CUDA events on the GPU). Returns seconds.

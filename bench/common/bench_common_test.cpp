@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -151,6 +152,44 @@ TEST(BenchCeiling, StreamReadTakesTimeAndCeilingIsMedianOfPasses) {
   // One warm-up pass, then five: 1, 4, 1, 1, 2 s -> 1, 0.25, 1, 1, 0.5 GB/s, median 1.
   EXPECT_DOUBLE_EQ(c.gbs(), 1.0);
   EXPECT_EQ(passes, 6);
+}
+
+// The gather reads each listed row once, whole: groups of 8 (SIMD), the rows after the last group,
+// the bytes past a row's last whole word, rows off an 8-byte boundary. The table is exactly its
+// rows, so AddressSanitizer sees a read past its end.
+TEST(BenchCeiling, GatherReadsEveryListedRowOnce) {
+  for (const int64_t row_bytes : {int64_t{4}, int64_t{12}, int64_t{400}, int64_t{2050}}) {
+    const int64_t table_rows = 97;
+    std::vector<unsigned char> table(static_cast<std::size_t>(table_rows * row_bytes));
+    std::mt19937_64 gen(static_cast<uint64_t>(row_bytes));
+    for (auto& b : table) b = static_cast<unsigned char>(gen());
+    for (const int64_t n : {int64_t{5}, int64_t{8}, int64_t{203}}) {
+      std::vector<int64_t> offsets(static_cast<std::size_t>(n));
+      for (auto& o : offsets) o = static_cast<int64_t>(gen() % uint64_t(table_rows)) * row_bytes;
+      uint64_t want = 0;
+      for (const int64_t o : offsets) {
+        int64_t b = 0;
+        for (; b + 8 <= row_bytes; b += 8) {
+          uint64_t w;
+          std::memcpy(&w, table.data() + o + b, 8);
+          want += w;
+        }
+        for (; b < row_bytes; ++b) want += table[static_cast<std::size_t>(o + b)];
+      }
+      for (const int threads : {1, 3}) {
+        uint64_t got = 0;
+        EXPECT_GE(mb::host_gather_seconds(table.data(), offsets, row_bytes, threads, &got), 0);
+        EXPECT_EQ(got, want) << "row_bytes " << row_bytes << ", rows " << n << ", threads "
+                             << threads;
+      }
+    }
+  }
+  const std::vector<unsigned char> table(64 * 40);
+  const auto c = mb::host_gather_ceiling(table.data(), 40, 64, 1000, 2);
+  EXPECT_EQ(c->name(), "ceiling/host/gather_64B_rows");
+  EXPECT_DOUBLE_EQ(c->bytes_per_pass(), 64000.0);
+  EXPECT_GT(c->gbs(), 0);
+  EXPECT_THROW(mb::host_gather_ceiling(table.data(), 0, 64, 10, 1), memlayers::Error);
 }
 
 }  // namespace

@@ -61,6 +61,10 @@ s_X = bytes per element of X, B = batch, U = distinct rows among a batch's indic
 Counters: GB/s = counted bytes / time (1e9 bytes); pct_ceiling = % of the ceiling row measured
 in this run (host backends: streaming read of the table with all cores; cuda: device-to-device
 copy, read + write bytes counted); pct_peak = % of --peak-gbs; GFLOP/s from the op's flops().
+Host rows also carry pct_gather: % of the row ceiling/host/gather_<bytes>B_rows, a plain gather
+of B*k random table rows (8 at a time, prefetched as the forward does, summed with no other
+arithmetic). Random rows read less than a stream, the shorter the less: that row says how much
+of the streaming read a gather of rows this size can reach on this machine.
 Rows: ceiling/<backend>/..., embbag_fwd|embbag_bwd/<backend>/<variant>/<shape>, the backward's
 ending in _compact or _dense (the dV form timed). With --reps > 1 only the aggregates are
 reported; the median is the record.
@@ -217,7 +221,7 @@ int g_rows_registered = 0;
 // declared count for that input set.
 template <class Launch, class Bytes>
 void timed_loop(benchmark::State& state, const Config& c, Backend b, mb::Ceiling& ceiling,
-                Launch launch, Bytes bytes, double flops_per_launch,
+                mb::Ceiling* gather, Launch launch, Bytes bytes, double flops_per_launch,
                 double extra_bytes_per_launch) {
   double seconds = 0, total_bytes = 0;
   int64_t iter = 0;
@@ -229,6 +233,8 @@ void timed_loop(benchmark::State& state, const Config& c, Backend b, mb::Ceiling
   }
   if (seconds <= 0) return;
   mb::set_bandwidth_counters(state, total_bytes, seconds, ceiling.gbs(), c.peak_gbs);
+  if (gather && gather->gbs() > 0)
+    state.counters["pct_gather"] = 100 * total_bytes / seconds / 1e9 / gather->gbs();
   state.counters["GFLOP/s"] = flops_per_launch * double(iter) / seconds / 1e9;
   if (extra_bytes_per_launch > 0) {
     state.counters["dense_zeroing_bytes"] = extra_bytes_per_launch;
@@ -241,26 +247,28 @@ std::string shape_name(const Config& c) {
   return fmt::format("{}_{}_d{}_k{}_b{}_{}", c.dtype, c.index, c.dim, c.k, c.batch, c.dist);
 }
 
-void register_fwd(const Config& c, Backend b, Workspace& w, mb::Ceiling& ceiling) {
+void register_fwd(const Config& c, Backend b, Workspace& w, mb::Ceiling& ceiling,
+                  mb::Ceiling* gather) {
   mb::for_each_variant<Fwd>(b, c.variant, [&](const Variant<FwdParams>* v) {
     const std::string name = mb::row_name<Fwd>(b, *v, shape_name(c));
     if (std::string why = mb::why_not<Fwd>(*v, fwd_params(c, w, 0)); !why.empty()) {
       mb::register_skip(name, why);
       return;
     }
-    mb::register_timed_row(name, int(c.reps), [&c, &w, &ceiling, v, b](benchmark::State& state) {
-      std::vector<FwdParams> params;
-      for (int64_t s = 0; s < c.sets; ++s) params.push_back(fwd_params(c, w, s));
-      timed_loop(
-          state, c, b, ceiling, mb::nvtx_launch<Fwd>(v, params),
-          [&](int64_t s) { return Fwd::bytes_moved(params[s]); }, Fwd::flops(params[0]), 0);
-    });
+    mb::register_timed_row(
+        name, int(c.reps), [&c, &w, &ceiling, gather, v, b](benchmark::State& state) {
+          std::vector<FwdParams> params;
+          for (int64_t s = 0; s < c.sets; ++s) params.push_back(fwd_params(c, w, s));
+          timed_loop(
+              state, c, b, ceiling, gather, mb::nvtx_launch<Fwd>(v, params),
+              [&](int64_t s) { return Fwd::bytes_moved(params[s]); }, Fwd::flops(params[0]), 0);
+        });
     ++g_rows_registered;
   });
 }
 
 void register_bwd(const Config& c, Backend b, const std::vector<InputSet>& sets, Workspace& w,
-                  mb::Ceiling& ceiling) {
+                  mb::Ceiling& ceiling, mb::Ceiling* gather) {
   mb::for_each_variant<Bwd>(b, c.variant, [&](const Variant<BwdParams>* v) {
     const std::string base = mb::row_name<Bwd>(b, *v, shape_name(c));
     // The compact dV is the floor's form; a variant that only writes a dense dV is measured dense.
@@ -276,12 +284,13 @@ void register_bwd(const Config& c, Backend b, const std::vector<InputSet>& sets,
     std::vector<int64_t> unique;
     for (const auto& s : sets) unique.push_back(s.unique_rows);
     mb::register_timed_row(
-        name, int(c.reps), [&c, &w, &ceiling, v, b, f = *form, unique](benchmark::State& state) {
+        name, int(c.reps),
+        [&c, &w, &ceiling, gather, v, b, f = *form, unique](benchmark::State& state) {
           std::vector<BwdParams> params;
           for (int64_t s = 0; s < c.sets; ++s) params.push_back(bwd_params(c, w, s, f));
           const double zeroing = f == GradForm::dense ? Bwd::dense_zeroing_bytes(params[0]) : 0;
           timed_loop(
-              state, c, b, ceiling, mb::nvtx_launch<Bwd>(v, params),
+              state, c, b, ceiling, gather, mb::nvtx_launch<Bwd>(v, params),
               [&](int64_t s) { return Bwd::bytes_moved(params[s], double(unique[s])); },
               Bwd::flops(params[0]), zeroing);
           double mean_unique = 0;
@@ -396,10 +405,18 @@ int run(int argc, char** argv) {
   std::vector<std::unique_ptr<mb::Ceiling>> ceilings;
   mb::Ceiling* host_ceiling = nullptr;
   mb::Ceiling* cuda_ceiling = nullptr;
+  mb::Ceiling* host_gather = nullptr;
   if (runnable.any_host) {
     ceilings.push_back(mb::host_stream_ceiling(host_table.get(), table_bytes, mb::host_threads()));
     host_ceiling = ceilings.back().get();
     host_ceiling->register_row(int(c.reps));
+    // A plain gather of the forward's B*k random rows: what the memory system gives rows of
+    // this size (the counter pct_gather); the streaming read stays the roof (pct_ceiling).
+    ceilings.push_back(mb::host_gather_ceiling(
+        host_table.get(), c.rows, c.dim * static_cast<int64_t>(dtype_size(c.values_dtype())),
+        c.batch * c.k, mb::host_threads()));
+    host_gather = ceilings.back().get();
+    host_gather->register_row(int(c.reps));
   }
   std::unique_ptr<Workspace> host_space, cuda_space, simt_space;
   Buffer copy_dst;
@@ -424,8 +441,9 @@ int run(int argc, char** argv) {
                    : b == Backend::simt ? *simt_space
                                         : *host_space;
     mb::Ceiling& ceiling = b == Backend::cuda ? *cuda_ceiling : *host_ceiling;
-    if (c.fwd()) register_fwd(c, b, w, ceiling);
-    if (c.bwd()) register_bwd(c, b, sets, w, ceiling);
+    mb::Ceiling* gather = b == Backend::cuda ? nullptr : host_gather;
+    if (c.fwd()) register_fwd(c, b, w, ceiling, gather);
+    if (c.bwd()) register_bwd(c, b, sets, w, ceiling, gather);
   }
 
   MEMLAYERS_CHECK(g_rows_registered > 0,
