@@ -87,6 +87,7 @@ class Report(unittest.TestCase):
         c = section(self.md, "Ceilings measured in the same runs")
         self.assertRegex(c, r"stream_read_2\.00 GiB \| bandwidth \|.*32\.31 GB/s")
         self.assertRegex(c, r"sgemm_64x100x19 \| compute \|.*20\.00 GFLOP/s")
+        self.assertRegex(c, r"gather_4096B_rows \| gather \|.*25\.00 GB/s")
 
     def test_embbag_tables_and_pytorch_column(self):
         fwd = section(self.md, "embbag_fwd")
@@ -96,6 +97,15 @@ class Report(unittest.TestCase):
         v2 = row(fwd, "v2_hwy_threads")
         self.assertEqual(v2[header.index("× PyTorch")], "1.06×")  # 24.31 ms / 22.95 ms
         self.assertEqual(v2[header.index("% of BW ceiling")], "72.6")
+        self.assertEqual(v2[header.index("% of gather ceiling")], "96.8")  # the bench's counter
+        # The peer's percentages, derived: the gather row comes first in the file, yet the
+        # bandwidth roof stays the streaming read (32.31 GB/s); the gather column uses 25 GB/s.
+        peer = row(fwd, "embedding_bag")
+        gbs = float(peer[header.index("GB/s")])
+        self.assertAlmostEqual(float(peer[header.index("% of BW ceiling")].rstrip("*")),
+                               100 * gbs / 32.31, delta=0.1)
+        self.assertAlmostEqual(float(peer[header.index("% of gather ceiling")].rstrip("*")),
+                               100 * gbs / 25.0, delta=0.1)
         self.assertEqual(row(fwd, "embedding_bag")[-1], "1.00×")
         self.assertIn("not measured", row(fwd, "all cuda variants"))
         bwd = section(self.md, "embbag_bwd")
