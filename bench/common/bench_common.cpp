@@ -10,7 +10,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <thread>
 #include <utility>
 
@@ -229,15 +228,12 @@ std::unique_ptr<Ceiling> host_gather_ceiling(const void* data, int64_t table_row
   MEMLAYERS_CHECK(table_rows > 0 && row_bytes > 0 && rows > 0,
                   "gather ceiling: table_rows {}, row_bytes {}, rows {}: each must be > 0",
                   table_rows, row_bytes, rows);
-  std::vector<int64_t> offsets(static_cast<std::size_t>(rows));
-  std::mt19937_64 gen(0x6a7468);  // fixed: every run gathers the same rows
-  std::uniform_int_distribution<int64_t> pick(0, table_rows - 1);
-  for (auto& o : offsets) o = pick(gen) * row_bytes;
-  return std::make_unique<Ceiling>(fmt::format("ceiling/host/gather_{}B_rows", row_bytes),
-                                   double(rows) * double(row_bytes),
-                                   [data, offsets = std::move(offsets), row_bytes, threads] {
-                                     return host_gather_seconds(data, offsets, row_bytes, threads);
-                                   });
+  auto pass = std::make_shared<uint64_t>(0);  // each pass its own rows
+  return std::make_unique<Ceiling>(
+      fmt::format("ceiling/host/gather_{}B_rows", row_bytes), double(rows) * double(row_bytes),
+      [data, table_rows, row_bytes, rows, threads, pass] {
+        return host_gather_seconds(data, table_rows, row_bytes, rows, ++*pass, threads);
+      });
 }
 
 std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size_t bytes) {
@@ -255,11 +251,11 @@ std::atomic<uint64_t> g_sink{0};
 
 }  // namespace
 
-double host_gather_seconds(const void* data, const std::vector<int64_t>& offsets, int64_t row_bytes,
-                           int threads, uint64_t* sum) {
+double host_gather_seconds(const void* data, int64_t table_rows, int64_t row_bytes, int64_t n_rows,
+                           uint64_t seed, int threads, uint64_t* sum) {
   constexpr int64_t kGroup = 8, kAhead = 32;  // the EmbeddingBag forward's group and distance
   const auto* base = static_cast<const unsigned char*>(data);
-  const auto n = static_cast<int64_t>(offsets.size());
+  const int64_t n = n_rows;
   const auto words = static_cast<std::size_t>(row_bytes / 8);
   threads = std::max(1, threads);
   const auto t0 = std::chrono::steady_clock::now();
@@ -269,7 +265,8 @@ double host_gather_seconds(const void* data, const std::vector<int64_t>& offsets
     const int64_t begin = n * t / threads, end = n * (t + 1) / threads;
     pool.emplace_back([&, t, begin, end] {
       const auto row = [&](int64_t j) {
-        return reinterpret_cast<const uint64_t*>(base + offsets[static_cast<std::size_t>(j)]);
+        return reinterpret_cast<const uint64_t*>(base +
+                                                 gather_row(seed, j, table_rows) * row_bytes);
       };
       const auto bytes_past_words = [&](const uint64_t* r) {  // rows of odd byte lengths
         uint64_t s = 0;

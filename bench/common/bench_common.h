@@ -143,9 +143,11 @@ std::unique_ptr<Ceiling> host_stream_ceiling(const void* data, double bytes, int
 // The host gather ceiling "ceiling/host/gather_BYTESB_rows": `rows` rows of `row_bytes` at
 // uniform random row indices of a table of `table_rows` rows (row stride `row_bytes`) at `data`,
 // read with no arithmetic but a sum, 8 rows at a time, the next rows prefetched 32 rows ahead, as
-// the EmbeddingBag forward gathers. What the memory system gives a gather of rows of that size:
-// random rows read less of DRAM than a stream (each row a fresh burst), the shorter the less.
-// Informational beside the streaming read, which stays the roof of every row.
+// the EmbeddingBag forward gathers. Every pass draws new rows (gather_row with the pass's seed),
+// so a pass finds in cache only what a table several times the last-level cache leaves there,
+// as the benchmark's rotating input sets do. What the memory system gives a gather of rows of
+// that size: random rows read less of DRAM than a stream, the shorter the less. Informational
+// beside the streaming read, which stays the roof of every row.
 std::unique_ptr<Ceiling> host_gather_ceiling(const void* data, int64_t table_rows,
                                              int64_t row_bytes, int64_t rows, int threads);
 // The CUDA bandwidth ceiling "ceiling/cuda/d2d_copy_SIZE": a device-to-device copy of `bytes` from
@@ -169,11 +171,19 @@ std::unique_ptr<Ceiling> cuda_gemm_ceiling(int64_t m, int64_t n, int64_t k, DTyp
 // One pass of a multithreaded streaming read over a host buffer: every thread sums its slice
 // with the widest vectors the CPU has (stream_read.cpp). Returns seconds.
 double host_stream_read_seconds(const void* data, std::size_t bytes, int threads);
-// One pass of host_gather_ceiling's gather over the rows at `offsets` (bytes from `data`), split
-// over `threads` threads. Returns seconds; `sum`, when given, gets what was read: per row the sum
-// of its whole 64-bit words (native order) plus its remaining bytes, summed over the rows.
-double host_gather_seconds(const void* data, const std::vector<int64_t>& offsets, int64_t row_bytes,
-                           int threads, uint64_t* sum = nullptr);
+// Row j of the gather drawn with `seed`: a uniform index in [0, table_rows) from a 64-bit mix
+// of (seed, j), a few instructions a row.
+inline int64_t gather_row(uint64_t seed, int64_t j, int64_t table_rows) {
+  uint64_t z = seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(j) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 31)) * 0x94d049bb133111ebull;
+  z ^= z >> 29;
+  return static_cast<int64_t>(z % static_cast<uint64_t>(table_rows));
+}
+// One pass of host_gather_ceiling's gather: rows gather_row(seed, j, table_rows), j in
+// [0, n_rows), split over `threads` threads. Returns seconds; `sum`, when given, gets what was
+// read: per row the sum of its whole 64-bit words (native order) plus its remaining bytes.
+double host_gather_seconds(const void* data, int64_t table_rows, int64_t row_bytes, int64_t n_rows,
+                           uint64_t seed, int threads, uint64_t* sum = nullptr);
 
 // One device-to-device copy of `bytes` with the backend's copy_within, timed by its events
 // (CUDA events on the GPU). Returns seconds.

@@ -4,6 +4,7 @@
 // bench_common
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -154,20 +155,20 @@ TEST(BenchCeiling, StreamReadTakesTimeAndCeilingIsMedianOfPasses) {
   EXPECT_EQ(passes, 6);
 }
 
-// The gather reads each listed row once, whole: groups of 8 (SIMD), the rows after the last group,
+// The gather reads each drawn row once, whole: groups of 8 (SIMD), the rows after the last group,
 // the bytes past a row's last whole word, rows off an 8-byte boundary. The table is exactly its
 // rows, so AddressSanitizer sees a read past its end.
-TEST(BenchCeiling, GatherReadsEveryListedRowOnce) {
+TEST(BenchCeiling, GatherReadsEveryDrawnRowOnce) {
   for (const int64_t row_bytes : {int64_t{4}, int64_t{12}, int64_t{400}, int64_t{2050}}) {
     const int64_t table_rows = 97;
     std::vector<unsigned char> table(static_cast<std::size_t>(table_rows * row_bytes));
     std::mt19937_64 gen(static_cast<uint64_t>(row_bytes));
     for (auto& b : table) b = static_cast<unsigned char>(gen());
     for (const int64_t n : {int64_t{5}, int64_t{8}, int64_t{203}}) {
-      std::vector<int64_t> offsets(static_cast<std::size_t>(n));
-      for (auto& o : offsets) o = static_cast<int64_t>(gen() % uint64_t(table_rows)) * row_bytes;
+      const uint64_t seed = 7 + static_cast<uint64_t>(n);
       uint64_t want = 0;
-      for (const int64_t o : offsets) {
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t o = mb::gather_row(seed, j, table_rows) * row_bytes;
         int64_t b = 0;
         for (; b + 8 <= row_bytes; b += 8) {
           uint64_t w;
@@ -178,12 +179,26 @@ TEST(BenchCeiling, GatherReadsEveryListedRowOnce) {
       }
       for (const int threads : {1, 3}) {
         uint64_t got = 0;
-        EXPECT_GE(mb::host_gather_seconds(table.data(), offsets, row_bytes, threads, &got), 0);
+        EXPECT_GE(
+            mb::host_gather_seconds(table.data(), table_rows, row_bytes, n, seed, threads, &got),
+            0);
         EXPECT_EQ(got, want) << "row_bytes " << row_bytes << ", rows " << n << ", threads "
                              << threads;
       }
     }
   }
+  // gather_row: in range, and spread over the table (each of 97 rows drawn about 1000 times)
+  std::vector<int64_t> hits(97, 0);
+  for (int64_t j = 0; j < 97000; ++j) {
+    const int64_t r = mb::gather_row(3, j, 97);
+    ASSERT_GE(r, 0);
+    ASSERT_LT(r, 97);
+    ++hits[static_cast<std::size_t>(r)];
+  }
+  EXPECT_GT(*std::min_element(hits.begin(), hits.end()), 850);
+  EXPECT_LT(*std::max_element(hits.begin(), hits.end()), 1150);
+  // each pass of the ceiling draws other rows
+  EXPECT_NE(mb::gather_row(1, 0, 1 << 30), mb::gather_row(2, 0, 1 << 30));
   const std::vector<unsigned char> table(64 * 40);
   const auto c = mb::host_gather_ceiling(table.data(), 40, 64, 1000, 2);
   EXPECT_EQ(c->name(), "ceiling/host/gather_64B_rows");

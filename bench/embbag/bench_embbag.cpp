@@ -62,9 +62,10 @@ Counters: GB/s = counted bytes / time (1e9 bytes); pct_ceiling = % of the ceilin
 in this run (host backends: streaming read of the table with all cores; cuda: device-to-device
 copy, read + write bytes counted); pct_peak = % of --peak-gbs; GFLOP/s from the op's flops().
 Host rows also carry pct_gather: % of the row ceiling/host/gather_<bytes>B_rows, a plain gather
-of B*k random table rows (8 at a time, prefetched as the forward does, summed with no other
-arithmetic). Random rows read less than a stream, the shorter the less: that row says how much
-of the streaming read a gather of rows this size can reach on this machine.
+of B*k fresh random table rows each pass (8 at a time, prefetched as the forward does, summed
+with no other arithmetic). Random rows read less than a stream, the shorter the less: that row
+says how much of the streaming read a gather of rows this size gets on this machine. It is a
+reference, not a bound: a kernel keeping more rows in flight can exceed it.
 Rows: ceiling/<backend>/..., embbag_fwd|embbag_bwd/<backend>/<variant>/<shape>, the backward's
 ending in _compact or _dense (the dV form timed). With --reps > 1 only the aggregates are
 reported; the median is the record.

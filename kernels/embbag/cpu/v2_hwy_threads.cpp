@@ -20,16 +20,15 @@
 //    (reports/cpu-intel-xeon/notes.md).
 // Ragged dims run full vectors then a scalar tail; the dtype branch is hoisted out of the loops.
 // Smaller rows read less of the streaming-read ceiling (fp32, k 32, B 4096, one run each: dim 100
-// 43%, 256 56%, 512 69%, 1024 82%; bf16 at dim 1024, 2 KiB rows, 64%). Part of that is the memory
-// system's: bench_embbag's gather ceiling (a plain gather of the same rows, 8 at a time,
-// prefetched alike, no arithmetic but a sum) reads 4 KiB rows as fast as a stream, 2 KiB rows at
-// ~92% of it and 400-byte rows at ~66%. Part is this loop's: in one run, fp32 dim 1024 read 89%
-// of the gather ceiling, dim 512 80%, dim 100 77%, and bf16 dim 1024 71% (pct_gather). One
+// 43%, 256 56%, 512 69%, 1024 82%; bf16 at dim 1024, 2 KiB rows, 64%). The memory system sets
+// that, not this loop: bench_embbag's gather ceiling (a plain gather of fresh random rows of the
+// same size, 8 at a time, prefetched alike, no arithmetic but a sum) read 4 KiB rows at 81% of
+// the stream, 2 KiB rows at 66% and 400-byte rows at 42% in one run, and this kernel read 106%,
+// 99% and 122% of it (pct_gather; its bags keep more rows in flight than the plain gather). One
 // thread reads half of what two do at every dim. Tried on bf16 rows at dim 1024, alternating:
-// 64 rows ahead instead of 32, 16 rows a pass instead of 8, the FMA chain split in two: no
-// change; prefetching into L1: 11% slower. At dim 100, 32 to 256 rows ahead: no change. (An
-// earlier plain gather, 14-15 GB/s at 384-byte rows, summed into one dependent chain: it timed
-// its adds, not the memory.)
+// 64 rows ahead instead of 32, 16 rows a pass instead of 8, the FMA chain split in two, the
+// output rounded in SIMD: no change; prefetching into L1: 11% slower. At dim 100, 32 to 256
+// rows ahead: no change.
 // Subnormal weights and products are flushed to zero (common/denormals.h): with a third of the
 // weights subnormal the forward ran 4× slower.
 // Measured when it landed (2-core AMD EPYC VM under heavy load from other jobs, so roughly): dim
