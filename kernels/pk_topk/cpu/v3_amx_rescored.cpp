@@ -149,20 +149,29 @@ float Dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, int64_t n) {
   return s;
 }
 
+// fp32 lanes (their bits u) rounded to bf16 bits, to nearest even as to_bf16_rne: each 32-bit
+// lane holds its bf16 bits in its low half.
+template <class DU>
+hn::Vec<DU> Bf16Bits(DU du, hn::Vec<DU> u) {
+  return hn::ShiftRight<16>(
+      hn::Add(u, hn::Add(hn::Set(du, 0x7fffu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u)))));
+}
+// Bf16Bits' lanes stored as N consecutive bf16 values at dst.
+template <class DU>
+void StoreBf16Bits(DU /* du */, hn::Vec<DU> bits, uint16_t* HWY_RESTRICT dst) {
+  const hn::RebindToSigned<DU> di;
+  const hn::Rebind<uint16_t, DU> d16;
+  hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, bits)), d16, dst);
+}
+
 // dst[0, n) = x rounded to bf16 bits (to nearest even, as to_bf16_rne).
 void ToBf16(const float* HWY_RESTRICT x, int64_t n, uint16_t* HWY_RESTRICT dst) {
   const DF df;
   const hn::RebindToUnsigned<DF> du;
-  const hn::RebindToSigned<DF> di;
-  const hn::Rebind<uint16_t, DF> d16;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const auto half_ulp = hn::Set(du, 0x7fffu), one = hn::Set(du, 1u);
   int64_t i = 0;
-  for (; i + N <= n; i += N) {
-    const auto u = hn::BitCast(du, hn::LoadU(df, x + i));
-    const auto r = hn::Add(u, hn::Add(half_ulp, hn::And(hn::ShiftRight<16>(u), one)));
-    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, hn::ShiftRight<16>(r))), d16, dst + i);
-  }
+  for (; i + N <= n; i += N)
+    StoreBf16Bits(du, Bf16Bits(du, hn::BitCast(du, hn::LoadU(df, x + i))), dst + i);
   for (; i < n; ++i) dst[i] = to_bf16_rne(x[i]);
 }
 
@@ -173,18 +182,13 @@ std::pair<float, float> ToBf16Squares(const float* HWY_RESTRICT x, int64_t n,
                                       uint16_t* HWY_RESTRICT dst) {
   const DF df;
   const hn::RebindToUnsigned<DF> du;
-  const hn::RebindToSigned<DF> di;
-  const hn::Rebind<uint16_t, DF> d16;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const auto half_ulp = hn::Set(du, 0x7fffu), one = hn::Set(du, 1u);
   auto squares = hn::Zero(df), resid = squares;
   int64_t i = 0;
   for (; i + N <= n; i += N) {
     const auto v = hn::LoadU(df, x + i);
-    const auto u = hn::BitCast(du, v);
-    const auto r =
-        hn::ShiftRight<16>(hn::Add(u, hn::Add(half_ulp, hn::And(hn::ShiftRight<16>(u), one))));
-    hn::StoreU(hn::DemoteTo(d16, hn::BitCast(di, r)), d16, dst + i);
+    const auto r = Bf16Bits(du, hn::BitCast(du, v));
+    StoreBf16Bits(du, r, dst + i);
     const auto d = hn::Sub(v, hn::BitCast(df, hn::ShiftLeft<16>(r)));
     squares = hn::MulAdd(v, v, squares);
     resid = hn::MulAdd(d, d, resid);
