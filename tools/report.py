@@ -145,6 +145,7 @@ class Ceiling:
         self.compute = b.get("GB/s") is None and gflops_of(b) is not None
         self.value = gflops_of(b) if self.compute else b.get("GB/s")  # GFLOP/s or GB/s
         self.gather = self.what.startswith("gather_")  # a gather of rows, not a stream
+        self.kind = "compute" if self.compute else "gather" if self.gather else "bandwidth"
 
 
 class Stage:
@@ -187,13 +188,8 @@ def ceilings_for(ceilings, device, files):
     first such file that has one); any run's when none of those measured it. A gather ceiling
     (bench_embbag's `gather_<bytes>B_rows`, informational) is never the bandwidth roof."""
     out = {}
-    kinds = {
-        "bandwidth": lambda c: not c.compute and not c.gather,
-        "compute": lambda c: c.compute,
-        "gather": lambda c: c.gather,
-    }
-    for kind, wanted in kinds.items():
-        pick = [c for c in ceilings if c.device == device and wanted(c)]
+    for kind in ("bandwidth", "compute", "gather"):
+        pick = [c for c in ceilings if c.device == device and c.kind == kind]
         same = [c for c in pick if c.file in files]
         chosen = (same or pick)
         out[kind] = chosen[0] if chosen else None
@@ -564,8 +560,7 @@ def ceilings_section(ceilings):
     out = ["## Ceilings measured in the same runs\n"]
     lines = []
     for c in ceilings:
-        kind = "compute" if c.compute else "gather" if c.gather else "bandwidth"
-        lines.append([c.device, c.what, kind,
+        lines.append([c.device, c.what, c.kind,
                       fmt(ms(c.b), 3 if ms(c.b) < 1 else 2),
                       fmt(c.value, 2) + (" GFLOP/s" if c.compute else " GB/s")
                       + (" (%s TFLOP/s)" % fmt(c.value / 1e3, 2) if c.compute else ""), c.file])
