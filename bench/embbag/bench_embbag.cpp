@@ -413,9 +413,8 @@ int run(int argc, char** argv) {
     host_ceiling->register_row(int(c.reps));
     // A plain gather of the forward's B*k random rows: what the memory system gives rows of
     // this size (the counter pct_gather); the streaming read stays the roof (pct_ceiling).
-    ceilings.push_back(mb::host_gather_ceiling(
-        host_table.get(), c.rows, c.dim * static_cast<int64_t>(dtype_size(c.values_dtype())),
-        c.batch * c.k, mb::host_threads()));
+    ceilings.push_back(mb::host_gather_ceiling(host_table.get(), c.rows, c.dim * s_v, c.batch * c.k,
+                                               mb::host_threads()));
     host_gather = ceilings.back().get();
     host_gather->register_row(int(c.reps));
   }
