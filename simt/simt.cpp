@@ -26,6 +26,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <bit>
 
 // Boost.Context's low-level interface (make_fcontext, jump_fcontext), on which its fiber and
@@ -42,6 +44,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -175,6 +178,24 @@ struct AsyncCopies {
   uint64_t committed = 0;
 };
 
+// An access location in kernel source, as source_location gives it.
+struct AccessAt {
+  const char* file;
+  unsigned line, column;
+  auto operator<=>(const AccessAt&) const = default;
+};
+
+// One lane's counted access: the request it belongs to is (warp, epoch, at, nth, store).
+struct AccessRecord {
+  unsigned warp;
+  uint64_t epoch;
+  AccessAt at;
+  uint64_t nth;
+  bool store;
+  uintptr_t address;
+  std::size_t bytes;
+};
+
 struct Job {
   const char* kernel;
   dim3 grid, block;
@@ -195,6 +216,10 @@ struct Fiber {
   void* tsan = nullptr;
   void* asan_fake_stack = nullptr;
   AsyncCopies async;
+  // For AccessCounter: the warp collectives and block barriers this thread has passed, and per
+  // access location the epoch of its last access there and how many it made there in that epoch.
+  uint64_t epoch = 0;
+  std::map<AccessAt, std::pair<uint64_t, uint64_t>> accesses;
 };
 
 struct Group {
@@ -308,6 +333,59 @@ std::string hex(const void* p) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%p", p);
   return buf;
+}
+
+// ---- access counting (AccessCounter) ----
+
+// What an AccessCounter has counted, one entry per (kernel, location, store).
+struct AccessTotals {
+  std::mutex mu;
+  bool open = false;  // an AccessCounter lives
+  std::map<std::tuple<std::string, std::string, unsigned, unsigned, bool>, AccessSite> sites;
+};
+AccessTotals& access_totals() {
+  static AccessTotals t;
+  return t;
+}
+
+// This worker's counted accesses of the block it runs.
+thread_local std::vector<AccessRecord> access_records;
+
+// Groups the block's records into warp-wide requests and adds their sectors and bytes to the
+// totals of `kernel`.
+void fold_accesses(const char* kernel) {
+  Unchecked unchecked;
+  auto& r = access_records;
+  if (r.empty()) return;
+  const auto request = [](const AccessRecord& x) {
+    return std::tie(x.warp, x.epoch, x.at, x.nth, x.store);
+  };
+  std::sort(r.begin(), r.end(),
+            [&](const AccessRecord& a, const AccessRecord& b) { return request(a) < request(b); });
+  // A request's sectors (address / 32), each with the bytes of it the lanes asked for.
+  std::map<uintptr_t, uint32_t> sectors;
+  auto& totals = access_totals();
+  std::lock_guard lock(totals.mu);
+  for (std::size_t i = 0; i < r.size();) {
+    std::size_t e = i;
+    sectors.clear();
+    for (; e < r.size() && request(r[e]) == request(r[i]); ++e)
+      for (uintptr_t a = r[e].address; a < r[e].address + r[e].bytes; ++a)
+        sectors[a / 32] |= 1u << (a % 32);
+    const AccessRecord& x = r[i];
+    AccessSite& site = totals.sites[{kernel, x.at.file, x.at.line, x.at.column, x.store}];
+    if (site.requests == 0) {
+      site.kernel = kernel;
+      site.where = std::string(x.at.file) + ":" + std::to_string(x.at.line) + ":" +
+                   std::to_string(x.at.column);
+      site.store = x.store;
+    }
+    ++site.requests;
+    site.sectors += sectors.size();
+    for (const auto& [sector, used] : sectors) site.bytes += std::popcount(used);
+    i = e;
+  }
+  r.clear();
 }
 
 // ---- the workers ----
@@ -559,6 +637,7 @@ void Worker::run_block(Job& j, uint64_t b) {
     resume(*f, j);
   }
   san::acquire(&end_token_);
+  if (counting_accesses.load(std::memory_order_relaxed)) fold_accesses(j.kernel);
 }
 
 void Worker::suspend(Fiber& f) {
@@ -652,6 +731,8 @@ void wait(Block& b, Fiber& self, Done done) {
 void Worker::run_thread(Fiber& f) {
   san::acquire(&start_token_);
   f.async = {};
+  f.epoch = 0;
+  f.accesses.clear();
   const Job* j;
   {
     Unchecked unchecked;
@@ -746,9 +827,23 @@ int block_barrier(Site site, int pred, int mode) {
       wait(b, self, [&] { return b.generation != gen; });
     }
     result = b.result;
+    ++self.epoch;
   }
   san::acquire(token);
   return result;
+}
+
+std::atomic<bool> counting_accesses{false};
+
+void count_access(const void* p, std::size_t bytes, bool store, const std::source_location& at) {
+  Fiber* self = current;
+  if (!self) return;  // not a kernel's thread
+  Unchecked unchecked;
+  const AccessAt key{at.file_name(), at.line(), at.column()};
+  auto& [epoch, count] = self->accesses[key];
+  if (epoch != self->epoch) epoch = self->epoch, count = 0;
+  access_records.push_back(
+      {self->linear / 32, self->epoch, key, count++, store, reinterpret_cast<uintptr_t>(p), bytes});
 }
 
 void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpView& out) {
@@ -790,6 +885,7 @@ void warp_collective(unsigned mask, uint64_t value, int pred, Site site, WarpVie
     std::memcpy(out.pred, g->pred, sizeof out.pred);
     out.arrived = g->arrived;
     out.lane = lane;
+    ++self.epoch;
   }
   san::acquire(&g->token);
   Unchecked unchecked;
@@ -1138,6 +1234,37 @@ std::string launch_pointer_problem(const void* p) {
          " is neither device memory nor host memory registered for the device: a GPU would fault "
          "on it. Accepted: the backend's Memory (simt::device_malloc), dev::Buffer, or host "
          "memory registered with simt::HostRegistration (as cudaHostRegister)";
+}
+
+// ---- AccessCounter (simt.h) ----
+AccessCounter::AccessCounter() {
+  auto& t = detail::access_totals();
+  std::lock_guard lock(t.mu);
+  if (t.open) throw std::logic_error("simt::AccessCounter: one counts at a time");
+  t.open = true;
+  t.sites.clear();
+  detail::counting_accesses.store(true);
+}
+
+AccessCounter::~AccessCounter() {
+  auto& t = detail::access_totals();
+  std::lock_guard lock(t.mu);
+  detail::counting_accesses.store(false);
+  t.open = false;
+}
+
+std::vector<AccessSite> AccessCounter::sites() const {
+  auto& t = detail::access_totals();
+  std::lock_guard lock(t.mu);
+  std::vector<AccessSite> out;
+  for (const auto& [key, site] : t.sites) out.push_back(site);
+  return out;
+}
+
+void AccessCounter::clear() {
+  auto& t = detail::access_totals();
+  std::lock_guard lock(t.mu);
+  t.sites.clear();
 }
 
 }  // namespace simt

@@ -1,4 +1,5 @@
-// simt: runs CUDA kernel source on the CPU, for correctness only (DESIGN.md §3).
+// simt: runs CUDA kernel source on the CPU, for correctness only (DESIGN.md §3), and counts the
+// sectors its cache-hinted global accesses touch (AccessCounter, below).
 //
 // One block at a time on one worker thread (two taking turns under ThreadSanitizer, which then
 // sees races between blocks), each CUDA thread a fiber with its own stack, switched
@@ -59,11 +60,13 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <source_location>
 #include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "simt/fields.h"
 #include "simt/memory.h"
@@ -83,7 +86,52 @@ struct KernelError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// ---- counting a kernel's global memory requests ----
+// While an AccessCounter lives, every global access a kernel makes through a cache-hinted load or
+// store (__ldg, __ldcg, __ldca, __ldcs, __ldlu, __ldcv, __stcg, __stcs, __stwb, __stwt) or a
+// cp.async (cp_async_16) is counted where the kernel source makes it: the lanes of a warp whose
+// accesses come from the same source location, the same number of times since the same warp
+// collective or block barrier, form one warp-wide request, as the GPU would issue them. Per
+// request it counts the 32-byte sectors touched and the distinct bytes the lanes asked for, the
+// two numbers behind Nsight Compute's sectors per request: a request of 32 lanes reading 4
+// consecutive bytes each touches 4 sectors and uses all of them; lanes 8 bytes apart touch 8 and
+// use half. Plain loads and stores (`p[i]`) are not seen: give the accesses that carry a kernel's
+// bytes a hint to have them counted. Lanes that reach a location a different number of times
+// between two collectives (a ragged inner loop) are grouped by how many times they have, which
+// may differ from the GPU's grouping; shapes with whole vectors per lane are exact.
+struct AccessSite {
+  std::string kernel;     // the launch's name
+  std::string where;      // file:line:column of the access in the kernel source
+  bool store = false;     // a store (cache-hinted store) or a load (hinted load, cp.async source)
+  uint64_t requests = 0;  // warp-wide requests
+  uint64_t sectors = 0;   // 32-byte sectors they touched, summed over requests
+  uint64_t bytes = 0;     // distinct bytes each request asked for, summed over requests
+  double sectors_per_request() const { return requests ? double(sectors) / double(requests) : 0; }
+  // The share of the sectors' bytes that the lanes asked for: 1 when nothing fetched is wasted.
+  double efficiency() const { return sectors ? double(bytes) / (32.0 * double(sectors)) : 0; }
+};
+
+// Counts from construction to destruction; one at a time (a second throws std::logic_error).
+class AccessCounter {
+ public:
+  AccessCounter();
+  ~AccessCounter();
+  AccessCounter(const AccessCounter&) = delete;
+  AccessCounter& operator=(const AccessCounter&) = delete;
+  // What was counted so far, one entry per (kernel, location, load or store), in that order.
+  std::vector<AccessSite> sites() const;
+  // Forgets what was counted so far.
+  void clear();
+};
+
 namespace detail {
+
+extern std::atomic<bool> counting_accesses;
+void count_access(const void* p, std::size_t bytes, bool store, const std::source_location& at);
+inline void note_access(const void* p, std::size_t bytes, bool store,
+                        const std::source_location& at) {
+  if (counting_accesses.load(std::memory_order_relaxed)) count_access(p, bytes, store, at);
+}
 
 struct Site {
   const char* file;
@@ -301,7 +349,10 @@ inline void simt_mma_3xtf32_m16n8k8(float (&d)[4], const uint32_t (&a_hi)[4],
 // and how simt runs them: the data lands at the wait that completes its group, written by the
 // thread that started the copy, so a read before that wait, or from another thread without a
 // barrier after it, sees garbage or is a data race ThreadSanitizer reports.
-inline void cp_async_16(void* dst, const void* src, int src_bytes = 16) {
+inline void cp_async_16(void* dst, const void* src, int src_bytes = 16,
+                        std::source_location at = std::source_location::current()) {
+  if (src_bytes > 0)
+    ::simt::detail::note_access(src, static_cast<std::size_t>(src_bytes), false, at);
   ::simt::detail::async_copy(dst, src, src_bytes);
 }
 inline void cp_async_commit() { ::simt::detail::async_commit(); }
@@ -381,47 +432,31 @@ inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) {
   }
 }
 
-// ---- loads and stores with cache hints: plain accesses on the CPU ----
-template <class T>
-inline T __ldg(const T* p) {
-  return *p;
-}
-template <class T>
-inline T __ldcg(const T* p) {
-  return *p;
-}
-template <class T>
-inline T __ldca(const T* p) {
-  return *p;
-}
-template <class T>
-inline T __ldcs(const T* p) {
-  return *p;
-}
-template <class T>
-inline T __ldlu(const T* p) {
-  return *p;
-}
-template <class T>
-inline T __ldcv(const T* p) {
-  return *p;
-}
-template <class T>
-inline void __stcg(T* p, T v) {
-  *p = v;
-}
-template <class T>
-inline void __stcs(T* p, T v) {
-  *p = v;
-}
-template <class T>
-inline void __stwb(T* p, T v) {
-  *p = v;
-}
-template <class T>
-inline void __stwt(T* p, T v) {
-  *p = v;
-}
+// ---- loads and stores with cache hints: plain accesses on the CPU, counted (AccessCounter) ----
+#define SIMT_HINTED_LOAD(NAME)                                                           \
+  template <class T>                                                                     \
+  inline T NAME(const T* p, std::source_location at = std::source_location::current()) { \
+    ::simt::detail::note_access(p, sizeof(T), false, at);                                \
+    return *p;                                                                           \
+  }
+#define SIMT_HINTED_STORE(NAME)                                                            \
+  template <class T>                                                                       \
+  inline void NAME(T* p, T v, std::source_location at = std::source_location::current()) { \
+    ::simt::detail::note_access(p, sizeof(T), true, at);                                   \
+    *p = v;                                                                                \
+  }
+SIMT_HINTED_LOAD(__ldg)
+SIMT_HINTED_LOAD(__ldcg)
+SIMT_HINTED_LOAD(__ldca)
+SIMT_HINTED_LOAD(__ldcs)
+SIMT_HINTED_LOAD(__ldlu)
+SIMT_HINTED_LOAD(__ldcv)
+SIMT_HINTED_STORE(__stcg)
+SIMT_HINTED_STORE(__stcs)
+SIMT_HINTED_STORE(__stwb)
+SIMT_HINTED_STORE(__stwt)
+#undef SIMT_HINTED_LOAD
+#undef SIMT_HINTED_STORE
 
 // ---- integer and bit intrinsics ----
 inline int __popc(unsigned x) { return std::popcount(x); }
