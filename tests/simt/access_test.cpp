@@ -1,9 +1,13 @@
 // simt's AccessCounter (simt.h): how many 32-byte sectors a kernel's warp-wide global requests
 // touch, and how much of them the lanes asked for. First on small kernels whose answer is known
-// (coalesced, strided, misaligned, broadcast, ragged warps, loops, cp.async, stores). Compiled
-// for simt only. Run: ctest -R SimtAccess
+// (coalesced, strided, misaligned, broadcast, ragged warps, loops, cp.async, stores), then on the
+// registered CUDA EmbeddingBag forwards: their loads and output stores must use every byte of
+// every sector they touch (half, where a lane's 8 bf16 rows widen to 32 bytes of fp32 output), so
+// a change that breaks the coalescing of the op's traffic fails here, without a GPU. Compiled for
+// simt only. Run: ctest -R SimtAccess
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -11,6 +15,7 @@
 #include "common/async_copy.cuh"
 #include "common/backend.h"
 #include "common/cuda.cuh"
+#include "embbag/embbag.h"
 #include "tests/common/buffer.h"
 #include "tests/common/mapped.h"
 
@@ -161,6 +166,84 @@ TEST(SimtAccess, NothingIsCountedWithoutACounterAndOneCountsAtATime) {
   EXPECT_EQ(counter.sites().size(), 1u);
   counter.clear();
   EXPECT_TRUE(counter.sites().empty());
+}
+
+// ---- the registered CUDA EmbeddingBag forwards ----
+
+using memlayers::DType;
+using memlayers::embbag::Fwd;
+
+struct Shape {
+  DType values, out;
+  int64_t dim;
+};
+
+// Every site a simt forward counts at `shape`: batch 8, k 32, 4096 rows, int64 indices, all in
+// device memory (256-byte aligned, as cudaMalloc's).
+std::vector<simt::AccessSite> forward_sites(const memlayers::Variant<Fwd::Params>& v,
+                                            const Shape& shape) {
+  const int64_t batch = 8, k = 32, rows = 4096;
+  const auto& mem = memlayers::simt_memory();
+  std::vector<unsigned char> values(rows * shape.dim * memlayers::dtype_size(shape.values), 0x3f);
+  std::vector<int64_t> idx(batch * k);
+  for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int64_t>(i * 977 % rows);
+  const DeviceBuffer dv(mem, values), di(mem, idx), dw(mem, std::vector<float>(batch * k, 0.5f));
+  const DeviceBuffer dy(mem, batch * shape.dim * memlayers::dtype_size(shape.out));
+  Fwd::Params p;
+  p.values = dv.get();
+  p.indices = di.get();
+  p.weights = dw.as<float>();
+  p.out = dy.get();
+  p.batch = batch;
+  p.k = k;
+  p.dim = shape.dim;
+  p.num_rows = rows;
+  p.values_dtype = shape.values;
+  p.out_dtype = shape.out;
+  simt::AccessCounter counter;
+  memlayers::Registry<Fwd>::run(v, p);
+  mem.synchronize();
+  return counter.sites();
+}
+
+TEST(SimtAccess, EmbbagForwardsUseEverySectorTheyTouch) {
+  const Shape shapes[] = {{DType::f32, DType::f32, 1024},
+                          {DType::bf16, DType::bf16, 1024},
+                          {DType::f32, DType::bf16, 1024},
+                          {DType::bf16, DType::f32, 1024},
+                          {DType::f32, DType::f32, 96}};
+  int checked = 0;
+  for (const auto* v : memlayers::Registry<Fwd>::of(memlayers::Backend::simt)) {
+    if (v->name == "v1_thread_per_elem") continue;  // the baseline: plain loads, not counted
+    for (const Shape& shape : shapes) {
+      SCOPED_TRACE(v->name + " " + std::string(memlayers::to_string(shape.values)) + " rows, " +
+                   std::string(memlayers::to_string(shape.out)) + " out, dim " +
+                   std::to_string(shape.dim));
+      const auto sites = forward_sites(*v, shape);
+      const simt::AccessSite* rows = nullptr;
+      int stores = 0;
+      for (const auto& s : sites) {
+        SCOPED_TRACE(s.where);
+        if (s.store) {
+          // A lane's 8 bf16 rows make 32 bytes of fp32 output: two 16-byte stores, 32 apart.
+          const bool widened = shape.values == DType::bf16 && shape.out == DType::f32;
+          EXPECT_DOUBLE_EQ(s.efficiency(), widened ? 0.5 : 1.0);
+          ++stores;
+        } else {
+          EXPECT_DOUBLE_EQ(s.efficiency(), 1.0);
+          if (!rows || s.sectors > rows->sectors) rows = &s;
+        }
+      }
+      EXPECT_GT(stores, 0) << "the output stores carry no cache hint, so none was counted";
+      ASSERT_NE(rows, nullptr) << "no load counted";
+      // The rows: a warp request reads 32 lanes' 16 bytes, or the whole row when shorter.
+      const int64_t row_bytes =
+          shape.dim * static_cast<int64_t>(memlayers::dtype_size(shape.values));
+      EXPECT_DOUBLE_EQ(rows->sectors_per_request(), std::min<int64_t>(512, row_bytes) / 32.0);
+      ++checked;
+    }
+  }
+  EXPECT_GE(checked, 3 * 5);  // v2, v3 and v4 at least, every shape
 }
 
 }  // namespace

@@ -103,11 +103,54 @@ __device__ __forceinline__ void accumulate_rows(const V* __restrict__ values, co
       if (full[q]) accumulate_raw<V>(load(values + rows[j] + col[q]), ws[j], acc[q]);
 }
 
-// Stores acc[kVec<T>] as 16 bytes of T... or as kVec<T> fp32 (O = float).
-template <class O, int N>
-__device__ __forceinline__ void store_vec(O* out, int64_t e, const float* acc) {
+// Output stores, both cache-hinted so that simt's AccessCounter counts them: write-back (what a
+// plain store is) and streaming (evict-first: y is not read again by this kernel).
+struct StorePlain {
+  template <class T>
+  __device__ __forceinline__ void operator()(T* p, T v) const {
+    __stwb(p, v);
+  }
+};
+struct StoreStreaming {
+  template <class T>
+  __device__ __forceinline__ void operator()(T* p, T v) const {
+    __stcs(p, v);
+  }
+};
+
+// Word w of N fp32 values stored as O: the value itself (fp32) or two bf16, the lower first.
+template <class O>
+__device__ __forceinline__ uint32_t out_word(const float* acc, int w) {
+  if constexpr (sizeof(O) == 4) {
+    return __float_as_uint(acc[w]);
+  } else {
+    return static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16(acc[2 * w]))) |
+           static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16(acc[2 * w + 1]))) << 16;
+  }
+}
+
+// Stores acc[N] (fp32) as N elements of O at out + e. When `vector` (out + e 16-byte aligned),
+// in 16-byte vectors (8 bytes when that is all: 4 bf16), else element by element. A warp whose
+// lanes store their N outputs element by element issues N requests, each spread over the sectors
+// of the whole warp's span and filling 1/N of each (simt's AccessCounter measured 4 B of every
+// 16 at fp32, 2 of 16 at bf16); one vector store a lane fills them.
+template <class O, int N, class Store>
+__device__ __forceinline__ void store_vec(O* out, int64_t e, const float* acc, bool vector,
+                                          Store store) {
+  constexpr int kWords = N * static_cast<int>(sizeof(O)) / 4;
+  static_assert(kWords % 2 == 0, "a lane's outputs fill 8 or 16-byte vectors");
+  if (!vector) {
 #pragma unroll
-  for (int q = 0; q < N; ++q) out[e + q] = from_float<O>(acc[q]);
+    for (int q = 0; q < N; ++q) store(out + e + q, from_float<O>(acc[q]));
+  } else if constexpr (kWords == 2) {
+    store(reinterpret_cast<uint2*>(out + e), make_uint2(out_word<O>(acc, 0), out_word<O>(acc, 1)));
+  } else {
+#pragma unroll
+    for (int c = 0; c < kWords / 4; ++c)
+      store(reinterpret_cast<uint4*>(out + e) + c,
+            make_uint4(out_word<O>(acc, 4 * c), out_word<O>(acc, 4 * c + 1),
+                       out_word<O>(acc, 4 * c + 2), out_word<O>(acc, 4 * c + 3)));
+  }
 }
 
 // True when a pointer and a row stride keep every row start 16-byte aligned.

@@ -19,7 +19,7 @@ template <class V, class I, class O>
 __global__ void __launch_bounds__(kWarps * 32, 3)
     fwd_warp_per_bag(const V* __restrict__ values, const I* __restrict__ indices,
                      const float* __restrict__ weights, O* __restrict__ out, int64_t batch,
-                     int64_t k, int64_t dim, int64_t vstride, int64_t ostride) {
+                     int64_t k, int64_t dim, int64_t vstride, int64_t ostride, bool vector_out) {
   constexpr int N = kVec<V>;
   const int lane = threadIdx.x % 32;
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
         if (active) fma_vec(values + row * vstride, c, w, acc);
       }
     }
-    if (active) store_vec<O, N>(out + b * ostride, c, acc);
+    if (active) store_vec<O, N>(out + b * ostride, c, acc, vector_out, StorePlain{});
   }
 }
 
@@ -61,7 +61,7 @@ void launch(const FwdParams& p, Stream stream) {
                   dim3(static_cast<unsigned>(ceil_div(p.batch, kWarps))), dim3(kWarps * 32), 0,
                   stream, static_cast<const V*>(p.values), static_cast<const I*>(p.indices),
                   p.weights, static_cast<O*>(p.out), p.batch, p.k, p.dim, values_stride(p),
-                  out_stride(p));
+                  out_stride(p), rows_aligned16(p.out, out_stride(p), sizeof(O)));
   });
 }
 

@@ -29,7 +29,8 @@ template <class V, class I, class O>
 __global__ void __launch_bounds__(kWarps * 32)
     fwd_rows_in_flight(const V* __restrict__ values, const I* __restrict__ indices,
                        const float* __restrict__ weights, O* __restrict__ out, int64_t batch,
-                       int64_t k, int64_t dim, int64_t vstride, int64_t ostride, bool vector_ok) {
+                       int64_t k, int64_t dim, int64_t vstride, int64_t ostride, bool vector_ok,
+                       bool vector_out) {
   constexpr int N = kVec<V>;
   MEMLAYERS_DYNAMIC_SHARED(unsigned char, smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     accumulate_rows<kUnroll>(values, rows, ws, k, col, full, acc, LoadCached{});
 #pragma unroll
     for (int q = 0; q < kSlice; ++q)
-      if (full[q]) store_vec<O, N>(y, col[q], acc[q]);
+      if (full[q]) store_vec<O, N>(y, col[q], acc[q], vector_out, StorePlain{});
     // The ragged tail past the last full vector: scalar, one column per lane.
     const int64_t tail = c_begin + (c_end - c_begin) / N * N;
     for (int64_t c = tail + lane; c < c_end; c += 32) {
@@ -92,7 +93,7 @@ void launch(const FwdParams& p, Stream stream) {
                   dim3(kWarps * 32), kWarps * p.k * (sizeof(int64_t) + sizeof(float)), stream,
                   static_cast<const V*>(p.values), static_cast<const I*>(p.indices), p.weights,
                   static_cast<O*>(p.out), p.batch, p.k, p.dim, values_stride(p), out_stride(p),
-                  vector_ok);
+                  vector_ok, rows_aligned16(p.out, out_stride(p), sizeof(O)));
   });
 }
 

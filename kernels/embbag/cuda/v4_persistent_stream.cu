@@ -29,7 +29,7 @@ template <class V, class I, class O>
 __global__ void __launch_bounds__(kWarps * 32, 2)
     fwd_persistent(const V* __restrict__ values, const I* __restrict__ indices,
                    const float* __restrict__ weights, O* __restrict__ out, int64_t batch, int64_t k,
-                   int64_t dim, int64_t vstride, int64_t ostride) {
+                   int64_t dim, int64_t vstride, int64_t ostride, bool vector_out) {
   constexpr int N = kVec<V>;
   MEMLAYERS_DYNAMIC_SHARED(unsigned char, smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -71,9 +71,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     O* y = out + b * ostride;
 #pragma unroll
     for (int q = 0; q < kSlice; ++q)
-      if (full[q])
-#pragma unroll
-        for (int e = 0; e < N; ++e) __stcs(y + col[q] + e, from_float<O>(acc[q][e]));
+      if (full[q]) store_vec<O, N>(y, col[q], acc[q], vector_out, StoreStreaming{});
     __syncwarp();  // the next item's staging is complete, and this item's is no longer read
   }
 }
@@ -107,7 +105,8 @@ void launch(const FwdParams& p, Stream stream) {
     launch_kernel("embbag_fwd_v4_persistent_stream", kernel, dim3(static_cast<unsigned>(blocks)),
                   dim3(kWarps * 32), smem, stream, static_cast<const V*>(p.values),
                   static_cast<const I*>(p.indices), p.weights, static_cast<O*>(p.out), p.batch, p.k,
-                  p.dim, values_stride(p), out_stride(p));
+                  p.dim, values_stride(p), out_stride(p),
+                  rows_aligned16(p.out, out_stride(p), sizeof(O)));
   });
 }
 
