@@ -1267,4 +1267,42 @@ void AccessCounter::clear() {
   t.sites.clear();
 }
 
+// SIMT_ACCESS_REPORT=1 in the environment: one AccessCounter for the whole run, its sites
+// printed to stderr at exit (so that any program running simt kernels, the memlayers CLI with
+// --backend simt for one, reports them). A program that makes its own AccessCounter must run
+// without it.
+namespace {
+
+// `where` from the repository's folders on (kernels/, tests/...), as the build gave the path.
+std::string short_where(const std::string& where) {
+  for (const char* top : {"/kernels/", "/tests/", "/simt/", "/harness/", "/tools/"})
+    if (const auto at = where.rfind(top); at != std::string::npos) return where.substr(at + 1);
+  return where;
+}
+
+void print_access_report() {
+  auto& t = detail::access_totals();
+  std::lock_guard lock(t.mu);
+  std::fprintf(stderr,
+               "simt access report (SIMT_ACCESS_REPORT): warp-wide requests of the cache-hinted "
+               "global loads and stores and cp.async copies (simt.h, AccessCounter)\n"
+               "%-44s %-5s %-52s %10s %16s %6s\n",
+               "kernel", "op", "where", "requests", "sectors/request", "used");
+  for (const auto& [key, s] : t.sites)
+    std::fprintf(stderr, "%-44s %-5s %-52s %10llu %16.2f %5.1f%%\n", s.kernel.c_str(),
+                 s.store ? "store" : "load", short_where(s.where).c_str(),
+                 static_cast<unsigned long long>(s.requests), s.sectors_per_request(),
+                 100.0 * s.efficiency());
+}
+
+const bool access_report_asked = [] {
+  const char* env = std::getenv("SIMT_ACCESS_REPORT");
+  if (!env || std::string(env) != "1") return false;
+  new AccessCounter;  // never destroyed: it counts until exit
+  std::atexit(print_access_report);
+  return true;
+}();
+
+}  // namespace
+
 }  // namespace simt

@@ -10,14 +10,17 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/async_copy.cuh"
 #include "common/backend.h"
 #include "common/cuda.cuh"
 #include "embbag/embbag.h"
+#include "pk_topk/pk_topk.h"
 #include "tests/common/buffer.h"
 #include "tests/common/mapped.h"
+#include "tests/common/random.h"
 
 namespace {
 
@@ -171,6 +174,7 @@ TEST(SimtAccess, NothingIsCountedWithoutACounterAndOneCountsAtATime) {
 // ---- the registered CUDA EmbeddingBag forwards ----
 
 using memlayers::DType;
+using memlayers::embbag::Bwd;
 using memlayers::embbag::Fwd;
 
 struct Shape {
@@ -206,6 +210,27 @@ std::vector<simt::AccessSite> forward_sites(const memlayers::Variant<Fwd::Params
   return counter.sites();
 }
 
+// Every counted access either uses all the bytes of the sectors it touches or is a broadcast
+// (one sector a request: every lane reading the same index or weight). `widened`: the stores of
+// a forward whose lanes hold 8 bf16 rows' columns as 32 bytes of fp32, two 16-byte stores 32
+// bytes apart, each filling half of its sectors.
+void expect_whole_sectors(const std::vector<simt::AccessSite>& sites, bool widened = false) {
+  ASSERT_FALSE(sites.empty()) << "nothing counted";
+  for (const auto& s : sites) {
+    SCOPED_TRACE(s.kernel + " " + s.where + (s.store ? " store" : " load"));
+    if (s.store && widened) {
+      EXPECT_DOUBLE_EQ(s.efficiency(), 0.5);
+    } else if (s.sectors_per_request() != 1.0) {
+      EXPECT_DOUBLE_EQ(s.efficiency(), 1.0) << s.sectors_per_request() << " sectors a request";
+    }
+  }
+}
+
+template <class V>
+std::string describe(const V& v, const std::string& shape) {
+  return v.name + " " + shape;
+}
+
 TEST(SimtAccess, EmbbagForwardsUseEverySectorTheyTouch) {
   const Shape shapes[] = {{DType::f32, DType::f32, 1024},
                           {DType::bf16, DType::bf16, 1024},
@@ -214,28 +239,21 @@ TEST(SimtAccess, EmbbagForwardsUseEverySectorTheyTouch) {
                           {DType::f32, DType::f32, 96}};
   int checked = 0;
   for (const auto* v : memlayers::Registry<Fwd>::of(memlayers::Backend::simt)) {
-    if (v->name == "v1_thread_per_elem") continue;  // the baseline: plain loads, not counted
     for (const Shape& shape : shapes) {
       SCOPED_TRACE(v->name + " " + std::string(memlayers::to_string(shape.values)) + " rows, " +
                    std::string(memlayers::to_string(shape.out)) + " out, dim " +
                    std::to_string(shape.dim));
       const auto sites = forward_sites(*v, shape);
+      expect_whole_sectors(sites, shape.values == DType::bf16 && shape.out == DType::f32);
       const simt::AccessSite* rows = nullptr;
       int stores = 0;
       for (const auto& s : sites) {
-        SCOPED_TRACE(s.where);
-        if (s.store) {
-          // A lane's 8 bf16 rows make 32 bytes of fp32 output: two 16-byte stores, 32 apart.
-          const bool widened = shape.values == DType::bf16 && shape.out == DType::f32;
-          EXPECT_DOUBLE_EQ(s.efficiency(), widened ? 0.5 : 1.0);
-          ++stores;
-        } else {
-          EXPECT_DOUBLE_EQ(s.efficiency(), 1.0);
-          if (!rows || s.sectors > rows->sectors) rows = &s;
-        }
+        stores += s.store;
+        if (!s.store && (!rows || s.sectors > rows->sectors)) rows = &s;
       }
+      ASSERT_NE(rows, nullptr);
+      if (v->name == "v1_thread_per_elem") continue;  // scalar loads, plain stores: the baseline
       EXPECT_GT(stores, 0) << "the output stores carry no cache hint, so none was counted";
-      ASSERT_NE(rows, nullptr) << "no load counted";
       // The rows: a warp request reads 32 lanes' 16 bytes, or the whole row when shorter.
       const int64_t row_bytes =
           shape.dim * static_cast<int64_t>(memlayers::dtype_size(shape.values));
@@ -244,6 +262,128 @@ TEST(SimtAccess, EmbbagForwardsUseEverySectorTheyTouch) {
     }
   }
   EXPECT_GE(checked, 3 * 5);  // v2, v3 and v4 at least, every shape
+}
+
+// Every site a simt backward counts: batch 8, k 32, 512 rows (so rows repeat), dV dense and
+// compact, dw.
+std::vector<simt::AccessSite> backward_sites(const memlayers::Variant<Bwd::Params>& v, DType values,
+                                             int64_t dim) {
+  const int64_t batch = 8, k = 32, rows = 512, n = batch * k;
+  const auto& mem = memlayers::simt_memory();
+  std::vector<unsigned char> table(rows * dim * memlayers::dtype_size(values), 0x3f);
+  std::vector<int64_t> idx(n);
+  for (int64_t i = 0; i < n; ++i) idx[i] = i * 977 % rows;
+  const DeviceBuffer dv(mem, table), di(mem, idx), dw(mem, std::vector<float>(n, 0.5f));
+  const DeviceBuffer dy(mem, std::vector<float>(batch * dim, 0.25f));
+  const DeviceBuffer gw(mem, n * sizeof(float)), dense(mem, rows * dim * sizeof(float));
+  const DeviceBuffer unique(mem, n * sizeof(int64_t)), compact(mem, n * dim * sizeof(float));
+  const DeviceBuffer count(mem, sizeof(int64_t));
+  Bwd::Params p;
+  p.values = dv.get();
+  p.indices = di.get();
+  p.weights = dw.as<float>();
+  p.grad_out = dy.as<float>();
+  p.batch = batch;
+  p.k = k;
+  p.dim = dim;
+  p.num_rows = rows;
+  p.values_dtype = values;
+  p.grad_weights = gw.as<float>();
+  p.grad_values_dense = dense.as<float>();
+  if (v.name != "v1_bwd_atomic") {  // dense only
+    p.unique_rows = unique.as<int64_t>();
+    p.grad_values_compact = compact.as<float>();
+    p.num_unique = count.as<int64_t>();
+  }
+  simt::AccessCounter counter;
+  memlayers::Registry<Bwd>::run(v, p);
+  mem.synchronize();
+  return counter.sites();
+}
+
+TEST(SimtAccess, EmbbagBackwardsUseEverySectorTheyTouch) {
+  const std::pair<DType, int64_t> shapes[] = {
+      {DType::f32, 1024}, {DType::bf16, 1024}, {DType::f32, 96}};
+  int sorted = 0;
+  for (const auto* v : memlayers::Registry<Bwd>::of(memlayers::Backend::simt))
+    for (const auto& [values, dim] : shapes) {
+      SCOPED_TRACE(v->name + " " + std::string(memlayers::to_string(values)) + " dim " +
+                   std::to_string(dim));
+      const auto sites = backward_sites(*v, values, dim);
+      expect_whole_sectors(sites);
+      // The sorted variants' dV rows are stores the counter sees.
+      if (v->name.find("sorted") != std::string::npos) {
+        ++sorted;
+        EXPECT_TRUE(std::any_of(sites.begin(), sites.end(), [](const auto& s) { return s.store; }));
+      }
+    }
+  EXPECT_GE(sorted, 2 * 3);
+}
+
+// Every site a simt pk_topk forward and backward count: batch 16, 2 heads, 128 sub-keys a half,
+// k_dim 64, k 8.
+TEST(SimtAccess, PkTopkVariantsUseEverySectorTheyTouch) {
+  namespace pk = memlayers::pk_topk;
+  const int64_t batch = 16, heads = 2, n_keys = 128, k_dim = 64, k = 8;
+  const auto& mem = memlayers::simt_memory();
+  memlayers::test::Rng rng(11);
+  std::vector<float> q(batch * heads * k_dim), keys(heads * n_keys * k_dim / 2);
+  for (auto& x : q) x = rng.signed_unit();
+  for (auto& x : keys) x = rng.signed_unit();
+  std::vector<int64_t> idx(batch * heads * k);
+  for (std::size_t i = 0; i < idx.size(); ++i)
+    idx[i] = static_cast<int64_t>(i * 7919 % (n_keys * n_keys));
+  const DeviceBuffer dq_in(mem, q), dk1(mem, keys), dk2(mem, keys), di(mem, idx);
+  const DeviceBuffer ds(mem, std::vector<float>(batch * heads * k, 0.5f));
+  const DeviceBuffer scores(mem, batch * heads * k * sizeof(float));
+  const DeviceBuffer out_idx(mem, batch * heads * k * sizeof(int64_t));
+  int runs = 0;
+  for (const DType dtype : {DType::f32, DType::bf16})
+    for (const bool norm : {false, true}) {
+      const std::string shape = std::string(memlayers::to_string(dtype)) + (norm ? " qk-norm" : "");
+      pk::FwdParams f;
+      f.queries = dq_in.get();
+      f.keys1 = dk1.get();
+      f.keys2 = dk2.get();
+      f.scores = scores.as<float>();
+      f.indices = out_idx.get();
+      f.batch = batch, f.heads = heads, f.n_keys = n_keys, f.k_dim = k_dim, f.k = k;
+      f.dtype = dtype;
+      f.qk_norm = norm;
+      for (const auto* v : memlayers::Registry<pk::Fwd>::of(memlayers::Backend::simt)) {
+        if (!v->supports(f).empty()) continue;
+        SCOPED_TRACE(describe(*v, shape));
+        simt::AccessCounter counter;
+        memlayers::Registry<pk::Fwd>::run(*v, f);
+        mem.synchronize();
+        const auto sites = counter.sites();
+        if (!sites.empty()) expect_whole_sectors(sites);  // v1-v3 load with plain loads
+        ++runs;
+      }
+      pk::BwdParams b;
+      b.queries = dq_in.get();
+      b.keys1 = dk1.get();
+      b.keys2 = dk2.get();
+      b.indices = di.get();
+      b.grad_scores = ds.as<float>();
+      b.batch = batch, b.heads = heads, b.n_keys = n_keys, b.k_dim = k_dim, b.k = k;
+      b.dtype = dtype;
+      b.qk_norm = norm;
+      const DeviceBuffer gq(mem, q.size() * sizeof(float));
+      const DeviceBuffer g1(mem, keys.size() * sizeof(float)), g2(mem, keys.size() * sizeof(float));
+      b.grad_queries = gq.as<float>();
+      b.grad_keys1.dense = g1.as<float>();
+      b.grad_keys2.dense = g2.as<float>();
+      for (const auto* v : memlayers::Registry<pk::Bwd>::of(memlayers::Backend::simt)) {
+        SCOPED_TRACE(describe(*v, shape));
+        simt::AccessCounter counter;
+        memlayers::Registry<pk::Bwd>::run(*v, b);
+        mem.synchronize();
+        expect_whole_sectors(counter.sites());
+        ++runs;
+      }
+    }
+  EXPECT_GE(runs, 4 * (5 + 2));
 }
 
 }  // namespace

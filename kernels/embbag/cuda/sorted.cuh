@@ -27,6 +27,28 @@ __global__ void make_pairs_kernel(const I* __restrict__ indices, uint64_t* keys,
   pos[i] = static_cast<uint32_t>(i);
 }
 
+// The lane's kCols values of V's row at c, as fp32 (zero past dim): one 16-byte load (8 for bf16)
+// where the row allows it, else one per column. V's rows are as many bytes as dy's that the pass
+// reads; element loads would be four requests where one does.
+template <class V>
+__device__ __forceinline__ void load_cols(const V* __restrict__ vrow, int64_t dim, int64_t c,
+                                          float* v) {
+  static_assert(kCols == 4, "one 4-element vector a lane");
+  if (c + kCols <= dim && reinterpret_cast<uintptr_t>(vrow + c) % (kCols * sizeof(V)) == 0) {
+    if constexpr (sizeof(V) == 4) {
+      const float4 t = __ldg(reinterpret_cast<const float4*>(vrow + c));
+      v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+    } else {  // bf16 is the top half of an fp32
+      const uint2 t = __ldg(reinterpret_cast<const uint2*>(vrow + c));
+      v[0] = __uint_as_float(t.x << 16), v[1] = __uint_as_float(t.x & 0xffff0000u);
+      v[2] = __uint_as_float(t.y << 16), v[3] = __uint_as_float(t.y & 0xffff0000u);
+    }
+    return;
+  }
+#pragma unroll
+  for (int q = 0; q < kCols; ++q) v[q] = c + q < dim ? to_float(__ldg(vrow + c + q)) : 0.f;
+}
+
 // The entries of one run, handled by one warp: entries e = first + lane_group·step ... in order.
 // Adds this warp's share of the run's gradient for columns [c, c + kCols) into acc, and, with
 // FuseDw, its share of dw for each entry.
@@ -41,9 +63,7 @@ __device__ __forceinline__ void accumulate_run(const V* __restrict__ vrow,
   const bool vector = dim % kCols == 0;  // dy rows are 16-byte aligned: dy is contiguous fp32
   const bool want_dw = FuseDw && dw != nullptr;  // uniform across the warp
   float v[kCols] = {};
-  if (want_dw)
-#pragma unroll
-    for (int q = 0; q < kCols; ++q) v[q] = c + q < dim ? to_float(vrow[c + q]) : 0.f;
+  if (want_dw) load_cols(vrow, dim, c, v);
   for (int64_t e = e_begin; e < e_end; e += e_step) {
     const uint32_t pos = __ldg(perm + e);
     const float w = __ldg(weights + pos);
@@ -71,16 +91,29 @@ __device__ __forceinline__ void accumulate_run(const V* __restrict__ vrow,
   }
 }
 
-template <class V>
+// Stores the lane's kCols gradient columns at c of `row` (fp32, dim wide): one 16-byte store
+// where dim is a multiple of kCols and the row 16-byte aligned, else one store per column. Element
+// stores would make each warp request fill 4 bytes of every 16 across the warp's 512-byte span
+// (simt's AccessCounter), four requests where one does; dV is written once per touched row, as
+// many bytes as the rows the pass reads. Cache-hinted (__stwb, a plain store) so simt counts them.
+__device__ __forceinline__ void store_cols(float* __restrict__ row, int64_t dim, int64_t c,
+                                           const float* acc) {
+  static_assert(kCols == 4, "one float4 a lane");
+  if (c >= dim) return;
+  if (dim % kCols == 0 && reinterpret_cast<uintptr_t>(row) % 16 == 0) {
+    __stwb(reinterpret_cast<float4*>(row + c), make_float4(acc[0], acc[1], acc[2], acc[3]));
+    return;
+  }
+#pragma unroll
+  for (int q = 0; q < kCols; ++q)
+    if (c + q < dim) __stwb(row + c + q, acc[q]);
+}
+
 __device__ __forceinline__ void store_row(float* __restrict__ compact, float* __restrict__ dense,
                                           int64_t run, uint64_t row, int64_t dim, int64_t c,
                                           const float* acc) {
-#pragma unroll
-  for (int q = 0; q < kCols; ++q) {
-    if (c + q >= dim) break;
-    if (compact) compact[run * dim + c + q] = acc[q];
-    if (dense) dense[static_cast<int64_t>(row) * dim + c + q] = acc[q];
-  }
+  if (compact) store_cols(compact + run * dim, dim, c, acc);
+  if (dense) store_cols(dense + static_cast<int64_t>(row) * dim, dim, c, acc);
 }
 
 // One warp per run of at most kLongRun entries (grid-stride over the runs).
@@ -105,7 +138,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int64_t c = c0 + static_cast<int64_t>(lane) * kCols;
       float acc[kCols] = {};
       accumulate_run<FuseDw>(vrow, perm, weights, dy, dw, k, dim, c, first, last, 1, acc);
-      store_row<V>(compact, dense, run, row, dim, c, acc);
+      store_row(compact, dense, run, row, dim, c, acc);
     }
   }
 }
@@ -142,7 +175,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (int w = 0; w < kWarps; ++w)
 #pragma unroll
           for (int q = 0; q < kCols; ++q) sum[q] += partial[w][lane * kCols + q];
-        store_row<V>(compact, dense, run, row, dim, c, sum);
+        store_row(compact, dense, run, row, dim, c, sum);
       }
       __syncthreads();
     }

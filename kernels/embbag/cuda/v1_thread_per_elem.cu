@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(kThreads)
   float acc = 0.f;
   for (int64_t j = 0; j < k; ++j) {
     const int64_t row = load_index(indices, b * k + j);
-    acc += __ldg(weights + b * k + j) * to_float(values[row * vstride + d]);
+    acc += __ldg(weights + b * k + j) * to_float(__ldg(values + row * vstride + d));
   }
   out[b * ostride + d] = from_float<O>(acc);
 }
