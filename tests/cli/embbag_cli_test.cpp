@@ -38,6 +38,7 @@ using memlayers::Registry;
 using namespace memlayers::cli_test;  // NOLINT: the shared CLI test helpers
 using memlayers::embbag::Bwd;
 using memlayers::embbag::Fwd;
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
@@ -225,6 +226,25 @@ TEST_F(EmbbagCli, ForwardMatchesReference) {
       expect_close(read_floats(file("y.npy"), {5, 19}), want, 1e-5, what);
     }
   }
+}
+
+// SIMT_ACCESS_REPORT=1 makes a program that runs simt kernels print, at exit, the sectors per
+// request of their cache-hinted accesses (simt.h, AccessCounter); without it nothing is printed.
+TEST_F(EmbbagCli, SimtAccessReportOnRequest) {
+  const Problem p = make_problem(4, 32, 64, 256, DType::i64, 5);
+  write(p);
+  const std::string args =
+      inputs() + " --backend simt --variant v2_warp_per_bag --out " + arg("y.npy");
+  EXPECT_THAT(ok(args, {"y.npy"}).err, Not(HasSubstr("simt access report")));
+  ::setenv("SIMT_ACCESS_REPORT", "1", 1);
+  const Result res = ok(args, {"y.npy"});
+  ::unsetenv("SIMT_ACCESS_REPORT");
+  EXPECT_THAT(res.err, HasSubstr("simt access report (SIMT_ACCESS_REPORT)"));
+  EXPECT_THAT(res.err, HasSubstr("sectors/request"));
+  // The rows: 256 fp32 = 1 KiB each, read 512 bytes (16 sectors) a request, all of them used.
+  EXPECT_THAT(res.err, ContainsRegex("embbag_fwd_v2_warp_per_bag +load +kernels/embbag/cuda/"
+                                     "common.cuh:[0-9]+:[0-9]+ +[0-9]+ +16.00 +100.0%"));
+  EXPECT_THAT(res.err, ContainsRegex("embbag_fwd_v2_warp_per_bag +store "));
 }
 
 TEST_F(EmbbagCli, ForwardBf16Storage) {

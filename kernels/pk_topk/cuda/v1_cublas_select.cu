@@ -34,7 +34,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t base = 0; base < n_keys; base += g.size) {
         const int64_t i = base + g.rank;
         const bool valid = i < n_keys;
-        list_offer(R.half[c], valid, valid ? make_key(s[i], static_cast<uint32_t>(i)) : 0, g);
+        list_offer(R.half[c], valid, valid ? make_key(__ldg(s + i), static_cast<uint32_t>(i)) : 0,
+                   g);
       }
       list_finish(R.half[c], g);
     }

@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kThreads, 4)
       for (int64_t base = 0; base < n_keys; base += 32) {
         const int64_t i = base + g.rank;
         const bool valid = i < n_keys;
-        list_offer(L, valid, valid ? make_key(s[i], static_cast<uint32_t>(i)) : 0, g);
+        list_offer(L, valid, valid ? make_key(__ldg(s + i), static_cast<uint32_t>(i)) : 0, g);
       }
       list_finish(L, g);
     }

@@ -93,14 +93,14 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
             const int r = x / kTileDims, d = x % kTileDims;
             const int64_t b = b0 + r;
             qs[r * kPad + d] = b < batch && d0 + d < half
-                                   ? to_f32(q[(b * heads + h) * k_dim + qoff + d0 + d])
+                                   ? to_f32(__ldg(q + (b * heads + h) * k_dim + qoff + d0 + d))
                                    : 0.f;
           }
           for (int x = threadIdx.x; x < kTileKeys * kTileDims; x += blockDim.x) {
             const int r = x / kTileDims, d = x % kTileDims;
             const int64_t key = key0 + r;
             ks[r * kPad + d] = key < n_keys && d0 + d < half
-                                   ? to_f32(keys[(h * n_keys + key) * half + d0 + d])
+                                   ? to_f32(__ldg(keys + (h * n_keys + key) * half + d0 + d))
                                    : 0.f;
           }
           __syncthreads();
