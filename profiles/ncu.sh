@@ -67,9 +67,15 @@ stem="$out/ncu_${op}_${variant}"
 # The range name holds a '/', which NVTX filters read as nesting: escape it. A trailing '/'
 # selects a push/pop range.
 range="${op}\\/${variant}/"
+# Beside the sections: L2 hits, DRAM bytes, and global sectors per request, which simt's
+# AccessCounter predicts (SIMT_ACCESS_REPORT=1 on a simt run of the same variant).
+metrics=lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum
+for d in ld st; do
+  metrics+=",l1tex__t_sectors_pipe_lsu_mem_global_op_$d.sum,l1tex__t_requests_pipe_lsu_mem_global_op_$d.sum"
+done
 set -x
 ncu --nvtx --nvtx-include "$range" --clock-control none "${sections[@]}" \
-  --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum \
+  --metrics "$metrics" \
   --launch-count "$count" -f -o "$stem" \
   "$bin" --backend cuda --variant "$variant" --direction "$direction" --reps 1 --sets 2 \
   --benchmark_filter="^(${op}/cuda/${variant}/|ceiling/)" --benchmark_min_time=0.05 \

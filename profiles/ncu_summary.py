@@ -17,6 +17,10 @@ Both layouts are read (profiles/ncu.sh writes the raw page). Lines before the CS
   achieved occupancy  sm__warps_active.avg.pct_of_peak_sustained_active   (Achieved Occupancy)
   L2 hit %            lts__t_sector_hit_rate.pct                             (L2 Hit Rate)
   DRAM GB/s           (dram__bytes_read.sum + dram__bytes_write.sum) / duration, when collected
+  ld / st sectors     global load (store) sectors per request, l1tex__t_sectors_pipe_lsu_mem_
+  per request         global_op_ld.sum / l1tex__t_requests_..._ld.sum (_st for stores), when
+                      collected: what simt's AccessCounter predicts without a GPU (simt.h;
+                      SIMT_ACCESS_REPORT=1), 16 for a warp's 16-byte lanes over one span
   top stalls          the largest of smsp__average_warps_issue_stalled_<reason>_per_issue_active
                       .ratio (cycles a warp waits per issued instruction; WarpStateStats), else
                       smsp__warp_issue_stalled_<reason>_per_warp_active.pct, else the PC-sampling
@@ -46,6 +50,10 @@ METRICS = OrderedDict([
     ("dram_read", (["dram__bytes_read.sum"], [])),
     ("dram_write", (["dram__bytes_write.sum"], [])),
     ("registers", (["launch__registers_per_thread"], ["Registers Per Thread"])),
+    ("ld_sectors", (["l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum"], [])),
+    ("ld_requests", (["l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum"], [])),
+    ("st_sectors", (["l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum"], [])),
+    ("st_requests", (["l1tex__t_requests_pipe_lsu_mem_global_op_st.sum"], [])),
 ])
 STALL_FAMILIES = [
     (re.compile(r"^smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio$"),
@@ -168,8 +176,9 @@ def markdown(launches, title):
     out = ["## ncu summary: %s\n" % title if title else "## ncu summary\n"]
     out.append("| kernel | launches | duration (µs) | DRAM % of peak | memory SOL % | SM SOL % "
                "| achieved occupancy % | theoretical occupancy % | L2 hit % | DRAM GB/s "
-               "| registers | top stall reasons |")
-    out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+               "| registers | top stall reasons | ld / st sectors per request |")
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- "
+               "| ---: |")
     units = set()
     for kernel, ss in kernels.items():
         avg = {k: mean([s.get(k) for s in ss]) for k in METRICS}
@@ -189,12 +198,15 @@ def markdown(launches, title):
         top = sorted(stalls.items(), key=lambda kv: -kv[1])[:3]
         top_text = ", ".join("%s %.2f (%.0f%%)" % (r, v, 100 * v / total) for r, v in top) \
             if total > 0 else "not in this export"
+        per_request = ["%s" % fmt(avg[s] / avg[r]) if avg.get(s) is not None and avg.get(r)
+                       else "—" for s, r in (("ld_sectors", "ld_requests"),
+                                             ("st_sectors", "st_requests"))]
         name = kernel if len(kernel) <= 60 else kernel[:57] + "..."
-        out.append("| `%s` | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        out.append("| `%s` | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name.replace("|", "/"), len(ss), fmt(avg.get("duration"), 2), fmt(avg.get("dram_pct")),
             fmt(avg.get("mem_sol")), fmt(avg.get("sm_sol")), fmt(avg.get("occupancy")),
             fmt(avg.get("theoretical")), fmt(avg.get("l2_hit")), fmt(gbs),
-            fmt(avg.get("registers"), 0), top_text))
+            fmt(avg.get("registers"), 0), top_text, " / ".join(per_request)))
     out.append("")
     if units:
         out.append("Stall values: %s (share of all stall reasons in brackets)." %

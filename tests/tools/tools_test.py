@@ -270,9 +270,11 @@ class NcuSummary(unittest.TestCase):
                                     "11.0", "4033.8"])
         self.assertTrue(v4[11].startswith("long_scoreboard 25.00 (83%)"), v4[11])
         self.assertNotIn("selected", v4[11])
+        self.assertEqual(v4[12], "16.0 / 16.0")  # global sectors per load, per store request
         sort = row(md, "`void cub::DeviceRadixSortOnesweepKernel<...>(...)`")
         self.assertEqual(sort[8], "—")  # n/a
         self.assertTrue(sort[11].startswith("wait"))
+        self.assertEqual(sort[12], "4.0 / —")
 
     def test_details_page(self):
         md = self.summary("ncu_details.csv")
@@ -282,6 +284,7 @@ class NcuSummary(unittest.TestCase):
         self.assertEqual(r[6], "45.6")
         self.assertEqual(r[8], "88.1")
         self.assertEqual(r[11], "not in this export")
+        self.assertEqual(r[12], "— / —")
 
     def test_not_a_csv(self):
         p = run([sys.executable, os.path.join(ROOT, "profiles", "ncu_summary.py"),
