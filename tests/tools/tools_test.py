@@ -293,6 +293,34 @@ class NcuSummary(unittest.TestCase):
         self.assertIn("no ncu CSV header", p.stderr)
 
 
+class SimtAccessReport(unittest.TestCase):
+    """tools/simt_access_report.py runs every simt variant of the four ops through the build's
+    memlayers CLI and tabulates simt's sector counts."""
+
+    def test_every_op_and_dtype_tabulated(self):
+        if not BUILD_DIR:
+            self.skipTest("needs --build-dir")
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "access.md")
+            run([sys.executable, os.path.join(ROOT, "tools", "simt_access_report.py"), "--cli",
+                 os.path.join(BUILD_DIR, "tools", "cli", "memlayers"), "--out", out])
+            with open(out) as f:
+                md = f.read()
+        for op in ("embbag_fwd", "embbag_bwd", "pk_topk_fwd", "pk_topk_bwd"):
+            for dtype in ("fp32", "bf16"):
+                self.assertIn("## %s, %s" % (op, dtype), md)
+        # v2's rows at dim 1024 fp32: 32 lanes' 16 bytes, one 512-byte span a request, all used.
+        self.assertRegex(md, r"\| v2_warp_per_bag \| `embbag_fwd_v2_warp_per_bag` \| load \| "
+                             r"`kernels/embbag/cuda/common.cuh:\d+:\d+` \| \d+ \| 16.00 \| 100.0% \|")
+        # The only requests that fetch unused bytes: the bf16 forwards' widened fp32 stores.
+        waste = md.split("## Requests that fetch bytes nobody asked for")[1]
+        listed = [l for l in waste.splitlines() if l.startswith("- ")]
+        self.assertTrue(listed)
+        for l in listed:
+            self.assertRegex(l, r"^- embbag_fwd/v[234]_\w+ bf16 store ")
+        self.assertIn("The bf16 forwards' stores", waste)
+
+
 class DeviceCheckDryRun(unittest.TestCase):
     """The dry run lists every step and finds the binaries of the build the tests run in; a
     machine without a GPU is reported, not a failure."""
