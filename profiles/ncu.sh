@@ -82,6 +82,13 @@ ncu --nvtx --nvtx-include "$range" --clock-control none "${sections[@]}" \
   "${bench_args[@]}"
 ncu --import "$stem.ncu-rep" --csv --page raw > "$stem.csv"
 set +x
+# simt's count of the same accesses (reports/simt_access.md), for the comparison.
+simt_args=()
+if [ -f "$root/reports/simt_access.md" ]; then
+  dtype=fp32
+  [[ " ${bench_args[*]} " == *" --dtype bf16 "* ]] && dtype=bf16
+  simt_args=(--simt-access "$root/reports/simt_access.md" --op "$op" --variant "$variant" --dtype "$dtype")
+fi
 python3 "$root/profiles/ncu_summary.py" "$stem.csv" --title "${op}/${variant} ($bench ${bench_args[*]})" \
-  --out "$stem.md"
+  --out "$stem.md" "${simt_args[@]}"
 cat "$stem.md"

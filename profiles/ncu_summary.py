@@ -4,6 +4,7 @@
     ncu --import run.ncu-rep --csv --page raw > run.csv        # every collected metric (wide)
     ncu --import run.ncu-rep --csv --page details > run.csv    # the sections' tables (long)
     profiles/ncu_summary.py run.csv [--title "embbag_fwd/v4_persistent_stream"] [--out run.md]
+        [--simt-access reports/simt_access.md --op embbag_fwd --variant v4_persistent_stream]
 
 Both layouts are read (profiles/ncu.sh writes the raw page). Lines before the CSV header
 (==PROF== lines, the program's own output) are skipped; numbers may carry thousands separators;
@@ -218,13 +219,44 @@ def markdown(launches, title):
     return "\n".join(out) + "\n"
 
 
+def simt_counts(path, op, variant, dtype):
+    """The rows of `variant` in section "## op, dtype" of tools/simt_access_report.py's page, as
+    a markdown section to read beside the measured sectors per request."""
+    head = "### simt's count for %s/%s, %s (%s)\n" % (op, variant, dtype, path)
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as e:
+        return head + "\nNot read: %s.\n" % e
+    section = "## %s, %s" % (op, dtype)
+    rows, inside = [], False
+    for line in lines:
+        if line.startswith("## "):
+            inside = line.strip() == section
+        elif inside and line.startswith("| %s |" % variant):
+            rows.append(line)
+    if not rows:
+        return head + "\nNo rows for this variant in that section.\n"
+    return "\n".join([head, "The same sectors per request, counted on the CPU at a small shape "
+                       "(the page says which); a measured column above that differs points at "
+                       "an access simt does not count or groups differently.", "",
+                       "| variant | kernel | access | where | requests | sectors / request "
+                       "| used |", "| --- | --- | --- | --- | ---: | ---: | ---: |"] + rows) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("csv", nargs="+", help="ncu CSV export(s); '-' reads stdin")
     ap.add_argument("--title", help="heading (e.g. the NVTX range profiled)")
     ap.add_argument("--out", help="write the markdown here (default: stdout)")
+    ap.add_argument("--simt-access", metavar="FILE",
+                    help="reports/simt_access.md: append simt's counts for --op/--variant/--dtype")
+    ap.add_argument("--op", help="with --simt-access: the op (embbag_fwd, pk_topk_bwd, ...)")
+    ap.add_argument("--variant", help="with --simt-access: the variant")
+    ap.add_argument("--dtype", default="fp32", help="with --simt-access: fp32 or bf16")
     args = ap.parse_args()
+    if args.simt_access and not (args.op and args.variant):
+        ap.error("--simt-access needs --op and --variant")
     parts = []
     for path in args.csv:
         text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8",
@@ -237,6 +269,8 @@ def main():
             sys.exit("ncu_summary: %s: no kernel launches in the export (did the NVTX filter "
                      "match any launch?)" % path)
         parts.append(markdown(launches, args.title or (path if len(args.csv) > 1 else None)))
+    if args.simt_access:
+        parts.append(simt_counts(args.simt_access, args.op, args.variant, args.dtype))
     text = "\n".join(parts)
     if args.out:
         with open(args.out, "w") as f:

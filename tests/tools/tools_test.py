@@ -286,6 +286,21 @@ class NcuSummary(unittest.TestCase):
         self.assertEqual(r[11], "not in this export")
         self.assertEqual(r[12], "— / —")
 
+    def test_simt_counts_appended(self):
+        p = run([sys.executable, os.path.join(ROOT, "profiles", "ncu_summary.py"),
+                 os.path.join(FIX, "ncu_raw.csv"), "--simt-access",
+                 os.path.join(FIX, "simt_access.md"), "--op", "embbag_fwd", "--variant",
+                 "v4_persistent_stream", "--dtype", "bf16"])
+        tail = p.stdout.split("### simt's count for embbag_fwd/v4_persistent_stream, bf16")[1]
+        self.assertIn("| v4_persistent_stream | `k4` | load | `a.cuh:2:3` | 64 | 16.00 | 100.0% |",
+                      tail)
+        self.assertNotIn("`k4f`", tail)  # the fp32 section's row
+        self.assertNotIn("v2_warp_per_bag", tail)
+        p = run([sys.executable, os.path.join(ROOT, "profiles", "ncu_summary.py"),
+                 os.path.join(FIX, "ncu_raw.csv"), "--simt-access",
+                 os.path.join(FIX, "simt_access.md"), "--op", "pk_topk_fwd", "--variant", "v9"])
+        self.assertIn("No rows for this variant in that section.", p.stdout)
+
     def test_not_a_csv(self):
         p = run([sys.executable, os.path.join(ROOT, "profiles", "ncu_summary.py"),
                  os.path.join(FIX, "report", "machine.json")], check=False)
