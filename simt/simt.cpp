@@ -1295,10 +1295,14 @@ void print_access_report() {
                  100.0 * s.efficiency());
 }
 
+// The totals first, then the counter, then the printing: at exit they go in the reverse order,
+// the report printed while the counter and the totals live, the counter closed before the totals
+// go.
 const bool access_report_asked = [] {
   const char* env = std::getenv("SIMT_ACCESS_REPORT");
   if (!env || std::string(env) != "1") return false;
-  new AccessCounter;  // never destroyed: it counts until exit
+  detail::access_totals();
+  static AccessCounter counter;
   std::atexit(print_access_report);
   return true;
 }();
