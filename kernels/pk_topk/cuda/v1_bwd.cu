@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kThreads)
       NormSums sums;
       for (int64_t e = threadIdx.x; e < half; e += blockDim.x) {
         float acc = 0.f;
-        for (int64_t t = 0; t < k; ++t) acc += w[t] * to_f32(keys[ids[t] + e]);
+        for (int64_t t = 0; t < k; ++t) acc += w[t] * to_f32(__ldg(keys + ids[t] + e));
         out[e] = acc;
         if (norm) sums.add(to_f32(x[e]), acc);
       }
@@ -93,7 +93,8 @@ __global__ void __launch_bounds__(kThreads, 4)
       float acc = 0.f;
       for (int64_t j = first; j < last; ++j) {
         const uint32_t pos = __ldg(perm + j);
-        acc += __ldg(ds + pos) * to_f32(q[static_cast<int64_t>(pos / k) * k_dim + q_off + e]);
+        acc +=
+            __ldg(ds + pos) * to_f32(__ldg(q + static_cast<int64_t>(pos / k) * k_dim + q_off + e));
       }
       primary[e] = acc;
       if (!norm && compact && dense) dense[r * half + e] = acc;

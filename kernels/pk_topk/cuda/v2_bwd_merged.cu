@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kThreads)
           const U* key = keys + id;
 #pragma unroll
           for (int j = 0; j < kCols; ++j)
-            if (column(e0, j) < half) acc[j] += wt * to_f32(key[column(e0, j)]);
+            if (column(e0, j) < half) acc[j] += wt * to_f32(__ldg(key + column(e0, j)));
         }
 #pragma unroll
         for (int j = 0; j < kCols; ++j) {
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, 4)
         const U* qrow = q + static_cast<int64_t>(bag) * k_dim + q_off;
 #pragma unroll
         for (int c = 0; c < kCols; ++c)
-          if (column(e0, c) < half) acc[c] += wsum * to_f32(qrow[column(e0, c)]);
+          if (column(e0, c) < half) acc[c] += wsum * to_f32(__ldg(qrow + column(e0, c)));
       }
 #pragma unroll
       for (int c = 0; c < kCols; ++c) {
