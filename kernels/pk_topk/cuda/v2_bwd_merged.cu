@@ -10,7 +10,10 @@
 //  - dK̂c: the same sort into runs as v1 (bwd.cuh). A run's slots are in ascending slot order, so
 //    the slots of one bag are adjacent in it: their ds are summed before the bag's q̂c row is read
 //    once, and the block's threads read the run's entries once for all their columns (kCols per
-//    thread), where v1 rescanned them per column pass.
+//    thread), where v1 rescanned them per column pass. The entries (bag, ds) are staged in shared
+//    memory a chunk of kThreads at a time, one thread loading each: every thread loading every
+//    entry's perm and ds made ~12 one-sector broadcast requests per q̂c row request (simt's
+//    AccessCounter, reports/simt_access.md), each entry a chain of two dependent loads.
 //  - qk_norm as in v1: normalised copies first, the fp64 RMS-norm backward in the same block.
 // Every sum has a fixed order (merged weights in slot order, then rows in first-slot or bag
 // order): deterministic. The rounding differs from v1's, which multiplies before it adds.
@@ -131,6 +134,11 @@ __global__ void __launch_bounds__(kThreads, 4)
                     float* __restrict__ compact, float* __restrict__ dense, int64_t k,
                     int64_t k_dim, bool norm) {
   __shared__ double red[kWarps];
+  // A chunk of the run's entries: each entry's bag and ds, loaded once by one thread where every
+  // thread used to load them (two dependent loads an entry, each a one-sector broadcast).
+  __shared__ uint32_t chunk_bag[kThreads];
+  __shared__ float chunk_ds[kThreads];
+  constexpr uint32_t kNoBag = 0xffffffffu;
   const int64_t half = k_dim / 2, runs = *num_runs;
   const uint32_t k32 = static_cast<uint32_t>(k);
   for (int64_t run = blockIdx.x; run < runs; run += gridDim.x) {
@@ -144,19 +152,37 @@ __global__ void __launch_bounds__(kThreads, 4)
     NormSums sums;
     for (int64_t e0 = 0; e0 < half; e0 += kPass) {
       float acc[kCols] = {};
-      for (int64_t j = first; j < last;) {  // one bag's adjacent entries per step
-        const uint32_t bag = __ldg(perm + j) / k32;
-        float wsum = __ldg(ds + __ldg(perm + j));
-        for (++j; j < last; ++j) {
-          const uint32_t pos = __ldg(perm + j);
-          if (pos / k32 != bag) break;
-          wsum += __ldg(ds + pos);
-        }
+      // One bag's adjacent entries are summed, then its q̂c row read once: acc += wsum·q̂c[bag].
+      const auto add_bag = [&](uint32_t bag, float wsum) {
         const U* qrow = q + static_cast<int64_t>(bag) * k_dim + q_off;
 #pragma unroll
         for (int c = 0; c < kCols; ++c)
           if (column(e0, c) < half) acc[c] += wsum * to_f32(__ldg(qrow + column(e0, c)));
+      };
+      uint32_t bag = kNoBag;  // the bag being summed, carried across chunks
+      float wsum = 0.f;
+      for (int64_t j0 = first; j0 < last; j0 += kThreads) {
+        const int n = static_cast<int>(min(static_cast<int64_t>(kThreads), last - j0));
+        __syncthreads();  // the previous chunk is read
+        if (static_cast<int>(threadIdx.x) < n) {
+          // partial sectors: a run starts anywhere, and most are shorter than a warp
+          const uint32_t pos = __ldg(perm + j0 + threadIdx.x);
+          chunk_bag[threadIdx.x] = pos / k32;
+          // partial sectors: a gather, ds by the entry's (bag, slot) position
+          chunk_ds[threadIdx.x] = __ldg(ds + pos);
+        }
+        __syncthreads();
+        for (int i = 0; i < n; ++i) {
+          if (chunk_bag[i] == bag) {
+            wsum += chunk_ds[i];
+            continue;
+          }
+          if (bag != kNoBag) add_bag(bag, wsum);
+          bag = chunk_bag[i];
+          wsum = chunk_ds[i];
+        }
       }
+      if (bag != kNoBag) add_bag(bag, wsum);
 #pragma unroll
       for (int c = 0; c < kCols; ++c) {
         const int64_t e = column(e0, c);
