@@ -88,6 +88,20 @@ def counted(cli, args):
     return rows
 
 
+def declared(where):
+    """The reason the kernel source gives for a partial access at `where` (path:line:column from
+    the repository root), from a "partial sectors: ..." comment on that line or the one above."""
+    path, line = where.rsplit(":", 2)[:2]
+    try:
+        lines = open(os.path.join(ROOT, path), encoding="utf-8").read().splitlines()
+    except OSError:
+        return None
+    for text in (lines[int(line) - 1], lines[int(line) - 2] if int(line) > 1 else ""):
+        if "partial sectors:" in text:
+            return text.split("partial sectors:", 1)[1].strip()
+    return None
+
+
 def checkout():
     """The checkout's commit, '+changes' when it has uncommitted ones."""
     git = lambda *a: subprocess.run(["git", "-C", ROOT] + list(a), capture_output=True,
@@ -137,13 +151,17 @@ def main():
                         out.append("| %s | `%s` | %s | `%s` | %d | %.2f | %.1f%% |" % (
                             v, kernel, acc, where, req, per, used))
                         if used < 100 and per > 1:
-                            wasteful.append("%s/%s %s %s %s: %.2f sectors a request, %.1f%% used"
-                                            % (op, v, dtype, acc, where, per, used))
+                            wasteful.append(("%s/%s %s %s %s: %.2f sectors a request, %.1f%% used"
+                                             % (op, v, dtype, acc, where, per, used),
+                                             declared(where)))
                 out.append("")
-    out += ["## Requests that fetch bytes nobody asked for", ""]
-    out += ["- " + w for w in wasteful] if wasteful else ["None: every counted request of more "
-                                                          "than one sector uses all of it."]
-    if any(w.startswith("embbag_fwd/") and " bf16 store " in w for w in wasteful):
+    out += ["## Requests that fetch bytes nobody asked for", "",
+            "Requests of more than one sector that leave some of it unused. Where the kernel "
+            "source says why (a comment \"partial sectors: ...\" on the access's line or the "
+            "one above; tests/simt/access_test.cpp requires it), the reason follows.", ""]
+    out += ["- %s%s" % (w, " (declared: %s)" % why if why else "") for w, why in wasteful] \
+        if wasteful else ["None: every counted request of more than one sector uses all of it."]
+    if any(w.startswith("embbag_fwd/") and " bf16 store " in w for w, _ in wasteful):
         out += ["", "The bf16 forwards' stores: the CLI's output is fp32 by default, so a lane's 8 "
                 "bf16 columns (one 16-byte row load) become 32 bytes of output, stored as two "
                 "16-byte vectors 32 bytes apart; each request fills half of each sector it "

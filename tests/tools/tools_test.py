@@ -327,12 +327,14 @@ class SimtAccessReport(unittest.TestCase):
         # v2's rows at dim 1024 fp32: 32 lanes' 16 bytes, one 512-byte span a request, all used.
         self.assertRegex(md, r"\| v2_warp_per_bag \| `embbag_fwd_v2_warp_per_bag` \| load \| "
                              r"`kernels/embbag/cuda/common.cuh:\d+:\d+` \| \d+ \| 16.00 \| 100.0% \|")
-        # The only requests that fetch unused bytes: the bf16 forwards' widened fp32 stores.
+        # The requests that fetch unused bytes: the bf16 forwards' widened fp32 stores, and those
+        # the kernel source declares partial (v2_bwd_merged's staged run entries).
         waste = md.split("## Requests that fetch bytes nobody asked for")[1]
         listed = [l for l in waste.splitlines() if l.startswith("- ")]
-        self.assertTrue(listed)
+        self.assertTrue(any("(declared: a gather" in l for l in listed), waste)
         for l in listed:
-            self.assertRegex(l, r"^- embbag_fwd/v[234]_\w+ bf16 store ")
+            if "(declared: " not in l:
+                self.assertRegex(l, r"^- embbag_fwd/v[234]_\w+ bf16 store ")
         self.assertIn("The bf16 forwards' stores", waste)
 
 
