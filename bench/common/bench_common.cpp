@@ -17,6 +17,7 @@
 #include "common/blas_core.h"
 #include "common/error.h"
 #include "common/parallel.h"
+#include "embbag/cpu/common.h"
 
 namespace memlayers::bench {
 
@@ -244,7 +245,7 @@ std::unique_ptr<Ceiling> cuda_copy_ceiling(const void* src, void* dst, std::size
 
 uint64_t sum_words_simd(const uint64_t* p, std::size_t n);  // stream_read.cpp
 uint64_t sum_row_group_simd(const uint64_t* const* rows, const uint64_t* const* next,
-                            std::size_t words);
+                            std::size_t words, std::size_t pf_step);
 
 namespace {
 std::atomic<uint64_t> g_sink{0};
@@ -257,6 +258,9 @@ double host_gather_seconds(const void* data, int64_t table_rows, int64_t row_byt
   const auto* base = static_cast<const unsigned char*>(data);
   const int64_t n = n_rows;
   const auto words = static_cast<std::size_t>(row_bytes / 8);
+  // The forward's prefetch step: every line, or each page's first where rows are whole pages.
+  const auto pf_step =
+      static_cast<std::size_t>(embbag::cpu::row_prefetch_step(data, row_bytes, row_bytes));
   threads = std::max(1, threads);
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::thread> pool;
@@ -284,7 +288,7 @@ double host_gather_seconds(const void* data, int64_t table_rows, int64_t row_byt
           rows[g] = row(j + g);
           next[g] = ahead ? row(j + kAhead + g) : nullptr;
         }
-        acc += sum_row_group_simd(rows, ahead ? next : nullptr, words);
+        acc += sum_row_group_simd(rows, ahead ? next : nullptr, words, pf_step);
         for (int64_t g = 0; g < kGroup; ++g) acc += bytes_past_words(rows[g]);
       }
       for (; j < end; ++j) {  // the last rows, fewer than a group

@@ -34,15 +34,18 @@ uint64_t SumWords(const uint64_t* HWY_RESTRICT p, size_t n) {
 }
 
 // Σ of the first `words` 64-bit words of 8 rows, a vector of each row in turn (the order in which
-// the EmbeddingBag forward folds 8 rows); at each line of the rows, the same line of the 8 rows
-// of `next` is prefetched into L2 (none when null).
-uint64_t SumRowGroup(const uint64_t* const* rows, const uint64_t* const* next, size_t words) {
+// the EmbeddingBag forward folds 8 rows); at each multiple of pf_step bytes of the rows (a power of
+// two of at least 64: every line, or each page's first), the same offset of the 8 rows of `next`
+// is prefetched into L2 (none when null).
+uint64_t SumRowGroup(const uint64_t* const* rows, const uint64_t* const* next, size_t words,
+                     size_t pf_step) {
   const hn::ScalableTag<uint64_t> d;
   const size_t lanes = hn::Lanes(d);
+  const size_t step = pf_step / 8;  // words
   auto a0 = hn::Zero(d), a1 = a0, a2 = a0, a3 = a0;
   size_t i = 0;
   for (; i + lanes <= words; i += lanes) {
-    if (next && i % 8 < lanes)
+    if (next && (i & (step - 1)) < lanes)
       for (int g = 0; g < 8; ++g) __builtin_prefetch(next[g] + i, 0, 2);
     a0 = hn::Add(a0, hn::Add(hn::LoadU(d, rows[0] + i), hn::LoadU(d, rows[1] + i)));
     a1 = hn::Add(a1, hn::Add(hn::LoadU(d, rows[2] + i), hn::LoadU(d, rows[3] + i)));
@@ -70,9 +73,9 @@ HWY_EXPORT(SumRowGroup);
 uint64_t sum_words_simd(const uint64_t* p, size_t n) {
   return HWY_DYNAMIC_DISPATCH(SumWords)(p, n);
 }
-uint64_t sum_row_group_simd(const uint64_t* const* rows, const uint64_t* const* next,
-                            size_t words) {
-  return HWY_DYNAMIC_DISPATCH(SumRowGroup)(rows, next, words);
+uint64_t sum_row_group_simd(const uint64_t* const* rows, const uint64_t* const* next, size_t words,
+                            size_t pf_step) {
+  return HWY_DYNAMIC_DISPATCH(SumRowGroup)(rows, next, words, pf_step);
 }
 }  // namespace memlayers::bench
 #endif  // HWY_ONCE

@@ -363,6 +363,19 @@ INSTANTIATE_TEST_SUITE_P(Sweep, EmbbagFwd, ::testing::ValuesIn(fwd_cases()),
 // padded dim-1024 rows here), and batch·k is not a multiple of its group of 8. A loop that
 // stopped at slot 128 passed the sweep and failed here (tried). Host variants only: simt would
 // take minutes at these sizes.
+// The CPU forward's prefetch step: the first line of each page only where every row is whole
+// 4 KiB pages from a page-aligned base and read whole; every line otherwise.
+TEST(EmbbagCpuPrefetch, PageStepOnlyForRowsOfWholePages) {
+  using memlayers::embbag::cpu::row_prefetch_step;
+  alignas(4096) static const unsigned char page[128] = {};
+  EXPECT_EQ(row_prefetch_step(page, 4096, 4096), 4096);
+  EXPECT_EQ(row_prefetch_step(page, 16384, 16384), 4096);
+  EXPECT_EQ(row_prefetch_step(page, 2048, 2048), 64);       // bf16 at dim 1024: half pages
+  EXPECT_EQ(row_prefetch_step(page, 400, 400), 64);         // dim 100
+  EXPECT_EQ(row_prefetch_step(page, 8192, 4096), 64);       // a strided view: half of each row read
+  EXPECT_EQ(row_prefetch_step(page + 64, 4096, 4096), 64);  // rows straddle pages
+}
+
 TEST(EmbbagFwdLong, HostVariantsMatchReferenceOverManySlots) {
   const Shape shapes[] = {{40, 256, 1}, {90, 128, 100}, {1001, 5, 1}, {29, 255, 1024, true}};
   int ran = 0;

@@ -1,5 +1,5 @@
 // Small helpers shared by the CPU variants of the EmbeddingBag: typed views of the Params'
-// untyped pointers. Host only.
+// untyped pointers, and how far apart in a gathered row software prefetches go. Host only.
 #pragma once
 #include <cstdint>
 
@@ -23,6 +23,18 @@ inline void store_value(void* out, DType t, int64_t i, float v) {
     static_cast<uint16_t*>(out)[i] = float_to_bf16_bits(v);
   else
     static_cast<float*>(out)[i] = v;
+}
+
+// The byte step of the software prefetches that bring a gathered row into L2 ahead of its use:
+// where each row is whole 4 KiB pages (rows `row_bytes` apart from a page-aligned `base`, all
+// of each read), the first line of each page, and the L2's stream prefetcher, which stays inside
+// a page, brings the rest; otherwise every 64-byte line, since a stream would run on into the
+// neighbouring row. v2_hwy_threads and bench_embbag's gather ceiling both use it.
+inline int64_t row_prefetch_step(const void* base, int64_t row_bytes, int64_t read_bytes) {
+  constexpr int64_t kPage = 4096;
+  const bool whole_pages = row_bytes % kPage == 0 && read_bytes == row_bytes &&
+                           reinterpret_cast<uintptr_t>(base) % kPage == 0;
+  return whole_pages ? kPage : 64;
 }
 
 }  // namespace memlayers::embbag::cpu

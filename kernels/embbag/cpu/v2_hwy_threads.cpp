@@ -17,7 +17,18 @@
 //    which the hardware prefetcher would only pick up after a miss. The first version prefetched
 //    the next bag, a distance that grew with k and dim: 512 KiB at the memory layer's bag of
 //    4 heads × 32 at dim 1024, where it read 70% of the streaming read
-//    (reports/cpu-intel-xeon/notes.md).
+//    (reports/cpu-intel-xeon/notes.md);
+//  - where rows are whole 4 KiB pages (fp32 at dim 1024, 2048, ...), prefetches only the first
+//    line of each page and leaves the rest to the L2's stream prefetcher, which that line starts
+//    and which stays inside the page (common.h, row_prefetch_step); other rows get every line
+//    prefetched, since a stream would run on into the neighbouring row. A prefetch a line held
+//    line fill buffers the demand loads need: at dim 1024, k 32, B 4096 fp32 (the two builds
+//    alternating, full runs, 2-core Xeon VM) 20.3-20.7 ms, 89.6-91.9% of the streaming read,
+//    against 22.1-22.2 ms, 82.5-83.5%; the memory layer's bag (--k 128 --batch 256) 4.74-4.96
+//    against 5.08-5.49 ms; dim 4096 74.7-76.5 against 75.9-77.7 ms. The plain gather ceiling
+//    reads as fast either way. Prefetching only each row's head (64 or 256 bytes) was as fast at
+//    4 KiB rows but 3-8% slower at bf16's 2 KiB rows and at 400-byte rows, where the stream
+//    overran the row or never started.
 // Ragged dims run full vectors then a scalar tail; the dtype branch is hoisted out of the loops.
 // Smaller rows read less of the streaming-read ceiling (fp32, k 32, B 4096, one run each: dim 100
 // 43%, 256 56%, 512 69%, 1024 82%; bf16 at dim 1024, 2 KiB rows, 64%). The memory system sets
@@ -55,26 +66,27 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // acc[0, dim) (=|+=) Σ_g w[g]·rows[g][0, dim), G rows at once. While at byte offset o of the
-// current rows, the same offset of the G rows in `next` is prefetched: one line per 64 bytes.
+// current rows, the same offset of the G rows in `next` is prefetched where o is a multiple of
+// pf_step bytes (a power of two of at least 64: every line, or the first of every page).
 template <int G, bool kBf16, bool kFirst>
 HWY_NOINLINE void FoldRows(float* HWY_RESTRICT acc, const void* const* rows, const float* w,
-                           const char* const* next, int64_t dim) {
+                           const char* const* next, int64_t pf_step, int64_t dim) {
   constexpr int64_t kSize = kBf16 ? 2 : 4;
-  constexpr int64_t kLine = 64 / kSize;  // elements per cache line
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   hn::Vec<DF> vw[G];
   for (int g = 0; g < G; ++g) vw[g] = hn::Set(df, w[g]);
   int64_t d = 0;
+  const int64_t step = pf_step / kSize;  // elements
   for (; d + N <= dim; d += N) {
-    if (next && d % kLine < N)
+    if (next && (d & (step - 1)) < N)
       for (int g = 0; g < G; ++g) __builtin_prefetch(next[g] + d * kSize, 0, 2);
     auto a = kFirst ? hn::Mul(vw[0], LoadRow<kBf16>(df, rows[0], d))
                     : hn::MulAdd(vw[0], LoadRow<kBf16>(df, rows[0], d), hn::LoadU(df, acc + d));
     for (int g = 1; g < G; ++g) a = hn::MulAdd(vw[g], LoadRow<kBf16>(df, rows[g], d), a);
     hn::StoreU(a, df, acc + d);
   }
-  if (next && d < dim && d % kLine < N)
+  if (next && d < dim && (d & (step - 1)) < N)
     for (int g = 0; g < G; ++g) __builtin_prefetch(next[g] + d * kSize, 0, 2);
   for (; d < dim; ++d) {
     float a = kFirst ? 0.0f : acc[d];
@@ -89,8 +101,8 @@ HWY_NOINLINE void FoldRows(float* HWY_RESTRICT acc, const void* const* rows, con
 // puts them back in order). pairs is a multiple of 2N.
 template <int G, bool kFirst>
 HWY_NOINLINE void FoldPairs(float* HWY_RESTRICT acc, const void* const* rows, const float* w,
-                            const char* const* next, int64_t pairs) {
-  constexpr int64_t kLine = 32;  // bf16 elements per cache line
+                            const char* const* next, int64_t pf_step, int64_t pairs) {
+  const int64_t step = pf_step / 2;  // bf16 elements
   const DF df;
   const hn::RebindToUnsigned<DF> du;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
@@ -98,7 +110,7 @@ HWY_NOINLINE void FoldPairs(float* HWY_RESTRICT acc, const void* const* rows, co
   hn::Vec<DF> vw[G];
   for (int g = 0; g < G; ++g) vw[g] = hn::Set(df, w[g]);
   for (int64_t d = 0; d < pairs; d += 2 * N) {
-    if (next && d % kLine < 2 * N)
+    if (next && (d & (step - 1)) < 2 * N)
       for (int g = 0; g < G; ++g) __builtin_prefetch(next[g] + d * 2, 0, 2);
     hn::Vec<DF> even, odd;
     for (int g = 0; g < G; ++g) {
@@ -132,9 +144,9 @@ void Interleave(const float* acc, int64_t pairs, float* out) {
 // G rows of a group: bf16 rows in pairs over [0, pairs), then [pairs, dim) one element a lane.
 template <int G, bool kBf16, bool kFirst>
 HWY_INLINE void Fold(float* acc, const void* const* rows, const float* w, const char* const* next,
-                     int64_t pairs, int64_t dim) {
-  if (!kBf16 || pairs == 0) return FoldRows<G, kBf16, kFirst>(acc, rows, w, next, dim);
-  FoldPairs<G, kFirst>(acc, rows, w, next, pairs);
+                     int64_t pf_step, int64_t pairs, int64_t dim) {
+  if (!kBf16 || pairs == 0) return FoldRows<G, kBf16, kFirst>(acc, rows, w, next, pf_step, dim);
+  FoldPairs<G, kFirst>(acc, rows, w, next, pf_step, pairs);
   if (pairs == dim) return;
   const void* tail[G];
   const char* tail_next[G];
@@ -142,29 +154,30 @@ HWY_INLINE void Fold(float* acc, const void* const* rows, const float* w, const 
     tail[g] = static_cast<const uint16_t*>(rows[g]) + pairs;
     if (next) tail_next[g] = next[g] + pairs * 2;
   }
-  FoldRows<G, kBf16, kFirst>(acc + pairs, tail, w, next ? tail_next : nullptr, dim - pairs);
+  FoldRows<G, kBf16, kFirst>(acc + pairs, tail, w, next ? tail_next : nullptr, pf_step,
+                             dim - pairs);
 }
 
 template <bool kBf16, bool kFirst>
 HWY_INLINE void FoldGroup(int g, float* acc, const void* const* rows, const float* w,
-                          const char* const* next, int64_t pairs, int64_t dim) {
+                          const char* const* next, int64_t pf_step, int64_t pairs, int64_t dim) {
   switch (g) {
     case 1:
-      return Fold<1, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
+      return Fold<1, kBf16, kFirst>(acc, rows, w, next, pf_step, pairs, dim);
     case 2:
-      return Fold<2, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
+      return Fold<2, kBf16, kFirst>(acc, rows, w, next, pf_step, pairs, dim);
     case 3:
-      return Fold<3, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
+      return Fold<3, kBf16, kFirst>(acc, rows, w, next, pf_step, pairs, dim);
     case 4:
-      return Fold<4, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
+      return Fold<4, kBf16, kFirst>(acc, rows, w, next, pf_step, pairs, dim);
     case 5:
-      return Fold<5, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
+      return Fold<5, kBf16, kFirst>(acc, rows, w, next, pf_step, pairs, dim);
     case 6:
-      return Fold<6, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
+      return Fold<6, kBf16, kFirst>(acc, rows, w, next, pf_step, pairs, dim);
     case 7:
-      return Fold<7, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
+      return Fold<7, kBf16, kFirst>(acc, rows, w, next, pf_step, pairs, dim);
     default:
-      return Fold<8, kBf16, kFirst>(acc, rows, w, next, pairs, dim);
+      return Fold<8, kBf16, kFirst>(acc, rows, w, next, pf_step, pairs, dim);
   }
 }
 
@@ -190,6 +203,8 @@ void Bags(const FwdParams& p, int64_t b0, int64_t b1) {
     return base + load_index(p.indices, p.index_dtype, t) * row_bytes;
   };
   const int64_t ahead = std::clamp<int64_t>(kAheadBytes / row_bytes, kGroup, kAheadRows);
+  // Every line of a row, or the first of each page where rows are whole pages (common.h).
+  const int64_t pf_step = row_prefetch_step(base, row_bytes, dim * (kBf16 ? 2 : 4));
   const int64_t end = b1 * k;  // the chunk's slots end here: nothing past it is prefetched
   const void* rows[kMaxK];
   const char* next[kMaxK];  // next[j]: the row of slot j + ahead, prefetched while j is read
@@ -204,9 +219,9 @@ void Bags(const FwdParams& p, int64_t b0, int64_t b1) {
       const int g = static_cast<int>(std::min<int64_t>(kGroup, k - j));
       const char* const* nx = j + g <= n_next ? next + j : nullptr;
       if (j == 0)
-        FoldGroup<kBf16, true>(g, acc, rows + j, w + j, nx, pairs, dim);
+        FoldGroup<kBf16, true>(g, acc, rows + j, w + j, nx, pf_step, pairs, dim);
       else
-        FoldGroup<kBf16, false>(g, acc, rows + j, w + j, nx, pairs, dim);
+        FoldGroup<kBf16, false>(g, acc, rows + j, w + j, nx, pf_step, pairs, dim);
     }
     if (pairs) {  // acc is scratch: back in element order, into the output row when fp32
       Interleave(acc, pairs, out_f32 ? out_row : acc);
