@@ -21,8 +21,9 @@
 //  - where rows are whole 4 KiB pages (fp32 at dim 1024, 2048, ...), prefetches only the first
 //    line of each page and leaves the rest to the L2's stream prefetcher, which that line starts
 //    and which stays inside the page (common.h, row_prefetch_step); other rows get every line
-//    prefetched, since a stream would run on into the neighbouring row. A prefetch a line held
-//    line fill buffers the demand loads need: at dim 1024, k 32, B 4096 fp32 (the two builds
+//    prefetched, since a stream would run on into the neighbouring row. (Why a prefetch a line
+//    costs more, presumably the line fill buffers it holds from the demand loads, was not
+//    measured: the VM has no hardware counters.) At dim 1024, k 32, B 4096 fp32 (the two builds
 //    alternating, full runs, 2-core Xeon VM) 20.3-20.7 ms, 89.6-91.9% of the streaming read,
 //    against 22.1-22.2 ms, 82.5-83.5%; the memory layer's bag (--k 128 --batch 256) 4.74-4.96
 //    against 5.08-5.49 ms; dim 4096 74.7-76.5 against 75.9-77.7 ms. The plain gather ceiling
